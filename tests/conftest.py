@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to real data, and a tokenizer + tiny model built locally once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data`, or a skip that says why when this checkout has none beside it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real third-party data not found at {SHARED}; these checks need ../shared/data")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+def _corpus() -> list[str]:
+    """Real text to train the test tokenizer on: GSM8K-style math and chat from sample_data when present."""
+    texts: list[str] = []
+    for path in sorted(SAMPLE.rglob("*.json*")):
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        texts.append(raw[:200_000])
+    if not texts:
+        texts = ["The quick brown fox jumps over the lazy dog. 12 + 30 = 42."] * 100
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE (vocab 1024) trained here on sample_data text, with a ChatML template."""
+    from trainer.tiny import train_tokenizer
+
+    return train_tokenizer(_corpus(), tmp_path_factory.mktemp("tokenizer"), vocab_size=1024)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama-style model with random weights, saved with the tokenizer above."""
+    from trainer.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_model"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every JSON object of a JSONL file (helper for tests)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
