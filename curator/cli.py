@@ -1,0 +1,188 @@
+"""`curator`: one command with subcommands (curate, pack, train, eval, loop, demo, schema)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error the user can act on: printed as one message, no traceback, exit code 2."""
+
+
+DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".zip")
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files as given; a directory (other than a saved HF dataset) becomes its data files, sorted."""
+    out: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+            if not found:
+                raise UserError(f"{raw}: a directory with no data files ({', '.join(DATA_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(raw)
+    return out
+
+
+def _curate_config(args: argparse.Namespace) -> Any:
+    from curator.config import InputSpec, load_config
+
+    cfg = load_config(args.config)
+    if args.inputs:
+        cfg.inputs = [InputSpec(path=p, format=args.format) for p in expand_inputs(args.inputs)]
+    elif args.format:
+        for spec in cfg.inputs:
+            spec.format = args.format
+    if args.jsonl:
+        cfg.write_jsonl = True
+    if not cfg.inputs:
+        raise UserError("no inputs: name files after `curate` or list them under `inputs:` in --config")
+    for spec in cfg.inputs:
+        if not Path(spec.path).exists():
+            raise UserError(f"{spec.path}: no such file or directory")
+    return cfg
+
+
+def run_curate(
+    cfg: Any, out: Path, *, workers: int, fresh: bool = False, quiet: bool = False, engine: str = "local",
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Run the curation pipeline and write outputs + report; returns the report data."""
+    from curator.report.curate import build_report, write_report
+    from curator.report.progress import RichProgress
+
+    out.mkdir(parents=True, exist_ok=True)
+    with RichProgress(console) as progress:
+        run = _make_engine(engine, cfg, out, workers, ray_address, None if quiet else progress).run(fresh=fresh)
+    if getattr(run, "retries", None):  # --engine ray: tasks Ray re-ran after losing a worker
+        console.print(f"[yellow]ray retried {sum(run.retries.values())} task(s) after a worker failure:[/yellow] "
+                      f"{', '.join(run.retries)}")
+    report = build_report(run, cfg.model_dump(mode="json"))
+    write_report(report, run)
+    if cfg.write_jsonl:
+        import polars as pl
+
+        from curator.io import atomic_path
+
+        with atomic_path(out / "kept.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for part in run.kept_parts:
+                for rec in pl.read_parquet(part).to_dicts():
+                    fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    if not quiet:
+        _print_curate_summary(report, out)
+    return report
+
+
+# --- engine switch (issue 8, Ray engineer): `--engine local|ray`; the local path never imports ray ---
+
+
+def _make_engine(engine: str, cfg: Any, out: Path, workers: int, ray_address: str | None, progress: Any) -> Any:
+    """The engine named by `--engine`: the in-process LocalEngine, or RayEngine (extra `ray`)."""
+    if engine == "local":
+        from curator.engines.local import LocalEngine
+
+        return LocalEngine(cfg, out, workers=workers, progress=progress)
+    try:
+        from curator.engines.ray import RayEngine
+    except ImportError as exc:
+        raise UserError(f"--engine ray needs Ray: pip install 'sft-curator[ray]' ({exc})") from exc
+    num_cpus = None if ray_address else workers
+    return RayEngine(cfg, out, address=ray_address, num_cpus=num_cpus, progress=progress)
+
+
+def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
+    acct = report["accounting"]
+    table = Table(title="curation summary")
+    for col in ("input", "read", "kept", "dropped", "quarantined"):
+        table.add_column(col, justify="right" if col != "input" else "left")
+    for row in report["inputs"]:
+        table.add_row(row["input"], *(str(row[k]) for k in ("read", "kept", "dropped", "quarantined")))
+    table.add_row("[bold]total", *(f"[bold]{acct[k]}" for k in ("read", "kept", "dropped", "quarantined")))
+    console.print(table)
+    if acct["dropped_by_reason"]:
+        reasons = Table(title="dropped by reason")
+        reasons.add_column("reason")
+        reasons.add_column("records", justify="right")
+        for reason, n in acct["dropped_by_reason"].items():
+            reasons.add_row(reason, str(n))
+        console.print(reasons)
+    console.print(
+        f"[green]read {acct['read']} = kept {acct['kept']} + dropped {acct['dropped']} + quarantined "
+        f"{acct['quarantined']}[/green]  report: {out / 'report.html'}"
+    )
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    cfg = _curate_config(args)
+    run_curate(cfg, Path(args.out), workers=args.workers, fresh=args.fresh, engine=args.engine,
+               ray_address=args.ray_address)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from curator.config import pipeline_json_schema
+
+    text = json.dumps(pipeline_json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.write:
+        from curator.io import write_text
+        from curator.record import SCHEMA_DIR
+
+        write_text(text, SCHEMA_DIR / "pipeline.schema.json")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("curate", help="ingest, clean, dedup, scrub; write kept/dropped/quarantine + report")
+    p.add_argument("inputs", nargs="*", help="input files or dirs (or list them under `inputs:` in --config)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="YAML config (see schemas/pipeline.schema.json)")
+    p.add_argument("--format", help="reader for every input, instead of auto-detection")
+    p.add_argument("--jsonl", action="store_true", help="also write kept.jsonl")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for map steps")
+    p.add_argument("--fresh", action="store_true", help="discard an unfinished run in --out instead of resuming")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine; ray: Ray Data (extra `ray`), same outputs")
+    p.add_argument("--ray-address", help="with --engine ray: a running cluster (e.g. auto, ray://host:10001); "
+                   "default: start a local Ray with --workers CPUs")
+    p.set_defaults(func=cmd_curate)
+
+    p = sub.add_parser("schema", help="print (or --write) the pipeline config JSON Schema")
+    p.add_argument("--write", action="store_true", help="write schemas/pipeline.schema.json")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, run, and turn known errors into one clear line (exit 2)."""
+    from curator.config import ConfigError
+    from curator.ingest.base import UnreadableInput
+    from curator.pipeline import ResumeMismatch
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError, ResumeMismatch, UnreadableInput) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""The in-process engine: streams inputs into Parquet parts, runs each phase over the parts, resumes.
+
+Work-dir layout (`OUT/_work`):
+    state.json                     config hash + inputs; a different config refuses to resume
+    ingest/i0003-b000012.parquet   ingested + map-stepped batch 12 of input 3 (atomic)
+    ingest/i0003.done.json         input 3 fully read: its counts (written after its last part)
+    quarantine/i0003.parquet       input 3's quarantine rows (raw excerpts: owner-only)
+    phase02/<part>.parquet         parts after map phase 2 (annotations of global phases folded in)
+    global/phase01.parquet         annotation table of global phase 1, keyed by `row`
+Every file is written atomically and named by position, so a killed run re-run with the same
+arguments skips what exists and rewrites the rest to the same names: nothing is lost or doubled.
+Map work goes to a process pool (`workers`); each worker builds its own steps from the config once.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from curator.config import CurateConfig, config_hash
+from curator.ingest import read_input
+from curator.ingest.base import Quarantined, ReaderOptions
+from curator.io import write_json, write_parquet
+from curator.pipeline import ROW_SHIFT, Accounting, Phase, ResumeMismatch, all_rules, build_steps, kept_mask, phases
+from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
+from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
+
+SENSITIVE = 0o600  # raw excerpts and dropped records may hold PII: owner-only
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        (ROW, pa.int64()),
+        ("file", pa.string()),
+        ("index", pa.int64()),
+        ("line", pa.int64()),
+        ("field", pa.string()),
+        ("reason", pa.string()),
+        ("excerpt", pa.string()),
+    ]
+)
+
+
+# ---------------------------------------------------------------- worker side (runs in the pool)
+
+_STEPS: list[Any] = []
+_PHASES: list[Phase] = []
+_ANNOTATIONS: dict[str, pl.DataFrame] = {}
+
+
+def _init_worker(cfg_json: str) -> None:
+    """Build the steps once per worker process (models such as spaCy load here, not per batch)."""
+    global _STEPS, _PHASES
+    cfg = CurateConfig.model_validate_json(cfg_json)
+    _STEPS = build_steps(cfg)
+    _PHASES = phases(_STEPS)
+
+
+def _quarantine_rows(frame: pl.DataFrame, reason: str) -> list[dict[str, Any]]:
+    sources = frame["source"].to_list()
+    return [
+        {ROW: row, "file": s["file"], "index": s["index"], "line": s["line"], "field": None, "reason": reason,
+         "excerpt": ""}
+        for row, s in zip(frame[ROW].to_list(), sources, strict=True)
+    ]
+
+
+def _apply_map_steps(frame: pl.DataFrame, steps: list[Any]) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Run map steps on a batch; a batch that fails is retried row by row and failing rows quarantined."""
+    try:
+        for step in steps:
+            frame = step(frame)
+        return frame, []
+    except Exception:  # a step bug or an input it cannot handle: isolate the rows, never stop the run
+        good: list[pl.DataFrame] = []
+        bad: list[dict[str, Any]] = []
+        for i in range(frame.height):
+            one = frame.slice(i, 1)
+            try:
+                for step in steps:
+                    one = step(one)
+                good.append(one)
+            except Exception as exc:
+                name = next((s.name for s in steps), "step")
+                bad.extend(_quarantine_rows(one, f"{name} failed on this record: {type(exc).__name__}: {exc}"[:300]))
+        out = pl.concat(good, how="diagonal_relaxed") if good else frame.clear()
+        return out, bad
+
+
+def _load_part(path: Path, pending: list[str]) -> pl.DataFrame:
+    """A part with the annotation tables of not-yet-folded global phases joined on `row`."""
+    frame = pl.read_parquet(path)
+    if frame.height == 0:
+        return frame
+    lo, hi = frame[ROW].min(), frame[ROW].max()
+    for ann_path in pending:
+        ann = _ANNOTATIONS.get(ann_path)
+        if ann is None:
+            ann = _ANNOTATIONS[ann_path] = pl.read_parquet(ann_path)
+        part_ann = ann.filter(pl.col(ROW).is_between(lo, hi))
+        frame = frame.join(part_ann, on=ROW, how="left", maintain_order="left")
+    return frame
+
+
+def _run_map_phase(
+    phase_index: int, src: str, dst: str, pending: list[str]
+) -> tuple[int, list[dict[str, Any]]]:
+    """Worker task: load a part, run the phase's map steps on still-kept rows, write the new part."""
+    phase = _PHASES[phase_index]
+    frame = _load_part(Path(src), pending)
+    frame = decide(frame, phase.rules_before)
+    quarantined: list[dict[str, Any]] = []
+    if phase.steps[0].only_kept:
+        mask = kept_mask(frame)
+        done, quarantined = _apply_map_steps(frame.filter(mask), phase.steps)
+        frame = pl.concat([done, frame.filter(~mask)], how="diagonal_relaxed").sort(ROW)
+    else:
+        frame, quarantined = _apply_map_steps(frame, phase.steps)
+    write_parquet(frame.drop([DROP_REASON, DROP_DETAIL]), Path(dst))
+    return frame.height, quarantined
+
+
+def _run_global_map(phase_index: int, src: str, pending: list[str]) -> pl.DataFrame:
+    """Worker task: the map half of a global step on one part (only on still-kept rows if it asks)."""
+    phase = _PHASES[phase_index]
+    frame = decide(_load_part(Path(src), pending), phase.rules_before)
+    if phase.steps[0].only_kept:
+        frame = frame.filter(kept_mask(frame))
+    return phase.steps[0].map(frame)
+
+
+def _ingest_batch(records: list[dict[str, Any]], rows: list[int], dst: str) -> tuple[int, list[dict[str, Any]]]:
+    """Worker task: turn a batch of records into a part, running the first (map) phase on it."""
+    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+    frame = pl.from_arrow(table).with_columns(pl.Series(ROW, rows, dtype=pl.Int64))
+    first = _PHASES[0]
+    quarantined: list[dict[str, Any]] = []
+    if not first.is_global and not first.steps[0].only_kept:
+        frame, quarantined = _apply_map_steps(frame, first.steps)
+    write_parquet(frame, Path(dst))
+    return frame.height, quarantined
+
+
+def _final_part(src: str, pending: list[str], kept_dst: str, dropped_dst: str) -> dict[str, Any]:
+    """Worker task: decide every rule on a part and write its kept and dropped rows."""
+    frame = decide(_load_part(Path(src), pending), all_rules(_STEPS))
+    mask = kept_mask(frame)
+    kept = frame.filter(mask).drop([DROP_REASON, DROP_DETAIL])
+    dropped = frame.filter(~mask)
+    write_parquet(kept, Path(kept_dst))
+    write_parquet(dropped, Path(dropped_dst), mode=SENSITIVE)
+    return {
+        "kept": kept.height,
+        "dropped": dict(Counter(dropped[DROP_REASON].to_list())),
+    }
+
+
+# ---------------------------------------------------------------- driver side
+
+
+@dataclass
+class RunOutput:
+    """What a finished run produced, for the report and the CLI's summary table."""
+
+    out: Path
+    accounting: Accounting
+    steps: list[Any]
+    kept_parts: list[Path]
+    dropped_parts: list[Path]
+    quarantine_path: Path
+    phase_rows: list[tuple[str, int]] = field(default_factory=list)
+
+
+class _InlineExecutor(Executor):
+    """Runs tasks in this process: for `workers=1`, tests and debugging (same code path as the pool)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+
+class LocalEngine:
+    """Run a `CurateConfig` over its inputs on this machine, with `workers` processes."""
+
+    def __init__(self, cfg: CurateConfig, out: Path, *, workers: int = 1, progress: Any = None) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.work = out / "_work"
+        self.workers = workers
+        self.progress = progress  # a curator.report.progress.Progress-like object, or None
+
+    def _state(self) -> dict[str, Any]:
+        return {"config_hash": config_hash(self.cfg), "inputs": [i.model_dump() for i in self.cfg.inputs]}
+
+    def prepare(self, fresh: bool) -> None:
+        """Start a new work dir, or check that the existing one belongs to the same run."""
+        state_path = self.work / "state.json"
+        if fresh and self.out.exists():
+            shutil.rmtree(self.work, ignore_errors=True)
+        if state_path.exists():
+            old = json.loads(state_path.read_text())
+            if old != self._state():
+                raise ResumeMismatch(
+                    f"{self.out} holds an unfinished run with a different config or inputs; "
+                    "re-run with --fresh to discard it, or choose another --out"
+                )
+        else:
+            write_json(self._state(), state_path)
+
+    def _executor(self) -> Executor:
+        if self.workers <= 1:
+            _init_worker(self.cfg.model_dump_json())
+            return _InlineExecutor()
+        # spawn, not fork: polars and torch start thread pools, and a forked child can deadlock on their locks
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.cfg.model_dump_json(),),
+        )
+
+    def run(self, fresh: bool = False) -> RunOutput:
+        """Ingest, run every phase, decide, and write kept/dropped/quarantine with reconciled counts."""
+        self.prepare(fresh)
+        steps = build_steps(self.cfg)
+        plan = phases(steps)
+        acct = Accounting()
+        with self._executor() as pool:
+            parts, quarantine = self._ingest(pool, acct)
+            pending: list[str] = []
+            start = 1 if plan and not plan[0].is_global and not plan[0].steps[0].only_kept else 0
+            phase_rows: list[tuple[str, int]] = [("ingest", sum(1 for _ in parts))]
+            for phase in plan[start:]:
+                if phase.is_global:
+                    pending.append(str(self._global(pool, phase, parts, pending)))
+                else:
+                    parts, extra = self._map_phase(pool, phase, parts, pending)
+                    quarantine.extend(extra)
+                    pending = []
+                phase_rows.append((phase.name, len(parts)))
+            kept_parts, dropped_parts = self._final(pool, parts, pending, acct)
+        for row in quarantine:
+            acct.quarantined[row["file"]] += 1
+            acct.quarantine_reasons[_reason_kind(row["reason"])] += 1
+        quarantine_path = self.out / "quarantine.parquet"
+        table = pa.Table.from_pylist(sorted(quarantine, key=lambda r: r[ROW]), schema=QUARANTINE_SCHEMA)
+        write_parquet(table, quarantine_path, mode=SENSITIVE)
+        acct.check()
+        return RunOutput(self.out, acct, steps, kept_parts, dropped_parts, quarantine_path, phase_rows)
+
+    # -- ingest
+
+    def _ingest(self, pool: Executor, acct: Accounting) -> tuple[list[Path], list[dict[str, Any]]]:
+        ingest_dir = self.work / "ingest"
+        ingest_dir.mkdir(parents=True, exist_ok=True)
+        parts: list[Path] = []
+        quarantine: list[dict[str, Any]] = []
+        for i, spec in enumerate(self.cfg.inputs):
+            done_path = ingest_dir / f"i{i:04d}.done.json"
+            q_path = self.work / "quarantine" / f"i{i:04d}.parquet"
+            if done_path.exists():
+                done = json.loads(done_path.read_text())
+                parts.extend(ingest_dir / name for name in done["parts"])
+            else:
+                for stale in ingest_dir.glob(f"i{i:04d}-*.parquet"):
+                    stale.unlink()
+                done = self._ingest_input(pool, i, spec, ingest_dir, q_path)
+                parts.extend(ingest_dir / name for name in done["parts"])
+                write_json(done, done_path)
+            acct.read[spec.path] += done["read"]
+            quarantine.extend(pl.read_parquet(q_path).to_dicts())
+        return parts, quarantine
+
+    def _ingest_input(self, pool: Executor, i: int, spec: Any, ingest_dir: Path, q_path: Path) -> dict[str, Any]:
+        opts = ReaderOptions(
+            max_record_bytes=self.cfg.ingest.max_record_bytes,
+            max_archive_bytes=self.cfg.ingest.max_archive_bytes,
+            max_compression_ratio=self.cfg.ingest.max_compression_ratio,
+            oasst_paths=self.cfg.ingest.oasst_paths,
+            column_map=dict(spec.column_map),
+            category=spec.category,
+        )
+        path = Path(spec.path)
+        items = read_input(path, spec.path, spec.format, opts)
+        batch_size = self.cfg.ingest.batch_size
+        quarantine: list[dict[str, Any]] = []
+        names: list[str] = []
+        futures: list[Future[Any]] = []
+        records: list[dict[str, Any]] = []
+        rows: list[int] = []
+        read = 0
+        task = self.progress.task(f"ingest {spec.path}", total=None) if self.progress else None
+
+        def flush() -> None:
+            name = f"i{i:04d}-b{len(names):06d}.parquet"
+            names.append(name)
+            futures.append(pool.submit(_ingest_batch, list(records), list(rows), str(ingest_dir / name)))
+            records.clear()
+            rows.clear()
+            while len([f for f in futures if not f.done()]) > 2 * max(self.workers, 1):
+                futures[[f.done() for f in futures].index(False)].result()
+
+        for item in items:
+            row = (i << ROW_SHIFT) | read
+            read += 1
+            if isinstance(item, Quarantined):
+                quarantine.append({ROW: row, **item.__dict__, "excerpt": item.excerpt})
+            elif not is_valid_record(item):
+                problems = "; ".join(schema_errors(item)[:3]) or "not a record"
+                src = item.get("source") or {} if isinstance(item, dict) else {}
+                quarantine.append(
+                    {ROW: row, "file": spec.path, "index": src.get("index"), "line": src.get("line"),
+                     "field": None, "reason": f"record does not match record.schema.json: {problems}",
+                     "excerpt": ""}
+                )
+            else:
+                if spec.category and not item.get("category"):
+                    item = {**item, "category": spec.category}
+                records.append(item)
+                rows.append(row)
+                if len(records) >= batch_size:
+                    flush()
+            if task is not None and read % 1000 == 0:
+                self.progress.advance(task, 1000)
+        if records:
+            flush()
+        for fut in futures:
+            _, extra = fut.result()
+            quarantine.extend(extra)
+        write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), q_path, mode=SENSITIVE)
+        if task is not None:
+            self.progress.finish(task, read)
+        return {"read": read, "parts": names, "quarantined": len(quarantine)}
+
+    # -- phases
+
+    def _map_phase(
+        self, pool: Executor, phase: Phase, parts: list[Path], pending: list[str]
+    ) -> tuple[list[Path], list[dict[str, Any]]]:
+        out_dir = self.work / f"phase{phase.index:02d}"
+        done_path = out_dir / "done.json"
+        new_parts = [out_dir / p.name for p in parts]
+        if done_path.exists():
+            return new_parts, json.loads(done_path.read_text())["quarantined"]
+        todo = [(p, n) for p, n in zip(parts, new_parts, strict=True) if not n.exists()]
+        quarantined: list[dict[str, Any]] = []
+        if todo:
+            futs = [pool.submit(_run_map_phase, phase.index, str(p), str(n), pending) for p, n in todo]
+            for _, extra in self._track(f"{phase.name}", futs):
+                quarantined.extend(extra)
+        # rows quarantined in parts finished by an earlier, killed run are found again from the parts
+        write_json({"quarantined": self._phase_quarantine(parts, new_parts, quarantined)}, done_path)
+        return new_parts, json.loads(done_path.read_text())["quarantined"]
+
+    @staticmethod
+    def _phase_quarantine(
+        before: list[Path], after: list[Path], found: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Rows present before a map phase and missing after it: quarantined by that phase."""
+        by_row = {r[ROW]: r for r in found}
+        missing: list[dict[str, Any]] = []
+        for src, dst in zip(before, after, strict=True):
+            old = pl.read_parquet(src, columns=[ROW, "source"])
+            new_rows = set(pl.read_parquet(dst, columns=[ROW])[ROW].to_list())
+            gone = old.filter(~pl.col(ROW).is_in(list(new_rows)))
+            for row in _quarantine_rows(gone, "map step failed on this record"):
+                missing.append(by_row.get(row[ROW], row))
+        return missing
+
+    def _global(self, pool: Executor, phase: Phase, parts: list[Path], pending: list[str]) -> Path:
+        path = self.work / "global" / f"phase{phase.index:02d}.parquet"
+        if path.exists():
+            return path
+        step: GlobalStep = phase.steps[0]  # type: ignore[assignment]
+        futs = [pool.submit(_run_global_map, phase.index, str(p), pending) for p in parts]
+        partials = list(self._track(f"{phase.name} (map)", futs))
+        annotation = step.reduce(partials)
+        write_parquet(annotation.sort(ROW), path)
+        return path
+
+    def _final(
+        self, pool: Executor, parts: list[Path], pending: list[str], acct: Accounting
+    ) -> tuple[list[Path], list[Path]]:
+        kept_dir, dropped_dir = self.out / "kept", self.out / "dropped"
+        for d in (kept_dir, dropped_dir):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+        os.chmod(dropped_dir, 0o700)
+        kept = [kept_dir / p.name for p in parts]
+        dropped = [dropped_dir / p.name for p in parts]
+        futs = [
+            pool.submit(_final_part, str(p), pending, str(k), str(d))
+            for p, k, d in zip(parts, kept, dropped, strict=True)
+        ]
+        for stats in self._track("decide", futs):
+            acct.kept += stats["kept"]
+            acct.dropped.update(stats["dropped"])
+        return kept, dropped
+
+    def _track(self, label: str, futures: list[Future[Any]]) -> Iterator[Any]:
+        task = self.progress.task(label, total=len(futures)) if self.progress else None
+        for fut in futures:
+            result = fut.result()
+            if task is not None:
+                self.progress.advance(task, 1)
+            yield result
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its instance details (numbers, quoted values), for counting by kind."""
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
+    return re.sub(r"\d+(\.\d+)?", "N", kind)[:120]
+
+
+def iter_parts(paths: Iterable[Path], columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """Read parts one by one (bounded memory)."""
+    for p in paths:
+        yield pl.read_parquet(p, columns=columns)

@@ -1,0 +1,62 @@
+"""Atomic, deterministic file writes: a killed run leaves either the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextmanager
+def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync and rename it into place (with `mode` if given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if mode is not None:
+            os.chmod(tmp_path, mode)
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet(frame: pl.DataFrame | pa.Table, path: Path, mode: int | None = None) -> None:
+    """Write Parquet atomically with fixed settings, so equal data gives equal bytes."""
+    table = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
+    with atomic_path(path, mode) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+
+
+def write_json(data: Any, path: Path, mode: int | None = None) -> None:
+    """Write JSON atomically, keys sorted, so equal data gives equal bytes."""
+    with atomic_path(path, mode) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text(text: str, path: Path, mode: int | None = None) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path, mode) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

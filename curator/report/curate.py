@@ -1,0 +1,168 @@
+"""The curation report: what came in, what each step did, what was kept, as JSON and as one HTML page.
+
+It holds counts, distributions, record ids and reasons: never record text, so it is safe to share
+(quarantine excerpts stay in the owner-only quarantine file).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curator.engines.local import RunOutput
+from curator.io import write_json, write_text
+from curator.pipeline import ROW_SHIFT, rule_owners
+from curator.report import html as H
+
+_SUMMARY_COLUMNS = ("n_tokens_est", "n_chars", "category", "language", "n_turns")
+
+
+def _frame(parts: list[Path]) -> pl.DataFrame:
+    """Summary columns of every part (bounded: a few scalars per record)."""
+    frames = []
+    for p in parts:
+        frame = pl.read_parquet(p)
+        keep = [c for c in frame.columns if c in _SUMMARY_COLUMNS or c in ("drop_reason", "row")]
+        frame = frame.select(keep).with_columns(pl.col("row") // (1 << ROW_SHIFT))
+        frames.append(frame)
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _optional_summaries(run: RunOutput) -> dict[str, Any]:
+    """Summaries that dedup and PII steps provide about their own annotations (when they ran)."""
+    out: dict[str, Any] = {}
+    frames = [pl.read_parquet(p) for p in run.kept_parts + run.dropped_parts]
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return out
+    annotated = pl.concat(frames, how="diagonal_relaxed")
+    names = {s.name for s in run.steps}
+    if names & {"exact_dedup", "minhash_dedup", "semantic_dedup"}:
+        from curator.steps.dedup import dedup_summary
+
+        out["dedup"] = dedup_summary(annotated)
+    if "pii" in names:
+        from curator.steps.pii import pii_summary
+
+        out["pii"] = pii_summary(annotated)
+    return out
+
+
+def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report shows, as plain data (this is `report.json`)."""
+    acct = run.accounting
+    kept = _frame(run.kept_parts)
+    dropped = _frame(run.dropped_parts)
+    owners = rule_owners(run.steps)
+    by_step: Counter[str] = Counter()
+    for reason, n in acct.dropped.items():
+        by_step[owners.get(reason, "?")] += n
+    inputs = [spec["path"] for spec in config["inputs"]]
+    per_input = []
+    for i, path in enumerate(inputs):
+        k = kept.filter(pl.col("row") == i).height if kept.height else 0
+        d = dropped.filter(pl.col("row") == i).height if dropped.height else 0
+        per_input.append(
+            {"input": path, "read": acct.read.get(path, 0), "kept": k, "dropped": d,
+             "quarantined": acct.quarantined.get(path, 0)}
+        )
+
+    def counts(frame: pl.DataFrame, col: str) -> dict[str, int]:
+        if not frame.height or col not in frame.columns:
+            return {}
+        vc = frame[col].fill_null("unknown").value_counts(sort=True)
+        return {str(k): int(v) for k, v in zip(vc[col].to_list(), vc["count"].to_list(), strict=True)}
+
+    both = pl.concat([kept, dropped], how="diagonal_relaxed") if dropped.height else kept
+    report = {
+        "accounting": acct.as_dict(),
+        "steps": [
+            {"step": s.name, "dropped": by_step.get(s.name, 0), "reasons": sorted(r.reason for r in s.rules())}
+            for s in run.steps
+        ],
+        "inputs": per_input,
+        "categories": {"all": counts(both, "category"), "kept": counts(kept, "category")},
+        "languages": {"all": counts(both, "language"), "kept": counts(kept, "language")},
+        "tokens_est": {
+            "kept_total": int(kept["n_tokens_est"].sum()) if kept.height else 0,
+            "kept_mean": round(float(kept["n_tokens_est"].mean()), 1) if kept.height else 0.0,
+        },
+        "config": config,
+        **_optional_summaries(run),
+    }
+    return report
+
+
+def write_report(report: dict[str, Any], run: RunOutput) -> tuple[Path, Path]:
+    """Write `report.json` and `report.html` into the run's output dir."""
+    json_path, html_path = run.out / "report.json", run.out / "report.html"
+    write_json(report, json_path)
+    write_text(render_html(report, run), html_path)
+    return json_path, html_path
+
+
+def render_html(report: dict[str, Any], run: RunOutput) -> str:
+    """The report as one self-contained page with plots."""
+    acct = report["accounting"]
+    balance = (
+        f"read {acct['read']} = kept {acct['kept']} + dropped {acct['dropped']} "
+        f"+ quarantined {acct['quarantined']}"
+    )
+    kept = _frame(run.kept_parts)
+    dropped = _frame(run.dropped_parts)
+    sections: list[tuple[str, list[str]]] = [
+        ("Accounting", [H.paragraph(balance + "  ✓ reconciles", "ok")]),
+        ("Inputs", [H.table(["input", "read", "kept", "dropped", "quarantined"],
+                            [[r["input"], r["read"], r["kept"], r["dropped"], r["quarantined"]]
+                             for r in report["inputs"]])]),
+        ("Steps", [H.table(["step", "dropped", "reasons"],
+                           [[s["step"], s["dropped"], ", ".join(s["reasons"])] for s in report["steps"]])]),
+        ("Drop reasons", [H.table(["reason", "records"], list(acct["dropped_by_reason"].items()))]),
+        ("Quarantine", [H.table(["reason (kind)", "records"], list(acct["quarantined_by_reason"].items())),
+                        H.paragraph("Quarantine rows with file, line and raw excerpt are in quarantine.parquet "
+                                    "(owner-only: excerpts may hold personal data).", "note")]),
+    ]
+    figures: list[str] = []
+    if kept.height:
+        figures.append("png:" + H.histogram(
+            "Record length (estimated tokens)",
+            {"kept": kept["n_tokens_est"].to_list(),
+             **({"dropped": dropped["n_tokens_est"].drop_nulls().to_list()} if dropped.height else {})},
+            "tokens (log scale)",
+        ))
+        figures.append("png:" + H.bar_chart(
+            "Records per category", {"all": report["categories"]["all"], "kept": report["categories"]["kept"]}
+        ))
+        figures.append("png:" + H.bar_chart("Records per language", {"kept": report["languages"]["kept"]}, top=12))
+    sections.append(("Distributions", figures))
+    if "dedup" in report:
+        sections.append(("Deduplication", _json_fragments(report["dedup"])))
+    if "pii" in report:
+        sections.append(("Personal data", _json_fragments(report["pii"])))
+    return H.page("Curation report", sections)
+
+
+def _json_fragments(data: dict[str, Any]) -> list[str]:
+    """Render a step summary: flat mappings as tables, lists of rows as tables, the rest as key/value."""
+    frags: list[str] = []
+    scalars = [[k, v] for k, v in data.items() if isinstance(v, int | float | str)]
+    if scalars:
+        frags.append(H.table(["", ""], scalars))
+    for key, value in data.items():
+        if isinstance(value, dict) and value and all(isinstance(v, int | float) for v in value.values()):
+            frags.append(H.paragraph(key.replace("_", " ")))
+            frags.append(H.table([key, "count"], list(value.items())))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            headers = list(value[0].keys())
+            frags.append(H.paragraph(key.replace("_", " ")))
+            frags.append(H.table(headers, [[_cell(row.get(h)) for h in headers] for row in value[:20]]))
+    return frags
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return value if value is not None else ""
