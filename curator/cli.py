@@ -132,6 +132,46 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def kept_parts(path: Path) -> list[Path]:
+    """The kept-record Parquet files of a curate output dir (or a single Parquet file)."""
+    if path.is_file():
+        return [path]
+    parts = sorted((path / "kept").glob("*.parquet")) if (path / "kept").is_dir() else sorted(path.glob("*.parquet"))
+    if not parts:
+        raise UserError(f"{path}: no kept records found (expected a `curator curate` output dir or Parquet files)")
+    return parts
+
+
+def run_pack(cfg: Any, kept: list[Path], out: Path, *, weights: dict[str, float] | None = None,
+             quiet: bool = False) -> dict[str, Any]:
+    """Balance, split, format and pack kept records into shards; print the summary table."""
+    from curator.format.shards import build_shards, summary_rows
+
+    manifest = build_shards(kept, out, cfg, weights=weights, progress=not quiet)
+    if not quiet:
+        table = Table(title=f"shards in {out}")
+        table.add_column("")
+        table.add_column("", justify="right")
+        for label, value in summary_rows(manifest):
+            table.add_row(label, value)
+        console.print(table)
+    return manifest
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from curator.config import load_config
+
+    cfg = load_config(args.config)
+    if args.tokenizer:
+        cfg.format.tokenizer = args.tokenizer
+    if args.seq_len:
+        cfg.format.seq_len = args.seq_len
+    if args.selection:
+        cfg.balance.weights_file = args.selection
+    run_pack(cfg, kept_parts(Path(args.kept)), Path(args.out))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from curator.config import pipeline_json_schema
 
@@ -164,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: start a local Ray with --workers CPUs")
     p.set_defaults(func=cmd_curate)
 
+    p = sub.add_parser("pack", help="balance, split, render with a chat template and pack kept records into shards")
+    p.add_argument("kept", help="a `curate` output dir (its kept/ parts) or Parquet file(s) of kept records")
+    p.add_argument("--out", required=True, help="shard directory (manifest.json, train/, eval/)")
+    p.add_argument("--config", help="YAML config (balance, split, format sections)")
+    p.add_argument("--tokenizer", help="local tokenizer or model dir (overrides format.tokenizer)")
+    p.add_argument("--seq-len", type=int, help="row length in tokens (overrides format.seq_len)")
+    p.add_argument("--selection", help="selection file from the feedback loop (overrides balance.weights_file)")
+    p.set_defaults(func=cmd_pack)
+
     p = sub.add_parser("schema", help="print (or --write) the pipeline config JSON Schema")
     p.add_argument("--write", action="store_true", help="write schemas/pipeline.schema.json")
     p.set_defaults(func=cmd_schema)
@@ -173,13 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one clear line (exit 2)."""
     from curator.config import ConfigError
+    from curator.format.chat import TokenizerError
+    from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
     from curator.pipeline import ResumeMismatch
+    from curator.steps.balance import SelectionFileError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, ResumeMismatch, UnreadableInput) as exc:
+    except (UserError, ConfigError, ResumeMismatch, UnreadableInput, ShardError, TokenizerError,
+            SelectionFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

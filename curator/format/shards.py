@@ -15,7 +15,6 @@ manifest nor the shards hold timestamps or absolute paths.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -32,6 +30,7 @@ from curator.config import CurateConfig, config_hash
 from curator.format.chat import UNCATEGORIZED, ChatFormatter, Encoded, load_tokenizer, tokenizer_hash
 from curator.format.pack import Document, bfd_bins, pack_rows, split_document
 from curator.format.split import SPLIT, assign_splits
+from curator.io import sha256_file, write_json, write_parquet
 from curator.record import schema_errors
 from curator.steps.balance import balance
 
@@ -93,14 +92,6 @@ def _portable(value: Any) -> Any:
     return value
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _token_counts(table: pa.Table, seq_len: int) -> dict[str, int]:
     """Total, trainable and padding tokens of packed rows."""
     total = table.num_rows * seq_len
@@ -131,8 +122,8 @@ def _write_split(table: pa.Table, out_dir: Path, name: str, shard_rows: int) -> 
             break
         part = table.slice(start, shard_rows)
         path = split_dir / f"part-{k:05d}.parquet"
-        pq.write_table(part, path, compression="zstd")
-        size, digest = path.stat().st_size, _sha256(path)
+        write_parquet(part, path)
+        size, digest = path.stat().st_size, sha256_file(path)
         files.append({"path": f"{name}/{path.name}", "rows": part.num_rows, "bytes": size, "sha256": digest})
     return files
 
@@ -178,10 +169,16 @@ def build_shards(
     rendered = meta.filter(pl.col("id").is_in(list(encoded))).with_columns(
         pl.col("id").replace_strict({k: v[0] for k, v in lengths.items()}, return_dtype=pl.Int64).alias("n_tokens"),
     )
-    balanced = balance(rendered, cfg.balance, cfg.seed, weights=weights)
+    # Split first, then balance the train side only: the eval/test sets stay the same whatever the
+    # weights, so rounds of the feedback loop are measured on one held-out set.
+    split_all = assign_splits(rendered, cfg.split, cfg.seed)
+    balanced = balance(split_all.filter(pl.col(SPLIT) == "train").drop(SPLIT), cfg.balance, cfg.seed, weights=weights)
     for rid, reason in balanced.dropped.select("id", "reason").iter_rows():
         status[rid] = reason
-    split_frame = assign_splits(balanced.selected, cfg.split, cfg.seed)
+    split_frame = pl.concat(
+        [balanced.selected.with_columns(pl.lit("train").alias(SPLIT)), split_all.filter(pl.col(SPLIT) != "train")],
+        how="diagonal_relaxed",
+    ).sort("id")
 
     splits_out: dict[str, Any] = {}
     categories_out: dict[str, Any] = {}
@@ -234,7 +231,7 @@ def build_shards(
         .replace_strict({k: e.truncated_turns for k, e in encoded.items()}, default=None, return_dtype=pl.Int64)
         .alias("truncated_turns"),
     )
-    records.write_parquet(records_path, compression="zstd", statistics=False)
+    write_parquet(records, records_path)
     status_counts = dict(sorted(records.group_by("status").len().iter_rows()))
     all_cats: dict[str, dict[str, int]] = {}
     for per_split in categories_out.values():
@@ -266,7 +263,7 @@ def build_shards(
         "format": {**fmt.stats.as_dict(), "documents_split": n_split_docs, "split_documents": fcfg.split_documents},
         "records": {
             "file": records_path.name,
-            "sha256": _sha256(records_path),
+            "sha256": sha256_file(records_path),
             "count": df.height,
             "ids_sha256": hashlib.sha256("\n".join(df["id"].to_list()).encode()).hexdigest(),
             "status": status_counts,
@@ -278,7 +275,7 @@ def build_shards(
     problems = schema_errors(manifest, "manifest.schema.json")
     if problems:
         raise ShardError("manifest does not match schemas/manifest.schema.json: " + "; ".join(problems[:5]))
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(manifest, out_dir / "manifest.json")
     return manifest
 
 
