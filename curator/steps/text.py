@@ -148,7 +148,7 @@ def text_units(texts: pl.Series, kind: Shingle = "word", *, strip_punctuation: b
 def shingle_hashes(
     texts: pl.Series, *, kind: Shingle = "word", n: int = 3, seed: int = 0, strip_punctuation: bool = False
 ) -> pl.DataFrame:
-    """Distinct shingle hashes per text: `idx` (position in `texts`, u32) and `h` (u64), sorted by both.
+    """Hashed shingles per text, in text order: `idx` (position in `texts`, u32) and `h` (u64); may repeat.
 
     Shingles are n consecutive units (`text_units`); a text shorter than n units gives one shingle
     (all of it), so a short text still matches its copies; a text without units gives none.
@@ -165,23 +165,15 @@ def shingle_hashes(
     w = flat["u"].replace_strict(vocab, vocab_h, return_dtype=pl.UInt64).to_numpy()
     counts = np.bincount(doc, minlength=len(texts)).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(w), dtype=np.int64) - starts[doc]
     acc = np.full(len(w), _seed_state(seed)[0], dtype=np.uint64)
-    short_idx: list[np.ndarray] = []
-    short_h: list[np.ndarray] = []
+    short = np.flatnonzero((counts > 0) & (counts < n))
+    short_h = np.zeros(len(short), dtype=np.uint64)
     for k in range(n):
         shifted = np.concatenate([w[k:], np.zeros(min(k, len(w)), dtype=np.uint64)])
         acc = fmix64(acc ^ shifted)
-        if k + 1 < n:  # texts of exactly k+1 units: their one shingle ends here
-            done = np.flatnonzero(counts == k + 1)
-            short_idx.append(done)
-            short_h.append(acc[starts[done]])
-    pos = np.arange(len(w), dtype=np.int64) - starts[doc]
-    full = pos + n <= counts[doc]
-    out = pl.DataFrame(
-        {
-            "idx": np.concatenate([doc[full].astype(np.uint32), *[s.astype(np.uint32) for s in short_idx]]),
-            "h": np.concatenate([acc[full], *short_h]),
-        },
-        schema={"idx": pl.UInt32, "h": pl.UInt64},
-    )
-    return out.unique().sort("idx", "h")
+        ends_here = counts[short] == k + 1  # texts of k+1 < n units: their one shingle ends here
+        short_h[ends_here] = acc[starts[short[ends_here]]]
+    acc[starts[short]] = short_h
+    keep = (pos + n <= counts[doc]) | ((pos == 0) & (counts[doc] < n))
+    return pl.DataFrame({"idx": doc[keep], "h": acc[keep]}, schema={"idx": pl.UInt32, "h": pl.UInt64})
