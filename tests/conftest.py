@@ -55,3 +55,50 @@ def tiny_model_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFa
 def read_jsonl(path: Path) -> list[dict]:
     """Every JSON object of a JSONL file (helper for tests)."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --- trainer fixtures (issue 6, trainer engineer): real records packed by curator.format.build_shards ---
+
+
+def sft_records(per_source: int = 40) -> list[dict]:
+    """Canonical records from sample_data: GSM8K ("math") and self-instruct user-oriented tasks ("general")."""
+    from curator.record import make_record
+
+    records = []
+    lines = (SAMPLE / "gsm8k_train_400.jsonl").read_text(encoding="utf-8").split("\n")
+    for i, line in enumerate(x for x in lines if x.strip()):
+        if i == per_source:
+            break
+        row = json.loads(line)
+        msgs = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+        records.append(make_record(msgs, source={"file": "gsm8k_train.jsonl", "index": i, "format": "gsm8k"},
+                                   category="math"))
+    path = SAMPLE / "self_instruct_user_oriented_150.jsonl"
+    for i, line in enumerate(x for x in path.read_text(encoding="utf-8").split("\n") if x.strip()):
+        if i == per_source:
+            break
+        row = json.loads(line)
+        inst = row["instances"][0]
+        prompt = row["instruction"] + ("\n\n" + inst["input"] if inst["input"] else "")
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": inst["output"]}]
+        records.append(make_record(msgs, source={"file": path.name, "index": i, "format": "self_instruct"},
+                                   category="general"))
+    return records
+
+
+@pytest.fixture(scope="session")
+def packed_shards(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 real records packed (seq_len 512, 20% eval) by curator.format.shards.build_shards for the tiny model."""
+    import polars as pl
+    import pyarrow as pa
+
+    from curator.config import load_config
+    from curator.format.shards import build_shards
+    from curator.record import RECORD_SCHEMA
+
+    frame = pl.from_arrow(pa.Table.from_pylist(sft_records(), schema=RECORD_SCHEMA))
+    cfg = load_config(None, {"format": {"tokenizer": str(tiny_model_dir), "seq_len": 512, "shard_rows": 16},
+                             "split": {"eval_fraction": 0.2}})
+    out = tmp_path_factory.mktemp("packed")
+    build_shards(frame, out, cfg, progress=False)
+    return out

@@ -83,3 +83,59 @@ def build_tiny_model(
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def pretrain_tiny(
+    model_dir: str | Path,
+    texts: Iterable[str],
+    *,
+    steps: int = 300,
+    lr: float = 3e-3,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[float]:
+    """Give a freshly built tiny model some language: full-parameter causal-LM training on `texts`.
+
+    A randomly initialised base leaves LoRA nothing to adapt (its loss stays near ln(vocab)), so the
+    demo pretrains its local base on the train-side text first, the way a real base model arrives
+    pretrained. This is not the SFT trainer (trainer/loop.py trains adapters only); it reuses its
+    loss, targets and schedule and returns the loss per step. The model is saved back in place.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import shifted_targets
+    from trainer.losses import TokenLoss
+    from trainer.schedule import lr_at
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.append(tokenizer.eos_token_id)
+    n_rows = len(stream) // seq_len
+    if n_rows < batch_size:
+        raise ValueError(f"pretraining needs at least {batch_size * seq_len} tokens of text, got {len(stream)}")
+    rows = torch.tensor(stream[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+    positions = torch.arange(seq_len).expand(batch_size, seq_len)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.train()
+    loss_fn = TokenLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, base_lr=lr, warmup_steps=max(steps // 20, 1), total_steps=steps)
+        batch = rows[torch.randint(0, n_rows, (batch_size,), generator=generator)]
+        targets = shifted_targets(batch, torch.ones_like(batch), positions)
+        loss = loss_fn(batch, positions, targets) / (targets != -100).sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(float(loss.detach()), 4))
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return losses

@@ -1,0 +1,274 @@
+"""Evaluation at the granularity data selection needs: per sample, per category, overall.
+
+`evaluate_split` streams the packed eval rows `batch_size` at a time, computes token losses in
+chunks (losses.TokenLoss.per_token) and folds them into per-document sums right away, so memory
+holds one batch of hidden states plus one chunk of logits, never vocabulary x dataset. Per-category
+loss is token-weighted (total loss / total target tokens of the category); perplexity = exp(loss).
+
+`score_pool` is the feedback loop's scoring pass over the TRAINING pool: for canonical records it
+renders each conversation with the model's chat template and returns, per record id,
+loss(answer | prompt) and loss(answer alone) and IFD = their ratio (Li et al. 2023, "Cherry" data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import torch
+
+from trainer.data import PackedSplit, document_index, make_batch, read_manifest, read_split
+from trainer.losses import TokenLoss
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "eval.schema.json"
+SCHEMA_VERSION = 1
+
+
+class EvalError(Exception):
+    """Evaluation cannot run on this input; the message says what to do."""
+
+
+@lru_cache(maxsize=1)
+def eval_schema() -> dict[str, Any]:
+    """The JSON Schema of `eval.json`."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def document_losses(
+    loss_fn: TokenLoss, split: PackedSplit, batch_size: int, chunk_tokens: int, device: torch.device
+) -> dict[tuple[int, int], tuple[float, int]]:
+    """{(row, document index in row): (sum of token losses, target tokens)} over every row of `split`."""
+    from rich.progress import Progress
+
+    sums: dict[tuple[int, int], tuple[float, int]] = {}
+    seq_len = split.seq_len
+    was_training = loss_fn.training
+    loss_fn.eval()
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"eval {split.name}", total=split.rows)
+        for start in range(0, split.rows, batch_size):
+            rows = np.arange(start, min(start + batch_size, split.rows))
+            batch = make_batch(split, rows, device)
+            flat_index, losses = loss_fn.per_token(
+                batch["input_ids"], batch["position_ids"], batch["targets"], chunk_tokens
+            )
+            docs = document_index(batch["position_ids"]).flatten()[flat_index]
+            keys = (flat_index // seq_len + start) * seq_len + docs
+            unique, inverse = torch.unique(keys, return_inverse=True)
+            loss_sum = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse.cpu(), losses.double().cpu())
+            counts = torch.bincount(inverse.cpu(), minlength=len(unique))
+            for key, s, c in zip(unique.tolist(), loss_sum.tolist(), counts.tolist(), strict=True):
+                sums[divmod(key, seq_len)] = (s, c)
+            progress.advance(task, len(rows))
+    loss_fn.train(was_training)
+    return sums
+
+
+def _summary(loss_sum: float, tokens: int, samples: int) -> dict[str, Any]:
+    loss = loss_sum / tokens if tokens else None
+    ppl = math.exp(min(loss, 700.0)) if loss is not None else None
+    return {"loss": loss, "perplexity": ppl, "tokens": tokens, "samples": samples}
+
+
+def evaluate_split(
+    loss_fn: TokenLoss, split: PackedSplit, batch_size: int, chunk_tokens: int, device: torch.device
+) -> dict[str, Any]:
+    """Per-sample (by record id), per-category and overall loss/perplexity of a packed split."""
+    per_doc = document_losses(loss_fn, split, batch_size, chunk_tokens, device)
+    samples: dict[str, list[Any]] = {}
+    for (row, doc), (s, c) in sorted(per_doc.items()):
+        if doc >= len(split.sample_ids[row]):
+            raise EvalError(
+                f"eval row {row}: document {doc} has targets but no sample id (padding with loss_mask=1?); "
+                "the shards are inconsistent, re-run packing"
+            )
+        sid = split.sample_ids[row][doc]
+        entry = samples.setdefault(sid, [0.0, 0, split.categories[row][doc]])
+        entry[0] += s
+        entry[1] += c
+    if not samples:
+        raise EvalError(f"eval split has no trainable tokens ({split.rows} rows); nothing to evaluate")
+    per_sample = {
+        sid: {"loss": s / c, "tokens": c, "category": cat} for sid, (s, c, cat) in sorted(samples.items())
+    }
+    cats: dict[str, list[Any]] = {}
+    for s, c, cat in samples.values():
+        agg = cats.setdefault(cat or "uncategorized", [0.0, 0, 0])
+        agg[0] += s
+        agg[1] += c
+        agg[2] += 1
+    total_sum = sum(v[0] for v in samples.values())
+    total_tokens = sum(v[1] for v in samples.values())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "overall": _summary(total_sum, total_tokens, len(samples)),
+        "per_category": {k: _summary(*v) for k, v in sorted(cats.items())},
+        "per_sample": per_sample,
+    }
+
+
+def write_eval(report: dict[str, Any], path: str | Path) -> Path:
+    """Validate `report` against schemas/eval.schema.json and write it (sorted keys, atomic)."""
+    jsonschema.validate(report, eval_schema())
+    out = Path(path)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+@torch.no_grad()
+def generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, device: torch.device
+) -> list[dict[str, str]]:
+    """Greedy answers of the model to a few user prompts, rendered with its chat template."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        completion = tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out.append({"prompt": prompt, "completion": completion})
+    model.train(was_training)
+    return out
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _ifd_documents(tokenizer: Any, record: dict[str, Any], max_len: int) -> tuple[list[Any], str | None, bool]:
+    """([(ids, mask) conditioned, (ids, mask) alone], None, truncated), or ([], reason, False) if unscorable."""
+    messages = [
+        {k: v for k, v in m.items() if v is not None} | {"content": m.get("content") or ""}
+        for m in record.get("messages") or []
+    ]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    if last is None or last == 0:
+        return [], "no assistant turn after a prompt", False
+    full = _render(tokenizer, messages[: last + 1], False)
+    prompt = _render(tokenizer, messages[:last], True)
+    cut = _common_prefix(full, prompt)
+    answer = full[cut:]
+    if not answer:
+        return [], "empty answer", False
+    header = prompt[_common_prefix(prompt, _render(tokenizer, messages[:last], False)):]
+    cond_ids = (prompt[:cut] + answer)[-max_len:]
+    cond_mask = ([0] * cut + [1] * len(answer))[-max_len:]
+    alone_ids = (header + answer)[:max_len]
+    alone_mask = ([0] * len(header) + [1] * len(answer))[:max_len]
+    truncated = cut + len(answer) > max_len or len(header) + len(answer) > max_len
+    return [(cond_ids, cond_mask), (alone_ids, alone_mask)], None, truncated
+
+
+def _pack_sequential(docs: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> PackedSplit:
+    """Pack documents in order into rows of `seq_len` (next-fit), padding as one trailing pad document."""
+    rows_ids: list[list[int]] = []
+    rows_mask: list[list[int]] = []
+    rows_pos: list[list[int]] = []
+    rows_lens: list[list[int]] = []
+    rows_keys: list[list[str]] = []
+    for i, (ids, mask) in enumerate(docs):
+        if not rows_ids or len(rows_ids[-1]) + len(ids) > seq_len:
+            rows_ids.append([])
+            rows_mask.append([])
+            rows_pos.append([])
+            rows_lens.append([])
+            rows_keys.append([])
+        rows_ids[-1] += ids
+        rows_mask[-1] += mask
+        rows_pos[-1] += list(range(len(ids)))
+        rows_lens[-1].append(len(ids))
+        rows_keys[-1].append(str(i))
+    for ids, mask, pos in zip(rows_ids, rows_mask, rows_pos, strict=True):
+        pad = seq_len - len(ids)
+        ids += [pad_id] * pad
+        mask += [0] * pad
+        pos += list(range(pad))
+    shape = (len(rows_ids), seq_len)
+    return PackedSplit(
+        "pool",
+        np.asarray(rows_ids, dtype=np.int32).reshape(shape),
+        np.asarray(rows_mask, dtype=np.int8).reshape(shape),
+        np.asarray(rows_pos, dtype=np.int32).reshape(shape),
+        rows_lens,
+        rows_keys,
+        [[""] * len(k) for k in rows_keys],
+    )
+
+
+def score_pool(
+    model: Any,
+    tokenizer: Any,
+    pool: Iterable[dict[str, Any]] | str | Path,
+    *,
+    max_len: int = 2048,
+    batch_size: int = 4,
+    chunk_tokens: int = 2048,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """Per-record scores over a training pool for the feedback loop, sorted by record id.
+
+    `model`: a causal LM or peft model (put in eval mode here). `pool`: canonical records (dicts
+    with `id` and `messages`, the LAST assistant turn is the answer scored) -> each row has
+    `loss_cond` = mean loss of the answer tokens given the prompt, `loss_alone` = the same answer
+    after only the assistant header, `ifd` = loss_cond / loss_alone, `tokens`, `truncated`. Or a
+    packed shard directory -> `loss_cond` over all trainable tokens of each record of the train
+    split, `loss_alone`/`ifd` None (packed rows hold no answer-only rendering). A record that
+    cannot be scored gets `skipped` with the reason instead of vanishing.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    loss_fn = TokenLoss(model)
+    if isinstance(pool, str | Path):
+        split = read_split(pool, read_manifest(pool), "train")
+        report = evaluate_split(loss_fn, split, batch_size, chunk_tokens, device)
+        return [
+            {"id": sid, "loss_cond": v["loss"], "loss_alone": None, "ifd": None, "tokens": v["tokens"]}
+            for sid, v in report["per_sample"].items()
+        ]
+    docs: list[tuple[list[int], list[int]]] = []
+    owners: list[dict[str, Any]] = []
+    results: dict[str, dict[str, Any]] = {}
+    for record in pool:
+        rid = str(record.get("id"))
+        pair, reason, truncated = _ifd_documents(tokenizer, record, max_len)
+        if reason is not None:
+            results[rid] = {"id": rid, "loss_cond": None, "loss_alone": None, "ifd": None, "tokens": 0,
+                            "skipped": reason}
+            continue
+        row = {"id": rid, "tokens": sum(pair[0][1]), "truncated": truncated}
+        owners += [row, row]
+        docs += pair
+        results[rid] = row
+    if docs:
+        split = _pack_sequential(docs, max_len, tokenizer.pad_token_id or 0)
+        per_doc = document_losses(loss_fn, split, batch_size, chunk_tokens, device)
+        losses: dict[int, float] = {}
+        for (row_i, doc), (s, c) in per_doc.items():
+            losses[int(split.sample_ids[row_i][doc])] = s / c
+        for i in range(0, len(docs), 2):
+            row = owners[i]
+            row["loss_cond"], row["loss_alone"] = losses.get(i), losses.get(i + 1)
+            ok = row["loss_cond"] is not None and row["loss_alone"]
+            row["ifd"] = row["loss_cond"] / row["loss_alone"] if ok else None
+    return [results[k] for k in sorted(results)]
