@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=True)
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 class UserError(Exception):
@@ -172,6 +173,64 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loop(args: argparse.Namespace) -> int:
+    from curator.loop import load_loop_config, run_loop
+
+    report = run_loop(load_loop_config(args.config), Path(args.out), workers=args.workers)
+    _print_verdict(report, Path(args.out))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from curator.loop import load_loop_config, run_loop
+
+    if not DEMO_CONFIG.exists():
+        raise UserError(f"{DEMO_CONFIG}: the demo config is missing; run the demo from a clone of the repository")
+    report = run_loop(load_loop_config(DEMO_CONFIG), Path(args.out), workers=args.workers)
+    _print_verdict(report, Path(args.out))
+    return 0
+
+
+def _print_verdict(report: dict[str, Any], out: Path) -> None:
+    table = Table(title="feedback loop: eval loss per round")
+    rounds = report["rounds"]
+    cats = sorted({c for r in rounds for c in r["eval"]["per_category"]})
+    table.add_column("category")
+    for r in rounds:
+        table.add_column(f"round {r['round']}", justify="right")
+        table.add_column("weight", justify="right")
+    for c in [*cats, "overall"]:
+        cells = []
+        for r in rounds:
+            ev = r["eval"]["overall"] if c == "overall" else r["eval"]["per_category"].get(c, {})
+            cells.append(f"{ev['loss']:.4f}" if ev.get("loss") is not None else "-")
+            cells.append(f"{r['category_weights'].get(c, 0):.3f}" if c != "overall" else "")
+        table.add_row(c, *cells)
+    console.print(table)
+    v = report["verdict"]
+    console.print(
+        f"mean eval loss {v['overall_first']:.4f} -> {v['overall_last']:.4f}; worst category "
+        f"{v['worst_first']['category']} {v['worst_first']['loss']:.4f} -> {v['worst_last']['category']} "
+        f"{v['worst_last']['loss']:.4f}.  report: {out / 'loop_report.html'}"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.cli import train_main
+
+    result = train_main(args.config)
+    console.print_json(data={k: v for k, v in result.items() if k != "params"})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainer.cli import eval_main
+
+    result = eval_main(args.config, adapter=args.adapter)
+    console.print_json(data=result)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from curator.config import pipeline_json_schema
 
@@ -212,6 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="row length in tokens (overrides format.seq_len)")
     p.add_argument("--selection", help="selection file from the feedback loop (overrides balance.weights_file)")
     p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("train", help="train a LoRA adapter on packed shards (YAML: trainer/config.py)")
+    p.add_argument("config", help="trainer YAML (model, shards, output_dir, ...)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate base + adapter on the eval split into eval.json")
+    p.add_argument("config", help="trainer YAML")
+    p.add_argument("--adapter", help="adapter dir (default: output_dir/adapter; 'none': the base model alone)")
+    p.set_defaults(func=cmd_eval)
+
+    workers = min(2, os.cpu_count() or 1)
+    p = sub.add_parser("loop", help="curate, then rounds of select -> pack -> train -> eval -> feedback")
+    p.add_argument("config", help="loop YAML (curate, model, train, rounds, token_budget, feedback)")
+    p.add_argument("--out", required=True, help="loop directory (resumes when it exists)")
+    p.add_argument("--workers", type=int, default=workers, help="processes for curation map steps")
+    p.set_defaults(func=cmd_loop)
+
+    p = sub.add_parser("demo", help="the full loop on sample_data/ with a tiny model built here (CPU, minutes)")
+    p.add_argument("--out", default="runs/demo", help="loop directory (resumes when it exists)")
+    p.add_argument("--workers", type=int, default=workers, help="processes for curation map steps")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("schema", help="print (or --write) the pipeline config JSON Schema")
     p.add_argument("--write", action="store_true", help="write schemas/pipeline.schema.json")

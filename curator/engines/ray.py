@@ -4,24 +4,27 @@ Same steps, same `phases()` plan, same work-dir layout and the same per-part wor
 `curator.engines.local`, so kept/dropped/quarantine files are byte-identical to a local run with
 the same input, config and seed. What changes is where the work runs:
 
-- **Ingest**: readers stream each input on the driver (they are sequential: a record's `row` is its
-  position in its input, and zip archives / OASST trees must be read in order); each batch of
-  records goes to a Ray task that validates it, runs the first map phase and writes its part.
-  Parsing is the cheap half (see BENCHMARKS.md, "Engines"), the steps are the expensive half.
+- **Ingest**: the driver reads each input as a stream (a record's `row` is its position in its
+  input, and zip archives / OASST trees must be read in order); each batch of records goes to a Ray
+  task that validates it, runs the first map phase and writes its part. Parsing is the cheap half,
+  the steps the expensive half; the driver's parse rate bounds the run (BENCHMARKS.md, "Engines").
 - **Map phases**: a Ray Dataset of parts, `map_batches` with a callable class (steps built once
   per actor, e.g. spaCy for PII), one part per call, written with `curator.io.write_parquet`.
 - **Exact dedup**: the map half in `map_batches`, then a shuffle by hash: `groupby` on a bucket of
   the content hash and the step's own `reduce` per bucket (equal hashes always share a bucket).
 - **MinHash**: signatures and band keys in `map_batches` (shingle sets spill to the work dir, which
   must be shared storage on a real cluster); band buckets by `groupby` on (band, key) bucket, each
-  bucket group emitting its candidate pairs. Verification by exact Jaccard and the connected
-  components then run on the driver over the (row, tie-break) nodes and the candidate pairs: that
-  needs ~100 bytes per record plus 16 bytes per candidate pair on the driver (100M records ~ 10 GB).
+  bucket group emitting its candidate pairs; exact-Jaccard verification of the pairs (and of each
+  duplicate against its representative) in `map_batches`. The connected components run on the
+  driver over the (row, tie-break) nodes and the verified edges: ~100 bytes per record plus 16 per
+  candidate pair (100M records ~ 10-16 GB). Past that, a distributed components pass (min-label
+  propagation with joins) would replace the driver step; it is not written yet.
 - **Other global steps** (cluster merge, semantic dedup): the map half in `map_batches`, their
   `reduce` on the driver (cluster merge holds row + ids: ~150 bytes per record).
 - **Failures**: Ray retries a task or restarts an actor whose worker died; every part is written
   atomically under its own name, so a retry rewrites the same file: nothing lost, nothing doubled.
-  Each attempt leaves a marker in `_work/attempts/`; the run reports the retries it counted.
+  Each attempt leaves a marker in `_work/attempts/`; the run reports the retries it counted, and a
+  task whose worker dies on every one of 4 attempts fails the run with a message naming its part.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from curator.engines.local import LocalEngine, RunOutput
 from curator.io import write_json, write_parquet
 from curator.pipeline import Accounting, Phase, build_steps, phases
 from curator.steps.base import ROW, GlobalStep, Step
-from curator.steps.dedup import ExactDedup, MinHashDedup, _jaccard, assign_clusters
+from curator.steps.dedup import ExactDedup, MinHashDedup, _jaccard, _remove_spill, assign_clusters
 
 # Ray reads these when it starts a local cluster: no usage reporting, no token prompt on a laptop.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -94,6 +97,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
     ctx.enable_progress_bars = False  # our rich bars track parts; Ray's would interleave with them
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True
+    # groupby as a sort-based (pull) shuffle: plain tasks; the default hash shuffle starts aggregator
+    # actors that cost ~10 s per groupby on a laptop (bench/engines_local_vs_ray.py)
+    ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
@@ -118,9 +124,19 @@ def _build_worker(cfg_json: str, factory: StepFactory) -> None:
 
 
 def _mark_attempt(attempts: str, key: str) -> None:
-    """Leave one marker per attempt at `key`: more than one marker means Ray retried it."""
+    """Leave one marker per attempt at `key` (more than one: Ray retried it); refuse a task that keeps dying.
+
+    Ray Data retries tasks and restarts actors whose worker died without limit; a record that kills
+    its worker every time (a native crash, out of memory) would loop, so attempts are capped here.
+    """
     path = Path(attempts)
     path.mkdir(parents=True, exist_ok=True)
+    tried = sum(1 for _ in path.glob(f"{key}.*"))
+    if tried > TASK_RETRIES:
+        raise RuntimeError(
+            f"{key}: its worker died on each of {tried} attempts (out of memory, or a native crash in a step); "
+            "find the record with --engine local --workers 1, or give the workers more memory"
+        )
     (path / f"{key}.{uuid.uuid4().hex}").touch()
 
 
@@ -133,41 +149,47 @@ def _remote_call(cfg_json: str, factory: StepFactory, attempts: str, key: str, f
     return fn(*args)
 
 
-class _PartWorker:
-    """`map_batches` callable: runs a local-engine worker function on each part named in the batch."""
-
-    def __init__(self, cfg_json: str, factory: StepFactory, attempts: str, kind: str, phase: int,
-                 pending: list[str]) -> None:
-        _build_worker(cfg_json, factory)
-        self.attempts, self.kind, self.phase, self.pending = attempts, kind, phase, pending
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        results: list[str] = []
-        for task_json in batch["task"]:
-            task = json.loads(task_json)
-            _mark_attempt(self.attempts, f"{self.kind}{self.phase:02d}-{Path(task['src']).name}")
-            if self.kind == "map":
-                n, quarantined = local._run_map_phase(self.phase, task["src"], task["dst"], self.pending)
-                results.append(json.dumps({"rows": n, "quarantined": quarantined}, default=str))
-            else:
-                stats = local._final_part(task["src"], self.pending, task["kept"], task["dropped"])
-                results.append(json.dumps(stats))
-        return {"result": results}
+def _run_task(kind: str, phase: int, pending: list[str], attempts: str, task: dict[str, str]) -> str:
+    """One part through a local-engine worker function: a map phase, or the final decision (JSON result)."""
+    _mark_attempt(attempts, f"{kind}{phase:02d}-{Path(task['src']).name}")
+    if kind == "map":
+        n, quarantined = local._run_map_phase(phase, task["src"], task["dst"], pending)
+        return json.dumps({"rows": n, "quarantined": quarantined}, default=str)
+    return json.dumps(local._final_part(task["src"], pending, task["kept"], task["dropped"]))
 
 
-class _GlobalMapWorker:
-    """`map_batches` callable: the map half of a global step on each part; emits the partial rows."""
+class _PhaseWorker:
+    """`map_batches` callable class for map phases: steps (spaCy, presidio...) built once per actor."""
 
     def __init__(self, cfg_json: str, factory: StepFactory, attempts: str, phase: int, pending: list[str]) -> None:
         _build_worker(cfg_json, factory)
         self.attempts, self.phase, self.pending = attempts, phase, pending
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        frames = []
-        for src in batch.column("src").to_pylist():
-            _mark_attempt(self.attempts, f"global{self.phase:02d}-{Path(src).name}")
-            frames.append(local._run_global_map(self.phase, src, self.pending))
-        return pl.concat(frames, how="vertical_relaxed").to_arrow()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
+        tasks = [json.loads(t) for t in batch["task"]]
+        return {"result": [_run_task("map", self.phase, self.pending, self.attempts, t) for t in tasks]}
+
+
+def _final_batch(batch: dict[str, np.ndarray], cfg_json: str, factory: StepFactory, attempts: str,
+                 pending: list[str]) -> dict[str, list[str]]:
+    """`map_batches` function for the final decision (cheap to set up: Ray tasks in reused workers)."""
+    _build_worker(cfg_json, factory)
+    return {"result": [_run_task("final", 0, pending, attempts, json.loads(t)) for t in batch["task"]]}
+
+
+def _global_map(batch: pa.Table, cfg_json: str, factory: StepFactory, attempts: str, phase: int,
+                pending: list[str]) -> pa.Table:
+    """`map_batches` function: the map half of a global step on each part named; emits the partial rows.
+
+    A plain function (Ray tasks), not an actor: worker processes are reused between phases and
+    `_build_worker` keeps their steps, so a global phase does not pay an actor pool's start-up.
+    """
+    _build_worker(cfg_json, factory)
+    frames = []
+    for src in batch.column("src").to_pylist():
+        _mark_attempt(attempts, f"global{phase:02d}-{Path(src).name}")
+        frames.append(local._run_global_map(phase, src, pending))
+    return pl.concat(frames, how="vertical_relaxed").to_arrow()
 
 
 def _with_bucket(table: pa.Table, column: str, buckets: int) -> pa.Table:
@@ -194,7 +216,7 @@ def _band_rows(table: pa.Table, bands: int, buckets: int) -> pa.Table:
         .explode("_key", "_band")
         .with_columns(pl.col("_band").cast(pl.Int64))
     )
-    bucket = ((pl.col("_key") >> 1).cast(pl.Int64) + pl.col("_band")) % buckets
+    bucket = ((pl.col("_key") % buckets).cast(pl.Int64) + pl.col("_band")) % buckets
     return out.with_columns(bucket.alias("_bucket")).to_arrow()
 
 
@@ -221,6 +243,15 @@ def _bucket_pairs(table: pa.Table, max_bucket: int) -> pa.Table:
             a.extend([members[0]] * (len(members) - 1))
             b.extend(members[1:])
     return pl.DataFrame({"a": a, "b": b}, schema={"a": pl.Int64, "b": pl.Int64}).unique().to_arrow()
+
+
+def _verify_pairs(table: pa.Table, files: list[str]) -> pa.Table:
+    """Exact Jaccard `sim` of each pair of rows (`a`, `b`), their shingle sets read back from the spill."""
+    frame = pl.from_arrow(table)
+    a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
+    sets = MinHashDedup._load_sets(files, np.unique(np.concatenate([a, b])))
+    sim = [_jaccard(sets[x], sets[y]) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+    return frame.with_columns(pl.Series("sim", sim, dtype=pl.Float64)).to_arrow()
 
 
 # ---------------------------------------------------------------- driver side
@@ -269,14 +300,14 @@ class RayEngine(LocalEngine):
         self.attempts = self.work / "attempts"
         self._worker_cfg = cfg.model_copy(deep=True)
         if cfg.dedup.minhash.enabled and cfg.dedup.minhash.spill_dir is None:
-            # every worker spills shingle sets where the driver can read them back for verification
+            # shingle sets spill under the work dir, where the verification tasks on any node read them back
             self._worker_cfg.dedup.minhash.spill_dir = str(self.work / "minhash_spill")
         self._cfg_json = self._worker_cfg.model_dump_json()
 
     def run(self, fresh: bool = False) -> RayRunOutput:
         """Start or join Ray, then run the local engine's plan with Ray doing the work; count retries."""
         start_ray(self.address, self.num_cpus, self.object_store_mb)
-        self.workers = max(1, int(ray.available_resources().get("CPU", 1)))
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         shutil.rmtree(self.attempts, ignore_errors=True)
         base = super().run(fresh=fresh)
         return RayRunOutput(**base.__dict__, retries=self.retries())
@@ -295,17 +326,9 @@ class RayEngine(LocalEngine):
         """A dataset of tasks (one per part), split so every worker gets parts to do."""
         return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * self.workers)))
 
-    def _run_parts(self, label: str, kind: str, phase: int, pending: list[str], tasks: list[dict[str, str]]
-                   ) -> Iterator[dict[str, Any]]:
-        """Run `_PartWorker` over the tasks with `map_batches`, yielding each part's result as it lands."""
-        ds = self._dataset([{"task": json.dumps(t)} for t in tasks]).map_batches(
-            _PartWorker,
-            fn_constructor_args=(self._cfg_json, self.step_factory, str(self.attempts), kind, phase, pending),
-            batch_size=1,
-            concurrency=(1, self.workers),
-            num_cpus=1,
-        )
-        task = self.progress.task(label, total=len(tasks)) if self.progress else None
+    def _run_parts(self, label: str, ds: ray.data.Dataset, total: int) -> Iterator[dict[str, Any]]:
+        """Stream the per-part results of `ds` to the driver, advancing a progress bar per part."""
+        task = self.progress.task(label, total=total) if self.progress else None
         for row in ds.iter_rows():
             if task is not None:
                 self.progress.advance(task, 1)
@@ -321,8 +344,16 @@ class RayEngine(LocalEngine):
             return new_parts, json.loads(done_path.read_text())["quarantined"]
         todo = [{"src": str(p), "dst": str(n)} for p, n in zip(parts, new_parts, strict=True) if not n.exists()]
         quarantined: list[dict[str, Any]] = []
-        for result in self._run_parts(phase.name, "map", phase.index, pending, todo) if todo else ():
-            quarantined.extend(result["quarantined"])
+        if todo:
+            ds = self._dataset([{"task": json.dumps(t)} for t in todo]).map_batches(
+                _PhaseWorker,
+                fn_constructor_args=(self._cfg_json, self.step_factory, str(self.attempts), phase.index, pending),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
+                num_cpus=1,
+            )
+            for result in self._run_parts(phase.name, ds, len(todo)):
+                quarantined.extend(result["quarantined"])
         quarantined = self._phase_quarantine(parts, new_parts, quarantined)
         write_json({"quarantined": quarantined}, done_path)
         return new_parts, json.loads(done_path.read_text())["quarantined"]
@@ -332,21 +363,20 @@ class RayEngine(LocalEngine):
         if path.exists():
             return path
         step: GlobalStep = phase.steps[0]  # type: ignore[assignment]
+        self._mark(f"{phase.name} (map)")
         partials = self._dataset([{"src": str(p)} for p in parts]).map_batches(
-            _GlobalMapWorker,
-            fn_constructor_args=(self._cfg_json, self.step_factory, str(self.attempts), phase.index, pending),
+            _global_map,
+            fn_args=(self._cfg_json, self.step_factory, str(self.attempts), phase.index, pending),
             batch_size=1,
             batch_format="pyarrow",
-            concurrency=(1, self.workers),
             num_cpus=1,
         ).materialize()
-        task = self.progress.task(f"{phase.name} (shuffle + reduce)", total=None) if self.progress else None
+        task = self._mark(f"{phase.name} (shuffle + reduce)")
         n_rows = partials.count()
         buckets = max(self.workers, math.ceil(n_rows / ROWS_PER_BUCKET))
         if n_rows and isinstance(step, ExactDedup):
             annotation = self._exact_reduce(step, partials, buckets)
         elif n_rows and isinstance(step, MinHashDedup):
-            step._clear_spill()  # the driver's own instance spilled nothing: the workers' spill is shared
             annotation = self._minhash_reduce(partials, buckets)
         else:
             annotation = step.reduce(_frames(partials))
@@ -359,42 +389,58 @@ class RayEngine(LocalEngine):
         """Shuffle by content hash (`groupby` on its bucket), then the step's reduce per bucket."""
         shuffled = partials.map_batches(_with_bucket, batch_format="pyarrow", batch_size=None,
                                         fn_args=("_hash", buckets))
-        reduced = shuffled.groupby("_bucket").map_groups(_reduce_bucket, batch_format="pyarrow", fn_args=(step,))
+        grouped = shuffled.groupby("_bucket", num_partitions=buckets)
+        reduced = grouped.map_groups(_reduce_bucket, batch_format="pyarrow", fn_args=(step,))
         return pl.concat(list(_frames(reduced)), how="vertical").sort(ROW)
 
     def _minhash_reduce(self, partials: ray.data.Dataset, buckets: int) -> pl.DataFrame:
-        """Band buckets by `groupby` on the cluster; Jaccard verification and components on the driver.
+        """Band buckets by `groupby`, Jaccard verification in `map_batches`, components on the driver.
 
-        Mirrors the tail of `MinHashDedup.reduce` (which takes all band keys on one node) with the
-        candidate pairs computed distributed; the equality test against LocalEngine guards it.
+        The same result as `MinHashDedup.reduce` (which takes all band keys and all shingle sets on one
+        node); the driver holds the nodes (row + tie-breaks) and the candidate pairs (16 bytes each).
+        The equality test against LocalEngine guards the equivalence.
         """
         step = MinHashDedup(self._worker_cfg.dedup.minhash)
         band_rows = partials.map_batches(_band_rows, batch_format="pyarrow", batch_size=None,
                                          fn_args=(step.bands, buckets * step.bands))
-        pair_ds = band_rows.groupby("_bucket").map_groups(
+        pair_ds = band_rows.groupby("_bucket", num_partitions=buckets).map_groups(
             _bucket_pairs, batch_format="pyarrow", fn_args=(step.cfg.max_bucket,)
         )
         nodes = pl.concat(list(_frames(partials.drop_columns(["_bands"]))), how="vertical").sort(ROW)
-        pairs_frame = pl.concat([*_frames(pair_ds), pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})])
-        pairs_rows = pairs_frame.unique().sort("a", "b")
-        row_arr = nodes[ROW].to_numpy()
-        pairs = np.stack(
-            [np.searchsorted(row_arr, pairs_rows[c].to_numpy()) for c in ("a", "b")], axis=1
-        ).astype(np.int64)
+        files = sorted(f for f in nodes["_spill"].unique().to_list() if f)
         try:
-            sets = step._load_sets(pl.Series(ROW, np.unique(row_arr[pairs.ravel()]), dtype=pl.Int64))
-            sim = np.array([_jaccard(sets[row_arr[i]], sets[row_arr[j]]) for i, j in pairs], dtype=np.float64)
-            keep = sim >= step.cfg.threshold
-            out = assign_clusters(nodes, pairs[keep, 0], pairs[keep, 1], "near")
-            jac = [
-                None if rep == r else round(_jaccard(sets[r], sets[rep]), 4)
-                for r, rep in zip(out[ROW], out["_rep_row"], strict=True)
-            ]
+            candidates = pl.concat([*_frames(pair_ds), pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})])
+            self._mark("minhash_dedup (verify)")
+            verified = self._jaccard_pairs(candidates.unique(), files).sort("a", "b")
+            self._mark("minhash_dedup (components, driver)")
+            edges = verified.filter(pl.col("sim") >= step.cfg.threshold)
+            row_arr = nodes[ROW].to_numpy()
+            src, dst = (np.searchsorted(row_arr, edges[c].to_numpy()).astype(np.int64) for c in ("a", "b"))
+            out = assign_clusters(nodes, src, dst, "near")
+            to_rep = out.filter(pl.col(ROW) != pl.col("_rep_row")).select(pl.col(ROW).alias("a"),
+                                                                          pl.col("_rep_row").alias("b"))
+            jac = self._jaccard_pairs(to_rep, files)
+            # Python's round, as the step rounds, so the annotation has the same bits
+            jac = jac.select(pl.col("a").alias(ROW), pl.Series("near_jaccard", [round(x, 4) for x in jac["sim"]],
+                                                                dtype=pl.Float64))
         finally:
-            step._clear_spill()
-        return out.drop("_rep_row").with_columns(
-            pl.Series("near_jaccard", jac, dtype=pl.Float64), nodes["near_input"], nodes["near_shingles"]
-        )
+            _remove_spill(files)
+        out = out.join(jac, on=ROW, how="left", maintain_order="left")
+        return out.drop("_rep_row").with_columns(nodes["near_input"], nodes["near_shingles"])
+
+    def _mark(self, label: str) -> Any:
+        """A progress task for a pass without a part count (also how bench/ times each pass)."""
+        return self.progress.task(label, total=None) if self.progress else None
+
+    def _jaccard_pairs(self, pairs: pl.DataFrame, files: list[str]) -> pl.DataFrame:
+        """`a`, `b` and their exact Jaccard `sim`, computed in `map_batches` over chunks of the pairs."""
+        if pairs.height == 0:
+            return pairs.with_columns(pl.lit(None, dtype=pl.Float64).alias("sim"))
+        chunk = max(20_000, math.ceil(pairs.height / (4 * self.workers)))
+        tables = [pairs.slice(i, chunk).to_arrow() for i in range(0, pairs.height, chunk)]
+        ds = ray.data.from_arrow(tables).map_batches(_verify_pairs, batch_format="pyarrow", batch_size=None,
+                                                    fn_args=(files,), num_cpus=1)
+        return pl.concat(list(_frames(ds)), how="vertical")
 
     def _final(
         self, pool: Executor, parts: list[Path], pending: list[str], acct: Accounting
@@ -409,7 +455,11 @@ class RayEngine(LocalEngine):
         tasks = [
             {"src": str(p), "kept": str(k), "dropped": str(d)} for p, k, d in zip(parts, kept, dropped, strict=True)
         ]
-        for stats in self._run_parts("decide", "final", 0, pending, tasks) if tasks else ():
+        ds = self._dataset([{"task": json.dumps(t)} for t in tasks]).map_batches(
+            _final_batch, fn_args=(self._cfg_json, self.step_factory, str(self.attempts), pending), batch_size=1,
+            num_cpus=1,
+        )
+        for stats in self._run_parts("decide", ds, len(tasks)) if tasks else ():
             acct.kept += stats["kept"]
             acct.dropped.update(stats["dropped"])
         return kept, dropped

@@ -1,0 +1,172 @@
+"""The Ray engine gives the local engine's results on sample_data, even when a worker dies mid-run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from curator.cli import expand_inputs, main
+from curator.config import CurateConfig, InputSpec, load_config
+from curator.engines.local import LocalEngine
+from curator.pipeline import build_steps
+from curator.record import RECORD_SCHEMA
+from curator.steps.decontam import Decontaminate
+from curator.steps.dedup import ExactDedup, MinHashDedup
+
+ray = pytest.importorskip("ray")
+
+from curator.engines.ray import RayEngine, _band_rows, _bucket_pairs, start_ray  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data"
+# Every kind of phase runs: ingest + map (normalize, quality, language), global (exact, MinHash, cluster
+# merge), a map phase on kept rows (decontamination against GSM8K, which flags the GSM8K sample).
+OVERRIDES = {
+    "pii": {"enabled": False},
+    "decontam": {"benchmarks": [{"name": "gsm8k", "path": str(SAMPLE / "gsm8k_train_400.jsonl")}]},
+}
+KILL_MARKERS = "CURATOR_TEST_KILL_DIR"
+
+
+def _cfg(inputs: list[str]) -> CurateConfig:
+    cfg = load_config(None, OVERRIDES)
+    cfg.inputs = [InputSpec(path=p) for p in inputs]
+    return cfg
+
+
+def _digest(out: Path) -> dict[str, str]:
+    files = sorted([*out.glob("kept/*.parquet"), *out.glob("dropped/*.parquet"), out / "quarantine.parquet"])
+    return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def _die_once(marker: Path) -> None:
+    """Kill this worker process the first time it gets here (the marker remembers across retries)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os._exit(1)  # as an OOM kill would: no exception, no cleanup, the process is gone
+
+
+class DyingExactDedup(ExactDedup):
+    """ExactDedup whose map kills its worker once (a Ray task of a global phase)."""
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        _die_once(Path(os.environ[KILL_MARKERS]) / "exact")
+        return super().map(batch)
+
+
+class DyingDecontaminate(Decontaminate):
+    """Decontaminate whose batch call kills its worker once (a Ray Data actor of a map phase)."""
+
+    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
+        _die_once(Path(os.environ[KILL_MARKERS]) / "decontam")
+        return super().__call__(batch)
+
+
+def dying_steps(cfg: CurateConfig) -> list:
+    """The configured steps with exact dedup and decontamination replaced by their dying versions."""
+    out = []
+    for step in build_steps(cfg):
+        if isinstance(step, ExactDedup):
+            step = DyingExactDedup(step.cfg)
+        elif isinstance(step, Decontaminate):
+            step = DyingDecontaminate(cfg.decontam)
+        out.append(step)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray on 2 CPUs for this module; workers learn where the kill markers live."""
+    markers = tmp_path_factory.mktemp("kill_markers")
+    os.environ[KILL_MARKERS] = str(markers)  # inherited by the workers Ray starts below
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    start_ray(num_cpus=2, object_store_mb=512)
+    yield markers
+    ray.shutdown()
+    os.environ.pop(KILL_MARKERS, None)
+
+
+def test_ray_matches_local_even_when_workers_die(local_ray: Path, tmp_path: Path) -> None:
+    inputs = expand_inputs([str(SAMPLE)])
+    local = LocalEngine(_cfg(inputs), tmp_path / "local", workers=1).run()
+    run = RayEngine(_cfg(inputs), tmp_path / "ray", num_cpus=2, step_factory=dying_steps).run()
+    # both deaths happened and Ray re-ran those tasks; the run reports each retry by part
+    assert sorted(p.name for p in local_ray.iterdir()) == ["decontam", "exact"]
+    assert any(k.startswith("global") for k in run.retries), run.retries
+    assert any(k.startswith("map") for k in run.retries), run.retries
+    # same kept ids, same drop reasons, same bytes
+    for name in ("kept", "dropped"):
+        a = pl.read_parquet(tmp_path / "local" / name / "*.parquet")
+        b = pl.read_parquet(tmp_path / "ray" / name / "*.parquet")
+        assert a["id"].to_list() == b["id"].to_list()
+    dropped = pl.read_parquet(tmp_path / "ray" / "dropped" / "*.parquet")
+    assert {"exact_duplicate", "near_duplicate", "contaminated"} <= set(dropped["drop_reason"].to_list())
+    assert _digest(tmp_path / "local") == _digest(tmp_path / "ray")
+    # nothing lost, nothing doubled
+    acct = run.accounting
+    assert acct.as_dict() == local.accounting.as_dict()
+    kept = pl.read_parquet(tmp_path / "ray" / "kept" / "*.parquet")
+    rows = [*kept["row"].to_list(), *dropped["row"].to_list()]
+    assert len(rows) == len(set(rows)) == acct.total_read - sum(acct.quarantined.values())
+
+
+def test_cli_engine_switch(local_ray: Path, tmp_path: Path) -> None:
+    inputs = [str(SAMPLE / "pirate_training_set.jsonl"), str(SAMPLE / "self_instruct_user_oriented_150.jsonl")]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("pii:\n  enabled: false\n")
+    for engine in ("local", "ray"):
+        assert main(["curate", *inputs, "--out", str(tmp_path / engine), "--config", str(cfg), "--workers", "2",
+                     "--engine", engine]) == 0
+    assert _digest(tmp_path / "local") == _digest(tmp_path / "ray")
+    reports = [json.loads((tmp_path / e / "report.json").read_text()) for e in ("local", "ray")]
+    assert reports[0]["accounting"] == reports[1]["accounting"]
+
+
+def test_the_local_engine_never_imports_ray(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from curator.cli import main\n"
+        f"rc = main(['curate', {str(SAMPLE / 'pirate_training_set.jsonl')!r}, '--out', {str(tmp_path)!r},"
+        " '--workers', '1'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'ray' not in sys.modules, 'the local engine imported ray'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_distributed_band_buckets_give_the_steps_candidate_pairs() -> None:
+    """Band rows shuffled into buckets, paired per bucket = MinHashDedup.candidate_pairs on all rows."""
+    lines = (SAMPLE / "fastchat_dummy_conversation_sharegpt.json").read_text()
+    convs = json.loads(lines)
+    records = []
+    for i, conv in enumerate(convs):
+        msgs = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+                for t in conv["conversations"]]
+        records.append({"id": f"r{i}", "messages": msgs, "source": {"file": "f", "index": i, "line": None,
+                        "format": "sharegpt"}})
+    frame = pl.from_arrow(pa.Table.from_pylist(records, schema=RECORD_SCHEMA))
+    frame = frame.with_columns(pl.int_range(0, frame.height, dtype=pl.Int64).alias("row"))
+    cfg = load_config(None, {"dedup": {"minhash": {"max_bucket": 5}}}).dedup.minhash
+    step = MinHashDedup(cfg)
+    nodes = pl.concat([step.map(frame.slice(0, 250)), step.map(frame.slice(250))]).sort("row")
+    expected = step.candidate_pairs(nodes)
+    assert len(expected) > 100  # the fastchat sample repeats itself: many candidates, some buckets above 5
+    bands = pl.from_arrow(_band_rows(nodes.to_arrow(), step.bands, 7))
+    got = pl.concat(
+        [pl.from_arrow(_bucket_pairs(g.to_arrow(), cfg.max_bucket)) for _, g in bands.group_by("_bucket")]
+    ).unique().sort("a", "b")
+    rows = nodes["row"].to_numpy()
+    assert np.array_equal(np.stack([rows[expected[:, 0]], rows[expected[:, 1]]], axis=1), got.to_numpy())
