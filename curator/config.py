@@ -27,6 +27,7 @@ class InputSpec(Section):
     path: str
     format: str | None = Field(None, description="Reader name; auto-detected when omitted.")
     category: str | None = Field(None, description="Category for every record of this input that has none.")
+    override_category: bool = Field(False, description="Give every record `category`, even one that has its own.")
     column_map: dict[str, str] = Field(default_factory=dict, description="Generic readers: canonical -> column.")
 
 

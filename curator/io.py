@@ -16,17 +16,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _default_mode() -> int:
+    """What `open()` would give a new file under this process's umask (mkstemp always gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+DEFAULT_MODE = _default_mode()
+
+
 @contextmanager
 def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync and rename it into place (with `mode` if given)."""
+    """Yield a temp path beside `path`; on success fsync and rename it into place.
+
+    `mode`: the file's permissions (e.g. 0o600 for files that may hold raw personal data); by
+    default what a plain `open()` would give.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if mode is not None:
-            os.chmod(tmp_path, mode)
+        os.chmod(tmp_path, DEFAULT_MODE if mode is None else mode)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

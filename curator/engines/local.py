@@ -328,7 +328,7 @@ class LocalEngine:
                      "excerpt": ""}
                 )
             else:
-                if spec.category and not item.get("category"):
+                if spec.category and (spec.override_category or not item.get("category")):
                     item = {**item, "category": spec.category}
                 records.append(item)
                 rows.append(row)

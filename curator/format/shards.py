@@ -169,9 +169,11 @@ def build_shards(
     rendered = meta.filter(pl.col("id").is_in(list(encoded))).with_columns(
         pl.col("id").replace_strict({k: v[0] for k, v in lengths.items()}, return_dtype=pl.Int64).alias("n_tokens"),
     )
-    # Split first, then balance the train side only: the eval/test sets stay the same whatever the
-    # weights, so rounds of the feedback loop are measured on one held-out set.
-    split_all = assign_splits(rendered, cfg.split, cfg.seed)
+    # Split every kept record first (not only the rendered ones), so a record's side depends on the
+    # data and the seed, never on the tokenizer or seq_len; then balance the train side only. The
+    # eval/test sets stay the same whatever the weights: rounds of the feedback loop share one held-out set.
+    sides = assign_splits(meta, cfg.split, cfg.seed).select("id", SPLIT)
+    split_all = rendered.join(sides, on="id", how="left")
     balanced = balance(split_all.filter(pl.col(SPLIT) == "train").drop(SPLIT), cfg.balance, cfg.seed, weights=weights)
     for rid, reason in balanced.dropped.select("id", "reason").iter_rows():
         status[rid] = reason

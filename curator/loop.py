@@ -1,0 +1,289 @@
+"""`curator loop`: curate once, then rounds of select -> pack -> train -> evaluate -> feedback.
+
+Layout of a loop directory (every stage is skipped when its output exists, so a killed loop re-run
+with the same config continues where it stopped; training itself resumes from its checkpoints):
+    curated/                 the curation run (kept/, dropped/, quarantine, report)
+    base/tokenizer, base/model   the base model (built locally when `model.path` is not set)
+    base_eval.json           the base model's per-category eval loss (the feedback reference)
+    round_00/selection.json  the selection this round trains on (round 0: the static balance)
+    round_00/shards/         packed shards + manifest (same eval split in every round)
+    round_00/train/          adapter, metrics.jsonl, eval.json, checkpoints
+    round_00/pool_scores.parquet   loss(answer|prompt), loss(answer), IFD of every train-pool record
+    round_00/round.json      what this round did, for the report
+    loop_report.json / loop_report.html
+Each round trains from the same base model on the same token budget, so eval loss differences
+between rounds are differences of the data selection, not of training length.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curator.config import ConfigError, CurateConfig
+from curator.io import write_json, write_parquet
+from curator.pipeline import ResumeMismatch
+from curator.select.feedback import FeedbackConfig, build_selection, write_selection
+
+
+class ModelSpec(BaseModel):
+    """The base model: a local dir / hub id, or a tiny Llama built here from the curated text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="Local model dir or hub id; None: build a tiny model locally.")
+    vocab_size: int = Field(2048, ge=256, description="Tokenizer vocabulary when building locally.")
+    hidden_size: int = Field(128, ge=16)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    pretrain_steps: int = Field(300, ge=0, description="Full-parameter steps on the train-side text (0: none).")
+    pretrain_lr: float = Field(3e-3, gt=0)
+
+
+class LoopConfig(BaseModel):
+    """A whole loop: what to curate, which model, how to train, how many rounds, how feedback acts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="trainer settings (trainer/config.py) except model, shards, output_dir."
+    )
+    rounds: int = Field(3, ge=1)
+    token_budget: int | None = Field(None, ge=1, description="Training tokens per round (balance.token_budget).")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    score_max_len: int = Field(1024, ge=32, description="Longest rendering scored for IFD.")
+
+
+def load_loop_config(path: str | Path) -> LoopConfig:
+    """Read a loop YAML; relative input paths are resolved against the config file's directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read loop config: {exc}") from exc
+    try:
+        cfg = LoopConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path}: {exc.error_count()} problem(s):"]
+        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from exc
+    for spec in cfg.curate.inputs:
+        if not Path(spec.path).is_absolute():
+            spec.path = str((path.parent / spec.path).resolve())
+    for bench in cfg.curate.decontam.benchmarks:
+        if not Path(bench.path).is_absolute():
+            bench.path = str((path.parent / bench.path).resolve())
+    _train_config(cfg, "model", Path("shards"), Path("out"))  # fail early on a bad train section
+    return cfg
+
+
+def _train_config(cfg: LoopConfig, model: str, shards: Path, out: Path) -> Any:
+    """The TrainConfig of one round: the loop's `train` section plus this round's paths."""
+    from trainer.config import TrainConfig
+
+    settings = {**cfg.train, "model": model, "shards": str(shards), "output_dir": str(out)}
+    try:
+        return TrainConfig.model_validate(settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"train.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"loop config: {problems}") from exc
+
+
+def _kept_records(curated: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted((curated / "kept").glob("*.parquet"))], how="diagonal_relaxed")
+
+
+def train_side(pool: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
+    """The pool records on the train side of the split that every round's shards use (same function, same seed)."""
+    from curator.format.split import SPLIT, assign_splits
+
+    cols = [c for c in ("id", "category", "cluster_id") if c in pool.columns]
+    sides = assign_splits(pool.select(cols), cfg.split, cfg.seed).select("id", SPLIT)
+    return pool.join(sides, on="id", how="left").filter(pl.col(SPLIT) == "train").drop(SPLIT)
+
+
+def ensure_base_model(spec: ModelSpec, train_pool: pl.DataFrame, base: Path, seed: int) -> str:
+    """The base model: the user's dir or hub id, or one built here from the train-side text only.
+
+    Built here: a tokenizer trained on that text, a tiny Llama from a config, pretrained for
+    `pretrain_steps` so that LoRA has a language model to adapt. Eval records never reach either.
+    """
+    if spec.path is not None:
+        return spec.path
+    model_dir = base / "model"
+    done = base / "pretrain.json"
+    if done.exists():
+        return str(model_dir)
+    from curator.record import record_text
+    from trainer.tiny import build_tiny_model, pretrain_tiny, train_tokenizer
+
+    texts = [record_text(r) for r in train_pool.select("messages", "context").to_dicts()]
+    tok_dir = train_tokenizer(texts, base / "tokenizer", vocab_size=spec.vocab_size)
+    build_tiny_model(tok_dir, model_dir, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads,
+                     kv_heads=max(1, spec.heads // 2), seed=seed)
+    losses = pretrain_tiny(model_dir, texts, steps=spec.pretrain_steps, lr=spec.pretrain_lr, seed=seed)
+    write_json({"steps": spec.pretrain_steps, "texts": len(texts), "loss_first": losses[:1],
+                "loss_last": losses[-1:]}, done)
+    return str(model_dir)
+
+
+def _per_category_loss(eval_report: dict[str, Any]) -> dict[str, float]:
+    return {c: float(v["loss"]) for c, v in eval_report["per_category"].items() if v.get("loss") is not None}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_loop(cfg: LoopConfig, out: Path, *, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) every round and write the loop report; returns the report data."""
+    from curator.cli import kept_parts, run_curate, run_pack
+    from curator.report.loop import write_loop_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    _check_state(cfg, out / "loop_state.json")
+    curated = out / "curated"
+    if not (curated / "report.json").exists():
+        run_curate(cfg.curate, curated, workers=workers, quiet=quiet)
+    train_pool = train_side(_kept_records(curated), cfg.curate)
+    model_dir = ensure_base_model(cfg.model, train_pool, out / "base", cfg.curate.seed)
+    rounds: list[dict[str, Any]] = []
+    base_eval: dict[str, Any] | None = None
+    selection_path = out / "round_00" / "selection.json"
+    if not selection_path.exists():
+        write_selection({"selection_version": 1, "round": 0, "derived_from_round": None,
+                         "category_weights": dict(cfg.curate.balance.weights or {})}, selection_path)
+    for r in range(cfg.rounds):
+        rd = out / f"round_{r:02d}"
+        selection = _read_json(rd / "selection.json")
+        shards = rd / "shards"
+        pack_cfg = cfg.curate.model_copy(deep=True)
+        pack_cfg.format.tokenizer = str(model_dir)
+        pack_cfg.balance.token_budget = cfg.token_budget or pack_cfg.balance.token_budget
+        pack_cfg.balance.weights_file = str(rd / "selection.json") if r > 0 else None
+        if not (shards / "manifest.json").exists():
+            run_pack(pack_cfg, kept_parts(curated), shards, quiet=quiet)
+        manifest = _read_json(shards / "manifest.json")
+        train_cfg = _train_config(cfg, model_dir, shards, rd / "train")
+        if base_eval is None:
+            base_eval = _base_eval(train_cfg, out / "base_eval.json")
+        if not (rd / "train" / "eval.json").exists():
+            from trainer.loop import train
+
+            train(train_cfg)
+        eval_report = _read_json(rd / "train" / "eval.json")
+        scores_path = rd / "pool_scores.parquet"
+        if not scores_path.exists():
+            _score_pool(train_cfg, train_pool, scores_path, cfg.score_max_len)
+        summary = _round_summary(r, rd, selection, manifest, eval_report, rounds[-1] if rounds else None)
+        write_json(summary, rd / "round.json")
+        rounds.append(summary)
+        nxt = out / f"round_{r + 1:02d}" / "selection.json"
+        if r + 1 < cfg.rounds and not nxt.exists():
+            ref = base_eval if cfg.feedback.reference == "base" or r == 0 else _read_json(
+                out / f"round_{r - 1:02d}" / "train" / "eval.json")
+            weights = manifest["balance"]["weights_used"]
+            tokens = {c: v["tokens"] for c, v in manifest["balance"]["after"].items()}
+            new = build_selection(
+                round_index=r, weights=weights, loss=_per_category_loss(eval_report),
+                ref_loss=_per_category_loss(ref), tokens=tokens, scores=pl.read_parquet(scores_path),
+                cfg=cfg.feedback,
+            )
+            write_selection(new, nxt)
+    return write_loop_report(out, rounds, base_eval or {}, cfg.model_dump(mode="json"))
+
+
+def _check_state(cfg: LoopConfig, path: Path) -> None:
+    """Refuse to resume a loop dir made with other settings (more rounds is fine: the loop extends)."""
+    import hashlib
+
+    settings = cfg.model_dump(mode="json", exclude={"rounds"})
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    if path.exists() and _read_json(path)["config_hash"] != digest:
+        raise ResumeMismatch(
+            f"{path.parent} holds a loop made with different settings; choose another --out, or delete it to start over"
+        )
+    write_json({"config_hash": digest}, path)
+
+
+def _base_eval(train_cfg: Any, path: Path) -> dict[str, Any]:
+    """Per-category eval loss of the base model alone: the reference the first feedback step uses."""
+    if not path.exists():
+        from trainer.cli import eval_main
+
+        eval_main(train_cfg, adapter="none", out=path)
+    return _read_json(path)
+
+
+def _score_pool(train_cfg: Any, train_pool: pl.DataFrame, out: Path, max_len: int) -> None:
+    """Score every train-side record with this round's model (base + adapter): loss, IFD."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from trainer.evaluate import score_pool
+    from trainer.model import load_base_model, resolve_runtime
+
+    runtime = resolve_runtime(train_cfg)
+    model = PeftModel.from_pretrained(load_base_model(train_cfg, runtime), Path(train_cfg.output_dir) / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(train_cfg.model)
+    with torch.no_grad():
+        rows = score_pool(model, tokenizer, train_pool.select("id", "messages", "context", "tools").to_dicts(),
+                          max_len=max_len, device=runtime.device)
+    scores = pl.DataFrame(rows, schema_overrides={"loss_cond": pl.Float64, "loss_alone": pl.Float64,
+                                                  "ifd": pl.Float64}, strict=False)
+    scores = scores.join(train_pool.select("id", "category"), on="id", how="left").sort("id")
+    write_parquet(scores, out)
+
+
+def _round_summary(
+    r: int, rd: Path, selection: dict[str, Any], manifest: dict[str, Any], eval_report: dict[str, Any],
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What a round trained on, what changed since the previous round and why, and its eval loss."""
+    records = pl.read_parquet(rd / "shards" / "records.parquet")
+    packed = set(records.filter((pl.col("status") == "packed") & (pl.col("split") == "train"))["id"].to_list())
+    status = dict(zip(records["id"].to_list(), records["status"].to_list(), strict=True))
+    metrics = [json.loads(x) for x in (rd / "train" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    change: dict[str, Any] = {}
+    if previous is not None:
+        before = set(previous["train_ids"])
+        reasons = _removal_reasons(selection, before - packed, status)
+        change = {"added": len(packed - before), "removed": len(before - packed), "removed_by_reason": reasons,
+                  "kept": len(packed & before)}
+    return {
+        "round": r,
+        "category_weights": manifest["balance"]["weights_used"],
+        "category_detail": selection.get("category_detail", {}),
+        "example_reasons": selection.get("example_reasons", {}),
+        "train_records": len(packed),
+        "train_tokens": manifest["splits"]["train"]["tokens"],
+        "train_ids": sorted(packed),
+        "change": change,
+        "eval": {"overall": eval_report["overall"], "per_category": eval_report["per_category"]},
+        "train_curve": [{"step": m["step"], "loss": m["loss"]} for m in metrics if "loss" in m],
+        "tokens_per_s": [m.get("tokens_per_s") for m in metrics if "tokens_per_s" in m][-1:],
+    }
+
+
+def _removal_reasons(selection: dict[str, Any], removed: set[str], status: dict[str, str]) -> dict[str, int]:
+    """Why records that trained last round do not train this round."""
+    weights = selection.get("example_weights", {})
+    counts: dict[str, int] = {}
+    for rid in removed:
+        w = weights.get(rid)
+        if w == 0:
+            reason = "excluded_by_feedback"
+        elif w is not None and w < 1:
+            reason = "downweighted_by_feedback"
+        else:
+            reason = status.get(rid, "unknown")
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
