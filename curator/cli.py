@@ -147,8 +147,10 @@ def run_pack(cfg: Any, kept: list[Path], out: Path, *, weights: dict[str, float]
              quiet: bool = False) -> dict[str, Any]:
     """Balance, split, format and pack kept records into shards; print the summary table."""
     from curator.format.shards import build_shards, summary_rows
+    from curator.report.pack import write_pack_report
 
     manifest = build_shards(kept, out, cfg, weights=weights, progress=not quiet)
+    write_pack_report(manifest, summary_rows(manifest), out)
     if not quiet:
         table = Table(title=f"shards in {out}")
         table.add_column("")

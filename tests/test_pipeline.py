@@ -163,3 +163,25 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     assert _digest(out) == _digest(reference)
     report = json.loads((out / "report.json").read_text())
     assert report["accounting"]["read"] == 10_000
+
+
+def test_curate_then_pack_from_the_command_line(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    import datasets
+
+    cfg = _write_cfg(tmp_path)
+    curated = tmp_path / "curated"
+    inputs = [str(ROOT / "sample_data" / n) for n in ("gsm8k_train_400.jsonl", "glaive_toolcall_100_sharegpt.json")]
+    assert main(["curate", *inputs, "--out", str(curated), "--config", str(cfg), "--workers", "1"]) == 0
+    shards = tmp_path / "shards"
+    assert main(["pack", str(curated), "--out", str(shards), "--tokenizer", str(tiny_tokenizer_dir),
+                 "--seq-len", "512", "--config", str(cfg)]) == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    kept = pl.read_parquet(curated / "kept" / "*.parquet")
+    assert manifest["records"]["count"] == kept.height
+    train = datasets.load_dataset("parquet", data_files=str(shards / "train" / "*.parquet"), split="train")
+    assert set(train.column_names) >= {"input_ids", "loss_mask", "position_ids", "seq_lens", "sample_ids"}
+    assert all(len(row) == 512 for row in train["input_ids"])
+    assert set(sid for ids in train["sample_ids"] for sid in ids) <= set(kept["id"].to_list())
+    assert (shards / "pack_report.html").read_text().count("<img") == 2
+    # a missing tokenizer is one clear line, not a traceback
+    assert main(["pack", str(curated), "--out", str(tmp_path / "x"), "--tokenizer", str(tmp_path / "nope")]) == 2

@@ -75,7 +75,8 @@ def line_chart(title: str, series: dict[str, Sequence[float]], xlabel: str, ylab
     """One line per series over a shared integer x axis (rounds, steps)."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
     for name, values in series.items():
-        ax.plot(range(len(values)), list(values), marker="o", label=name)
+        ax.plot(range(len(values)), list(values), marker="o" if len(values) < 30 else None, label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
