@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -186,26 +186,35 @@ class ConfigError(Exception):
     """A config file that does not validate; the message names each bad key."""
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ConfigError naming the file otherwise."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the {what} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validate_as(model: type[M], data: dict[str, Any], where: str, prefix: str = "") -> M:
+    """`model.model_validate(data)`, or a ConfigError listing every bad key path (prefixed, e.g. `train.`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{where}: {exc.error_count()} problem(s):"]
+        lines += [f"  {prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from exc
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurateConfig:
     """Read a YAML config (or the defaults), apply overrides, validate, and name every bad key."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
-    for key, value in (overrides or {}).items():
-        data[key] = value
-    try:
-        return CurateConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{path or 'config'}: {exc.error_count()} problem(s):"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from exc
+    data = read_yaml_mapping(path) if path is not None else {}
+    data.update(overrides or {})
+    return validate_as(CurateConfig, data, str(path or "config"))
 
 
 def config_hash(cfg: BaseModel) -> str:

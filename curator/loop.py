@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from curator.config import ConfigError, CurateConfig
+from curator.config import CurateConfig, read_yaml_mapping, validate_as
 from curator.io import write_json, write_parquet
 from curator.pipeline import ResumeMismatch
 from curator.select.feedback import FeedbackConfig, build_selection, write_selection
@@ -64,16 +63,7 @@ class LoopConfig(BaseModel):
 def load_loop_config(path: str | Path) -> LoopConfig:
     """Read a loop YAML; relative input paths are resolved against the config file's directory."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read loop config: {exc}") from exc
-    try:
-        cfg = LoopConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{path}: {exc.error_count()} problem(s):"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from exc
+    cfg = validate_as(LoopConfig, read_yaml_mapping(path, "loop config"), str(path))
     for spec in cfg.curate.inputs:
         if not Path(spec.path).is_absolute():
             spec.path = str((path.parent / spec.path).resolve())
@@ -89,11 +79,7 @@ def _train_config(cfg: LoopConfig, model: str, shards: Path, out: Path) -> Any:
     from trainer.config import TrainConfig
 
     settings = {**cfg.train, "model": model, "shards": str(shards), "output_dir": str(out)}
-    try:
-        return TrainConfig.model_validate(settings)
-    except ValidationError as exc:
-        problems = "; ".join(f"train.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"loop config: {problems}") from exc
+    return validate_as(TrainConfig, settings, "loop config", prefix="train.")
 
 
 def _kept_records(curated: Path) -> pl.DataFrame:

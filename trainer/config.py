@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curator.config import ConfigError, read_yaml_mapping, validate_as
 
 
 class _Section(BaseModel):
@@ -75,7 +76,7 @@ class TrainConfig(_Section):
         return self
 
 
-class TrainConfigError(Exception):
+class TrainConfigError(ConfigError):
     """A trainer config that does not validate; the message names each bad key."""
 
 
@@ -84,15 +85,8 @@ def load_train_config(path: str | Path | TrainConfig, overrides: dict[str, Any] 
     if isinstance(path, TrainConfig):
         return path.model_copy(update=overrides or {}) if overrides else path
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise TrainConfigError(f"{path}: cannot read trainer config: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{path}: the trainer config must be a mapping, got {type(data).__name__}")
-    data.update(overrides or {})
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{path}: {exc.error_count()} problem(s):"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise TrainConfigError("\n".join(lines)) from exc
+        data = read_yaml_mapping(path, "trainer config")
+        data.update(overrides or {})
+        return validate_as(TrainConfig, data, str(path))
+    except ConfigError as exc:
+        raise TrainConfigError(str(exc)) from exc

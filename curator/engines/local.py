@@ -392,16 +392,19 @@ class LocalEngine:
         write_parquet(annotation.sort(ROW), path)
         return path
 
-    def _final(
-        self, pool: Executor, parts: list[Path], pending: list[str], acct: Accounting
-    ) -> tuple[list[Path], list[Path]]:
+    def _output_paths(self, parts: list[Path]) -> tuple[list[Path], list[Path]]:
+        """Fresh kept/ and dropped/ dirs (dropped/ owner-only: it may hold raw text) and a path per part."""
         kept_dir, dropped_dir = self.out / "kept", self.out / "dropped"
         for d in (kept_dir, dropped_dir):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         os.chmod(dropped_dir, 0o700)
-        kept = [kept_dir / p.name for p in parts]
-        dropped = [dropped_dir / p.name for p in parts]
+        return [kept_dir / p.name for p in parts], [dropped_dir / p.name for p in parts]
+
+    def _final(
+        self, pool: Executor, parts: list[Path], pending: list[str], acct: Accounting
+    ) -> tuple[list[Path], list[Path]]:
+        kept, dropped = self._output_paths(parts)
         futs = [
             pool.submit(_final_part, str(p), pending, str(k), str(d))
             for p, k, d in zip(parts, kept, dropped, strict=True)

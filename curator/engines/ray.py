@@ -445,13 +445,7 @@ class RayEngine(LocalEngine):
     def _final(
         self, pool: Executor, parts: list[Path], pending: list[str], acct: Accounting
     ) -> tuple[list[Path], list[Path]]:
-        kept_dir, dropped_dir = self.out / "kept", self.out / "dropped"
-        for d in (kept_dir, dropped_dir):
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-        os.chmod(dropped_dir, 0o700)
-        kept = [kept_dir / p.name for p in parts]
-        dropped = [dropped_dir / p.name for p in parts]
+        kept, dropped = self._output_paths(parts)
         tasks = [
             {"src": str(p), "kept": str(k), "dropped": str(d)} for p, k, d in zip(parts, kept, dropped, strict=True)
         ]

@@ -40,6 +40,15 @@ def need_dict(obj: Any, what: str) -> dict[str, Any]:
     return obj
 
 
+def need_list(row: dict[str, Any], key: str, items: str) -> list[Any]:
+    """`row[key]` when it is a list, else a RowError saying it is missing or what it is instead."""
+    value = row.get(key)
+    if not isinstance(value, list):
+        what = "missing" if value is None else f"{type_name(value)}, expected a list of {items}"
+        raise RowError(f"'{key}' is {what}", key)
+    return value
+
+
 def need_str(value: Any, field: str, *, optional: bool = False) -> str | None:
     """`value` when it is a string (or None when optional), else a RowError naming the field."""
     if value is None and optional:
@@ -118,10 +127,7 @@ def openai_tool_calls(calls: Any, field: str) -> list[ToolCall] | None:
 def convert_messages(row: Any, src: Source, opts: ReaderOptions) -> list[Record]:
     """OpenAI chat fine-tuning row (also LLaMA-Factory `messages` with `value` content parts)."""
     row = need_dict(row, "row")
-    msgs = row.get("messages")
-    if not isinstance(msgs, list):
-        what = "missing" if msgs is None else f"{type_name(msgs)}, expected a list of messages"
-        raise RowError(f"'messages' is {what}", "messages")
+    msgs = need_list(row, "messages", "messages")
     out: list[Message] = []
     skipped: dict[str, int] = {}
     weights = []
@@ -193,10 +199,7 @@ def sharegpt_call(value: str, field: str) -> ToolCall:
 def convert_sharegpt(row: Any, src: Source, opts: ReaderOptions) -> list[Record]:
     """ShareGPT row; function_call turns become assistant tool calls, observation/tool turns tool turns."""
     row = need_dict(row, "row")
-    turns = row.get("conversations")
-    if not isinstance(turns, list):
-        what = "missing" if turns is None else f"{type_name(turns)}, expected a list of turns"
-        raise RowError(f"'conversations' is {what}", "conversations")
+    turns = need_list(row, "conversations", "turns")
     out: list[Message] = []
     system = need_str(row.get("system"), "system", optional=True)
     if system:
