@@ -188,6 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not DEMO_CONFIG.exists():
         raise UserError(f"{DEMO_CONFIG}: the demo config is missing; run the demo from a clone of the repository")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo builds its model here: nothing may be fetched
     report = run_loop(load_loop_config(DEMO_CONFIG), Path(args.out), workers=args.workers)
     _print_verdict(report, Path(args.out))
     return 0
@@ -301,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Our rich progress bars replace the libraries' tqdm bars and deprecation chatter on the console."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one clear line (exit 2)."""
     from curator.config import ConfigError
@@ -311,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     from curator.steps.balance import SelectionFileError
 
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError, ResumeMismatch, UnreadableInput, ShardError, TokenizerError,
