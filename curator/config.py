@@ -104,7 +104,15 @@ class DecontamConfig(Section):
         8, ge=1, description="Items shorter than `ngram` words match as a whole when at least this long."
     )
     semantic: bool = Field(False, description="Also flag paraphrases by embedding cosine (extra `semantic`).")
-    semantic_threshold: float = Field(0.9, gt=0, le=1)
+    semantic_threshold: float = Field(
+        0.8, gt=0, le=1, description="Cosine that flags a paraphrase (0.8: see BENCHMARKS.md, issue 3)."
+    )
+    semantic_window: int = Field(
+        64, ge=0, description="Words per overlapping window embedded as an extra view of long texts; 0: none."
+    )
+    semantic_prose: bool = Field(
+        True, description="Also embed the docstrings/comments of code as a view (paraphrases rename the code)."
+    )
     model: str | None = Field(None, description="Local sentence-transformers model dir for the semantic check.")
     batch_size: int = Field(64, ge=1)
 

@@ -8,6 +8,18 @@ against it. Items shorter than `ngram` words match as a whole when they have at 
 With `semantic: true`, prompt and answer are also embedded (see `curator.steps.semantic`) and
 flagged when their cosine to an item reaches `semantic_threshold`: this catches paraphrases.
 
+The semantic check compares *views*, not whole texts, and scores a (record, item) pair by the max
+cosine over view pairs ("chunked embeddings"). Why: all-MiniLM-L6-v2 reads only 256 word pieces,
+so one embedding of a long item says nothing about its tail, and a paraphrase that rewrites names
+and code around a task description keeps its meaning in parts, not in the whole. A text's views
+are (1) the whole text (what the model sees of it), (2) windows of `semantic_window` words with
+half-window overlap when the text is longer than one window (a window is long enough that generic
+stock sentences alone do not match), and (3) with `semantic_prose`, its natural-language part
+(docstrings and `#` comments) when it has one: code paraphrases rename identifiers and restructure
+the code, but the task description keeps its meaning. Item views are embedded once per step
+instance; record views of a batch in one `encode` call. Only each record's best item is kept, so
+memory is O(record views x item views) per block, never all pairs.
+
 Columns: `contam_benchmark`, `contam_item` (the item id), `contam_side` (prompt/answer),
 `contam_method` (ngram/semantic), `contam_ngram` (a short hash of the shared n-gram: record text
 may carry PII, the item id is what a reviewer needs), `contam_score` (n-gram hits, or cosine).
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +92,29 @@ def load_benchmark(spec: BenchmarkSpec) -> pl.DataFrame:
     return pl.DataFrame({"item_id": ids, "text": texts}, schema={"item_id": pl.String, "text": pl.String})
 
 
+# Docstrings and comments: the natural-language part of code (view 3 of the module docstring).
+_PROSE = re.compile(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'|#[ \t]?([^\n]*)', re.S)
+_VIEW_BLOCK = 2048
+
+
+def prose_part(text: str) -> str:
+    """Docstrings and `#` comments of a code text joined, whitespace-collapsed; "" when there are none."""
+    parts = (next(g for g in m.groups() if g is not None) for m in _PROSE.finditer(text))
+    return " ".join(" ".join(parts).split())
+
+
+def semantic_views(text: str, *, window: int, prose: bool, max_chars: int = 2000) -> list[str]:
+    """The texts embedded for one record side or item: whole text, word windows, prose part (deduplicated)."""
+    views = [text[:max_chars]]
+    words = text.split()
+    if window and len(words) > window:
+        stride = max(1, window // 2)
+        views += [" ".join(words[i : i + window]) for i in range(0, len(words) - window + stride, stride)]
+    if prose and (nl := prose_part(text)) and len(nl.split()) >= 4:
+        views.append(nl[:max_chars])
+    return list(dict.fromkeys(v for v in views if v.strip()))
+
+
 def _norm(text: pl.Expr) -> pl.Expr:
     return normalize_expr(text, lowercase=True, collapse_whitespace=True, strip_punctuation=True)
 
@@ -113,9 +149,19 @@ class Decontaminate:
         self.index = pl.concat(frames).select("h", "item", "n").unique(["h", "n"], keep="first", maintain_order=True)
         self._item_emb: np.ndarray | None = None
         if cfg.semantic and self.items.height:
-            from curator.steps.semantic import embed
+            emb, owner = self._embed_views(self.items["text"].to_list())
+            self._item_emb = emb if len(emb) else None
+            self._item_starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+            self._item_of_group = owner[self._item_starts]
 
-            self._item_emb = embed(self.items["text"].to_list(), model=cfg.model, batch_size=cfg.batch_size)
+    def _embed_views(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of every view of `texts` and, per view, the position of its text (ascending)."""
+        from curator.steps.semantic import embed
+
+        views = [semantic_views(t, window=self.cfg.semantic_window, prose=self.cfg.semantic_prose) for t in texts]
+        owner = np.repeat(np.arange(len(texts), dtype=np.int64), [len(v) for v in views])
+        flat = [v for vs in views for v in vs]
+        return embed(flat, model=self.cfg.model, batch_size=self.cfg.batch_size), owner
 
     def _ngram_hits(self, batch: pl.DataFrame) -> pl.DataFrame:
         hits = []
@@ -133,21 +179,31 @@ class Decontaminate:
         )
 
     def _semantic_hits(self, batch: pl.DataFrame) -> pl.DataFrame:
-        from curator.steps.semantic import cosine_pairs, embed
-
+        """Per record side, the item with the highest view-pair cosine, kept when >= the threshold."""
         assert self._item_emb is not None
         hits = []
         for side in SIDES:
             texts = batch.select(view_expr(side))[f"{side}_text"].to_list()
             usable = [i for i, t in enumerate(texts) if t.strip()]
-            vecs = embed([texts[i] for i in usable], model=self.cfg.model, batch_size=self.cfg.batch_size)
-            i, j, s = cosine_pairs(vecs, self.cfg.semantic_threshold, other=self._item_emb)
+            vecs, owner = self._embed_views([texts[i] for i in usable])
+            js, ss = [], []
+            for lo in range(0, len(vecs), _VIEW_BLOCK):
+                # max over each item's views, then each record view's best item (lowest index on ties)
+                sims = vecs[lo : lo + _VIEW_BLOCK] @ self._item_emb.T
+                per_item = np.maximum.reduceat(sims, self._item_starts, axis=1)
+                js.append(per_item.argmax(axis=1))
+                ss.append(per_item.max(axis=1))
+            j, s = np.concatenate(js or [np.zeros(0, np.int64)]), np.concatenate(ss or [np.zeros(0, np.float32)])
+            # each record's best view: order by record, score descending, item ascending; keep the first
+            order = np.lexsort((j, -s, owner))
+            first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]] if len(order) else order
+            keep = first[s[first] >= self.cfg.semantic_threshold]
             hits.append(
                 pl.DataFrame(
                     {
-                        "idx": np.asarray(usable, dtype=np.uint32)[i],
-                        "item": j.astype(np.uint32),
-                        "score": s.astype(np.float64),
+                        "idx": np.asarray(usable, dtype=np.uint32)[owner[keep]],
+                        "item": self._item_of_group[j[keep]].astype(np.uint32),
+                        "score": s[keep].astype(np.float64),
                     },
                     schema={"idx": pl.UInt32, "item": pl.UInt32, "score": pl.Float64},
                 ).with_columns(
