@@ -139,14 +139,34 @@ def _run_global_map(phase_index: int, src: str, pending: list[str]) -> pl.DataFr
     return phase.steps[0].map(frame)
 
 
-def _ingest_batch(records: list[dict[str, Any]], rows: list[int], dst: str) -> tuple[int, list[dict[str, Any]]]:
-    """Worker task: turn a batch of records into a part, running the first (map) phase on it."""
-    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
-    frame = pl.from_arrow(table).with_columns(pl.Series(ROW, rows, dtype=pl.Int64))
-    first = _PHASES[0]
+def _ingest_batch(
+    items: list[Any], rows: list[int], dst: str, file: str, category: str | None, override: bool
+) -> tuple[int, list[dict[str, Any]]]:
+    """Worker task: validate a batch of reader output, set the input's category, write it as a part
+    after the first (map) phase. A record that fails record.schema.json is quarantined (a reader bug
+    must not stop the run); validating here keeps the driver free to read."""
+    records: list[dict[str, Any]] = []
+    good_rows: list[int] = []
     quarantined: list[dict[str, Any]] = []
-    if not first.is_global and not first.steps[0].only_kept:
-        frame, quarantined = _apply_map_steps(frame, first.steps)
+    for item, row in zip(items, rows, strict=True):
+        if not is_valid_record(item):
+            problems = "; ".join(schema_errors(item)[:3]) or "not a record"
+            src = (item.get("source") or {}) if isinstance(item, dict) else {}
+            quarantined.append(
+                {ROW: row, "file": file, "index": src.get("index"), "line": src.get("line"), "field": None,
+                 "reason": f"record does not match record.schema.json: {problems}", "excerpt": ""}
+            )
+            continue
+        if category and (override or not item.get("category")):
+            item = {**item, "category": category}
+        records.append(item)
+        good_rows.append(row)
+    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+    frame = pl.from_arrow(table).with_columns(pl.Series(ROW, good_rows, dtype=pl.Int64))
+    first = _PHASES[0]
+    if frame.height and not first.is_global and not first.steps[0].only_kept:
+        frame, failed = _apply_map_steps(frame, first.steps)
+        quarantined.extend(failed)
     write_parquet(frame, Path(dst))
     return frame.height, quarantined
 
@@ -308,7 +328,8 @@ class LocalEngine:
         def flush() -> None:
             name = f"i{i:04d}-b{len(names):06d}.parquet"
             names.append(name)
-            futures.append(pool.submit(_ingest_batch, list(records), list(rows), str(ingest_dir / name)))
+            futures.append(pool.submit(_ingest_batch, list(records), list(rows), str(ingest_dir / name), spec.path,
+                                       spec.category, spec.override_category))
             records.clear()
             rows.clear()
             while len([f for f in futures if not f.done()]) > 2 * max(self.workers, 1):
@@ -319,17 +340,7 @@ class LocalEngine:
             read += 1
             if isinstance(item, Quarantined):
                 quarantine.append({ROW: row, **item.__dict__, "excerpt": item.excerpt})
-            elif not is_valid_record(item):
-                problems = "; ".join(schema_errors(item)[:3]) or "not a record"
-                src = item.get("source") or {} if isinstance(item, dict) else {}
-                quarantine.append(
-                    {ROW: row, "file": spec.path, "index": src.get("index"), "line": src.get("line"),
-                     "field": None, "reason": f"record does not match record.schema.json: {problems}",
-                     "excerpt": ""}
-                )
             else:
-                if spec.category and (spec.override_category or not item.get("category")):
-                    item = {**item, "category": spec.category}
                 records.append(item)
                 rows.append(row)
                 if len(records) >= batch_size:

@@ -15,8 +15,14 @@ from curator.steps.base import Rule
 
 # C0/C1 controls except \t and \n, plus zero-width and bidi-control characters that only hide text.
 INVISIBLE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2064}\x{feff}]"
-# Mojibake of UTF-8 decoded as cp1252/latin-1 always shows characters of this range ("Ã©", "â€™").
-MOJIBAKE_HINT = r"[\x{80}-\x{ff}]"
+# UTF-8 read as cp1252/latin-1 turns every multi-byte character into a lead byte shown as Â..ô followed by
+# continuation bytes shown as C1 controls, Latin-1 symbols or cp1252's punctuation ("Ã©", "â€™", "Ã¼").
+# Only text with such a pair goes through ftfy: "café" or "Müller" alone never does.
+_CP1252_CONTINUATION = (
+    r"\x{80}-\x{bf}\x{152}\x{153}\x{160}\x{161}\x{178}\x{17d}\x{17e}\x{192}\x{2c6}\x{2dc}"
+    r"\x{2013}\x{2014}\x{2018}-\x{201e}\x{2020}-\x{2022}\x{2026}\x{2030}\x{2039}\x{203a}\x{20ac}\x{2122}"
+)
+MOJIBAKE_HINT = rf"[\x{{c2}}-\x{{f4}}][{_CP1252_CONTINUATION}]|\x{{fffd}}"
 # Only encoding repair: quotes, ligatures and widths are content, left as the author wrote them.
 _FTFY_CONFIG = ftfy.TextFixerConfig(
     unescape_html=False,
