@@ -153,7 +153,9 @@ def run_loop(cfg: LoopConfig, out: Path, *, workers: int = 1, quiet: bool = Fals
         pack_cfg = cfg.curate.model_copy(deep=True)
         pack_cfg.format.tokenizer = str(model_dir)
         pack_cfg.balance.token_budget = cfg.token_budget or pack_cfg.balance.token_budget
-        pack_cfg.balance.weights_file = str(rd / "selection.json") if r > 0 else None
+        if r > 0:  # the selection file decides; explicit config weights would take precedence over it
+            pack_cfg.balance.weights = None
+            pack_cfg.balance.weights_file = str(rd / "selection.json")
         if not (shards / "manifest.json").exists():
             run_pack(pack_cfg, kept_parts(curated), shards, quiet=quiet)
         manifest = _read_json(shards / "manifest.json")
@@ -165,14 +167,14 @@ def run_loop(cfg: LoopConfig, out: Path, *, workers: int = 1, quiet: bool = Fals
 
             train(train_cfg)
         eval_report = _read_json(rd / "train" / "eval.json")
-        scores_path = rd / "pool_scores.parquet"
-        if not scores_path.exists():
-            _score_pool(train_cfg, train_pool, scores_path, cfg.score_max_len)
         summary = _round_summary(r, rd, selection, manifest, eval_report, rounds[-1] if rounds else None)
         write_json(summary, rd / "round.json")
         rounds.append(summary)
         nxt = out / f"round_{r + 1:02d}" / "selection.json"
         if r + 1 < cfg.rounds and not nxt.exists():
+            scores_path = rd / "pool_scores.parquet"  # only a next round needs them
+            if not scores_path.exists():
+                _score_pool(train_cfg, train_pool, scores_path, cfg.score_max_len)
             ref = base_eval if cfg.feedback.reference == "base" or r == 0 else _read_json(
                 out / f"round_{r - 1:02d}" / "train" / "eval.json")
             weights = manifest["balance"]["weights_used"]
