@@ -368,14 +368,17 @@ class LocalEngine:
         if done_path.exists():
             return new_parts, json.loads(done_path.read_text())["quarantined"]
         todo = [(p, n) for p, n in zip(parts, new_parts, strict=True) if not n.exists()]
-        quarantined: list[dict[str, Any]] = []
-        if todo:
-            futs = [pool.submit(_run_map_phase, phase.index, str(p), str(n), pending) for p, n in todo]
-            for _, extra in self._track(f"{phase.name}", futs):
-                quarantined.extend(extra)
+        quarantined = self._run_map_tasks(pool, phase, todo, pending) if todo else []
         # rows quarantined in parts finished by an earlier, killed run are found again from the parts
         write_json({"quarantined": self._phase_quarantine(parts, new_parts, quarantined)}, done_path)
         return new_parts, json.loads(done_path.read_text())["quarantined"]
+
+    def _run_map_tasks(
+        self, pool: Executor, phase: Phase, todo: list[tuple[Path, Path]], pending: list[str]
+    ) -> list[dict[str, Any]]:
+        """Run a map phase on the (source, destination) parts still to do; returns rows it quarantined."""
+        futs = [pool.submit(_run_map_phase, phase.index, str(p), str(n), pending) for p, n in todo]
+        return [row for _, extra in self._track(phase.name, futs) for row in extra]
 
     @staticmethod
     def _phase_quarantine(

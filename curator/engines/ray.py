@@ -50,7 +50,7 @@ import pyarrow as pa
 from curator.config import CurateConfig
 from curator.engines import local
 from curator.engines.local import LocalEngine, RunOutput
-from curator.io import write_json, write_parquet
+from curator.io import write_parquet
 from curator.pipeline import Accounting, Phase, build_steps, phases
 from curator.steps.base import ROW, GlobalStep, Step
 from curator.steps.dedup import ExactDedup, MinHashDedup, _jaccard, _remove_spill, assign_clusters
@@ -271,7 +271,8 @@ class _RayExecutor(Executor):
         self.cfg_json, self.factory, self.attempts = cfg_json, factory, attempts
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        key = f"{fn.__name__}-{Path(str(args[-1])).name}"
+        part = next(a for a in args if isinstance(a, str) and a.endswith(".parquet"))  # the part it writes
+        key = f"{fn.__name__}-{Path(part).name}"
         ref = _remote_call.remote(self.cfg_json, self.factory, self.attempts, key, fn, args)
         return ref.future()
 
@@ -334,29 +335,19 @@ class RayEngine(LocalEngine):
                 self.progress.advance(task, 1)
             yield json.loads(row["result"])
 
-    def _map_phase(
-        self, pool: Executor, phase: Phase, parts: list[Path], pending: list[str]
-    ) -> tuple[list[Path], list[dict[str, Any]]]:
-        out_dir = self.work / f"phase{phase.index:02d}"
-        done_path = out_dir / "done.json"
-        new_parts = [out_dir / p.name for p in parts]
-        if done_path.exists():
-            return new_parts, json.loads(done_path.read_text())["quarantined"]
-        todo = [{"src": str(p), "dst": str(n)} for p, n in zip(parts, new_parts, strict=True) if not n.exists()]
-        quarantined: list[dict[str, Any]] = []
-        if todo:
-            ds = self._dataset([{"task": json.dumps(t)} for t in todo]).map_batches(
-                _PhaseWorker,
-                fn_constructor_args=(self._cfg_json, self.step_factory, str(self.attempts), phase.index, pending),
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
-                num_cpus=1,
-            )
-            for result in self._run_parts(phase.name, ds, len(todo)):
-                quarantined.extend(result["quarantined"])
-        quarantined = self._phase_quarantine(parts, new_parts, quarantined)
-        write_json({"quarantined": quarantined}, done_path)
-        return new_parts, json.loads(done_path.read_text())["quarantined"]
+    def _run_map_tasks(
+        self, pool: Executor, phase: Phase, todo: list[tuple[Path, Path]], pending: list[str]
+    ) -> list[dict[str, Any]]:
+        """Map phases as `map_batches` over an actor pool: each actor builds the steps once."""
+        tasks = [{"task": json.dumps({"src": str(p), "dst": str(n)})} for p, n in todo]
+        ds = self._dataset(tasks).map_batches(
+            _PhaseWorker,
+            fn_constructor_args=(self._cfg_json, self.step_factory, str(self.attempts), phase.index, pending),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
+            num_cpus=1,
+        )
+        return [row for result in self._run_parts(phase.name, ds, len(todo)) for row in result["quarantined"]]
 
     def _global(self, pool: Executor, phase: Phase, parts: list[Path], pending: list[str]) -> Path:
         path = self.work / "global" / f"phase{phase.index:02d}.parquet"
