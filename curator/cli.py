@@ -51,10 +51,26 @@ def _curate_config(args: argparse.Namespace) -> Any:
         cfg.write_jsonl = True
     if not cfg.inputs:
         raise UserError("no inputs: name files after `curate` or list them under `inputs:` in --config")
-    for spec in cfg.inputs:
-        if not Path(spec.path).exists():
-            raise UserError(f"{spec.path}: no such file or directory")
+    _preflight(cfg.inputs)
     return cfg
+
+
+def _preflight(inputs: list[Any]) -> None:
+    """Check every input exists and has a known format before any work starts; name all that fail."""
+    from curator.ingest import detect_format
+    from curator.ingest.base import UnreadableInput
+
+    problems = []
+    for spec in inputs:
+        if not Path(spec.path).exists():
+            problems.append(f"{spec.path}: no such file or directory")
+        elif spec.format is None:
+            try:
+                detect_format(Path(spec.path))
+            except UnreadableInput as exc:
+                problems.append(str(exc))
+    if problems:
+        raise UserError(f"{len(problems)} input(s) cannot be read; nothing was processed:\n" + "\n".join(problems))
 
 
 def run_curate(

@@ -185,3 +185,15 @@ def test_curate_then_pack_from_the_command_line(tmp_path: Path, tiny_tokenizer_d
     assert (shards / "pack_report.html").read_text().count("<img") == 2
     # a missing tokenizer is one clear line, not a traceback
     assert main(["pack", str(curated), "--out", str(tmp_path / "x"), "--tokenizer", str(tmp_path / "nope")]) == 2
+
+
+def test_unreadable_inputs_are_all_named_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tokenized = tmp_path / "tokenized.json"
+    tokenized.write_text(json.dumps([{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1, 1]}]))
+    good = ROOT / "sample_data" / "pirate_training_set.jsonl"
+    out = tmp_path / "out"
+    code = main(["curate", str(good), str(tokenized), str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "2 input(s) cannot be read" in err and "tokenized.json" in err and "missing.jsonl" in err
+    assert not (out / "_work").exists(), "nothing may start when an input is unreadable"
