@@ -292,7 +292,7 @@ def main() -> None:
     p.add_argument("--eta", type=float)
     p.add_argument("--smoothing", type=float)
     p.add_argument("--floor", type=float)
-    p.add_argument("--reference", choices=["base", "previous"])
+    p.add_argument("--reference", choices=["base", "previous", "none"])
     p.add_argument("--ifd-max", type=float)
     p.add_argument("--easy-fraction", type=float)
     p.add_argument("--easy-weight", type=float)

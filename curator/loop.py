@@ -175,13 +175,18 @@ def run_loop(cfg: LoopConfig, out: Path, *, workers: int = 1, quiet: bool = Fals
             scores_path = rd / "pool_scores.parquet"  # only a next round needs them
             if not scores_path.exists():
                 _score_pool(train_cfg, train_pool, scores_path, cfg.score_max_len)
-            ref = base_eval if cfg.feedback.reference == "base" or r == 0 else _read_json(
-                out / f"round_{r - 1:02d}" / "train" / "eval.json")
+            loss = _per_category_loss(eval_report)
+            if cfg.feedback.reference == "none":
+                ref_loss = dict.fromkeys(loss, 1.0)
+            elif cfg.feedback.reference == "previous" and r > 0:
+                ref_loss = _per_category_loss(_read_json(out / f"round_{r - 1:02d}" / "train" / "eval.json"))
+            else:
+                ref_loss = _per_category_loss(base_eval)
             weights = manifest["balance"]["weights_used"]
             tokens = {c: v["tokens"] for c, v in manifest["balance"]["after"].items()}
             new = build_selection(
-                round_index=r, weights=weights, loss=_per_category_loss(eval_report),
-                ref_loss=_per_category_loss(ref), tokens=tokens, scores=pl.read_parquet(scores_path),
+                round_index=r, weights=weights, loss=loss, ref_loss=ref_loss, tokens=tokens,
+                scores=pl.read_parquet(scores_path),
                 cfg=cfg.feedback,
             )
             write_selection(new, nxt)

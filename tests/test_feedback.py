@@ -69,3 +69,10 @@ def test_selection_file_validates_and_balance_reads_it(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["round"] == 1
     bad = dict(selection, example_weights={"not-an-id": 1.0})
     assert schema_errors(bad, "selection.schema.json")
+
+
+def test_absolute_reference_moves_weight_to_the_worst_category() -> None:
+    weights = {"chat": 0.25, "instructions": 0.25, "math": 0.25, "tool_use": 0.25}
+    new, _ = category_update(weights, ROUND, dict.fromkeys(ROUND, 1.0), TOKENS, FeedbackConfig(reference="none"))
+    assert max(new, key=new.get) == "instructions"  # the highest eval loss (4.95)
+    assert min(new, key=new.get) == "math"  # the lowest (3.10)

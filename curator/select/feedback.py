@@ -7,7 +7,9 @@ Category weights (DoReMi-style multiplicative update, Xie et al. 2023). For each
     w'(c)     = w(c) * exp(eta * excess(c) / std_c rel)
 then normalised, mixed with uniform (`smoothing`) and floored (`floor`) so no category vanishes.
 Dividing by the reference removes each category's intrinsic difficulty (math text is more
-predictable than poetry), so weight moves to where this round's data helped least.
+predictable than poetry), so weight moves to where this round's data helped least. With
+`reference: none` (L_ref = 1) the update follows the absolute loss, as Group DRO does: weight moves
+to the worst category.
 
 Example weights (Cherry / Superfiltering, Li et al. 2023-24), per training record from the pool
 scores: IFD = loss(answer | prompt) / loss(answer). IFD >= `ifd_max` means the prompt does not
@@ -43,7 +45,10 @@ class FeedbackConfig(BaseModel):
     eta: float = Field(1.0, ge=0, description="Step size of the multiplicative category update.")
     smoothing: float = Field(0.1, ge=0, le=1, description="Mix of uniform weights into the update.")
     floor: float = Field(0.05, ge=0, lt=1, description="Minimum share of any category.")
-    reference: str = Field("base", pattern="^(base|previous)$", description="L_ref: base model or previous round.")
+    reference: str = Field(
+        "base", pattern="^(base|previous|none)$",
+        description="L_ref: the base model, the previous round, or none (absolute loss: Group-DRO-like).",
+    )
     ifd_max: float = Field(1.0, gt=0, description="Exclude examples whose IFD is at least this.")
     easy_fraction: float = Field(0.1, ge=0, lt=1, description="Lowest-loss share of each category treated as known.")
     easy_weight: float = Field(0.25, ge=0, description="Weight of known examples (0 excludes them).")
