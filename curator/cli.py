@@ -88,7 +88,7 @@ def run_curate(
         console.print(f"[yellow]ray retried {sum(run.retries.values())} task(s) after a worker failure:[/yellow] "
                       f"{', '.join(run.retries)}")
     report = build_report(run, cfg.model_dump(mode="json"))
-    write_report(report, run)
+    write_report(report, out)
     if cfg.write_jsonl:
         import polars as pl
 

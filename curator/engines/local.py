@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,8 +235,8 @@ class LocalEngine:
             old = json.loads(state_path.read_text())
             if old != self._state():
                 raise ResumeMismatch(
-                    f"{self.out} holds an unfinished run with a different config or inputs; "
-                    "re-run with --fresh to discard it, or choose another --out"
+                    f"{self.out} holds a run made with a different config or inputs; "
+                    "re-run with --fresh to replace it, or choose another --out"
                 )
         else:
             write_json(self._state(), state_path)
@@ -441,9 +441,3 @@ def _reason_kind(reason: str) -> str:
     """The reason without its instance details (numbers, quoted values), for counting by kind."""
     kind = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
     return re.sub(r"\d+(\.\d+)?", "N", kind)[:120]
-
-
-def iter_parts(paths: Iterable[Path], columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
-    """Read parts one by one (bounded memory)."""
-    for p in paths:
-        yield pl.read_parquet(p, columns=columns)

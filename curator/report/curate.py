@@ -10,35 +10,43 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from curator.engines.local import RunOutput
 from curator.io import write_json, write_text
 from curator.pipeline import ROW_SHIFT, rule_owners
 from curator.report import html as H
 
-_SUMMARY_COLUMNS = ("n_tokens_est", "n_chars", "category", "language", "n_turns")
+_TEXT_COLUMNS = frozenset(("messages", "context", "tools", "meta"))
+LENGTH_BINS = [1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 10**9]
 
 
-def _frame(parts: list[Path]) -> pl.DataFrame:
-    """Summary columns of every part (bounded: a few scalars per record)."""
+def _annotations(parts: list[Path]) -> pl.DataFrame:
+    """Every column of the parts except record text, plus the input index: the report never loads text."""
     frames = []
     for p in parts:
-        frame = pl.read_parquet(p)
-        keep = [c for c in frame.columns if c in _SUMMARY_COLUMNS or c in ("drop_reason", "row")]
-        frame = frame.select(keep).with_columns(pl.col("row") // (1 << ROW_SHIFT))
-        frames.append(frame)
+        columns = [c for c in pq.read_schema(p).names if c not in _TEXT_COLUMNS]
+        frame = pl.read_parquet(p, columns=columns)
+        frames.append(frame.with_columns((pl.col("row") // (1 << ROW_SHIFT)).alias("_input")))
+    frames = [f for f in frames if f.height]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def _optional_summaries(run: RunOutput) -> dict[str, Any]:
+def _length_histogram(frame: pl.DataFrame) -> list[int]:
+    """Records per bin of estimated tokens (bins: `LENGTH_BINS`)."""
+    if not frame.height:
+        return [0] * (len(LENGTH_BINS) - 1)
+    counts, _ = np.histogram(frame["n_tokens_est"].fill_null(0).to_numpy(), bins=LENGTH_BINS)
+    return [int(c) for c in counts]
+
+
+def _optional_summaries(run: RunOutput, annotated: pl.DataFrame) -> dict[str, Any]:
     """Summaries that dedup and PII steps provide about their own annotations (when they ran)."""
     out: dict[str, Any] = {}
-    frames = [pl.read_parquet(p) for p in run.kept_parts + run.dropped_parts]
-    frames = [f for f in frames if f.height]
-    if not frames:
+    if not annotated.height:
         return out
-    annotated = pl.concat(frames, how="diagonal_relaxed")
     names = {s.name for s in run.steps}
     if names & {"exact_dedup", "minhash_dedup", "semantic_dedup"}:
         from curator.steps.dedup import dedup_summary
@@ -54,8 +62,8 @@ def _optional_summaries(run: RunOutput) -> dict[str, Any]:
 def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
     """Everything the report shows, as plain data (this is `report.json`)."""
     acct = run.accounting
-    kept = _frame(run.kept_parts)
-    dropped = _frame(run.dropped_parts)
+    kept = _annotations(run.kept_parts)
+    dropped = _annotations(run.dropped_parts)
     owners = rule_owners(run.steps)
     by_step: Counter[str] = Counter()
     for reason, n in acct.dropped.items():
@@ -63,8 +71,8 @@ def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
     inputs = [spec["path"] for spec in config["inputs"]]
     per_input = []
     for i, path in enumerate(inputs):
-        k = kept.filter(pl.col("row") == i).height if kept.height else 0
-        d = dropped.filter(pl.col("row") == i).height if dropped.height else 0
+        k = kept.filter(pl.col("_input") == i).height if kept.height else 0
+        d = dropped.filter(pl.col("_input") == i).height if dropped.height else 0
         per_input.append(
             {"input": path, "read": acct.read.get(path, 0), "kept": k, "dropped": d,
              "quarantined": acct.quarantined.get(path, 0)}
@@ -89,30 +97,31 @@ def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
         "tokens_est": {
             "kept_total": int(kept["n_tokens_est"].sum()) if kept.height else 0,
             "kept_mean": round(float(kept["n_tokens_est"].mean()), 1) if kept.height else 0.0,
+            "bins": LENGTH_BINS,
+            "kept_histogram": _length_histogram(kept),
+            "dropped_histogram": _length_histogram(dropped),
         },
         "config": config,
-        **_optional_summaries(run),
+        **_optional_summaries(run, both),
     }
     return report
 
 
-def write_report(report: dict[str, Any], run: RunOutput) -> tuple[Path, Path]:
+def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write `report.json` and `report.html` into the run's output dir."""
-    json_path, html_path = run.out / "report.json", run.out / "report.html"
+    json_path, html_path = out / "report.json", out / "report.html"
     write_json(report, json_path)
-    write_text(render_html(report, run), html_path)
+    write_text(render_html(report), html_path)
     return json_path, html_path
 
 
-def render_html(report: dict[str, Any], run: RunOutput) -> str:
-    """The report as one self-contained page with plots."""
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained page with plots, from `report.json`'s data alone."""
     acct = report["accounting"]
     balance = (
         f"read {acct['read']} = kept {acct['kept']} + dropped {acct['dropped']} "
         f"+ quarantined {acct['quarantined']}"
     )
-    kept = _frame(run.kept_parts)
-    dropped = _frame(run.dropped_parts)
     sections: list[tuple[str, list[str]]] = [
         ("Accounting", [H.paragraph(balance + "  ✓ reconciles", "ok")]),
         ("Inputs", [H.table(["input", "read", "kept", "dropped", "quarantined"],
@@ -126,12 +135,11 @@ def render_html(report: dict[str, Any], run: RunOutput) -> str:
                                     "(owner-only: excerpts may hold personal data).", "note")]),
     ]
     figures: list[str] = []
-    if kept.height:
-        figures.append("png:" + H.histogram(
-            "Record length (estimated tokens)",
-            {"kept": kept["n_tokens_est"].to_list(),
-             **({"dropped": dropped["n_tokens_est"].drop_nulls().to_list()} if dropped.height else {})},
-            "tokens (log scale)",
+    lengths = report["tokens_est"]
+    if acct["kept"]:
+        figures.append("png:" + H.binned_histogram(
+            "Record length (estimated tokens)", lengths["bins"],
+            {"kept": lengths["kept_histogram"], "dropped": lengths["dropped_histogram"]}, "tokens (log scale)",
         ))
         figures.append("png:" + H.bar_chart(
             "Records per category", {"all": report["categories"]["all"], "kept": report["categories"]["kept"]}

@@ -56,15 +56,14 @@ def bar_chart(title: str, series: dict[str, dict[str, float]], xlabel: str = "",
     return figure_png(fig)
 
 
-def histogram(title: str, series: dict[str, Sequence[float]], xlabel: str, log: bool = True) -> str:
-    """Overlaid histograms of one quantity (e.g. tokens per record, kept vs dropped)."""
+def binned_histogram(title: str, edges: Sequence[float], series: dict[str, Sequence[int]], xlabel: str) -> str:
+    """Overlaid step histograms of pre-binned counts on a log x axis (e.g. tokens per record, kept vs dropped)."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    for name, values in series.items():
-        vals = [v for v in values if v is not None and (v > 0 or not log)]
-        if vals:
-            ax.hist(vals, bins=40, alpha=0.6, label=f"{name} ({len(vals)})", log=False)
-    if log:
-        ax.set_xscale("log")
+    drawn = [*edges[:-1], edges[-2] * 2]  # the open last bin is drawn as one more doubling
+    for name, counts in series.items():
+        if sum(counts):
+            ax.stairs(list(counts), drawn, fill=True, alpha=0.5, label=f"{name} ({sum(counts)})")
+    ax.set_xscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.legend()
