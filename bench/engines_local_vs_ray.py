@@ -140,8 +140,8 @@ def measure(engine: str, n: int, cpus: int) -> dict[str, Any]:
     return result
 
 
-# passes that run on the driver alone (the Ray engine's progress labels): they do not shrink with workers
-SERIAL = {"minhash_dedup (components, driver)", "dedup_clusters (shuffle + reduce)"}
+# passes that run on the driver alone (the Ray engine labels them so): they do not shrink with workers
+SERIAL_MARK = "(reduce, driver)"
 
 
 def estimate(small: dict[str, Any], large: dict[str, Any], cpus: int, target: float = 100e6,
@@ -149,13 +149,13 @@ def estimate(small: dict[str, Any], large: dict[str, Any], cpus: int, target: fl
     """CPUs needed for `target` records in `hours`, from the marginal per-record cost of each phase.
 
     The marginal cost (large - small) / (n_large - n_small) removes fixed start-up costs. Phases whose
-    work is on the workers cost CPU-seconds = wall x `cpus`; the driver-only passes (`SERIAL`) add
+    work is on the workers cost CPU-seconds = wall x `cpus`; the driver-only passes (`SERIAL_MARK`) add
     their wall time whatever the cluster size. Shuffles are counted as worker time (they are tasks).
     """
     dn = large["n"] - small["n"]
     marginal = {k: (large["phases"][k] - small["phases"].get(k, 0.0)) / dn for k in large["phases"]}
-    cpu_per_record = sum(v for k, v in marginal.items() if k not in SERIAL) * cpus
-    serial_per_record = sum(v for k, v in marginal.items() if k in SERIAL)
+    cpu_per_record = sum(v for k, v in marginal.items() if SERIAL_MARK not in k) * cpus
+    serial_per_record = sum(v for k, v in marginal.items() if SERIAL_MARK in k)
     budget = hours * 3600
     serial_total = serial_per_record * target
     need = cpu_per_record * target / (budget - serial_total) if serial_total < budget else float("inf")

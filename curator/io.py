@@ -47,11 +47,18 @@ def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_parquet(frame: pl.DataFrame | pa.Table, path: Path, mode: int | None = None) -> None:
-    """Write Parquet atomically with fixed settings, so equal data gives equal bytes."""
+def write_parquet(
+    frame: pl.DataFrame | pa.Table, path: Path, mode: int | None = None, row_group_size: int | None = None
+) -> None:
+    """Write Parquet atomically with fixed settings, so equal data gives equal bytes.
+
+    `row_group_size` bounds the rows per group: a reader filtering on a sorted column then reads
+    only the groups whose statistics overlap its range.
+    """
     table = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
     with atomic_path(path, mode) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd", write_statistics=True,
+                       store_schema=True)
 
 
 def write_json(data: Any, path: Path, mode: int | None = None) -> None:

@@ -24,7 +24,17 @@ from curator.steps.dedup import ExactDedup, MinHashDedup
 
 ray = pytest.importorskip("ray")
 
-from curator.engines.ray import RayEngine, _band_rows, _bucket_pairs, start_ray  # noqa: E402
+from curator.engines.ray import (  # noqa: E402
+    RayEngine,
+    _band_rows,
+    _both_ways,
+    _bucket_pairs,
+    _checksum_rows,
+    _labels,
+    _large_star,
+    _small_star,
+    start_ray,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -114,6 +124,9 @@ def test_ray_matches_local_even_when_workers_die(local_ray: Path, tmp_path: Path
     dropped = pl.read_parquet(tmp_path / "ray" / "dropped" / "*.parquet")
     assert {"exact_duplicate", "near_duplicate", "contaminated"} <= set(dropped["drop_reason"].to_list())
     assert _digest(tmp_path / "local") == _digest(tmp_path / "ray")
+    # MinHash and the cluster merge found edges and ran the distributed components (not a driver step)
+    done = [json.loads(p.read_text()) for p in sorted((tmp_path / "ray" / "_work" / "global").glob("*.done.json"))]
+    assert sum(d["component_rounds"] >= 2 for d in done) == 2, done
     # nothing lost, nothing doubled
     acct = run.accounting
     assert acct.as_dict() == local.accounting.as_dict()
@@ -166,7 +179,44 @@ def test_distributed_band_buckets_give_the_steps_candidate_pairs() -> None:
     assert len(expected) > 100  # the fastchat sample repeats itself: many candidates, some buckets above 5
     bands = pl.from_arrow(_band_rows(nodes.to_arrow(), step.bands, 7))
     got = pl.concat(
-        [pl.from_arrow(_bucket_pairs(g.to_arrow(), cfg.max_bucket)) for _, g in bands.group_by("_bucket")]
-    ).unique().sort("a", "b")
+        [pl.from_arrow(_bucket_pairs(g.to_arrow(), cfg.max_bucket, 3)) for _, g in bands.group_by("_bucket")]
+    ).select("a", "b").unique().sort("a", "b")
     rows = nodes["row"].to_numpy()
     assert np.array_equal(np.stack([rows[expected[:, 0]], rows[expected[:, 1]]], axis=1), got.to_numpy())
+
+
+def _components_by_rounds(a: np.ndarray, b: np.ndarray, buckets: int) -> tuple[dict[int, int], int]:
+    """The engine's large-star/small-star rounds run in-process, each shuffle done by a Polars group_by."""
+
+    def shuffle(frame: pl.DataFrame) -> list[pa.Table]:
+        return [g.to_arrow() for _, g in frame.filter(pl.col("_bucket").is_not_null()).group_by("_bucket")]
+
+    cur = pl.from_arrow(_both_ways(pl.DataFrame({"a": a, "b": b}), buckets))
+    seen = None
+    for rounds in range(1, 64):
+        large = pl.concat([pl.from_arrow(_large_star(t, buckets)) for t in shuffle(cur)])
+        cur = pl.concat([pl.from_arrow(_small_star(t, buckets)) for t in shuffle(large)])
+        sums = pl.from_arrow(_checksum_rows(cur.to_arrow())).sum().row(0)
+        if sums == seen:
+            labels = pl.from_arrow(_labels(cur.to_arrow()))
+            return dict(zip(labels["row"].to_list(), labels["_lab"].to_list(), strict=True)), rounds
+        seen = sums
+    raise AssertionError("no convergence")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distributed_components_match_scipy(seed: int) -> None:
+    """Random graphs (and a long chain, the worst case for label propagation) in 1-4 buckets."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 600))
+    a, b = rng.integers(0, n, n), rng.integers(0, n, n)
+    a, b = np.r_[a[a != b], np.arange(0, n // 2 - 1)], np.r_[b[a != b], np.arange(1, n // 2)]
+    labels, rounds = _components_by_rounds(a * 7 + 3, b * 7 + 3, buckets=1 + seed % 4)  # rows need not be dense
+    _, comp = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    smallest = pl.DataFrame({"c": comp, "i": np.arange(n)}).select(pl.col("i").min().over("c"))["i"].to_numpy()
+    got = np.array([labels.get(i * 7 + 3, i * 7 + 3) for i in range(n)])
+    assert np.array_equal(got, smallest * 7 + 3)
+    assert 2 <= rounds <= 12

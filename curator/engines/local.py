@@ -38,6 +38,7 @@ from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
 from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
 
 SENSITIVE = 0o600  # raw excerpts and dropped records may hold PII: owner-only
+ANNOTATION_ROW_GROUP = 16_384  # rows per Parquet row group of an annotation (~2 parts of 8192)
 QUARANTINE_SCHEMA = pa.schema(
     [
         (ROW, pa.int64()),
@@ -55,7 +56,6 @@ QUARANTINE_SCHEMA = pa.schema(
 
 _STEPS: list[Any] = []
 _PHASES: list[Phase] = []
-_ANNOTATIONS: dict[str, pl.DataFrame] = {}
 
 
 def _init_worker(cfg_json: str) -> None:
@@ -98,16 +98,18 @@ def _apply_map_steps(frame: pl.DataFrame, steps: list[Any]) -> tuple[pl.DataFram
 
 
 def _load_part(path: Path, pending: list[str]) -> pl.DataFrame:
-    """A part with the annotation tables of not-yet-folded global phases joined on `row`."""
+    """A part with the annotation tables of not-yet-folded global phases joined on `row`.
+
+    An annotation is one Parquet file or a directory of them (the Ray engine writes one per row
+    range), sorted by row in small row groups: the scan reads only the groups overlapping this part.
+    """
     frame = pl.read_parquet(path)
     if frame.height == 0:
         return frame
     lo, hi = frame[ROW].min(), frame[ROW].max()
     for ann_path in pending:
-        ann = _ANNOTATIONS.get(ann_path)
-        if ann is None:
-            ann = _ANNOTATIONS[ann_path] = pl.read_parquet(ann_path)
-        part_ann = ann.filter(pl.col(ROW).is_between(lo, hi))
+        source = f"{ann_path}/*.parquet" if Path(ann_path).is_dir() else ann_path
+        part_ann = pl.scan_parquet(source).filter(pl.col(ROW).is_between(lo, hi)).collect()
         frame = frame.join(part_ann, on=ROW, how="left", maintain_order="left")
     return frame
 
@@ -403,7 +405,7 @@ class LocalEngine:
         futs = [pool.submit(_run_global_map, phase.index, str(p), pending) for p in parts]
         partials = list(self._track(f"{phase.name} (map)", futs))
         annotation = step.reduce(partials)
-        write_parquet(annotation.sort(ROW), path)
+        write_parquet(annotation.sort(ROW), path, row_group_size=ANNOTATION_ROW_GROUP)
         return path
 
     def _output_paths(self, parts: list[Path]) -> tuple[list[Path], list[Path]]:

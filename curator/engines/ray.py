@@ -14,13 +14,17 @@ the same input, config and seed. What changes is where the work runs:
   the content hash and the step's own `reduce` per bucket (equal hashes always share a bucket).
 - **MinHash**: signatures and band keys in `map_batches` (shingle sets spill to the work dir, which
   must be shared storage on a real cluster); band buckets by `groupby` on (band, key) bucket, each
-  bucket group emitting its candidate pairs; exact-Jaccard verification of the pairs (and of each
-  duplicate against its representative) in `map_batches`. The connected components run on the
-  driver over the (row, tie-break) nodes and the verified edges: ~100 bytes per record plus 16 per
-  candidate pair (100M records ~ 10-16 GB). Past that, a distributed components pass (min-label
-  propagation with joins) would replace the driver step; it is not written yet.
-- **Other global steps** (cluster merge, semantic dedup): the map half in `map_batches`, their
-  `reduce` on the driver (cluster merge holds row + ids: ~150 bytes per record).
+  bucket group emitting its candidate pairs; a second `groupby` on the pair's first row meets the
+  copies of a pair and verifies it by exact Jaccard; connected components of the verified edges by
+  alternating large-star / small-star rounds (`_components`), each a `groupby`, so no node ever holds
+  all edges; labels join the nodes by a shuffle on `row`, and a shuffle on the label gives each task
+  whole components for the step's own representative rule (`rank_clusters`).
+- **Cluster merge**: the rows sharing a per-step cluster id become star edges by a `groupby` on the id,
+  then the same components and a shuffle on the label for `ClusterMerge.label`.
+- **Other global steps** (semantic dedup): the map half in `map_batches`, their `reduce` on the driver
+  (the embeddings' nearest-neighbour search needs them in one index).
+- **Annotations**: sorted by row (a range shuffle) and written by the workers, one file per block, into
+  `global/phaseNN/`; map phases read only the row groups of their part's range.
 - **Failures**: Ray retries a task or restarts an actor whose worker died; every part is written
   atomically under its own name, so a retry rewrites the same file: nothing lost, nothing doubled.
   Each attempt leaves a marker in `_work/attempts/`; the run reports the retries it counted, and a
@@ -49,11 +53,21 @@ import pyarrow as pa
 
 from curator.config import CurateConfig
 from curator.engines import local
-from curator.engines.local import LocalEngine, RunOutput
-from curator.io import write_parquet
+from curator.engines.local import ANNOTATION_ROW_GROUP, LocalEngine, RunOutput
+from curator.io import write_json, write_parquet
 from curator.pipeline import Accounting, Phase, build_steps, phases
 from curator.steps.base import ROW, GlobalStep, Step
-from curator.steps.dedup import ExactDedup, MinHashDedup, _jaccard, _remove_spill, assign_clusters
+from curator.steps.dedup import (
+    COMP,
+    STEP_PREFIXES,
+    ClusterMerge,
+    ExactDedup,
+    MinHashDedup,
+    _jaccard,
+    _remove_spill,
+    rank_clusters,
+    rep_jaccard,
+)
 
 # Ray reads these when it starts a local cluster: no usage reporting, no token prompt on a laptop.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -63,6 +77,7 @@ import ray  # after the environment above, which Ray reads at import and init
 StepFactory = Callable[[CurateConfig], list[Step]]
 ROWS_PER_BUCKET = 1_000_000  # rows per shuffle bucket: bounds the memory of one reduce task
 TASK_RETRIES = 3  # Ray retries of a task whose worker died (system failures only)
+MAX_COMPONENT_ROUNDS = 64  # large/small-star rounds; O(log^2 n) in theory, a handful in practice
 
 
 # ---------------------------------------------------------------- cluster start-up
@@ -119,7 +134,6 @@ def _build_worker(cfg_json: str, factory: StepFactory) -> None:
     cfg = CurateConfig.model_validate_json(cfg_json)
     local._STEPS = factory(cfg)
     local._PHASES = phases(local._STEPS)
-    local._ANNOTATIONS.clear()
     _BUILT = key
 
 
@@ -220,11 +234,12 @@ def _band_rows(table: pa.Table, bands: int, buckets: int) -> pa.Table:
     return out.with_columns(bucket.alias("_bucket")).to_arrow()
 
 
-def _bucket_pairs(table: pa.Table, max_bucket: int) -> pa.Table:
-    """Candidate pairs (a < b, by row) of the band buckets in one shuffle bucket.
+def _bucket_pairs(table: pa.Table, max_bucket: int, buckets: int) -> pa.Table:
+    """Candidate pairs (a < b, by row) of the band buckets in one shuffle bucket, keyed by `a`'s bucket.
 
     The same rule as `MinHashDedup.candidate_pairs` (a bucket above `max_bucket` links its first
     row to the others only), applied to the rows of one shuffle bucket instead of all of them.
+    A pair sharing several bands comes out of several buckets; the verification shuffle meets them.
     """
     groups = (
         pl.from_arrow(table)
@@ -242,16 +257,136 @@ def _bucket_pairs(table: pa.Table, max_bucket: int) -> pa.Table:
         else:
             a.extend([members[0]] * (len(members) - 1))
             b.extend(members[1:])
-    return pl.DataFrame({"a": a, "b": b}, schema={"a": pl.Int64, "b": pl.Int64}).unique().to_arrow()
+    pairs = pl.DataFrame({"a": a, "b": b}, schema={"a": pl.Int64, "b": pl.Int64}).unique()
+    return pairs.with_columns((pl.col("a") % buckets).alias("_bucket")).to_arrow()
 
 
-def _verify_pairs(table: pa.Table, files: list[str]) -> pa.Table:
-    """Exact Jaccard `sim` of each pair of rows (`a`, `b`), their shingle sets read back from the spill."""
-    frame = pl.from_arrow(table)
+def _verify_bucket(table: pa.Table, files: list[str], threshold: float, buckets: int) -> pa.Table:
+    """The distinct candidate pairs of one bucket whose exact Jaccard (shingle sets read back from the
+    spill) reaches the threshold, as edges in both directions: the components' input."""
+    frame = pl.from_arrow(table).select("a", "b").unique()
     a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
     sets = MinHashDedup._load_sets(files, np.unique(np.concatenate([a, b])))
-    sim = [_jaccard(sets[x], sets[y]) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
-    return frame.with_columns(pl.Series("sim", sim, dtype=pl.Float64)).to_arrow()
+    sim = np.array([_jaccard(sets[x], sets[y]) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
+    return _both_ways(frame.filter(pl.Series(sim >= threshold, dtype=pl.Boolean)), buckets)
+
+
+def _both_ways(edges: pl.DataFrame, buckets: int) -> pa.Table:
+    """Edges (a, b) as rows (u, v) in both directions, with the shuffle bucket of `u` (large-star input)."""
+    u, v = edges.columns
+    both = pl.concat([edges.select(pl.col(u).alias("u"), pl.col(v).alias("v")),
+                      edges.select(pl.col(v).alias("u"), pl.col(u).alias("v"))])
+    return both.with_columns((pl.col("u") % buckets).alias("_bucket"), *_NO_CHECKSUM).to_arrow()
+
+
+# checksum columns of a small-star output: null on edge rows, set on the one summary row per bucket
+_CHECKSUM = ("_n", "_h1", "_h2")
+_NO_CHECKSUM = [pl.lit(None, dtype=pl.Int64).alias(c) for c in _CHECKSUM]
+
+
+def _large_star(table: pa.Table, buckets: int) -> pa.Table:
+    """Large-star on one bucket of (u, v) rows: each larger neighbour of u links to min(u, its neighbours).
+
+    Output (hi, lo) with hi > lo, keyed by `hi` for the small-star step (Kiveris et al., 2014).
+    """
+    f = pl.from_arrow(table).filter(pl.col("u").is_not_null()).select("u", "v").unique()
+    f = f.with_columns(pl.min_horizontal(pl.col("v").min().over("u"), pl.col("u")).alias("m"))
+    out = f.filter(pl.col("v") > pl.col("u")).select(pl.col("v").alias("hi"), pl.col("m").alias("lo")).unique()
+    return out.with_columns((pl.col("hi") % buckets).alias("_bucket")).to_arrow()
+
+
+def _small_star(table: pa.Table, buckets: int) -> pa.Table:
+    """Small-star on one bucket of (hi, lo) rows: hi and its smaller neighbours link to the smallest of them.
+
+    Also emits one checksum row (count and two hash sums of the distinct input edges; every edge is
+    in exactly one bucket, that of its larger end): equal checksums in two rounds = a fixed point.
+    """
+    f = pl.from_arrow(table).select("hi", "lo").unique()
+    sums = [(pl.struct("hi", "lo").hash(seed) % (1 << 31)).cast(pl.Int64).sum().alias(f"h{seed}") for seed in (1, 2)]
+    n, h1, h2 = f.select(pl.len().cast(pl.Int64), *sums).row(0)
+    f = f.with_columns(pl.col("lo").min().over("hi").alias("m"))
+    star = pl.concat([f.select(pl.col("lo").alias("a"), "m"), f.select(pl.col("hi").alias("a"), "m")])
+    star = star.filter(pl.col("a") != pl.col("m")).unique()
+    checksum = pl.DataFrame({"u": [None], "v": [None], "_bucket": [0], "_n": [n], "_h1": [h1], "_h2": [h2]},
+                            schema={c: pl.Int64 for c in ("u", "v", "_bucket", *_CHECKSUM)})
+    return pl.concat([pl.from_arrow(_both_ways(star, buckets)), checksum]).to_arrow()
+
+
+def _checksum_rows(table: pa.Table) -> pa.Table:
+    """The checksum rows of a small-star output."""
+    return pl.from_arrow(table).filter(pl.col("u").is_null()).select(*_CHECKSUM).to_arrow()
+
+
+def _labels(table: pa.Table) -> pa.Table:
+    """A converged small-star output as `row` -> `_lab` (its component's smallest row)."""
+    f = pl.from_arrow(table).filter(pl.col("u") > pl.col("v"))
+    return f.select(pl.col("u").alias(ROW), pl.col("v").alias("_lab")).unique(ROW).to_arrow()
+
+
+def _conform(table: pa.Table, schema: pa.Schema, buckets: int) -> pa.Table:
+    """Rows of nodes or labels in one schema (the missing columns null), keyed by the bucket of `row`."""
+    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    out = pl.from_arrow(pa.Table.from_arrays(cols, schema=schema))
+    return out.with_columns((pl.col(ROW) % buckets).alias("_bucket")).to_arrow()
+
+
+def _attach(table: pa.Table, buckets: int) -> pa.Table:
+    """Join one row bucket's nodes with their labels: `_comp` (own row when in no edge), keyed by `_comp`."""
+    f = pl.from_arrow(table).drop("_bucket")
+    labels = f.filter(pl.col("_lab").is_not_null()).select(ROW, "_lab")
+    nodes = f.filter(pl.col("_lab").is_null()).drop("_lab").join(labels, on=ROW, how="left", maintain_order="left")
+    comp = pl.coalesce("_lab", ROW)
+    return nodes.with_columns(comp.alias(COMP)).drop("_lab").with_columns(
+        (pl.col(COMP) % buckets).alias("_bucket")
+    ).to_arrow()
+
+
+def _finish_bucket(table: pa.Table, finish: Callable[[pl.DataFrame], pl.DataFrame]) -> pa.Table:
+    """A step's per-component finish (representatives, merged ids) on one bucket of whole components."""
+    return finish(pl.from_arrow(table).drop("_bucket")).to_arrow()
+
+
+def _minhash_finish(nodes: pl.DataFrame) -> pl.DataFrame:
+    """MinHash clusters of whole components: the representative rule, plus what the Jaccard pass reads."""
+    ranked = rank_clusters(nodes, "near")
+    return ranked.join(nodes.select(ROW, "near_input", "near_shingles", "_spill"), on=ROW, how="left",
+                       maintain_order="left")
+
+
+def _rep_jaccard(table: pa.Table, files: list[str]) -> pa.Table:
+    """Each duplicate's exact Jaccard to its representative (the step's `near_jaccard`), in its columns' order."""
+    f = pl.from_arrow(table)
+    dup = f.filter(pl.col(ROW) != pl.col("_rep_row"))
+    sets = MinHashDedup._load_sets(files, np.unique(np.concatenate([dup[ROW].to_numpy(), dup["_rep_row"].to_numpy()])))
+    jac = rep_jaccard(f[ROW].to_numpy(), f["_rep_row"].to_numpy(), sets)
+    return f.select(ROW, "near_cluster_id", "near_cluster_size", "near_dup_of",
+                    pl.Series("near_jaccard", jac, dtype=pl.Float64), "near_input", "near_shingles").to_arrow()
+
+
+def _cluster_keys(table: pa.Table, buckets: int) -> pa.Table:
+    """Cluster merge: one (key, row) per per-step cluster id of a row, keyed by a hash of the key."""
+    f = pl.from_arrow(table)
+    cols = [c for c in (f"{p}_cluster_id" for p in STEP_PREFIXES) if c in f.columns]
+    keys = [f.select(ROW, (pl.lit(f"{c}:") + pl.col(c)).alias("_key")) for c in cols]
+    out = pl.concat(keys) if keys else pl.DataFrame(schema={ROW: pl.Int64, "_key": pl.String})
+    # polars' hash is the same in every worker of one installation, which is all a shuffle needs
+    return out.drop_nulls("_key").with_columns((pl.col("_key").hash(7) % buckets).cast(pl.Int64).alias("_bucket")
+                                               ).to_arrow()
+
+
+def _key_edges(table: pa.Table, buckets: int) -> pa.Table:
+    """Rows sharing a key, as star edges (smallest row, other row): the same components as all pairs."""
+    f = pl.from_arrow(table).with_columns(pl.col(ROW).min().over("_key").alias("_first"))
+    return _both_ways(f.filter(pl.col(ROW) != pl.col("_first")).select("_first", ROW), buckets)
+
+
+def _write_rows(table: pa.Table, dst: str) -> pa.Table:
+    """Write one block of a row-sorted annotation as its own file, named by its first row."""
+    frame = pl.from_arrow(table).sort(ROW)
+    if frame.height:
+        write_parquet(frame, Path(dst) / f"{frame[ROW][0]:020d}.parquet", row_group_size=ANNOTATION_ROW_GROUP)
+    return pa.table({"rows": [frame.height]})
 
 
 # ---------------------------------------------------------------- driver side
@@ -350,9 +485,16 @@ class RayEngine(LocalEngine):
         return [row for result in self._run_parts(phase.name, ds, len(todo)) for row in result["quarantined"]]
 
     def _global(self, pool: Executor, phase: Phase, parts: list[Path], pending: list[str]) -> Path:
-        path = self.work / "global" / f"phase{phase.index:02d}.parquet"
-        if path.exists():
+        """A global phase: its map on the workers, then a distributed reduce into a directory of row ranges.
+
+        Exact dedup, MinHash and the cluster merge reduce on the workers (shuffles and distributed
+        connected components); other global steps (semantic dedup) reduce on the driver.
+        """
+        path = self.work / "global" / f"phase{phase.index:02d}"
+        done = path.with_suffix(".done.json")
+        if done.exists():
             return path
+        shutil.rmtree(path, ignore_errors=True)  # a killed earlier attempt's files may split rows differently
         step: GlobalStep = phase.steps[0]  # type: ignore[assignment]
         self._mark(f"{phase.name} (map)")
         partials = self._dataset([{"src": str(p)} for p in parts]).map_batches(
@@ -362,76 +504,129 @@ class RayEngine(LocalEngine):
             batch_format="pyarrow",
             num_cpus=1,
         ).materialize()
-        task = self._mark(f"{phase.name} (shuffle + reduce)")
         n_rows = partials.count()
         buckets = max(self.workers, math.ceil(n_rows / ROWS_PER_BUCKET))
+        rounds = 0
         if n_rows and isinstance(step, ExactDedup):
-            annotation = self._exact_reduce(step, partials, buckets)
+            self._mark(f"{phase.name} (shuffle + reduce)")
+            rows = self._write_annotation(self._exact_reduce(step, partials, buckets), path)
         elif n_rows and isinstance(step, MinHashDedup):
-            annotation = self._minhash_reduce(partials, buckets)
+            rows, rounds = self._minhash_reduce(partials, buckets, path)
+        elif n_rows and isinstance(step, ClusterMerge):
+            edges = partials.map_batches(_cluster_keys, batch_format="pyarrow", batch_size=None, fn_args=(buckets,))
+            edges = edges.groupby("_bucket", num_partitions=buckets).map_groups(
+                _key_edges, batch_format="pyarrow", fn_args=(buckets,)
+            )
+            clusters, rounds = self._clusters(phase.name, partials, edges, buckets, ClusterMerge.label)
+            rows = self._write_annotation(clusters, path)
         else:
-            annotation = step.reduce(_frames(partials))
-        write_parquet(annotation.sort(ROW), path)
-        if task is not None:
-            self.progress.finish(task, n_rows)
+            self._mark(f"{phase.name} (reduce, driver)")
+            annotation = step.reduce(_frames(partials)).sort(ROW)
+            write_parquet(annotation, path / f"{0:020d}.parquet", row_group_size=ANNOTATION_ROW_GROUP)
+            rows = annotation.height
+        write_json({"rows": rows, "component_rounds": rounds}, done)
         return path
 
-    def _exact_reduce(self, step: ExactDedup, partials: ray.data.Dataset, buckets: int) -> pl.DataFrame:
+    def _exact_reduce(self, step: ExactDedup, partials: ray.data.Dataset, buckets: int) -> ray.data.Dataset:
         """Shuffle by content hash (`groupby` on its bucket), then the step's reduce per bucket."""
         shuffled = partials.map_batches(_with_bucket, batch_format="pyarrow", batch_size=None,
                                         fn_args=("_hash", buckets))
         grouped = shuffled.groupby("_bucket", num_partitions=buckets)
-        reduced = grouped.map_groups(_reduce_bucket, batch_format="pyarrow", fn_args=(step,))
-        return pl.concat(list(_frames(reduced)), how="vertical").sort(ROW)
+        return grouped.map_groups(_reduce_bucket, batch_format="pyarrow", fn_args=(step,))
 
-    def _minhash_reduce(self, partials: ray.data.Dataset, buckets: int) -> pl.DataFrame:
-        """Band buckets by `groupby`, Jaccard verification in `map_batches`, components on the driver.
+    def _minhash_reduce(self, partials: ray.data.Dataset, buckets: int, path: Path) -> tuple[int, int]:
+        """Band buckets by `groupby`, Jaccard verification per pair bucket, distributed components.
 
-        The same result as `MinHashDedup.reduce` (which takes all band keys and all shingle sets on one
-        node); the driver holds the nodes (row + tie-breaks) and the candidate pairs (16 bytes each).
-        The equality test against LocalEngine guards the equivalence.
+        The same annotation as `MinHashDedup.reduce` (which holds all band keys, pairs and shingle sets
+        on one node), with no pass that gathers the pairs or the rows on one node: the equality test
+        against LocalEngine guards the equivalence. Returns (rows written, component rounds).
         """
         step = MinHashDedup(self._worker_cfg.dedup.minhash)
+        self._mark("minhash_dedup (band shuffle + verify)")
         band_rows = partials.map_batches(_band_rows, batch_format="pyarrow", batch_size=None,
                                          fn_args=(step.bands, buckets * step.bands))
-        pair_ds = band_rows.groupby("_bucket", num_partitions=buckets).map_groups(
-            _bucket_pairs, batch_format="pyarrow", fn_args=(step.cfg.max_bucket,)
+        pairs = band_rows.groupby("_bucket", num_partitions=buckets).map_groups(
+            _bucket_pairs, batch_format="pyarrow", fn_args=(step.cfg.max_bucket, buckets)
         )
-        nodes = pl.concat(list(_frames(partials.drop_columns(["_bands"]))), how="vertical").sort(ROW)
-        files = sorted(f for f in nodes["_spill"].unique().to_list() if f)
+        files = sorted(f for f in partials.unique("_spill") if f)
+        edges = pairs.groupby("_bucket", num_partitions=buckets).map_groups(
+            _verify_bucket, batch_format="pyarrow", fn_args=(files, step.cfg.threshold, buckets)
+        )
         try:
-            candidates = pl.concat([*_frames(pair_ds), pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})])
-            self._mark("minhash_dedup (verify)")
-            verified = self._jaccard_pairs(candidates.unique(), files).sort("a", "b")
-            self._mark("minhash_dedup (components, driver)")
-            edges = verified.filter(pl.col("sim") >= step.cfg.threshold)
-            row_arr = nodes[ROW].to_numpy()
-            src, dst = (np.searchsorted(row_arr, edges[c].to_numpy()).astype(np.int64) for c in ("a", "b"))
-            out = assign_clusters(nodes, src, dst, "near")
-            to_rep = out.filter(pl.col(ROW) != pl.col("_rep_row")).select(pl.col(ROW).alias("a"),
-                                                                          pl.col("_rep_row").alias("b"))
-            jac = self._jaccard_pairs(to_rep, files)
-            # Python's round, as the step rounds, so the annotation has the same bits
-            jac = jac.select(pl.col("a").alias(ROW), pl.Series("near_jaccard", [round(x, 4) for x in jac["sim"]],
-                                                                dtype=pl.Float64))
+            nodes = partials.drop_columns(["_bands"])
+            clusters, rounds = self._clusters(step.name, nodes, edges, buckets, _minhash_finish)
+            annotation = clusters.map_batches(_rep_jaccard, batch_format="pyarrow", batch_size=None, fn_args=(files,))
+            return self._write_annotation(annotation, path), rounds
         finally:
             _remove_spill(files)
-        out = out.join(jac, on=ROW, how="left", maintain_order="left")
-        return out.drop("_rep_row").with_columns(nodes["near_input"], nodes["near_shingles"])
+
+    def _clusters(
+        self,
+        name: str,
+        nodes: ray.data.Dataset,
+        edges: ray.data.Dataset,
+        buckets: int,
+        finish: Callable[[pl.DataFrame], pl.DataFrame],
+    ) -> tuple[ray.data.Dataset, int]:
+        """`finish` applied to whole components of the graph (`nodes` rows, `edges` both ways), all distributed.
+
+        Components by `_components`; each node gets its label by a shuffle on `row` (nodes in no
+        edge are their own component), then a shuffle on the label gives each task whole components.
+        Returns the finished rows and the number of component rounds.
+        """
+        edges = edges.materialize()
+        if edges.count() == 0:
+            comps = nodes.map_batches(_conform, batch_format="pyarrow", batch_size=None,
+                                      fn_args=(_with_label(nodes), buckets)).map_batches(
+                _attach, batch_format="pyarrow", batch_size=None, fn_args=(buckets,))
+            return comps.map_batches(_finish_bucket, batch_format="pyarrow", batch_size=None, fn_args=(finish,)), 0
+        self._mark(f"{name} (components)")
+        labels, rounds = self._components(edges, buckets)
+        self._mark(f"{name} (label join + finish)")
+        schema = _with_label(nodes)
+        rows = nodes.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(schema, buckets)).union(
+            labels.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(schema, buckets))
+        )
+        comps = rows.groupby("_bucket", num_partitions=buckets).map_groups(_attach, batch_format="pyarrow",
+                                                                           fn_args=(buckets,))
+        finished = comps.groupby("_bucket", num_partitions=buckets).map_groups(
+            _finish_bucket, batch_format="pyarrow", fn_args=(finish,)
+        )
+        return finished, rounds
+
+    def _components(self, edges: ray.data.Dataset, buckets: int) -> tuple[ray.data.Dataset, int]:
+        """Connected components of the edges without gathering them: `row` -> `_lab`, the component's smallest row.
+
+        Alternating large-star and small-star rounds (Kiveris et al., "Connected Components in
+        MapReduce and Beyond", SoCC 2014: O(log^2 n) rounds, in practice a handful), each a groupby
+        on a node bucket. The graph is a set of stars around each component's smallest node once a
+        round leaves the edge set unchanged, which the small-star checksums detect. Hand-written:
+        Ray Data has no graph operators, and GraphFrames-style libraries need Spark.
+        """
+        cur, seen = edges, None
+        for rounds in range(1, MAX_COMPONENT_ROUNDS + 1):
+            large = cur.groupby("_bucket", num_partitions=buckets).map_groups(
+                _large_star, batch_format="pyarrow", fn_args=(buckets,)
+            )
+            cur = large.groupby("_bucket", num_partitions=buckets).map_groups(
+                _small_star, batch_format="pyarrow", fn_args=(buckets,)
+            ).materialize()
+            sums = cur.map_batches(_checksum_rows, batch_format="pyarrow", batch_size=None).sum(list(_CHECKSUM))
+            if sums == seen:
+                return cur.map_batches(_labels, batch_format="pyarrow", batch_size=None), rounds
+            seen = sums
+        raise RuntimeError(f"connected components did not converge in {MAX_COMPONENT_ROUNDS} rounds; please report it")
+
+    def _write_annotation(self, annotation: ray.data.Dataset, path: Path) -> int:
+        """Sort by row (a range shuffle) and write each block as its own file, from the workers."""
+        path.mkdir(parents=True, exist_ok=True)
+        written = annotation.sort(ROW).map_batches(_write_rows, batch_format="pyarrow", batch_size=None,
+                                                   fn_args=(str(path),))
+        return int(written.sum("rows") or 0)
 
     def _mark(self, label: str) -> Any:
         """A progress task for a pass without a part count (also how bench/ times each pass)."""
         return self.progress.task(label, total=None) if self.progress else None
-
-    def _jaccard_pairs(self, pairs: pl.DataFrame, files: list[str]) -> pl.DataFrame:
-        """`a`, `b` and their exact Jaccard `sim`, computed in `map_batches` over chunks of the pairs."""
-        if pairs.height == 0:
-            return pairs.with_columns(pl.lit(None, dtype=pl.Float64).alias("sim"))
-        chunk = max(20_000, math.ceil(pairs.height / (4 * self.workers)))
-        tables = [pairs.slice(i, chunk).to_arrow() for i in range(0, pairs.height, chunk)]
-        ds = ray.data.from_arrow(tables).map_batches(_verify_pairs, batch_format="pyarrow", batch_size=None,
-                                                    fn_args=(files,), num_cpus=1)
-        return pl.concat(list(_frames(ds)), how="vertical")
 
     def _final(
         self, pool: Executor, parts: list[Path], pending: list[str], acct: Accounting
@@ -448,6 +643,11 @@ class RayEngine(LocalEngine):
             acct.kept += stats["kept"]
             acct.dropped.update(stats["dropped"])
         return kept, dropped
+
+
+def _with_label(nodes: ray.data.Dataset) -> pa.Schema:
+    """The nodes' schema plus `_lab`, the label column the component join adds."""
+    return pa.schema([*nodes.schema().base_schema, pa.field("_lab", pa.int64())])
 
 
 def _frames(ds: ray.data.Dataset) -> Iterable[pl.DataFrame]:

@@ -52,6 +52,7 @@ TIE_COLS = ["id", "quality_score", "n_chars"]
 STEP_PREFIXES = ("exact", "near", "sem")
 DUP_REASONS = {"exact": "exact_duplicate", "near": "near_duplicate", "sem": "semantic_duplicate"}
 _OWN_SPILL_PREFIX = "curator-minhash-"
+COMP = "_comp"  # connected-component label column
 
 
 def tie_break_columns(batch: pl.DataFrame, text: pl.Expr) -> list[pl.Expr]:
@@ -64,21 +65,28 @@ def tie_break_columns(batch: pl.DataFrame, text: pl.Expr) -> list[pl.Expr]:
 def assign_clusters(nodes: pl.DataFrame, src: np.ndarray, dst: np.ndarray, prefix: str) -> pl.DataFrame:
     """Clusters = connected components of the edges (positions in `nodes`); one representative each.
 
-    `nodes` has `row` plus the tie-break columns. Returns `row`, `{prefix}_cluster_id` (the
-    representative's id), `{prefix}_cluster_size` and `{prefix}_dup_of` (null for representatives).
+    `nodes` has `row` plus the tie-break columns. Returns what `rank_clusters` returns.
     """
     n = nodes.height
     graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    ranked = nodes.with_columns(pl.Series("_comp", labels, dtype=pl.Int64)).sort(
-        ["_comp", "quality_score", "n_chars", "id", ROW], descending=[False, True, True, False, False]
-    )
-    rep_id = pl.col("id").first().over("_comp")
-    rep_row = pl.col(ROW).first().over("_comp")
+    return rank_clusters(nodes.with_columns(pl.Series(COMP, labels, dtype=pl.Int64)), prefix)
+
+
+def rank_clusters(nodes: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    """One representative per component `_comp`: highest quality_score, longest, smallest id, smallest row.
+
+    Returns `row`, `{prefix}_cluster_id` (the representative's id), `{prefix}_cluster_size`,
+    `{prefix}_dup_of` (null for representatives) and `_rep_row`, sorted by row. Components must be
+    whole in `nodes` (the Ray engine calls this per shuffle bucket of `_comp`).
+    """
+    ranked = nodes.sort([COMP, "quality_score", "n_chars", "id", ROW], descending=[False, True, True, False, False])
+    rep_id = pl.col("id").first().over(COMP)
+    rep_row = pl.col(ROW).first().over(COMP)
     return ranked.select(
         ROW,
         rep_id.alias(f"{prefix}_cluster_id"),
-        pl.len().over("_comp").cast(pl.Int64).alias(f"{prefix}_cluster_size"),
+        pl.len().over(COMP).cast(pl.Int64).alias(f"{prefix}_cluster_size"),
         pl.when(pl.col(ROW) != rep_row).then(rep_id).otherwise(None).alias(f"{prefix}_dup_of"),
         rep_row.alias("_rep_row"),
     ).sort(ROW)
@@ -301,10 +309,7 @@ class MinHashDedup:
             sim = np.array([_jaccard(sets[row_arr[i]], sets[row_arr[j]]) for i, j in pairs], dtype=np.float64)
             keep = sim >= self.cfg.threshold
             out = assign_clusters(nodes, pairs[keep, 0], pairs[keep, 1], "near")
-            jac = [
-                None if rep == r else round(_jaccard(sets[r], sets[rep]), 4)
-                for r, rep in zip(out[ROW], out["_rep_row"], strict=True)
-            ]
+            jac = rep_jaccard(out[ROW].to_numpy(), out["_rep_row"].to_numpy(), sets)
         finally:
             _remove_spill(files)
         return out.drop("_rep_row").with_columns(
@@ -323,6 +328,12 @@ def _remove_spill(files: list[str]) -> None:
         if path.parent.name.startswith(_OWN_SPILL_PREFIX):
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
+
+
+def rep_jaccard(rows: np.ndarray, reps: np.ndarray, sets: dict[int, np.ndarray]) -> list[float | None]:
+    """Each row's exact Jaccard to its representative, rounded to 4 places (None for representatives)."""
+    return [None if rep == r else round(_jaccard(sets[r], sets[rep]), 4) for r, rep in zip(rows.tolist(), reps.tolist(),
+                                                                                           strict=True)]
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -377,11 +388,18 @@ class ClusterMerge:
         d = np.concatenate(dst) if dst else np.zeros(0, dtype=np.int64)
         graph = coo_matrix((np.ones(len(s), dtype=np.int8), (s, d)), shape=(offset, offset))
         _, labels = connected_components(graph, directed=False)
-        comp = pl.Series("_comp", labels[:n], dtype=pl.Int64)
-        return nodes.with_columns(comp).select(
+        return self.label(nodes.with_columns(pl.Series(COMP, labels[:n], dtype=pl.Int64)))
+
+    @staticmethod
+    def label(nodes: pl.DataFrame) -> pl.DataFrame:
+        """`row`, `cluster_id` (the smallest id of its component `_comp`) and `cluster_size`.
+
+        Components must be whole in `nodes` (the Ray engine calls this per shuffle bucket of `_comp`).
+        """
+        return nodes.select(
             ROW,
-            pl.col("id").min().over("_comp").alias("cluster_id"),
-            pl.len().over("_comp").cast(pl.Int64).alias("cluster_size"),
+            pl.col("id").min().over(COMP).alias("cluster_id"),
+            pl.len().over(COMP).cast(pl.Int64).alias("cluster_size"),
         )
 
     def rules(self) -> list[Rule]:
