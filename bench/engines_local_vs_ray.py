@@ -163,13 +163,52 @@ def estimate(small: dict[str, Any], large: dict[str, Any], cpus: int, target: fl
             "serial_hours_at_target": serial_total / 3600, "cpus_needed": need}
 
 
+def spill_scan(files: int, rows_per_file: int = 8192, lookups: int = 10_000) -> dict[str, float]:
+    """Seconds for one MinHash verification task to read `lookups` scattered rows' shingle sets from
+    `files` spill files (what each task of the Ray engine's Jaccard pass does): the per-task cost that
+    grows with the corpus, since the rows of a bucket are spread over every file."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+
+    from curator.steps.dedup import MinHashDedup
+
+    rng = np.random.default_rng(0)
+    tmp = Path(tempfile.mkdtemp(prefix="spill-scan-"))
+    try:
+        paths = []
+        for f in range(files):
+            rows = np.arange(f * rows_per_file, (f + 1) * rows_per_file, dtype=np.int64)
+            lens = rng.integers(50, 250, rows_per_file)
+            offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+            values = pa.array(rng.integers(0, 2**32, int(offsets[-1]), dtype=np.uint32))
+            path = tmp / f"part-{rows[0]:020d}.parquet"
+            lists = pl.from_arrow(pa.ListArray.from_arrays(offsets, values))
+            pl.DataFrame({"row": rows, "h": lists}).write_parquet(path)
+            paths.append(str(path))
+        wanted = np.unique(rng.integers(0, files * rows_per_file, lookups))
+        t0 = time.perf_counter()
+        sets = MinHashDedup._load_sets(paths, wanted)
+        seconds = time.perf_counter() - t0
+        assert len(sets) == len(wanted)
+        return {"files": files, "rows": files * rows_per_file, "lookups": len(wanted), "seconds": seconds}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--engines", nargs="+", default=["local", "ray"])
     parser.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--spill-scan", type=int, nargs="+", metavar="FILES",
+                        help="only time one verification task's spill read over this many spill files")
     args = parser.parse_args()
+    if args.spill_scan:
+        for files in args.spill_scan:
+            print(json.dumps(spill_scan(files)))
+        return
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.cpus)))
         return

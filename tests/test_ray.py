@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +113,8 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory):
 def test_ray_matches_local_even_when_workers_die(local_ray: Path, tmp_path: Path) -> None:
     inputs = expand_inputs([str(SAMPLE)])
     local = LocalEngine(_cfg(inputs), tmp_path / "local", workers=1).run()
-    run = RayEngine(_cfg(inputs), tmp_path / "ray", num_cpus=2, step_factory=dying_steps).run()
+    # three inputs read at once, each by its own Ray task
+    run = RayEngine(_cfg(inputs), tmp_path / "ray", num_cpus=2, step_factory=dying_steps, readers=3).run()
     # both deaths happened and Ray re-ran those tasks; the run reports each retry by part
     assert sorted(p.name for p in local_ray.iterdir()) == ["decontam", "exact"]
     assert any(k.startswith("global") for k in run.retries), run.retries
@@ -133,6 +136,32 @@ def test_ray_matches_local_even_when_workers_die(local_ray: Path, tmp_path: Path
     kept = pl.read_parquet(tmp_path / "ray" / "kept" / "*.parquet")
     rows = [*kept["row"].to_list(), *dropped["row"].to_list()]
     assert len(rows) == len(set(rows)) == acct.total_read - sum(acct.quarantined.values())
+
+
+def test_a_killed_ray_run_resumes_to_the_local_bytes(local_ray: Path, tmp_path: Path) -> None:
+    """SIGKILL the driver and its whole local Ray cluster after a global phase; a re-run finishes the job."""
+    inputs = expand_inputs([str(SAMPLE)])
+    LocalEngine(_cfg(inputs), tmp_path / "local", workers=1).run()
+    out = tmp_path / "ray"
+    code = (
+        "import json\nfrom pathlib import Path\n"
+        "from curator.config import InputSpec, load_config\nfrom curator.engines.ray import RayEngine\n"
+        f"cfg = load_config(None, json.loads({json.dumps(OVERRIDES)!r}))\n"
+        f"cfg.inputs = [InputSpec(path=p) for p in {inputs!r}]\n"
+        f"RayEngine(cfg, Path({str(out)!r}), num_cpus=2).run()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env=env)
+    done = out / "_work" / "global"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not list(done.glob("*.done.json")):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its raylet, GCS and workers: nothing shuts down cleanly
+    proc.wait()
+    assert not (out / "kept").exists()
+    RayEngine(_cfg(inputs), out, num_cpus=2).run()
+    assert _digest(tmp_path / "local") == _digest(out)
 
 
 def test_cli_engine_switch(local_ray: Path, tmp_path: Path) -> None:
@@ -179,8 +208,8 @@ def test_distributed_band_buckets_give_the_steps_candidate_pairs() -> None:
     assert len(expected) > 100  # the fastchat sample repeats itself: many candidates, some buckets above 5
     bands = pl.from_arrow(_band_rows(nodes.to_arrow(), step.bands, 7))
     got = pl.concat(
-        [pl.from_arrow(_bucket_pairs(g.to_arrow(), cfg.max_bucket, 3)) for _, g in bands.group_by("_bucket")]
-    ).select("a", "b").unique().sort("a", "b")
+        [pl.from_arrow(_bucket_pairs(g.to_arrow(), cfg.max_bucket)) for _, g in bands.group_by("_bucket")]
+    ).unique().sort("a", "b")
     rows = nodes["row"].to_numpy()
     assert np.array_equal(np.stack([rows[expected[:, 0]], rows[expected[:, 1]]], axis=1), got.to_numpy())
 

@@ -203,6 +203,63 @@ class RunOutput:
     phase_rows: list[tuple[str, int]] = field(default_factory=list)
 
 
+def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers: int, progress: Any) -> dict[str, Any]:
+    """Stream input `i` into batches for the pool (validate + first phase + write a part each); write its
+    quarantine. Returns {read, parts, quarantined}. Runs on the driver, or as a Ray task per input."""
+    spec = cfg.inputs[i]
+    ingest_dir = work / "ingest"
+    opts = ReaderOptions(
+        max_record_bytes=cfg.ingest.max_record_bytes,
+        max_archive_bytes=cfg.ingest.max_archive_bytes,
+        max_compression_ratio=cfg.ingest.max_compression_ratio,
+        oasst_paths=cfg.ingest.oasst_paths,
+        column_map=dict(spec.column_map),
+        category=spec.category,
+    )
+    items = read_input(Path(spec.path), spec.path, spec.format, opts)
+    batch_size = cfg.ingest.batch_size
+    quarantine: list[dict[str, Any]] = []
+    names: list[str] = []
+    futures: list[Future[Any]] = []
+    records: list[dict[str, Any]] = []
+    rows: list[int] = []
+    read = 0
+    task = progress.task(f"ingest {spec.path}", total=None) if progress else None
+
+    def flush() -> None:
+        name = f"i{i:04d}-b{len(names):06d}.parquet"
+        names.append(name)
+        futures.append(pool.submit(_ingest_batch, list(records), list(rows), str(ingest_dir / name), spec.path,
+                                   spec.category, spec.override_category))
+        records.clear()
+        rows.clear()
+        while len([f for f in futures if not f.done()]) > 2 * max(workers, 1):
+            futures[[f.done() for f in futures].index(False)].result()
+
+    for item in items:
+        row = (i << ROW_SHIFT) | read
+        read += 1
+        if isinstance(item, Quarantined):
+            quarantine.append({ROW: row, **item.__dict__, "excerpt": item.excerpt})
+        else:
+            records.append(item)
+            rows.append(row)
+            if len(records) >= batch_size:
+                flush()
+        if task is not None and read % 1000 == 0:
+            progress.advance(task, 1000)
+    if records:
+        flush()
+    for fut in futures:
+        _, extra = fut.result()
+        quarantine.extend(extra)
+    q_path = work / "quarantine" / f"i{i:04d}.parquet"
+    write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), q_path, mode=SENSITIVE)
+    if task is not None:
+        progress.finish(task, read)
+    return {"read": read, "parts": names, "quarantined": len(quarantine)}
+
+
 class _InlineExecutor(Executor):
     """Runs tasks in this process: for `workers=1`, tests and debugging (same code path as the pool)."""
 
@@ -287,77 +344,29 @@ class LocalEngine:
     # -- ingest
 
     def _ingest(self, pool: Executor, acct: Accounting) -> tuple[list[Path], list[dict[str, Any]]]:
+        """Read every input not yet done (`_read_inputs`), then gather parts and quarantine in input order."""
         ingest_dir = self.work / "ingest"
         ingest_dir.mkdir(parents=True, exist_ok=True)
+        todo = [i for i in range(len(self.cfg.inputs)) if not (ingest_dir / f"i{i:04d}.done.json").exists()]
+        for i in todo:
+            for stale in ingest_dir.glob(f"i{i:04d}-*.parquet"):
+                stale.unlink()
+        for i, done in self._read_inputs(pool, todo):
+            write_json(done, ingest_dir / f"i{i:04d}.done.json")  # after its last part: the input is complete
         parts: list[Path] = []
         quarantine: list[dict[str, Any]] = []
         for i, spec in enumerate(self.cfg.inputs):
-            done_path = ingest_dir / f"i{i:04d}.done.json"
-            q_path = self.work / "quarantine" / f"i{i:04d}.parquet"
-            if done_path.exists():
-                done = json.loads(done_path.read_text())
-                parts.extend(ingest_dir / name for name in done["parts"])
-            else:
-                for stale in ingest_dir.glob(f"i{i:04d}-*.parquet"):
-                    stale.unlink()
-                done = self._ingest_input(pool, i, spec, ingest_dir, q_path)
-                parts.extend(ingest_dir / name for name in done["parts"])
-                write_json(done, done_path)
+            done = json.loads((ingest_dir / f"i{i:04d}.done.json").read_text())
+            parts.extend(ingest_dir / name for name in done["parts"])
             acct.read[spec.path] += done["read"]
-            quarantine.extend(pl.read_parquet(q_path).to_dicts())
+            quarantine.extend(pl.read_parquet(self.work / "quarantine" / f"i{i:04d}.parquet").to_dicts())
         return parts, quarantine
 
-    def _ingest_input(self, pool: Executor, i: int, spec: Any, ingest_dir: Path, q_path: Path) -> dict[str, Any]:
-        opts = ReaderOptions(
-            max_record_bytes=self.cfg.ingest.max_record_bytes,
-            max_archive_bytes=self.cfg.ingest.max_archive_bytes,
-            max_compression_ratio=self.cfg.ingest.max_compression_ratio,
-            oasst_paths=self.cfg.ingest.oasst_paths,
-            column_map=dict(spec.column_map),
-            category=spec.category,
-        )
-        path = Path(spec.path)
-        items = read_input(path, spec.path, spec.format, opts)
-        batch_size = self.cfg.ingest.batch_size
-        quarantine: list[dict[str, Any]] = []
-        names: list[str] = []
-        futures: list[Future[Any]] = []
-        records: list[dict[str, Any]] = []
-        rows: list[int] = []
-        read = 0
-        task = self.progress.task(f"ingest {spec.path}", total=None) if self.progress else None
+    def _read_inputs(self, pool: Executor, todo: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Read the inputs one after another in this process; their batches go to the pool."""
+        for i in todo:
+            yield i, ingest_input(self.cfg, i, self.work, pool, self.workers, self.progress)
 
-        def flush() -> None:
-            name = f"i{i:04d}-b{len(names):06d}.parquet"
-            names.append(name)
-            futures.append(pool.submit(_ingest_batch, list(records), list(rows), str(ingest_dir / name), spec.path,
-                                       spec.category, spec.override_category))
-            records.clear()
-            rows.clear()
-            while len([f for f in futures if not f.done()]) > 2 * max(self.workers, 1):
-                futures[[f.done() for f in futures].index(False)].result()
-
-        for item in items:
-            row = (i << ROW_SHIFT) | read
-            read += 1
-            if isinstance(item, Quarantined):
-                quarantine.append({ROW: row, **item.__dict__, "excerpt": item.excerpt})
-            else:
-                records.append(item)
-                rows.append(row)
-                if len(records) >= batch_size:
-                    flush()
-            if task is not None and read % 1000 == 0:
-                self.progress.advance(task, 1000)
-        if records:
-            flush()
-        for fut in futures:
-            _, extra = fut.result()
-            quarantine.extend(extra)
-        write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), q_path, mode=SENSITIVE)
-        if task is not None:
-            self.progress.finish(task, read)
-        return {"read": read, "parts": names, "quarantined": len(quarantine)}
 
     # -- phases
 

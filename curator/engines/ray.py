@@ -4,10 +4,10 @@ Same steps, same `phases()` plan, same work-dir layout and the same per-part wor
 `curator.engines.local`, so kept/dropped/quarantine files are byte-identical to a local run with
 the same input, config and seed. What changes is where the work runs:
 
-- **Ingest**: the driver reads each input as a stream (a record's `row` is its position in its
-  input, and zip archives / OASST trees must be read in order); each batch of records goes to a Ray
-  task that validates it, runs the first map phase and writes its part. Parsing is the cheap half,
-  the steps the expensive half; the driver's parse rate bounds the run (BENCHMARKS.md, "Engines").
+- **Ingest**: each input is read as a stream by one Ray task (a record's `row` is its position in
+  its input, and zip archives / OASST trees must be read in order), several inputs at once; each
+  batch of records goes to another Ray task that validates it, runs the first map phase and writes
+  its part. Inputs must be on storage every node can read.
 - **Map phases**: a Ray Dataset of parts, `map_batches` with a callable class (steps built once
   per actor, e.g. spaCy for PII), one part per call, written with `curator.io.write_parquet`.
 - **Exact dedup**: the map half in `map_batches`, then a shuffle by hash: `groupby` on a bucket of
@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curator.config import CurateConfig
 from curator.engines import local
@@ -66,7 +67,6 @@ from curator.steps.dedup import (
     _jaccard,
     _remove_spill,
     rank_clusters,
-    rep_jaccard,
 )
 
 # Ray reads these when it starts a local cluster: no usage reporting, no token prompt on a laptop.
@@ -75,7 +75,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # after the environment above, which Ray reads at import and init
 
 StepFactory = Callable[[CurateConfig], list[Step]]
-ROWS_PER_BUCKET = 1_000_000  # rows per shuffle bucket: bounds the memory of one reduce task
+ROWS_PER_BUCKET = 100_000  # rows per shuffle bucket: bounds the memory of one reduce task (MinHash verify)
 TASK_RETRIES = 3  # Ray retries of a task whose worker died (system failures only)
 MAX_COMPONENT_ROUNDS = 64  # large/small-star rounds; O(log^2 n) in theory, a handful in practice
 
@@ -163,6 +163,20 @@ def _remote_call(cfg_json: str, factory: StepFactory, attempts: str, key: str, f
     return fn(*args)
 
 
+@ray.remote(num_cpus=0, max_retries=TASK_RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD")
+def _read_input_task(cfg_json: str, factory: StepFactory, attempts: str, i: int, work: str, workers: int
+                     ) -> dict[str, Any]:
+    """Read input `i` on a worker (`local.ingest_input`), its batches going to other Ray tasks.
+
+    No CPU reserved: the reader mostly waits on parsing I/O and its batch tasks, and a reader holding
+    a CPU while it waits for batch tasks could starve them. A retry re-reads the input from the start
+    and rewrites the same part names.
+    """
+    _mark_attempt(attempts, f"read-i{i:04d}")
+    cfg = CurateConfig.model_validate_json(cfg_json)
+    return local.ingest_input(cfg, i, Path(work), _RayExecutor(cfg_json, factory, attempts), workers, None)
+
+
 def _run_task(kind: str, phase: int, pending: list[str], attempts: str, task: dict[str, str]) -> str:
     """One part through a local-engine worker function: a map phase, or the final decision (JSON result)."""
     _mark_attempt(attempts, f"{kind}{phase:02d}-{Path(task['src']).name}")
@@ -234,12 +248,12 @@ def _band_rows(table: pa.Table, bands: int, buckets: int) -> pa.Table:
     return out.with_columns(bucket.alias("_bucket")).to_arrow()
 
 
-def _bucket_pairs(table: pa.Table, max_bucket: int, buckets: int) -> pa.Table:
-    """Candidate pairs (a < b, by row) of the band buckets in one shuffle bucket, keyed by `a`'s bucket.
+def _bucket_pairs(table: pa.Table, max_bucket: int) -> pa.Table:
+    """Candidate pairs (a < b, by row) of the band buckets in one shuffle bucket.
 
     The same rule as `MinHashDedup.candidate_pairs` (a bucket above `max_bucket` links its first
     row to the others only), applied to the rows of one shuffle bucket instead of all of them.
-    A pair sharing several bands comes out of several buckets; the verification shuffle meets them.
+    A pair sharing several bands comes out of several buckets; the first set join meets the copies.
     """
     groups = (
         pl.from_arrow(table)
@@ -257,18 +271,37 @@ def _bucket_pairs(table: pa.Table, max_bucket: int, buckets: int) -> pa.Table:
         else:
             a.extend([members[0]] * (len(members) - 1))
             b.extend(members[1:])
-    pairs = pl.DataFrame({"a": a, "b": b}, schema={"a": pl.Int64, "b": pl.Int64}).unique()
-    return pairs.with_columns((pl.col("a") % buckets).alias("_bucket")).to_arrow()
+    return pl.DataFrame({"a": a, "b": b}, schema={"a": pl.Int64, "b": pl.Int64}).unique().to_arrow()
 
 
-def _verify_bucket(table: pa.Table, files: list[str], threshold: float, buckets: int) -> pa.Table:
-    """The distinct candidate pairs of one bucket whose exact Jaccard (shingle sets read back from the
-    spill) reaches the threshold, as edges in both directions: the components' input."""
-    frame = pl.from_arrow(table).select("a", "b").unique()
-    a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
-    sets = MinHashDedup._load_sets(files, np.unique(np.concatenate([a, b])))
-    sim = np.array([_jaccard(sets[x], sets[y]) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
-    return _both_ways(frame.filter(pl.Series(sim >= threshold, dtype=pl.Boolean)), buckets)
+SET_TYPE = pa.large_list(pa.uint32())  # a row's distinct 32-bit shingle hashes, as Polars hands them to Arrow
+
+
+def _set_rows(batch: pa.Table) -> pa.Table:
+    """The spill files named in `src` as the set side of a join (`_set_row`, `_set_h`)."""
+    table = pa.concat_tables([pq.read_table(f) for f in batch.column("src").to_pylist()])
+    return pa.table({"_set_row": table.column(ROW), "_set_h": table.column("h").cast(SET_TYPE)})
+
+
+def _set_arrays(column: pl.Series) -> list[np.ndarray]:
+    """A list column of shingle hashes as one NumPy view per row (no per-element Python objects)."""
+    lens = column.list.len().fill_null(0).to_numpy()
+    flat = column.explode().drop_nulls().to_numpy()
+    ends = np.cumsum(lens)
+    return [flat[e - k : e] for k, e in zip(lens.tolist(), ends.tolist(), strict=True)]
+
+
+def _pair_jaccard(frame: pl.DataFrame, x: str, y: str) -> np.ndarray:
+    """Exact Jaccard of the shingle sets in list columns `x` and `y`, row by row."""
+    return np.array([_jaccard(p, q) for p, q in zip(_set_arrays(frame[x]), _set_arrays(frame[y]), strict=True)],
+                    dtype=np.float64)
+
+
+def _verified_edges(table: pa.Table, threshold: float, buckets: int) -> pa.Table:
+    """Candidate pairs with both shingle sets attached -> the pairs at or above the threshold, both ways."""
+    frame = pl.from_arrow(table)
+    keep = pl.Series(_pair_jaccard(frame, "h_a", "h_b") >= threshold, dtype=pl.Boolean)
+    return _both_ways(frame.filter(keep).select("a", "b"), buckets)
 
 
 def _both_ways(edges: pl.DataFrame, buckets: int) -> pa.Table:
@@ -323,12 +356,22 @@ def _labels(table: pa.Table) -> pa.Table:
     return f.select(pl.col("u").alias(ROW), pl.col("v").alias("_lab")).unique(ROW).to_arrow()
 
 
-def _conform(table: pa.Table, schema: pa.Schema, buckets: int) -> pa.Table:
-    """Rows of nodes or labels in one schema (the missing columns null), keyed by the bucket of `row`."""
-    cols = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+def _conform(table: pa.Table, schema: pa.Schema, key: str, buckets: int) -> pa.Table:
+    """Rows of one side of a join in the joint schema (the other side's columns null), keyed by `key`'s bucket."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
             for f in schema]
     out = pl.from_arrow(pa.Table.from_arrays(cols, schema=schema))
-    return out.with_columns((pl.col(ROW) % buckets).alias("_bucket")).to_arrow()
+    return out.with_columns((pl.col(key) % buckets).alias("_bucket")).to_arrow()
+
+
+def _attach_set(table: pa.Table, key: str, out: str, distinct: bool) -> pa.Table:
+    """One bucket of a join with the shingle sets: each row gets `out` = the set of row `key`."""
+    f = pl.from_arrow(table).drop("_bucket")
+    sets = f.filter(pl.col("_set_row").is_not_null()).select("_set_row", "_set_h")
+    rows = f.filter(pl.col("_set_row").is_null()).drop("_set_row", "_set_h")
+    rows = rows.unique(maintain_order=True) if distinct else rows
+    joined = rows.join(sets, left_on=key, right_on="_set_row", how="left", maintain_order="left")
+    return joined.rename({"_set_h": out}).to_arrow()
 
 
 def _attach(table: pa.Table, buckets: int) -> pa.Table:
@@ -350,18 +393,22 @@ def _finish_bucket(table: pa.Table, finish: Callable[[pl.DataFrame], pl.DataFram
 def _minhash_finish(nodes: pl.DataFrame) -> pl.DataFrame:
     """MinHash clusters of whole components: the representative rule, plus what the Jaccard pass reads."""
     ranked = rank_clusters(nodes, "near")
-    return ranked.join(nodes.select(ROW, "near_input", "near_shingles", "_spill"), on=ROW, how="left",
-                       maintain_order="left")
+    return ranked.join(nodes.select(ROW, "near_input", "near_shingles"), on=ROW, how="left", maintain_order="left")
 
 
-def _rep_jaccard(table: pa.Table, files: list[str]) -> pa.Table:
-    """Each duplicate's exact Jaccard to its representative (the step's `near_jaccard`), in its columns' order."""
+def _rep_jaccard(table: pa.Table) -> pa.Table:
+    """Each duplicate's exact Jaccard to its representative (the step's `near_jaccard`), in its columns' order.
+
+    Duplicates arrive with both sets attached (`h_a`, `h_b`); representatives and singletons without.
+    """
     f = pl.from_arrow(table)
-    dup = f.filter(pl.col(ROW) != pl.col("_rep_row"))
-    sets = MinHashDedup._load_sets(files, np.unique(np.concatenate([dup[ROW].to_numpy(), dup["_rep_row"].to_numpy()])))
-    jac = rep_jaccard(f[ROW].to_numpy(), f["_rep_row"].to_numpy(), sets)
-    return f.select(ROW, "near_cluster_id", "near_cluster_size", "near_dup_of",
-                    pl.Series("near_jaccard", jac, dtype=pl.Float64), "near_input", "near_shingles").to_arrow()
+    dup = f["h_a"].is_not_null() if "h_a" in f.columns else pl.Series([False] * f.height)
+    sim = np.full(f.height, np.nan)
+    if dup.any():
+        sim[dup.to_numpy()] = _pair_jaccard(f.filter(dup), "h_a", "h_b")
+    jac = pl.Series("near_jaccard", [None if np.isnan(x) else round(float(x), 4) for x in sim], dtype=pl.Float64)
+    return f.select(ROW, "near_cluster_id", "near_cluster_size", "near_dup_of", jac, "near_input",
+                    "near_shingles").to_arrow()
 
 
 def _cluster_keys(table: pa.Table, buckets: int) -> pa.Table:
@@ -428,10 +475,12 @@ class RayEngine(LocalEngine):
         num_cpus: int | None = None,
         object_store_mb: int | None = None,
         step_factory: StepFactory = build_steps,
+        readers: int | None = None,
         progress: Any = None,
     ) -> None:
         super().__init__(cfg, out, workers=num_cpus or 1, progress=progress)
         self.address, self.num_cpus, self.object_store_mb = address, num_cpus, object_store_mb
+        self.readers = readers  # inputs read at once (default: one per 3 CPUs of the cluster)
         self.step_factory = step_factory
         self.attempts = self.work / "attempts"
         self._worker_cfg = cfg.model_copy(deep=True)
@@ -457,6 +506,24 @@ class RayEngine(LocalEngine):
 
     def _executor(self) -> Executor:
         return _RayExecutor(self._cfg_json, self.step_factory, str(self.attempts))
+
+    def _read_inputs(self, pool: Executor, todo: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Read inputs as Ray tasks, `readers` at a time, so several inputs parse at once on a cluster."""
+        readers = self.readers or max(1, round(self.workers / 3))  # one reader's parsing feeds ~3 CPUs of steps
+        running: dict[Any, int] = {}
+        queue = list(todo)
+        task = self.progress.task("ingest (inputs read)", total=len(todo)) if self.progress and todo else None
+        while queue or running:
+            while queue and len(running) < readers:
+                i = queue.pop(0)
+                ref = _read_input_task.remote(self._cfg_json, self.step_factory, str(self.attempts), i,
+                                              str(self.work), self.workers)
+                running[ref] = i
+            ready, _ = ray.wait(list(running), num_returns=1)
+            i = running.pop(ready[0])
+            yield i, ray.get(ready[0])
+            if task is not None:
+                self.progress.advance(task, 1)
 
     def _dataset(self, rows: list[dict[str, str]]) -> ray.data.Dataset:
         """A dataset of tasks (one per part), split so every worker gets parts to do."""
@@ -505,7 +572,7 @@ class RayEngine(LocalEngine):
             num_cpus=1,
         ).materialize()
         n_rows = partials.count()
-        buckets = max(self.workers, math.ceil(n_rows / ROWS_PER_BUCKET))
+        buckets = max(2 * self.workers, math.ceil(n_rows / ROWS_PER_BUCKET))  # 2x: a slow bucket overlaps
         rounds = 0
         if n_rows and isinstance(step, ExactDedup):
             self._mark(f"{phase.name} (shuffle + reduce)")
@@ -535,7 +602,7 @@ class RayEngine(LocalEngine):
         return grouped.map_groups(_reduce_bucket, batch_format="pyarrow", fn_args=(step,))
 
     def _minhash_reduce(self, partials: ray.data.Dataset, buckets: int, path: Path) -> tuple[int, int]:
-        """Band buckets by `groupby`, Jaccard verification per pair bucket, distributed components.
+        """Band buckets by `groupby`, pairs joined with their shingle sets by shuffles, distributed components.
 
         The same annotation as `MinHashDedup.reduce` (which holds all band keys, pairs and shingle sets
         on one node), with no pass that gathers the pairs or the rows on one node: the equality test
@@ -546,19 +613,55 @@ class RayEngine(LocalEngine):
         band_rows = partials.map_batches(_band_rows, batch_format="pyarrow", batch_size=None,
                                          fn_args=(step.bands, buckets * step.bands))
         pairs = band_rows.groupby("_bucket", num_partitions=buckets).map_groups(
-            _bucket_pairs, batch_format="pyarrow", fn_args=(step.cfg.max_bucket, buckets)
+            _bucket_pairs, batch_format="pyarrow", fn_args=(step.cfg.max_bucket,)
         )
+        pairs = pairs.materialize()
         files = sorted(f for f in partials.unique("_spill") if f)
-        edges = pairs.groupby("_bucket", num_partitions=buckets).map_groups(
-            _verify_bucket, batch_format="pyarrow", fn_args=(files, step.cfg.threshold, buckets)
-        )
         try:
-            nodes = partials.drop_columns(["_bands"])
+            sets = self._dataset([{"src": f} for f in files]).map_batches(_set_rows, batch_format="pyarrow",
+                                                                          batch_size=1)
+            pair_schema = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+            with_a = self._join_sets(pairs, pair_schema, "a", "h_a", sets, buckets, distinct=True)
+            with_b = self._join_sets(with_a, pa.schema([*pair_schema, ("h_a", SET_TYPE)]), "b", "h_b", sets, buckets)
+            edges = with_b.map_batches(_verified_edges, batch_format="pyarrow", batch_size=None,
+                                       fn_args=(step.cfg.threshold, buckets))
+            nodes = partials.drop_columns(["_bands", "_spill"])
             clusters, rounds = self._clusters(step.name, nodes, edges, buckets, _minhash_finish)
-            annotation = clusters.map_batches(_rep_jaccard, batch_format="pyarrow", batch_size=None, fn_args=(files,))
+            clusters = clusters.materialize()
+            self._mark("minhash_dedup (Jaccard to representatives)")
+            schema = clusters.schema().base_schema
+            dups = clusters.filter(expr=f"{ROW} != _rep_row")
+            dups = self._join_sets(dups, schema, ROW, "h_a", sets, buckets)
+            dups = self._join_sets(dups, pa.schema([*schema, ("h_a", SET_TYPE)]), "_rep_row", "h_b", sets, buckets)
+            annotation = dups.union(clusters.filter(expr=f"{ROW} == _rep_row")).map_batches(
+                _rep_jaccard, batch_format="pyarrow", batch_size=None
+            )
             return self._write_annotation(annotation, path), rounds
         finally:
             _remove_spill(files)
+
+    def _join_sets(
+        self,
+        rows: ray.data.Dataset,
+        schema: pa.Schema,
+        key: str,
+        out: str,
+        sets: ray.data.Dataset,
+        buckets: int,
+        distinct: bool = False,
+    ) -> ray.data.Dataset:
+        """`rows` (of `schema`) plus `out`, the shingle set of row `key`: both sides shuffled on the row's bucket.
+
+        A join by shuffle, so no task reads more than its bucket's sets (reading them back by row from
+        the spill would make every task scan every spill file: quadratic in the corpus).
+        """
+        joint = pa.schema([*schema, ("_set_row", pa.int64()), ("_set_h", SET_TYPE)])
+        left = rows.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(joint, key, buckets))
+        right = sets.map_batches(_conform, batch_format="pyarrow", batch_size=None,
+                                 fn_args=(joint, "_set_row", buckets))
+        return left.union(right).groupby("_bucket", num_partitions=buckets).map_groups(
+            _attach_set, batch_format="pyarrow", fn_args=(key, out, distinct)
+        )
 
     def _clusters(
         self,
@@ -577,16 +680,16 @@ class RayEngine(LocalEngine):
         edges = edges.materialize()
         if edges.count() == 0:
             comps = nodes.map_batches(_conform, batch_format="pyarrow", batch_size=None,
-                                      fn_args=(_with_label(nodes), buckets)).map_batches(
+                                      fn_args=(_with_label(nodes), ROW, buckets)).map_batches(
                 _attach, batch_format="pyarrow", batch_size=None, fn_args=(buckets,))
             return comps.map_batches(_finish_bucket, batch_format="pyarrow", batch_size=None, fn_args=(finish,)), 0
         self._mark(f"{name} (components)")
         labels, rounds = self._components(edges, buckets)
         self._mark(f"{name} (label join + finish)")
         schema = _with_label(nodes)
-        rows = nodes.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(schema, buckets)).union(
-            labels.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(schema, buckets))
-        )
+        rows = nodes.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(schema, ROW, buckets)
+                                 ).union(labels.map_batches(_conform, batch_format="pyarrow", batch_size=None,
+                                                            fn_args=(schema, ROW, buckets)))
         comps = rows.groupby("_bucket", num_partitions=buckets).map_groups(_attach, batch_format="pyarrow",
                                                                            fn_args=(buckets,))
         finished = comps.groupby("_bucket", num_partitions=buckets).map_groups(
