@@ -164,16 +164,23 @@ def test_a_killed_ray_run_resumes_to_the_local_bytes(local_ray: Path, tmp_path: 
     assert _digest(tmp_path / "local") == _digest(out)
 
 
-def test_cli_engine_switch(local_ray: Path, tmp_path: Path) -> None:
+def test_cli_engine_switch_gives_the_same_shards(local_ray: Path, tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     inputs = [str(SAMPLE / "pirate_training_set.jsonl"), str(SAMPLE / "self_instruct_user_oriented_150.jsonl")]
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("pii:\n  enabled: false\n")
     for engine in ("local", "ray"):
         assert main(["curate", *inputs, "--out", str(tmp_path / engine), "--config", str(cfg), "--workers", "2",
                      "--engine", engine]) == 0
+        assert main(["pack", str(tmp_path / engine), "--out", str(tmp_path / f"{engine}-shards"), "--tokenizer",
+                     str(tiny_tokenizer_dir), "--seq-len", "256", "--config", str(cfg)]) == 0
     assert _digest(tmp_path / "local") == _digest(tmp_path / "ray")
     reports = [json.loads((tmp_path / e / "report.json").read_text()) for e in ("local", "ray")]
     assert reports[0]["accounting"] == reports[1]["accounting"]
+    shards = {e: sorted((tmp_path / f"{e}-shards").glob("*/*.parquet")) for e in ("local", "ray")}
+    assert len(shards["local"]) >= 2
+    assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in shards["local"]] == [
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in shards["ray"]
+    ]
 
 
 def test_the_local_engine_never_imports_ray(tmp_path: Path) -> None:

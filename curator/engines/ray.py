@@ -291,17 +291,10 @@ def _set_arrays(column: pl.Series) -> list[np.ndarray]:
     return [flat[e - k : e] for k, e in zip(lens.tolist(), ends.tolist(), strict=True)]
 
 
-def _pair_jaccard(frame: pl.DataFrame, x: str, y: str) -> np.ndarray:
-    """Exact Jaccard of the shingle sets in list columns `x` and `y`, row by row."""
-    return np.array([_jaccard(p, q) for p, q in zip(_set_arrays(frame[x]), _set_arrays(frame[y]), strict=True)],
-                    dtype=np.float64)
-
-
-def _verified_edges(table: pa.Table, threshold: float, buckets: int) -> pa.Table:
-    """Candidate pairs with both shingle sets attached -> the pairs at or above the threshold, both ways."""
+def _edges_at(table: pa.Table, threshold: float, buckets: int) -> pa.Table:
+    """Verified candidate pairs (`_sim` at or above the threshold) as edges in both directions."""
     frame = pl.from_arrow(table)
-    keep = pl.Series(_pair_jaccard(frame, "h_a", "h_b") >= threshold, dtype=pl.Boolean)
-    return _both_ways(frame.filter(keep).select("a", "b"), buckets)
+    return _both_ways(frame.filter(pl.col("_sim") >= threshold).select("a", "b"), buckets)
 
 
 def _both_ways(edges: pl.DataFrame, buckets: int) -> pa.Table:
@@ -364,14 +357,30 @@ def _conform(table: pa.Table, schema: pa.Schema, key: str, buckets: int) -> pa.T
     return out.with_columns((pl.col(key) % buckets).alias("_bucket")).to_arrow()
 
 
-def _attach_set(table: pa.Table, key: str, out: str, distinct: bool) -> pa.Table:
-    """One bucket of a join with the shingle sets: each row gets `out` = the set of row `key`."""
+def _route_sets(table: pa.Table, a: str, b: str, columns: list[str], buckets: int, distinct: bool) -> pa.Table:
+    """First half of the pair/set join, on one bucket of `a`: the pairs go on to `b`'s bucket, and each
+    set of an `a` row goes there once per destination bucket (not once per pair: a representative
+    with a thousand duplicates sends its set to at most `buckets` places)."""
     f = pl.from_arrow(table).drop("_bucket")
-    sets = f.filter(pl.col("_set_row").is_not_null()).select("_set_row", "_set_h")
-    rows = f.filter(pl.col("_set_row").is_null()).drop("_set_row", "_set_h")
-    rows = rows.unique(maintain_order=True) if distinct else rows
-    joined = rows.join(sets, left_on=key, right_on="_set_row", how="left", maintain_order="left")
-    return joined.rename({"_set_h": out}).to_arrow()
+    is_set = pl.col("_set_row").is_not_null()
+    sets = f.filter(is_set).select("_set_row", "_set_h")
+    pairs = f.filter(~is_set)
+    pairs = pairs.unique(subset=[a, b], maintain_order=True) if distinct else pairs
+    pairs = pairs.with_columns((pl.col(b) % buckets).alias("_bucket"))
+    carried = pairs.select(pl.col(a).alias("_set_row"), "_bucket").unique().join(sets, on="_set_row", how="inner")
+    out = pl.concat([pairs.drop("_set_row", "_set_h"), carried], how="diagonal_relaxed")
+    return out.select(*columns, "_bucket").to_arrow()
+
+
+def _pair_sims(table: pa.Table, a: str, b: str) -> pa.Table:
+    """Second half, on one bucket of `b`: each pair's exact Jaccard `_sim` from the sets that met here."""
+    f = pl.from_arrow(table).drop("_bucket")
+    is_set = pl.col("_set_row").is_not_null()
+    sets = f.filter(is_set).unique("_set_row")
+    lookup = dict(zip(sets["_set_row"].to_list(), _set_arrays(sets["_set_h"]), strict=True))
+    pairs = f.filter(~is_set).drop("_set_row", "_set_h")
+    sim = [_jaccard(lookup[x], lookup[y]) for x, y in zip(pairs[a].to_list(), pairs[b].to_list(), strict=True)]
+    return pairs.with_columns(pl.Series("_sim", sim, dtype=pl.Float64)).to_arrow()
 
 
 def _attach(table: pa.Table, buckets: int) -> pa.Table:
@@ -397,18 +406,17 @@ def _minhash_finish(nodes: pl.DataFrame) -> pl.DataFrame:
 
 
 def _rep_jaccard(table: pa.Table) -> pa.Table:
-    """Each duplicate's exact Jaccard to its representative (the step's `near_jaccard`), in its columns' order.
-
-    Duplicates arrive with both sets attached (`h_a`, `h_b`); representatives and singletons without.
-    """
+    """The annotation in the step's column order; `near_jaccard` = a duplicate's `_sim` to its representative."""
     f = pl.from_arrow(table)
-    dup = f["h_a"].is_not_null() if "h_a" in f.columns else pl.Series([False] * f.height)
-    sim = np.full(f.height, np.nan)
-    if dup.any():
-        sim[dup.to_numpy()] = _pair_jaccard(f.filter(dup), "h_a", "h_b")
-    jac = pl.Series("near_jaccard", [None if np.isnan(x) else round(float(x), 4) for x in sim], dtype=pl.Float64)
+    sim = f["_sim"].to_list() if "_sim" in f.columns else [None] * f.height
+    jac = pl.Series("near_jaccard", [None if x is None else round(x, 4) for x in sim], dtype=pl.Float64)
     return f.select(ROW, "near_cluster_id", "near_cluster_size", "near_dup_of", jac, "near_input",
                     "near_shingles").to_arrow()
+
+
+def _with_no_sim(table: pa.Table) -> pa.Table:
+    """Representatives and singletons: no Jaccard to a representative (`_sim` null)."""
+    return table.append_column("_sim", pa.nulls(table.num_rows, pa.float64()))
 
 
 def _cluster_keys(table: pa.Table, buckets: int) -> pa.Table:
@@ -609,7 +617,7 @@ class RayEngine(LocalEngine):
         against LocalEngine guards the equivalence. Returns (rows written, component rounds).
         """
         step = MinHashDedup(self._worker_cfg.dedup.minhash)
-        self._mark("minhash_dedup (band shuffle + verify)")
+        self._mark("minhash_dedup (band shuffle + set joins + verify)")
         band_rows = partials.map_batches(_band_rows, batch_format="pyarrow", batch_size=None,
                                          fn_args=(step.bands, buckets * step.bands))
         pairs = band_rows.groupby("_bucket", num_partitions=buckets).map_groups(
@@ -621,46 +629,47 @@ class RayEngine(LocalEngine):
             sets = self._dataset([{"src": f} for f in files]).map_batches(_set_rows, batch_format="pyarrow",
                                                                           batch_size=1)
             pair_schema = pa.schema([("a", pa.int64()), ("b", pa.int64())])
-            with_a = self._join_sets(pairs, pair_schema, "a", "h_a", sets, buckets, distinct=True)
-            with_b = self._join_sets(with_a, pa.schema([*pair_schema, ("h_a", SET_TYPE)]), "b", "h_b", sets, buckets)
-            edges = with_b.map_batches(_verified_edges, batch_format="pyarrow", batch_size=None,
-                                       fn_args=(step.cfg.threshold, buckets))
+            sims = self._pair_sims(pairs, pair_schema, "a", "b", sets, buckets, distinct=True)
+            edges = sims.map_batches(_edges_at, batch_format="pyarrow", batch_size=None,
+                                     fn_args=(step.cfg.threshold, buckets))
             nodes = partials.drop_columns(["_bands", "_spill"])
             clusters, rounds = self._clusters(step.name, nodes, edges, buckets, _minhash_finish)
             clusters = clusters.materialize()
             self._mark("minhash_dedup (Jaccard to representatives)")
-            schema = clusters.schema().base_schema
             dups = clusters.filter(expr=f"{ROW} != _rep_row")
-            dups = self._join_sets(dups, schema, ROW, "h_a", sets, buckets)
-            dups = self._join_sets(dups, pa.schema([*schema, ("h_a", SET_TYPE)]), "_rep_row", "h_b", sets, buckets)
-            annotation = dups.union(clusters.filter(expr=f"{ROW} == _rep_row")).map_batches(
-                _rep_jaccard, batch_format="pyarrow", batch_size=None
-            )
+            dups = self._pair_sims(dups, clusters.schema().base_schema, ROW, "_rep_row", sets, buckets)
+            annotation = dups.union(clusters.filter(expr=f"{ROW} == _rep_row").map_batches(
+                _with_no_sim, batch_format="pyarrow", batch_size=None)
+            ).map_batches(_rep_jaccard, batch_format="pyarrow", batch_size=None)
             return self._write_annotation(annotation, path), rounds
         finally:
             _remove_spill(files)
 
-    def _join_sets(
+    def _pair_sims(
         self,
         rows: ray.data.Dataset,
         schema: pa.Schema,
-        key: str,
-        out: str,
+        a: str,
+        b: str,
         sets: ray.data.Dataset,
         buckets: int,
         distinct: bool = False,
     ) -> ray.data.Dataset:
-        """`rows` (of `schema`) plus `out`, the shingle set of row `key`: both sides shuffled on the row's bucket.
+        """`rows` (of `schema`) plus `_sim`, the exact Jaccard of the shingle sets of rows `a` and `b`.
 
-        A join by shuffle, so no task reads more than its bucket's sets (reading them back by row from
-        the spill would make every task scan every spill file: quadratic in the corpus).
+        A join by two shuffles with the sets (on `a`'s bucket, then on `b`'s), so no task holds more
+        than its bucket's sets; reading sets back by row from the spill instead made every task scan
+        every spill file, quadratic in the corpus (BENCHMARKS.md, "Engines").
         """
         joint = pa.schema([*schema, ("_set_row", pa.int64()), ("_set_h", SET_TYPE)])
-        left = rows.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(joint, key, buckets))
-        right = sets.map_batches(_conform, batch_format="pyarrow", batch_size=None,
-                                 fn_args=(joint, "_set_row", buckets))
-        return left.union(right).groupby("_bucket", num_partitions=buckets).map_groups(
-            _attach_set, batch_format="pyarrow", fn_args=(key, out, distinct)
+        set_side = sets.map_batches(_conform, batch_format="pyarrow", batch_size=None,
+                                    fn_args=(joint, "_set_row", buckets))
+        left = rows.map_batches(_conform, batch_format="pyarrow", batch_size=None, fn_args=(joint, a, buckets))
+        routed = left.union(set_side).groupby("_bucket", num_partitions=buckets).map_groups(
+            _route_sets, batch_format="pyarrow", fn_args=(a, b, joint.names, buckets, distinct)
+        )
+        return routed.union(set_side).groupby("_bucket", num_partitions=buckets).map_groups(
+            _pair_sims, batch_format="pyarrow", fn_args=(a, b)
         )
 
     def _clusters(
