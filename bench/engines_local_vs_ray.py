@@ -4,8 +4,9 @@ Inputs: `bench/ingest_throughput.py`'s `build_inputs(n)`: the real sample_data f
 perturbation, in the formats users bring. Config: the defaults (normalize, quality, language, exact +
 MinHash dedup, cluster merge) with PII off (PII is a map phase whose cost per record is measured by
 bench/pii_bench.py; it adds to the map share of the estimate below). Each (engine, size) runs in a
-fresh process; peak memory is the largest sum of RSS over the run's processes (driver + pool or the
-Ray workers, raylet and GCS), sampled every 0.2 s (shared pages count once per process: an upper bound).
+fresh process; peak memory is the largest sum of PSS over the run's processes (driver + pool or the
+Ray workers, raylet and GCS), sampled every 0.2 s. PSS, not RSS: every Ray worker maps the shared
+object store, and RSS would count those pages once per process.
 
     .venv/bin/python bench/engines_local_vs_ray.py [--sizes 10000 100000] [--cpus 2]
 
@@ -96,7 +97,7 @@ def run_one(engine: str, n: int, cpus: int) -> dict[str, Any]:
 
 
 def _tree_rss(root: psutil.Process) -> int:
-    """RSS of the child, its children, and every Ray process on this machine (workers, raylet, GCS)."""
+    """PSS of the child, its children, and every Ray process on this machine (workers, raylet, GCS)."""
     procs = {root.pid: root}
     for p in root.children(recursive=True):
         procs[p.pid] = p
@@ -107,7 +108,8 @@ def _tree_rss(root: psutil.Process) -> int:
     total = 0
     for p in procs.values():
         try:
-            total += p.memory_info().rss
+            # PSS: shared pages (the Ray object store is mapped by every worker) split among their users
+            total += p.memory_full_info().pss
         except psutil.Error:
             continue
     return total

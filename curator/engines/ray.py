@@ -14,8 +14,9 @@ the same input, config and seed. What changes is where the work runs:
   the content hash and the step's own `reduce` per bucket (equal hashes always share a bucket).
 - **MinHash**: signatures and band keys in `map_batches` (shingle sets spill to the work dir, which
   must be shared storage on a real cluster); band buckets by `groupby` on (band, key) bucket, each
-  bucket group emitting its candidate pairs; a second `groupby` on the pair's first row meets the
-  copies of a pair and verifies it by exact Jaccard; connected components of the verified edges by
+  bucket group emitting its candidate pairs; the pairs meet their two shingle sets in two shuffles
+  (`_pair_sims`: each set travels once per destination bucket, not once per pair) and are verified
+  by exact Jaccard; connected components of the verified edges by
   alternating large-star / small-star rounds (`_components`), each a `groupby`, so no node ever holds
   all edges; labels join the nodes by a shuffle on `row`, and a shuffle on the label gives each task
   whole components for the step's own representative rule (`rank_clusters`).
@@ -77,6 +78,7 @@ import ray  # after the environment above, which Ray reads at import and init
 StepFactory = Callable[[CurateConfig], list[Step]]
 ROWS_PER_BUCKET = 100_000  # rows per shuffle bucket: bounds the memory of one reduce task (MinHash verify)
 TASK_RETRIES = 3  # Ray retries of a task whose worker died (system failures only)
+PAIRS_PER_BUCKET = 1_000_000  # candidate pairs (with their copies) per verification task
 MAX_COMPONENT_ROUNDS = 64  # large/small-star rounds; O(log^2 n) in theory, a handful in practice
 
 
@@ -629,7 +631,9 @@ class RayEngine(LocalEngine):
             sets = self._dataset([{"src": f} for f in files]).map_batches(_set_rows, batch_format="pyarrow",
                                                                           batch_size=1)
             pair_schema = pa.schema([("a", pa.int64()), ("b", pa.int64())])
-            sims = self._pair_sims(pairs, pair_schema, "a", "b", sets, buckets, distinct=True)
+            # buckets sized by pairs too: a corpus with large duplicate clusters has many pairs per row
+            pair_buckets = max(buckets, math.ceil(pairs.count() / PAIRS_PER_BUCKET))
+            sims = self._pair_sims(pairs, pair_schema, "a", "b", sets, pair_buckets, distinct=True)
             edges = sims.map_batches(_edges_at, batch_format="pyarrow", batch_size=None,
                                      fn_args=(step.cfg.threshold, buckets))
             nodes = partials.drop_columns(["_bands", "_spill"])
