@@ -410,8 +410,8 @@ def _minhash_finish(nodes: pl.DataFrame) -> pl.DataFrame:
 def _rep_jaccard(table: pa.Table) -> pa.Table:
     """The annotation in the step's column order; `near_jaccard` = a duplicate's `_sim` to its representative."""
     f = pl.from_arrow(table)
-    sim = f["_sim"].to_list() if "_sim" in f.columns else [None] * f.height
-    jac = pl.Series("near_jaccard", [None if x is None else round(x, 4) for x in sim], dtype=pl.Float64)
+    # Python's round, as the step rounds, so the annotation has the same bits
+    jac = pl.Series("near_jaccard", [None if x is None else round(x, 4) for x in f["_sim"]], dtype=pl.Float64)
     return f.select(ROW, "near_cluster_id", "near_cluster_size", "near_dup_of", jac, "near_input",
                     "near_shingles").to_arrow()
 
