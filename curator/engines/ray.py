@@ -59,16 +59,8 @@ from curator.engines.local import ANNOTATION_ROW_GROUP, LocalEngine, RunOutput
 from curator.io import write_json, write_parquet
 from curator.pipeline import Accounting, Phase, build_steps, phases
 from curator.steps.base import ROW, GlobalStep, Step
-from curator.steps.dedup import (
-    COMP,
-    STEP_PREFIXES,
-    ClusterMerge,
-    ExactDedup,
-    MinHashDedup,
-    _jaccard,
-    _remove_spill,
-    rank_clusters,
-)
+from curator.steps.clusters import COMP, rank_clusters
+from curator.steps.dedup import STEP_PREFIXES, ClusterMerge, ExactDedup, MinHashDedup, _jaccard, _remove_spill
 
 # Ray reads these when it starts a local cluster: no usage reporting, no token prompt on a laptop.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

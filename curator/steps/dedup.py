@@ -18,7 +18,7 @@ MinHash, readable top to bottom (after text-dedup's `minhash.py`):
 5. every candidate pair verified by exact Jaccard of the shingle sets, which `map` spilled to Parquet
    (the partial names its file, so maps may run in other processes) so memory holds band keys, not
    text; only candidate rows' sets are read back, and the files are deleted after the reduce;
-6. clusters = connected components of verified pairs (scipy); representative = highest
+6. clusters = connected components of verified pairs (`clusters.assign_clusters`); representative = highest
    quality_score, then longest n_chars, then smallest id (then row).
 Why not rensa: in one 100k-doc run it inserted 1.6x more docs/s than this step's full map+reduce, but
 its signatures are not datasketch's, it has no exact verification, spill or cluster output, and
@@ -46,50 +46,12 @@ from scipy.sparse.csgraph import connected_components
 
 from curator.config import DedupConfig, ExactDedupConfig, MinHashConfig
 from curator.steps.base import DROP_REASON, ROW, Rule, Step
+from curator.steps.clusters import COMP, assign_clusters, concat_partials, tie_break_columns
 from curator.steps.text import fmix64, input_class_expr, normalize_expr, shingle_hash, shingle_hashes, view_expr
 
-TIE_COLS = ["id", "quality_score", "n_chars"]
 STEP_PREFIXES = ("exact", "near", "sem")
 DUP_REASONS = {"exact": "exact_duplicate", "near": "near_duplicate", "sem": "semantic_duplicate"}
 _OWN_SPILL_PREFIX = "curator-minhash-"
-COMP = "_comp"  # connected-component label column
-
-
-def tie_break_columns(batch: pl.DataFrame, text: pl.Expr) -> list[pl.Expr]:
-    """`id`, `quality_score` (0 when absent) and `n_chars` (the view's length when absent)."""
-    quality = pl.col("quality_score").cast(pl.Float64) if "quality_score" in batch.columns else pl.lit(0.0)
-    n_chars = pl.col("n_chars").cast(pl.Int64) if "n_chars" in batch.columns else text.str.len_chars()
-    return [pl.col("id"), quality.fill_null(0.0).alias("quality_score"), n_chars.fill_null(0).alias("n_chars")]
-
-
-def assign_clusters(nodes: pl.DataFrame, src: np.ndarray, dst: np.ndarray, prefix: str) -> pl.DataFrame:
-    """Clusters = connected components of the edges (positions in `nodes`); one representative each.
-
-    `nodes` has `row` plus the tie-break columns. Returns what `rank_clusters` returns.
-    """
-    n = nodes.height
-    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return rank_clusters(nodes.with_columns(pl.Series(COMP, labels, dtype=pl.Int64)), prefix)
-
-
-def rank_clusters(nodes: pl.DataFrame, prefix: str) -> pl.DataFrame:
-    """One representative per component `_comp`: highest quality_score, longest, smallest id, smallest row.
-
-    Returns `row`, `{prefix}_cluster_id` (the representative's id), `{prefix}_cluster_size`,
-    `{prefix}_dup_of` (null for representatives) and `_rep_row`, sorted by row. Components must be
-    whole in `nodes` (the Ray engine calls this per shuffle bucket of `_comp`).
-    """
-    ranked = nodes.sort([COMP, "quality_score", "n_chars", "id", ROW], descending=[False, True, True, False, False])
-    rep_id = pl.col("id").first().over(COMP)
-    rep_row = pl.col(ROW).first().over(COMP)
-    return ranked.select(
-        ROW,
-        rep_id.alias(f"{prefix}_cluster_id"),
-        pl.len().over(COMP).cast(pl.Int64).alias(f"{prefix}_cluster_size"),
-        pl.when(pl.col(ROW) != rep_row).then(rep_id).otherwise(None).alias(f"{prefix}_dup_of"),
-        rep_row.alias("_rep_row"),
-    ).sort(ROW)
 
 
 class ExactDedup:
@@ -122,7 +84,7 @@ class ExactDedup:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Group equal hashes (empty views stay singletons) and pick each group's representative."""
-        nodes = _concat(partials, "_hash", pl.String).sort(ROW)
+        nodes = concat_partials(partials, "_hash", pl.String).sort(ROW)
         order = nodes.with_row_index("_i").filter(pl.col("_hash").is_not_null()).sort("_hash", "_i")
         i = order["_i"].to_numpy()
         same = (order["_hash"] == order["_hash"].shift(1)).fill_null(False).to_numpy()
@@ -299,7 +261,7 @@ class MinHashDedup:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Verify LSH candidates by exact Jaccard, cluster, and name each duplicate's representative."""
-        nodes = _concat(partials, "_bands", pl.Array(pl.UInt64, self.bands))
+        nodes = concat_partials(partials, "_bands", pl.Array(pl.UInt64, self.bands))
         files = sorted(f for f in nodes["_spill"].unique().to_list() if f) if "_spill" in nodes.columns else []
         try:
             nodes = nodes.sort(ROW)
@@ -341,16 +303,6 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     inter = len(np.intersect1d(a, b, assume_unique=True))
     union = len(a) + len(b) - inter
     return inter / union if union else 0.0
-
-
-def _concat(partials: Iterable[pl.DataFrame], key: str, dtype: pl.DataType) -> pl.DataFrame:
-    """All partials as one frame; an empty input gives an empty frame with the expected columns."""
-    parts = [p for p in partials if p.height]
-    if parts:
-        return pl.concat(parts, how="vertical_relaxed")
-    return pl.DataFrame(
-        schema={ROW: pl.Int64, "id": pl.String, "quality_score": pl.Float64, "n_chars": pl.Int64, key: dtype}
-    )
 
 
 class ClusterMerge:

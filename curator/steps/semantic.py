@@ -19,7 +19,7 @@ import polars as pl
 
 from curator.config import SemanticDedupConfig
 from curator.steps.base import ROW, Rule
-from curator.steps.dedup import _concat, assign_clusters, tie_break_columns
+from curator.steps.clusters import assign_clusters, concat_partials, tie_break_columns
 from curator.steps.text import input_class_expr, view_expr
 
 _BLOCK = 2048
@@ -116,7 +116,7 @@ class SemanticDedup:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Pairs with cosine >= threshold, connected components, one representative per cluster."""
-        nodes = _concat(partials, "_emb", pl.Array(pl.Float32, 384)).sort(ROW)
+        nodes = concat_partials(partials, "_emb", pl.Array(pl.Float32, 384)).sort(ROW)
         has = nodes["_emb"].is_not_null().to_numpy()
         where = np.flatnonzero(has)
         emb = nodes["_emb"].filter(pl.Series(has)).to_numpy().astype(np.float32).reshape(len(where), -1)
