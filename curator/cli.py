@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     from curator.format.chat import TokenizerError
     from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
-    from curator.pipeline import ResumeMismatch
+    from curator.engines.plan import ResumeMismatch
     from curator.steps.balance import SelectionFileError
 
     args = build_parser().parse_args(argv)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curator.config import CurateConfig, read_yaml_mapping, validate_as
 from curator.io import write_json, write_parquet
-from curator.pipeline import ResumeMismatch
+from curator.engines.plan import ResumeMismatch
 from curator.select.feedback import FeedbackConfig, build_selection, write_selection
 
 

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from curator.loop import load_loop_config, run_loop
-from curator.pipeline import ResumeMismatch
+from curator.engines.plan import ResumeMismatch
 
 ROOT = Path(__file__).resolve().parent.parent
 

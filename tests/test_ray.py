@@ -19,7 +19,7 @@ import pytest
 from curator.cli import expand_inputs, main
 from curator.config import CurateConfig, InputSpec, load_config
 from curator.engines.local import LocalEngine
-from curator.pipeline import build_steps
+from curator.engines.plan import build_steps
 from curator.record import RECORD_SCHEMA
 from curator.steps.decontam import Decontaminate
 from curator.steps.dedup import ExactDedup, MinHashDedup

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from curator.engines.local import RunOutput
 from curator.io import write_json, write_text
-from curator.pipeline import ROW_SHIFT, rule_owners
+from curator.engines.plan import ROW_SHIFT, rule_owners
 from curator.report import html as H
 
 _TEXT_COLUMNS = frozenset(("messages", "context", "tools", "meta"))
