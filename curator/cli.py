@@ -330,10 +330,10 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one clear line (exit 2)."""
     from curator.config import ConfigError
+    from curator.engines.plan import ResumeMismatch
     from curator.format.chat import TokenizerError
     from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
-    from curator.engines.plan import ResumeMismatch
     from curator.steps.balance import SelectionFileError
 
     args = build_parser().parse_args(argv)

@@ -25,8 +25,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from curator.config import CurateConfig, read_yaml_mapping, validate_as
-from curator.io import write_json, write_parquet
 from curator.engines.plan import ResumeMismatch
+from curator.io import write_json, write_parquet
 from curator.select.feedback import FeedbackConfig, build_selection, write_selection
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curator.loop import load_loop_config, run_loop
 from curator.engines.plan import ResumeMismatch
+from curator.loop import load_loop_config, run_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,10 +30,10 @@ import polars as pl
 import pyarrow as pa
 
 from curator.config import CurateConfig, config_hash
+from curator.engines.plan import ROW_SHIFT, Accounting, Phase, ResumeMismatch, all_rules, build_steps, kept_mask, phases
 from curator.ingest import read_input
 from curator.ingest.base import Quarantined, ReaderOptions
 from curator.io import write_json, write_parquet
-from curator.engines.plan import ROW_SHIFT, Accounting, Phase, ResumeMismatch, all_rules, build_steps, kept_mask, phases
 from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
 from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
 

@@ -56,8 +56,8 @@ import pyarrow.parquet as pq
 from curator.config import CurateConfig
 from curator.engines import local
 from curator.engines.local import ANNOTATION_ROW_GROUP, LocalEngine, RunOutput
-from curator.io import write_json, write_parquet
 from curator.engines.plan import Accounting, Phase, build_steps, phases
+from curator.io import write_json, write_parquet
 from curator.steps.base import ROW, GlobalStep, Step
 from curator.steps.clusters import COMP, rank_clusters
 from curator.steps.dedup import STEP_PREFIXES, ClusterMerge, ExactDedup, MinHashDedup, _jaccard, _remove_spill

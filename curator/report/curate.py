@@ -15,8 +15,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from curator.engines.local import RunOutput
-from curator.io import write_json, write_text
 from curator.engines.plan import ROW_SHIFT, rule_owners
+from curator.io import write_json, write_text
 from curator.report import html as H
 
 _TEXT_COLUMNS = frozenset(("messages", "context", "tools", "meta"))
