@@ -42,7 +42,7 @@ from rich.table import Table
 
 from curator.cli import kept_parts, run_curate, run_pack
 from curator.config import CurateConfig
-from curator.loop import (
+from curator.select.loop import (
     LoopConfig,
     ModelSpec,
     _kept_records,

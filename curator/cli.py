@@ -192,7 +192,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
-    from curator.loop import load_loop_config, run_loop
+    from curator.select.loop import load_loop_config, run_loop
 
     report = run_loop(load_loop_config(args.config), Path(args.out), workers=args.workers)
     _print_verdict(report, Path(args.out))
@@ -200,7 +200,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from curator.loop import load_loop_config, run_loop
+    from curator.select.loop import load_loop_config, run_loop
 
     if not DEMO_CONFIG.exists():
         raise UserError(f"{DEMO_CONFIG}: the demo config is missing; run the demo from a clone of the repository")

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from curator.engines.plan import ResumeMismatch
-from curator.loop import load_loop_config, run_loop
+from curator.select.loop import load_loop_config, run_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 
