@@ -2,10 +2,10 @@
 
 At the same training-token budget per round, the same tiny pretrained base and the same held-out
 eval split, for every seed in `--seeds` (the seed is the trainer's: LoRA init and batch order):
-  (a) feedback  `run_loop` with `--rounds` rounds; round 0 is the static balance (c), every later
+  (a) feedback  `api.loop` with `--rounds` rounds; round 0 is the static balance (c), every later
                 round trains on the selection the previous round's evaluation wrote; we report the
                 final round;
-  (b) uniform   balance.temperature 1 and no weights, through the loop's own `run_pack` and
+  (b) uniform   balance.temperature 1 and no weights, through the loop's own `api.pack` and
                 `trainer.loop.train` (no pool scoring): records sampled without regard to category
                 up to the budget (the natural mix);
   (c) static    temperature-flattened balance (T=1000: every category's share is 0.2 within 0.2%),
@@ -40,15 +40,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rich.console import Console
 from rich.table import Table
 
-from curator.cli import kept_parts, run_curate, run_pack
+from curator import api
 from curator.config import CurateConfig
 from curator.select.loop import (
     LoopConfig,
     ModelSpec,
-    _kept_records,
-    _train_config,
     ensure_base_model,
-    run_loop,
+    kept_records,
+    train_config,
     train_side,
 )
 
@@ -136,7 +135,7 @@ def arm_config(shared: dict[str, Any], arm: str, seed: int, args: argparse.Names
 
 
 def link_shared(loop_dir: Path, work: Path) -> None:
-    """Point a loop dir at the one curation and base model (run_loop skips stages whose outputs exist)."""
+    """Point a loop dir at the one curation and base model (api.loop skips stages whose outputs exist)."""
     loop_dir.mkdir(parents=True, exist_ok=True)
     for name in ("curated", "base"):
         if not (loop_dir / name).exists():
@@ -161,9 +160,9 @@ def train_once(cfg: LoopConfig, out: Path, work: Path) -> dict[str, Any]:
     pack_cfg.format.tokenizer = str(work / "base" / "model")
     pack_cfg.balance.token_budget = cfg.token_budget
     if not (shards / "manifest.json").exists():
-        run_pack(pack_cfg, kept_parts(work / "curated"), shards, quiet=True)
+        api.pack(pack_cfg, work / "curated", shards, progress=False)
     if not (out / "train" / "eval.json").exists():
-        train(_train_config(cfg, str(work / "base" / "model"), shards, out / "train"))
+        train(train_config(cfg, str(work / "base" / "model"), shards, out / "train"))
     manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
     return {"rounds": [per_category(out / "train" / "eval.json")], "weights": [manifest["balance"]["weights_used"]],
             "train_tokens": [manifest["splits"]["train"]["tokens"]["total"]]}
@@ -177,8 +176,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     curate_cfg = CurateConfig.model_validate(shared["curate"])
     t0 = time.perf_counter()
     if not (work / "curated" / "report.json").exists():
-        run_curate(curate_cfg, work / "curated", workers=1, quiet=True)
-    pool = train_side(_kept_records(work / "curated"), curate_cfg)
+        api.curate(curate_cfg, work / "curated", workers=1, progress=False)
+    pool = train_side(kept_records(work / "curated"), curate_cfg)
     ensure_base_model(ModelSpec.model_validate(shared["model"]), pool, work / "base", 0)
     timings = {"curate_and_base_s": round(time.perf_counter() - t0, 1)}
     runs: dict[str, dict[str, Any]] = {}
@@ -202,12 +201,12 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
                 runs[f"{arm}/{seed}"] = train_once(cfg, loop_dir, work)
             else:
                 if not cache.exists():
-                    run_loop(cfg.model_copy(update={"rounds": 1}), loop_dir, workers=1, quiet=True)
+                    api.loop(cfg.model_copy(update={"rounds": 1}), loop_dir, workers=1, progress=False)
                     tmp = cache.with_name(cache.name + ".tmp")
                     shutil.rmtree(tmp, ignore_errors=True)
                     shutil.copytree(loop_dir / "round_00", tmp, symlinks=True)
                     tmp.rename(cache)  # atomic: a variant waiting for round 0 never sees half a copy
-                report = run_loop(cfg, loop_dir, workers=1, quiet=True)
+                report = api.loop(cfg, loop_dir, workers=1, progress=False).report
                 runs[f"{arm}/{seed}"] = {
                     "rounds": [per_category(loop_dir / f"round_{r:02d}" / "train" / "eval.json")
                                for r in range(cfg.rounds)],

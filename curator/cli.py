@@ -20,106 +20,6 @@ class UserError(Exception):
     """An error the user can act on: printed as one message, no traceback, exit code 2."""
 
 
-DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".zip")
-
-
-def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given; a directory (other than a saved HF dataset) becomes its data files, sorted."""
-    out: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-            if not found:
-                raise UserError(f"{raw}: a directory with no data files ({', '.join(DATA_SUFFIXES)})")
-            out.extend(found)
-        else:
-            out.append(raw)
-    return out
-
-
-def _curate_config(args: argparse.Namespace) -> Any:
-    from curator.config import InputSpec, load_config
-
-    cfg = load_config(args.config)
-    if args.inputs:
-        cfg.inputs = [InputSpec(path=p, format=args.format) for p in expand_inputs(args.inputs)]
-    elif args.format:
-        for spec in cfg.inputs:
-            spec.format = args.format
-    if args.jsonl:
-        cfg.write_jsonl = True
-    if not cfg.inputs:
-        raise UserError("no inputs: name files after `curate` or list them under `inputs:` in --config")
-    _preflight(cfg.inputs)
-    return cfg
-
-
-def _preflight(inputs: list[Any]) -> None:
-    """Check every input exists and has a known format before any work starts; name all that fail."""
-    from curator.ingest import detect_format
-    from curator.ingest.base import UnreadableInput
-
-    problems = []
-    for spec in inputs:
-        if not Path(spec.path).exists():
-            problems.append(f"{spec.path}: no such file or directory")
-        elif spec.format is None:
-            try:
-                detect_format(Path(spec.path))
-            except UnreadableInput as exc:
-                problems.append(str(exc))
-    if problems:
-        raise UserError(f"{len(problems)} input(s) cannot be read; nothing was processed:\n" + "\n".join(problems))
-
-
-def run_curate(
-    cfg: Any, out: Path, *, workers: int, fresh: bool = False, quiet: bool = False, engine: str = "local",
-    ray_address: str | None = None,
-) -> dict[str, Any]:
-    """Run the curation pipeline and write outputs + report; returns the report data."""
-    from curator.report.curate import build_report, write_report
-    from curator.report.progress import RichProgress
-
-    out.mkdir(parents=True, exist_ok=True)
-    with RichProgress(console) as progress:
-        run = _make_engine(engine, cfg, out, workers, ray_address, None if quiet else progress).run(fresh=fresh)
-    if getattr(run, "retries", None):  # --engine ray: tasks Ray re-ran after losing a worker
-        console.print(f"[yellow]ray retried {sum(run.retries.values())} task(s) after a worker failure:[/yellow] "
-                      f"{', '.join(run.retries)}")
-    report = build_report(run, cfg.model_dump(mode="json"))
-    write_report(report, out)
-    if cfg.write_jsonl:
-        import polars as pl
-
-        from curator.io import atomic_path
-
-        with atomic_path(out / "kept.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            for part in run.kept_parts:
-                for rec in pl.read_parquet(part).to_dicts():
-                    fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-    if not quiet:
-        _print_curate_summary(report, out)
-    return report
-
-
-# --- engine switch (issue 8, Ray engineer): `--engine local|ray`; the local path never imports ray ---
-
-
-def _make_engine(engine: str, cfg: Any, out: Path, workers: int, ray_address: str | None, progress: Any) -> Any:
-    """The engine named by `--engine`: the in-process LocalEngine, or RayEngine (extra `ray`)."""
-    if engine == "local":
-        from curator.engines.local import LocalEngine
-
-        return LocalEngine(cfg, out, workers=workers, progress=progress)
-    try:
-        from curator.engines.ray import RayEngine
-    except ImportError as exc:
-        raise UserError(f"--engine ray needs Ray: pip install 'sft-curator[ray]' ({exc})") from exc
-    num_cpus = None if ray_address else workers
-    return RayEngine(cfg, out, address=ray_address, num_cpus=num_cpus, progress=progress)
-
-
 def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
     acct = report["accounting"]
     table = Table(title="curation summary")
@@ -143,70 +43,52 @@ def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    cfg = _curate_config(args)
-    run_curate(cfg, Path(args.out), workers=args.workers, fresh=args.fresh, engine=args.engine,
-               ray_address=args.ray_address)
-    return 0
-
-
-def kept_parts(path: Path) -> list[Path]:
-    """The kept-record Parquet files of a curate output dir (or a single Parquet file)."""
-    if path.is_file():
-        return [path]
-    parts = sorted((path / "kept").glob("*.parquet")) if (path / "kept").is_dir() else sorted(path.glob("*.parquet"))
-    if not parts:
-        raise UserError(f"{path}: no kept records found (expected a `curator curate` output dir or Parquet files)")
-    return parts
-
-
-def run_pack(cfg: Any, kept: list[Path], out: Path, *, weights: dict[str, float] | None = None,
-             quiet: bool = False) -> dict[str, Any]:
-    """Balance, split, format and pack kept records into shards; print the summary table."""
-    from curator.format.shards import build_shards, summary_rows
-    from curator.report.pack import write_pack_report
-
-    manifest = build_shards(kept, out, cfg, weights=weights, progress=not quiet)
-    write_pack_report(manifest, summary_rows(manifest), out)
-    if not quiet:
-        table = Table(title=f"shards in {out}")
-        table.add_column("")
-        table.add_column("", justify="right")
-        for label, value in summary_rows(manifest):
-            table.add_row(label, value)
-        console.print(table)
-    return manifest
-
-
-def cmd_pack(args: argparse.Namespace) -> int:
+    from curator import api
     from curator.config import load_config
 
     cfg = load_config(args.config)
-    if args.tokenizer:
-        cfg.format.tokenizer = args.tokenizer
-    if args.seq_len:
-        cfg.format.seq_len = args.seq_len
-    if args.selection:
-        cfg.balance.weights_file = args.selection
-    run_pack(cfg, kept_parts(Path(args.kept)), Path(args.out))
+    if args.jsonl:
+        cfg.write_jsonl = True
+    result = api.curate(cfg, args.out, inputs=args.inputs, format=args.format, workers=args.workers,
+                        fresh=args.fresh, engine=args.engine, ray_address=args.ray_address)
+    if result.retries:  # --engine ray: tasks Ray re-ran after losing a worker
+        console.print(f"[yellow]ray retried {sum(result.retries.values())} task(s) after a worker failure:[/yellow] "
+                      f"{', '.join(result.retries)}")
+    _print_curate_summary(result.report, result.out)
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from curator import api
+    from curator.format.shards import summary_rows
+
+    result = api.pack(args.config, args.kept, args.out, tokenizer=args.tokenizer, seq_len=args.seq_len,
+                      selection=args.selection)
+    table = Table(title=f"shards in {result.out}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for label, value in summary_rows(result.manifest):
+        table.add_row(label, value)
+    console.print(table)
     return 0
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
-    from curator.select.loop import load_loop_config, run_loop
+    from curator import api
 
-    report = run_loop(load_loop_config(args.config), Path(args.out), workers=args.workers)
-    _print_verdict(report, Path(args.out))
+    result = api.loop(args.config, args.out, workers=args.workers)
+    _print_verdict(result.report, result.out)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from curator.select.loop import load_loop_config, run_loop
+    from curator import api
 
     if not DEMO_CONFIG.exists():
         raise UserError(f"{DEMO_CONFIG}: the demo config is missing; run the demo from a clone of the repository")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo builds its model here: nothing may be fetched
-    report = run_loop(load_loop_config(DEMO_CONFIG), Path(args.out), workers=args.workers)
-    _print_verdict(report, Path(args.out))
+    result = api.loop(DEMO_CONFIG, args.out, workers=args.workers)
+    _print_verdict(result.report, result.out)
     return 0
 
 
@@ -235,18 +117,18 @@ def _print_verdict(report: dict[str, Any], out: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.cli import train_main
+    from curator import api
 
-    result = train_main(args.config)
-    console.print_json(data={k: v for k, v in result.items() if k != "params"})
+    result = api.train(args.config)
+    console.print_json(data={k: v for k, v in result.summary.items() if k != "params"})
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trainer.cli import eval_main
+    from curator import api
 
-    result = eval_main(args.config, adapter=args.adapter)
-    console.print_json(data=result)
+    result = api.evaluate(args.config, adapter=args.adapter)
+    console.print_json(data={"eval": str(result.path), "overall": result.overall, "per_category": result.per_category})
     return 0
 
 

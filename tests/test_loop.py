@@ -13,8 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from curator import api
 from curator.engines.plan import ResumeMismatch
-from curator.select.loop import load_loop_config, run_loop
+from curator.select.loop import load_loop_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +53,7 @@ def _sha(path: Path) -> str:
 def loop_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("loop")
     out = tmp / "out"
-    run_loop(load_loop_config(_config(tmp)), out, workers=1, quiet=True)
+    api.loop(load_loop_config(_config(tmp)), out, workers=1, progress=False)
     return out
 
 
@@ -99,7 +100,7 @@ def test_killed_loop_resumes_to_the_same_result(loop_run: Path, tmp_path: Path) 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "loop_report.json").exists(), "the kill should land inside round 1"
-    run_loop(load_loop_config(cfg), out, workers=1, quiet=True)
+    api.loop(load_loop_config(cfg), out, workers=1, progress=False)
     for name in ("round_01/selection.json", "round_00/train/eval.json", "round_01/train/eval.json"):
         a, b = json.loads((loop_run / name).read_text()), json.loads((out / name).read_text())
         for key in ("shards", "adapter", "model", "shards_config_hash"):  # paths differ between out dirs
@@ -111,4 +112,4 @@ def test_a_changed_config_refuses_the_old_loop_dir(loop_run: Path, tmp_path: Pat
     cfg = load_loop_config(_config(tmp_path))
     cfg.feedback.eta = 3.0
     with pytest.raises(ResumeMismatch):
-        run_loop(cfg, loop_run, workers=1, quiet=True)
+        api.loop(cfg, loop_run, workers=1, progress=False)

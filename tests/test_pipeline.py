@@ -14,9 +14,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curator.cli import expand_inputs, main
+from curator.cli import main
 from curator.config import InputSpec, load_config
 from curator.engines.local import LocalEngine, _apply_map_steps
+from curator.ingest.inputs import expand_inputs
 from curator.steps.normalize import Normalize
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,10 +16,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from curator.cli import expand_inputs, main
+from curator.cli import main
 from curator.config import CurateConfig, InputSpec, load_config
 from curator.engines.local import LocalEngine
 from curator.engines.plan import build_steps
+from curator.ingest.inputs import expand_inputs
 from curator.record import RECORD_SCHEMA
 from curator.steps.decontam import Decontaminate
 from curator.steps.dedup import ExactDedup, MinHashDedup

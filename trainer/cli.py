@@ -29,44 +29,10 @@ def eval_main(
     overrides: dict[str, Any] | None = None,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate base + adapter (default `output_dir/adapter`; "none": the base alone) into a schema-checked file.
+    """Evaluate base + adapter (default `output_dir/adapter`; "none": the base alone); see `evaluate_model`."""
+    from trainer.evaluate import evaluate_model
 
-    The file is `out`, else `output_dir/eval.json` (`eval_base.json` for the base model alone).
-    """
-    import torch
-
-    from trainer.evaluate import evaluate_split, generate, write_eval
-    from trainer.loop import prepare
-    from trainer.losses import TokenLoss
-    from trainer.model import load_base_model, resolve_runtime
-
-    cfg = _cfg(config, overrides)
-    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})})
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
-    manifest, tokenizer, _, eval_split = prepare(cfg)
-    runtime = resolve_runtime(cfg)
-    model = load_base_model(cfg, runtime)
-    adapter_dir = Path(adapter) if adapter is not None else Path(cfg.output_dir) / "adapter"
-    if str(adapter) != "none":
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; train first or pass adapter='none'")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    model.eval()
-    with torch.no_grad():
-        report = evaluate_split(TokenLoss(model), eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens,
-                                runtime.device)
-    if cfg.eval.prompts:
-        report["generations"] = generate(model, tokenizer, cfg.eval.prompts, cfg.eval.max_new_tokens, runtime.device)
-    report.update(model=cfg.model, adapter=None if str(adapter) == "none" else str(adapter_dir), shards=cfg.shards,
-                  shards_config_hash=manifest.get("config_hash"))
-    base_only = str(adapter) == "none"
-    target = Path(out) if out is not None else Path(cfg.output_dir) / ("eval_base.json" if base_only else "eval.json")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    path = write_eval(report, target)
-    return {"eval": str(path), "overall": report["overall"], "per_category": report["per_category"]}
+    return evaluate_model(_cfg(config, overrides), adapter=adapter, out=out)
 
 
 def _cfg(config: str | Path | TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:

@@ -219,3 +219,30 @@ def make_batch(split: PackedSplit, rows: np.ndarray, device: torch.device) -> di
         "targets": shifted_targets(input_ids, loss_mask, position_ids).to(device),
         "real_tokens": torch.tensor(real),
     }
+
+
+def prepare_run(cfg: Any) -> tuple[dict[str, Any], Any, PackedSplit, PackedSplit | None]:
+    """All checks on shards vs model that need no weights: manifest, tokenizer, seq_len, splits."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from trainer.model import ModelLoadError, max_positions
+
+    manifest = read_manifest(cfg.shards)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {cfg.model!r}: cannot read its tokenizer/config: {exc}") from exc
+    check_compatible(manifest, cfg.model, tokenizer, max_positions(model_config), cfg.shards)
+    train_split = read_split(cfg.shards, manifest, "train")
+    if train_split.rows == 0:
+        raise ShardError(f"{cfg.shards}: the train split has no rows; check the curate step's report")
+    eval_split = None
+    if cfg.eval.enabled:
+        eval_split = read_split(cfg.shards, manifest, "eval")
+        if eval_split.rows == 0 or not (eval_split.loss_mask == 1).any():
+            raise ShardError(
+                f"{cfg.shards}: the eval split is empty; set split.eval_fraction > 0 when packing, "
+                "or eval.enabled: false"
+            )
+    return manifest, tokenizer, train_split, eval_split

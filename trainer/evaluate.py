@@ -272,3 +272,40 @@ def score_pool(
             ok = row["loss_cond"] is not None and row["loss_alone"]
             row["ifd"] = row["loss_cond"] / row["loss_alone"] if ok else None
     return [results[k] for k in sorted(results)]
+
+
+def evaluate_model(cfg: Any, adapter: str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate base + adapter (default `output_dir/adapter`; "none": the base alone) into a schema-checked file.
+
+    The file is `out`, else `output_dir/eval.json` (`eval_base.json` for the base model alone).
+    Returns the file path with the overall and per-category figures.
+    """
+    from trainer.data import prepare_run
+    from trainer.model import load_base_model, resolve_runtime
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})})
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+    manifest, tokenizer, _, eval_split = prepare_run(cfg)
+    runtime = resolve_runtime(cfg)
+    model = load_base_model(cfg, runtime)
+    base_only = str(adapter) == "none"
+    adapter_dir = Path(adapter) if adapter is not None and not base_only else Path(cfg.output_dir) / "adapter"
+    if not base_only:
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; train first or pass adapter='none'")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    with torch.no_grad():
+        report = evaluate_split(TokenLoss(model), eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens,
+                                runtime.device)
+    if cfg.eval.prompts:
+        report["generations"] = generate(model, tokenizer, cfg.eval.prompts, cfg.eval.max_new_tokens, runtime.device)
+    report.update(model=cfg.model, adapter=None if base_only else str(adapter_dir), shards=cfg.shards,
+                  shards_config_hash=manifest.get("config_hash"))
+    target = Path(out) if out is not None else Path(cfg.output_dir) / ("eval_base.json" if base_only else "eval.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = write_eval(report, target)
+    return {"eval": str(path), "overall": report["overall"], "per_category": report["per_category"]}

@@ -43,16 +43,12 @@ import torch.distributed as dist
 from trainer.config import TrainConfig
 from trainer.data import (
     IGNORE_INDEX,
-    PackedSplit,
     RowOrder,
-    ShardError,
-    check_compatible,
     make_batch,
-    read_manifest,
-    read_split,
+    prepare_run,
 )
 from trainer.losses import TokenLoss
-from trainer.model import count_params, load_base_model, max_positions, merge_adapter, resolve_runtime, wrap_lora
+from trainer.model import count_params, load_base_model, merge_adapter, resolve_runtime, wrap_lora
 from trainer.schedule import lr_at
 
 # Fields that change what a resumed run computes; the rest (eval, checkpoint cadence) may change.
@@ -218,31 +214,6 @@ def _probe_memory(loss_fn: TokenLoss, batch: dict[str, torch.Tensor], cfg: Train
             p.grad = None
 
 
-def prepare(cfg: TrainConfig) -> tuple[dict[str, Any], Any, PackedSplit, PackedSplit | None]:
-    """All checks on shards vs model that need no weights: manifest, tokenizer, seq_len, splits."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    manifest = read_manifest(cfg.shards)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model_config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise TrainError(f"model {cfg.model!r}: cannot read its tokenizer/config: {exc}") from exc
-    check_compatible(manifest, cfg.model, tokenizer, max_positions(model_config), cfg.shards)
-    train_split = read_split(cfg.shards, manifest, "train")
-    if train_split.rows == 0:
-        raise ShardError(f"{cfg.shards}: the train split has no rows; check the curate step's report")
-    eval_split = None
-    if cfg.eval.enabled:
-        eval_split = read_split(cfg.shards, manifest, "eval")
-        if eval_split.rows == 0 or not (eval_split.loss_mask == 1).any():
-            raise ShardError(
-                f"{cfg.shards}: the eval split is empty; set split.eval_fraction > 0 when packing, "
-                "or eval.enabled: false"
-            )
-    return manifest, tokenizer, train_split, eval_split
-
-
 def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train a LoRA adapter as configured; returns a summary (paths, steps, final loss, eval overall).
 
@@ -260,7 +231,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if runtime.device.type == "cuda" else "gloo")
     out_dir = Path(cfg.output_dir)
-    manifest, tokenizer, train_split, eval_split = prepare(cfg)
+    manifest, tokenizer, train_split, eval_split = prepare_run(cfg)
     total_steps = total_steps_for(cfg, train_split.rows, world)
 
     torch.manual_seed(cfg.seed)

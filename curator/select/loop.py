@@ -1,4 +1,7 @@
-"""`curator loop`: curate once, then rounds of select -> pack -> train -> evaluate -> feedback.
+"""The loop's building blocks: its config, the base model, each round's settings, summary and next selection.
+
+`curator.api.loop` sequences them: curate once, then rounds of select -> pack -> train -> evaluate
+-> feedback. What a round needs beyond the public API calls lives here.
 
 Layout of a loop directory (every stage is skipped when its output exists, so a killed loop re-run
 with the same config continues where it stopped; training itself resumes from its checkpoints):
@@ -70,11 +73,11 @@ def load_loop_config(path: str | Path) -> LoopConfig:
     for bench in cfg.curate.decontam.benchmarks:
         if not Path(bench.path).is_absolute():
             bench.path = str((path.parent / bench.path).resolve())
-    _train_config(cfg, "model", Path("shards"), Path("out"))  # fail early on a bad train section
+    train_config(cfg, "model", Path("shards"), Path("out"))  # fail early on a bad train section
     return cfg
 
 
-def _train_config(cfg: LoopConfig, model: str, shards: Path, out: Path) -> Any:
+def train_config(cfg: LoopConfig, model: str, shards: Path, out: Path) -> Any:
     """The TrainConfig of one round: the loop's `train` section plus this round's paths."""
     from trainer.config import TrainConfig
 
@@ -82,7 +85,8 @@ def _train_config(cfg: LoopConfig, model: str, shards: Path, out: Path) -> Any:
     return validate_as(TrainConfig, settings, "loop config", prefix="train.")
 
 
-def _kept_records(curated: Path) -> pl.DataFrame:
+def kept_records(curated: Path) -> pl.DataFrame:
+    """Every kept record of a curate output dir, as one frame."""
     return pl.concat([pl.read_parquet(p) for p in sorted((curated / "kept").glob("*.parquet"))], how="diagonal_relaxed")
 
 
@@ -124,98 +128,77 @@ def _per_category_loss(eval_report: dict[str, Any]) -> dict[str, float]:
     return {c: float(v["loss"]) for c, v in eval_report["per_category"].items() if v.get("loss") is not None}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file the loop wrote."""
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def run_loop(cfg: LoopConfig, out: Path, *, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) every round and write the loop report; returns the report data."""
-    from curator.cli import kept_parts, run_curate, run_pack
-    from curator.report.loop import write_loop_report
+def round_dir(out: Path, r: int) -> Path:
+    """The directory of round `r` of a loop in `out`."""
+    return out / f"round_{r:02d}"
 
-    out.mkdir(parents=True, exist_ok=True)
-    _check_state(cfg, out / "loop_state.json")
-    curated = out / "curated"
-    if not (curated / "report.json").exists():
-        run_curate(cfg.curate, curated, workers=workers, quiet=quiet)
-    train_pool = train_side(_kept_records(curated), cfg.curate)
-    model_dir = ensure_base_model(cfg.model, train_pool, out / "base", cfg.curate.seed)
-    rounds: list[dict[str, Any]] = []
-    base_eval: dict[str, Any] | None = None
-    selection_path = out / "round_00" / "selection.json"
-    if not selection_path.exists():
+
+def write_initial_selection(cfg: LoopConfig, out: Path) -> None:
+    """Round 0's selection: the static balance of the config (its explicit weights, if any)."""
+    path = round_dir(out, 0) / "selection.json"
+    if not path.exists():
         write_selection({"selection_version": 1, "round": 0, "derived_from_round": None,
-                         "category_weights": dict(cfg.curate.balance.weights or {})}, selection_path)
-    for r in range(cfg.rounds):
-        rd = out / f"round_{r:02d}"
-        selection = _read_json(rd / "selection.json")
-        shards = rd / "shards"
-        pack_cfg = cfg.curate.model_copy(deep=True)
-        pack_cfg.format.tokenizer = str(model_dir)
-        pack_cfg.balance.token_budget = cfg.token_budget or pack_cfg.balance.token_budget
-        if r > 0:  # the selection file decides; explicit config weights would take precedence over it
-            pack_cfg.balance.weights = None
-            pack_cfg.balance.weights_file = str(rd / "selection.json")
-        if not (shards / "manifest.json").exists():
-            run_pack(pack_cfg, kept_parts(curated), shards, quiet=quiet)
-        manifest = _read_json(shards / "manifest.json")
-        train_cfg = _train_config(cfg, model_dir, shards, rd / "train")
-        if base_eval is None:
-            base_eval = _base_eval(train_cfg, out / "base_eval.json")
-        if not (rd / "train" / "eval.json").exists():
-            from trainer.loop import train
-
-            train(train_cfg)
-        eval_report = _read_json(rd / "train" / "eval.json")
-        summary = _round_summary(r, rd, selection, manifest, eval_report, rounds[-1] if rounds else None)
-        write_json(summary, rd / "round.json")
-        rounds.append(summary)
-        nxt = out / f"round_{r + 1:02d}" / "selection.json"
-        if r + 1 < cfg.rounds and not nxt.exists():
-            scores_path = rd / "pool_scores.parquet"  # only a next round needs them
-            if not scores_path.exists():
-                _score_pool(train_cfg, train_pool, scores_path, cfg.score_max_len)
-            loss = _per_category_loss(eval_report)
-            if cfg.feedback.reference == "none":
-                ref_loss = dict.fromkeys(loss, 1.0)
-            elif cfg.feedback.reference == "previous" and r > 0:
-                ref_loss = _per_category_loss(_read_json(out / f"round_{r - 1:02d}" / "train" / "eval.json"))
-            else:
-                ref_loss = _per_category_loss(base_eval)
-            weights = manifest["balance"]["weights_used"]
-            tokens = {c: v["tokens"] for c, v in manifest["balance"]["after"].items()}
-            new = build_selection(
-                round_index=r, weights=weights, loss=loss, ref_loss=ref_loss, tokens=tokens,
-                scores=pl.read_parquet(scores_path),
-                cfg=cfg.feedback,
-            )
-            write_selection(new, nxt)
-    return write_loop_report(out, rounds, base_eval or {}, cfg.model_dump(mode="json"))
+                         "category_weights": dict(cfg.curate.balance.weights or {})}, path)
 
 
-def _check_state(cfg: LoopConfig, path: Path) -> None:
+def write_round(summary: dict[str, Any], rd: Path) -> None:
+    """Write a round's summary (`round.json`), which the loop report reads."""
+    write_json(summary, rd / "round.json")
+
+
+def round_pack_config(cfg: LoopConfig, r: int, model_dir: str, out: Path) -> CurateConfig:
+    """The pack settings of round `r`: the model's tokenizer, the round's token budget, its selection file."""
+    pack_cfg = cfg.curate.model_copy(deep=True)
+    pack_cfg.format.tokenizer = str(model_dir)
+    pack_cfg.balance.token_budget = cfg.token_budget or pack_cfg.balance.token_budget
+    if r > 0:  # the selection file decides; explicit config weights would take precedence over it
+        pack_cfg.balance.weights = None
+        pack_cfg.balance.weights_file = str(round_dir(out, r) / "selection.json")
+    return pack_cfg
+
+
+def next_selection(
+    cfg: LoopConfig, r: int, out: Path, train_cfg: Any, train_pool: pl.DataFrame, base_eval: dict[str, Any]
+) -> dict[str, Any]:
+    """Round r+1's selection from round r's evaluation, its manifest and the scored training pool."""
+    rd = round_dir(out, r)
+    scores_path = rd / "pool_scores.parquet"  # only a next round needs them
+    if not scores_path.exists():
+        score_pool_file(train_cfg, train_pool, scores_path, cfg.score_max_len)
+    loss = _per_category_loss(read_json(rd / "train" / "eval.json"))
+    if cfg.feedback.reference == "none":
+        ref_loss = dict.fromkeys(loss, 1.0)
+    elif cfg.feedback.reference == "previous" and r > 0:
+        ref_loss = _per_category_loss(read_json(round_dir(out, r - 1) / "train" / "eval.json"))
+    else:
+        ref_loss = _per_category_loss(base_eval)
+    manifest = read_json(rd / "shards" / "manifest.json")
+    tokens = {c: v["tokens"] for c, v in manifest["balance"]["after"].items()}
+    return build_selection(
+        round_index=r, weights=manifest["balance"]["weights_used"], loss=loss, ref_loss=ref_loss, tokens=tokens,
+        scores=pl.read_parquet(scores_path), cfg=cfg.feedback,
+    )
+
+
+def check_state(cfg: LoopConfig, path: Path) -> None:
     """Refuse to resume a loop dir made with other settings (more rounds is fine: the loop extends)."""
     import hashlib
 
     settings = cfg.model_dump(mode="json", exclude={"rounds"})
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    if path.exists() and _read_json(path)["config_hash"] != digest:
+    if path.exists() and read_json(path)["config_hash"] != digest:
         raise ResumeMismatch(
             f"{path.parent} holds a loop made with different settings; choose another --out, or delete it to start over"
         )
     write_json({"config_hash": digest}, path)
 
 
-def _base_eval(train_cfg: Any, path: Path) -> dict[str, Any]:
-    """Per-category eval loss of the base model alone: the reference the first feedback step uses."""
-    if not path.exists():
-        from trainer.cli import eval_main
-
-        eval_main(train_cfg, adapter="none", out=path)
-    return _read_json(path)
-
-
-def _score_pool(train_cfg: Any, train_pool: pl.DataFrame, out: Path, max_len: int) -> None:
+def score_pool_file(train_cfg: Any, train_pool: pl.DataFrame, out: Path, max_len: int) -> None:
     """Score every train-side record with this round's model (base + adapter): loss, IFD."""
     import torch
     from peft import PeftModel
@@ -236,7 +219,7 @@ def _score_pool(train_cfg: Any, train_pool: pl.DataFrame, out: Path, max_len: in
     write_parquet(scores, out)
 
 
-def _round_summary(
+def round_summary(
     r: int, rd: Path, selection: dict[str, Any], manifest: dict[str, Any], eval_report: dict[str, Any],
     previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
