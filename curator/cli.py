@@ -1,4 +1,4 @@
-"""`curator`: one command with subcommands (curate, pack, train, eval, loop, demo, schema)."""
+"""`curator`: one command with subcommands (curate, pack, export, train, eval, loop, demo, schema)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,24 @@ def cmd_pack(args: argparse.Namespace) -> int:
     for label, value in summary_rows(result.manifest):
         table.add_row(label, value)
     console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from curator import api
+
+    result = api.export(args.config, args.kept, args.out, format=args.format)
+    summary = result.summary
+    table = Table(title=f"{summary['format']} export in {result.out}")
+    for col in ("split", "records", "path"):
+        table.add_column(col, justify="right" if col == "records" else "left")
+    for name, split in summary["splits"].items():
+        table.add_row(name, str(split["records"]), split["path"])
+    console.print(table)
+    skipped = {k: n for k, n in summary["records"]["skipped"].items() if n}
+    for label, counts in (("skipped", skipped), ("notes", summary["notes"])):
+        if counts:
+            console.print(f"{label}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     return 0
 
 
@@ -173,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", help="selection file from the feedback loop (overrides balance.weights_file)")
     p.set_defaults(func=cmd_pack)
 
+    p = sub.add_parser("export", help="write kept records for other trainers: OpenAI chat JSONL, ShareGPT, "
+                       "or a Hugging Face dataset dir, split as `pack` splits them")
+    p.add_argument("kept", help="a `curate` output dir (its kept/ parts) or Parquet file(s) of kept records")
+    p.add_argument("--out", required=True, help="export directory (replaced when it holds an earlier export)")
+    p.add_argument("--format", required=True, help="openai (chat fine-tuning JSONL), sharegpt (LLaMA-Factory, "
+                   "Axolotl) or hf (datasets save_to_disk, messages column for TRL)")
+    p.add_argument("--config", help="YAML config (its split section and seed choose each record's side)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("train", help="train a LoRA adapter on packed shards (YAML: trainer/config.py)")
     p.add_argument("config", help="trainer YAML (model, shards, output_dir, ...)")
     p.set_defaults(func=cmd_train)
@@ -215,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     from curator.config import ConfigError
     from curator.engines.plan import ResumeMismatch
     from curator.format.chat import TokenizerError
+    from curator.format.export import ExportError
     from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
     from curator.steps.balance import SelectionFileError
@@ -224,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError, ResumeMismatch, UnreadableInput, ShardError, TokenizerError,
-            SelectionFileError) as exc:
+            SelectionFileError, ExportError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

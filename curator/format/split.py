@@ -53,3 +53,9 @@ def assign_splits(df: pl.DataFrame, cfg: SplitConfig, seed: int, *, stratify: st
                 assignment[gid] = "train"
     split = pl.col("_group").replace_strict(assignment, return_dtype=pl.String).alias(SPLIT)
     return frame.with_columns(split).drop("_group", "_stratum").sort("id")
+
+
+def record_sides(df: pl.DataFrame, cfg: SplitConfig, seed: int) -> pl.DataFrame:
+    """(id, split) of every record: the one assignment that pack and export share (same records, same sides)."""
+    cols = [c for c in ("id", "category", "cluster_id") if c in df.columns]
+    return assign_splits(df.select(cols), cfg, seed).select("id", SPLIT)
