@@ -24,11 +24,14 @@ DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".zip
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given; a directory (other than a saved HF dataset) becomes its data files, sorted."""
+    """Files as given; a directory (other than a saved HF dataset or a chat export) becomes its data files."""
+    from curator.ingest.chats import is_chat_export_dir
+
     out: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
+        if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists() \
+                and not is_chat_export_dir(path):  # an unzipped Slack/Telegram/Messenger export is one input
             found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
             if not found:
                 raise UserError(f"{raw}: a directory with no data files ({', '.join(DATA_SUFFIXES)})")
@@ -136,10 +139,30 @@ def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
         for reason, n in acct["dropped_by_reason"].items():
             reasons.add_row(reason, str(n))
         console.print(reasons)
+    if "messages" in acct:
+        _print_chat_messages(acct["messages"])
     console.print(
         f"[green]read {acct['read']} = kept {acct['kept']} + dropped {acct['dropped']} + quarantined "
         f"{acct['quarantined']}[/green]  report: {out / 'report.html'}"
     )
+
+
+def _print_chat_messages(messages: dict[str, Any]) -> None:
+    """Chat exports (issue 14): messages read = in a sample + in context only + dropped by reason."""
+    from curator.report.curate import role_hint
+
+    table = Table(title="chat messages")
+    for col in ("input", "read", "in sample", "context only", "dropped", "samples", "role rule"):
+        table.add_column(col, justify="right" if col not in ("input", "role rule") else "left")
+    for path, m in messages["by_input"].items():
+        dropped = ", ".join(f"{r} {n}" for r, n in sorted(m["dropped"].items(), key=lambda kv: -kv[1]))
+        table.add_row(path, str(m["read"]), str(m["in_sample"]), str(m["context_only"]),
+                      f"{sum(m['dropped'].values())} ({dropped})" if dropped else "0", str(m["samples"]),
+                      m["role_rule"] + (" (default)" if m["role_rule_default"] else ""))
+    console.print(table)
+    hint = role_hint(messages)
+    if hint:
+        console.print(f"[yellow]{hint}[/yellow]")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
