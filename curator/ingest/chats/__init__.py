@@ -14,6 +14,7 @@ Memory: one chat (a channel, a Telegram chat, a conversation folder) is held at 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import ijson
 from curator.ingest.base import Quarantined, ReaderOptions, UnreadableInput
 from curator.ingest.chats.build import build_samples
 from curator.ingest.chats.discord import looks_like_discord, read_discord
-from curator.ingest.chats.messenger import conversation_files, looks_like_messenger, read_messenger
+from curator.ingest.chats.messenger import looks_like_messenger, read_messenger
 from curator.ingest.chats.model import Chat, MessageTally
 from curator.ingest.chats.slack import read_slack, slack_root
 from curator.ingest.chats.telegram import looks_like_telegram, read_telegram
@@ -34,6 +35,10 @@ __all__ = ["CHAT_FORMATS", "MessageTally", "detect_chat", "is_chat_export_dir", 
 
 CHAT_FORMATS: tuple[str, ...] = ("slack", "discord", "telegram", "whatsapp", "messenger")
 SNIFF_BYTES = 1024 * 1024
+# Meta's "Download your information" layout (Facebook, Instagram), optionally wrapped in one folder
+MESSENGER_LAYOUT = re.compile(
+    r"^(?P<wrap>[^/]+/)??(?:your_[a-z_]+_activity/)?messages/[^/]+/[^/]+/message_\d+\.json$"
+)
 _JSON = ijson.get_backend("yajl2_c")
 
 
@@ -68,19 +73,24 @@ def _json_format(head: bytes) -> str | None:
 
 
 def _tree_format(tree: ExportTree) -> str | None:
-    """The chat format of a zip or directory export, from its file layout (and the head of one file)."""
-    names = tree.names()
-    if slack_root(names) is not None:
+    """The chat format of a zip or directory export, from its file layout (and the head of one file).
+
+    The export's own files must sit at its root (a zip may wrap them in one folder), so a directory
+    that merely contains exports somewhere below is not taken for one."""
+    depth = 1 if tree.zip is not None else 0
+    names = [n for n in tree.names() if n.count("/") <= depth + 4]
+    root = slack_root(names)
+    if root is not None and root.count("/") <= depth:
         return "slack"
-    results = sorted((n for n in names if basename(n) == "result.json"), key=lambda n: (n.count("/"), n))
-    if results and _json_format(tree.head(results[0], SNIFF_BYTES)) == "telegram":
+    results = [n for n in names if basename(n) == "result.json" and n.count("/") <= depth]
+    if results and _json_format(tree.head(sorted(results)[0], SNIFF_BYTES)) == "telegram":
         return "telegram"
-    convs = conversation_files(names)
-    if convs:
-        first = next(iter(convs.values()))[0]
-        if _json_format(tree.head(first, SNIFF_BYTES)) == "messenger":
-            return "messenger"
-    if any(n.lower().endswith(".txt") and looks_like_whatsapp(tree.head(n, 4096)) for n in names):
+    convs = [n for n in names if (m := MESSENGER_LAYOUT.match(n)) and (depth or m["wrap"] is None)]
+    if convs and _json_format(tree.head(sorted(convs)[0], SNIFF_BYTES)) == "messenger":
+        return "messenger"
+    if tree.zip is not None and any(
+        n.lower().endswith(".txt") and n.count("/") <= depth and looks_like_whatsapp(tree.head(n, 4096)) for n in names
+    ):
         return "whatsapp"
     return None
 

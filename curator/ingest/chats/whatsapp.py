@@ -181,7 +181,7 @@ def _classify(raw: _Raw) -> tuple[str, str, str | None]:
 
 def chat_title(member: str) -> str:
     """The chat's name from the export's file name ('WhatsApp Chat with Alice.txt' -> 'Alice')."""
-    stem = re.sub(r"\.txt$", "", basename(member), flags=re.I)
+    stem = re.sub(r"\.(?:txt|zip)$", "", basename(member), flags=re.I)
     m = re.match(r"^WhatsApp[ -]Chat(?: with| mit| con| avec| met| com|\s*-)\s*(.+)$", stem, re.I)
     return (m.group(1) if m else stem).strip()
 
