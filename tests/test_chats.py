@@ -384,3 +384,40 @@ def test_slack_directory_is_one_input() -> None:
     assert is_chat_export_dir(CHATS / "slack_export")
     assert expand_inputs([str(CHATS / "slack_export")]) == [str(CHATS / "slack_export")]
     assert not is_chat_export_dir(CHATS)
+
+
+def test_curate_and_pack_a_slack_zip_and_a_whatsapp_chat_end_to_end(
+    tmp_path: Path, tiny_tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The README example: `curator curate export.zip --out DIR` with the default pipeline, then `curator pack`."""
+    import polars as pl
+
+    from curator.cli import main
+
+    archive = _zip_dir(CHATS / "slack_export", tmp_path / "export.zip")
+    chat = CHATS / "whatsapp_ios_family.txt"
+    out = tmp_path / "curated"
+    assert main(["curate", str(archive), str(chat), "--out", str(out), "--workers", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    acct = report["accounting"]
+    assert acct["read"] == 11 + 3 == acct["kept"] + acct["dropped"] + acct["quarantined"]
+    messages = acct["messages"]
+    assert messages["read"] == 27 + 13 == messages["in_sample"] + messages["context_only"] + sum(
+        messages["dropped"].values())
+    assert messages["by_input"][str(archive)]["role_rule_default"] is True
+    assert "Chat messages" in (out / "report.html").read_text()
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "chat messages" in printed and "No assistant was named, so the default role rule applied" in printed
+    kept = pl.read_parquet(out / "kept" / "*.parquet")
+    texts = " ".join(m["content"] for msgs in kept["messages"].to_list() for m in msgs)
+    assert "Ben Okafor" not in texts and "Tomás Costa" not in texts  # the PII step scrubbed mentions and names
+    shards = tmp_path / "shards"
+    assert main(["pack", str(out), "--out", str(shards), "--tokenizer", str(tiny_tokenizer_dir),
+                 "--seq-len", "512"]) == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["records"]["count"] == kept.height
+    # same input + config: byte-identical kept records
+    again = tmp_path / "again"
+    assert main(["curate", str(archive), str(chat), "--out", str(again), "--workers", "1"]) == 0
+    for part in sorted((out / "kept").glob("*.parquet")):
+        assert part.read_bytes() == (again / "kept" / part.name).read_bytes()
