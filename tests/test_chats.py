@@ -421,3 +421,24 @@ def test_curate_and_pack_a_slack_zip_and_a_whatsapp_chat_end_to_end(
     assert main(["curate", str(archive), str(chat), "--out", str(again), "--workers", "1"]) == 0
     for part in sorted((out / "kept").glob("*.parquet")):
         assert part.read_bytes() == (again / "kept" / part.name).read_bytes()
+
+
+def test_samples_of_one_session_never_straddle_train_and_eval() -> None:
+    import polars as pl
+
+    from curator.config import SplitConfig
+    from curator.format.split import assign_splits
+
+    records, _, _ = read(CHATS / "slack_export")
+    records += read(CHATS / "telegram_group/result.json")[0] + read(CHATS / "discord_beginners.json")[0]
+    frame = pl.DataFrame({
+        "id": [r["id"] for r in records],
+        "category": ["chat"] * len(records),
+        "session": [json.loads(r["meta"])["session"] for r in records],
+        "cluster_id": [None] * len(records),
+    }, schema_overrides={"cluster_id": pl.String})
+    for seed in range(5):
+        out = assign_splits(frame, SplitConfig(eval_fraction=0.3), seed)
+        sides = out.group_by("session").agg(pl.col("split").n_unique())
+        assert sides["split"].max() == 1
+        assert set(out["split"]) == {"train", "eval"}
