@@ -32,7 +32,12 @@ def expand_inputs(paths: list[str]) -> list[str]:
         path = Path(raw)
         if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists() \
                 and not is_chat_export_dir(path):  # an unzipped Slack/Telegram/Messenger export is one input
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+            # chat exports below (issue 14) are one input each, their files not inputs of their own
+            exports = [d for d in sorted(path.rglob("*")) if d.is_dir() and is_chat_export_dir(d)]
+            exports = [d for d in exports if not any(d != e and d.is_relative_to(e) for e in exports)]
+            found = sorted([*(str(d) for d in exports), *(
+                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES
+                and not any(p.is_relative_to(e) for e in exports))])
             if not found:
                 raise UserError(f"{raw}: a directory with no data files ({', '.join(DATA_SUFFIXES)})")
             out.extend(found)

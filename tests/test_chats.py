@@ -442,3 +442,20 @@ def test_samples_of_one_session_never_straddle_train_and_eval() -> None:
         sides = out.group_by("session").agg(pl.col("split").n_unique())
         assert sides["split"].max() == 1
         assert set(out["split"]) == {"train", "eval"}
+
+
+def test_telegram_whole_account_export_and_crlf_whatsapp(tmp_path: Path) -> None:
+    single = json.loads((CHATS / "telegram_group/result.json").read_text(encoding="utf-8"))
+    full = {"about": "Here is the data you requested.", "personal_information": {"user_id": 1, "first_name": "X"},
+            "chats": {"about": "All chats.", "list": [single, {"name": "Saved Messages", "type": "saved_messages",
+                                                               "id": 7, "messages": []}]},
+            "left_chats": {"about": "Left chats.", "list": []}}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    assert detect_format(path) == "telegram"
+    records, bad, tally = read(path)
+    assert bad == [] and tally.chats == 2 and len(records) == 5 and tally.read == 14
+    crlf = tmp_path / "chat.txt"
+    crlf.write_bytes(b"12/01/2024, 10:00 - Ana: hello\r\nsecond line\r\n12/01/2024, 10:01 - Bo: hi Ana\r\n")
+    records, _, _ = read(crlf)
+    assert turns(records[0]) == [("user", None, "hello\nsecond line"), ("assistant", None, "hi Ana")]
