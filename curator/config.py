@@ -71,6 +71,12 @@ class ChatConfig(Section):
         60.0, gt=0, description="A silence longer than this starts a new session (threads and replies bridge it)."
     )
     context_turns: int = Field(4, ge=0, description="Turns before the answered turn kept as the sample's context.")
+    context: Literal["turns", "field"] = Field(
+        "turns",
+        description="turns: the context turns are messages before the instruction (speakers keep their roles and "
+        "names); field: an instruction/answer pair whose record `context` holds the turns as 'Name: text' lines, "
+        "so only the answer is ever a training target.",
+    )
 
 
 class QualityConfig(Section):

@@ -459,3 +459,17 @@ def test_telegram_whole_account_export_and_crlf_whatsapp(tmp_path: Path) -> None
     crlf.write_bytes(b"12/01/2024, 10:00 - Ana: hello\r\nsecond line\r\n12/01/2024, 10:01 - Bo: hi Ana\r\n")
     records, _, _ = read(crlf)
     assert turns(records[0]) == [("user", None, "hello\nsecond line"), ("assistant", None, "hi Ana")]
+
+
+def test_context_as_field_gives_pairs_whose_only_target_is_the_answer() -> None:
+    records, _, tally = read(CHATS / "slack_export", assistant=("Ana", "Dev"), roles="named", context="field")
+    turns_form, _, tally_turns = read(CHATS / "slack_export", assistant=("Ana", "Dev"), roles="named")
+    assert len(records) == len(turns_form) and tally.as_dict() == tally_turns.as_dict()
+    for rec in records:
+        assert [m["role"] for m in rec["messages"]] == ["user", "assistant"]
+    follow_up = next(r for r in records if r["messages"][-1]["content"].startswith("Then add it with"))
+    assert follow_up["messages"][0]["content"] == "It says <no identities>."
+    assert follow_up["context"].splitlines()[0].startswith("Ben Okafor: Hi! `acme deploy` fails")
+    assert follow_up["context"].splitlines()[1].startswith("Ana: Hi @Ben Okafor")
+    first = next(r for r in records if r["messages"][-1]["content"].startswith("Hi @Ben Okafor"))
+    assert first["context"] is None  # nothing before the question

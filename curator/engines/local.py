@@ -214,6 +214,7 @@ def chat_options(cfg: CurateConfig, i: int) -> ChatOptions:
         top_responders=chats.top_responders,
         session_gap_seconds=chats.session_gap_minutes * 60.0,
         context_turns=chats.context_turns,
+        context=chats.context,
         role_rule_chosen=chosen,
     )
 

@@ -56,6 +56,7 @@ class ChatOptions:
     top_responders: int = 1
     session_gap_seconds: float = 3600.0
     context_turns: int = 4
+    context: str = "turns"  # turns | field (see config.ChatConfig.context)
     role_rule_chosen: bool = False  # False: the default rule applied because the user chose none
 
 

@@ -15,7 +15,9 @@
 5. **Samples.** Each answer turn yields one record: up to `context_turns` turns before the turn it
    answers (its context), the answered turn (instruction), the assistant turns between them when
    the answer continues the conversation (none when it is an explicit reply to an older message),
-   and the answer. Speakers keep their names (`name`) in chats of more than two people.
+   and the answer. Speakers keep their names (`name`) in chats of more than two people. With
+   `context: field` the record is the pair (instruction, answer) and the other turns go to its
+   `context` as "Name: text" lines, so no earlier answer is trained again in a later sample.
 6. **Accounting.** Every message read ends in exactly one bucket: in a sample's instruction or
    answer, in some sample's context only, or dropped by reason (`unanswered`: its turn got no
    answer and is in no context; `no_instruction`: an answer-role turn with nothing to answer).
@@ -166,7 +168,7 @@ def build_samples(
     roster = chat.roster if len(chat.roster) <= MAX_ROSTER else []
     records: list[Record] = []
     for turns in sessions:
-        builder = _SessionSamples(chat, turns, assistants, opts.context_turns, multi_party, roster)
+        builder = _SessionSamples(chat, turns, assistants, opts, multi_party, roster)
         for k in range(len(turns)):
             rec = builder.sample(k, fmt=fmt, category=category, index=first_index + len(records), rule=rule)
             if rec is not None:
@@ -187,10 +189,11 @@ class _SessionSamples:
     """Samples of one session's turns; `status[i]` ends as 'turn', 'context', NO_INSTRUCTION or None."""
 
     def __init__(
-        self, chat: Chat, turns: list[Turn], assistants: set[str] | None, window: int, multi_party: bool,
+        self, chat: Chat, turns: list[Turn], assistants: set[str] | None, opts: ChatOptions, multi_party: bool,
         roster: list[str],
     ) -> None:
-        self.chat, self.turns, self.assistants, self.window = chat, turns, assistants, window
+        self.chat, self.turns, self.assistants = chat, turns, assistants
+        self.window, self.as_field = opts.context_turns, opts.context == "field"
         self.multi_party = multi_party
         self.status: list[str | None] = [None] * len(turns)
         self.turn_of = {m.id: i for i, t in enumerate(turns) for m in t.messages}
@@ -237,8 +240,12 @@ class _SessionSamples:
         self._mark(k, "turn")
         picked = [*context, j, *between, k]
         msgs: list[Message] = []
+        transcript: list[str] = []
         for i in picked:
             t = self.turns[i]
+            if self.as_field and i not in (j, k):
+                transcript.append(f"{t.speaker}: {t.text}")
+                continue
             role = "user" if self._is_user(t, answer) else "assistant"
             msgs.append(message(role, t.text, name=t.speaker if self.multi_party else None))
         last = answer.messages[0]
@@ -254,7 +261,7 @@ class _SessionSamples:
             "answer_ts": iso(answer.messages[-1].ts),
             "context_turns": len(context) + len(between),
         }
-        return make_record(msgs, source=source, category=category, meta=meta)
+        return make_record(msgs, source=source, context="\n".join(transcript) or None, category=category, meta=meta)
 
     def _mark(self, i: int, status: str) -> None:
         rank = {"turn": 3, "context": 2, NO_INSTRUCTION: 1, None: 0}
