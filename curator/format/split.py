@@ -3,11 +3,11 @@
 A group is a near-duplicate cluster (`cluster_id` from dedup; a record without one is its own group,
 and a record is a whole conversation), joined with every record of the same chat session (`session`,
 from a chat export's meta: its samples share context turns), so no cluster and no conversation
-straddles two splits. Each
-group is assigned the category most of its records have (ties: the smallest name), and within each
-category the groups are visited in the order of a hash of (seed, group): a group goes to eval while
-eval holds fewer than round(eval_fraction × n) records of that category, then to test likewise, else
-to train. The result depends only on ids, clusters, categories, the fractions and the seed.
+straddles two splits. Each group is assigned the category most of its records have (ties: the
+smallest name), and within each category the groups are visited in the order of a hash of
+(seed, group): a group goes to eval while eval holds fewer than round(eval_fraction × n) records of
+that category, then to test likewise, else to train. The result depends only on ids, clusters,
+sessions, categories, the fractions and the seed.
 """
 
 from __future__ import annotations
