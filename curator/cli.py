@@ -36,10 +36,30 @@ def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
         for reason, n in acct["dropped_by_reason"].items():
             reasons.add_row(reason, str(n))
         console.print(reasons)
+    if "messages" in acct:
+        _print_chat_messages(acct["messages"])
     console.print(
         f"[green]read {acct['read']} = kept {acct['kept']} + dropped {acct['dropped']} + quarantined "
         f"{acct['quarantined']}[/green]  report: {out / 'report.html'}"
     )
+
+
+def _print_chat_messages(messages: dict[str, Any]) -> None:
+    """Chat exports (issue 14): messages read = in a sample + in context only + dropped by reason."""
+    from curator.report.curate import role_hint
+
+    table = Table(title="chat messages")
+    for col in ("input", "read", "in sample", "context only", "dropped", "samples", "role rule"):
+        table.add_column(col, justify="right" if col not in ("input", "role rule") else "left")
+    for path, m in messages["by_input"].items():
+        dropped = ", ".join(f"{r} {n}" for r, n in sorted(m["dropped"].items(), key=lambda kv: -kv[1]))
+        table.add_row(path, str(m["read"]), str(m["in_sample"]), str(m["context_only"]),
+                      f"{sum(m['dropped'].values())} ({dropped})" if dropped else "0", str(m["samples"]),
+                      m["role_rule"] + (" (default)" if m["role_rule_default"] else ""))
+    console.print(table)
+    hint = role_hint(messages)
+    if hint:
+        console.print(f"[yellow]{hint}[/yellow]")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:

@@ -167,6 +167,8 @@ def build_shards(
         )
     lengths = {rid: (len(e.input_ids), int(e.loss_mask.sum())) for rid, e in encoded.items()}
     meta = df.select([c for c in ("id", "category", "language", "source", "cluster_id") if c in df.columns])
+    if "meta" in df.columns:  # chat exports: samples of one session are split together
+        meta = meta.with_columns(df["meta"].str.json_path_match("$.session").alias("session"))
     rendered = meta.filter(pl.col("id").is_in(list(encoded))).with_columns(
         pl.col("id").replace_strict({k: v[0] for k, v in lengths.items()}, return_dtype=pl.Int64).alias("n_tokens"),
     )
