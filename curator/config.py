@@ -72,7 +72,7 @@ class ChatConfig(Section):
     )
     context_turns: int = Field(4, ge=0, description="Turns before the answered turn kept as the sample's context.")
     context: Literal["turns", "field"] = Field(
-        "turns",
+        "field",
         description="turns: the context turns are messages before the instruction (speakers keep their roles and "
         "names); field: an instruction/answer pair whose record `context` holds the turns as 'Name: text' lines, "
         "so only the answer is ever a training target.",
