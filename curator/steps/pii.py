@@ -106,15 +106,33 @@ PARTICIPANT_ROLES = ("system", "user", "assistant")
 MIN_NUMERIC_DIGITS = 7  # JSON numbers this long may be a phone or card number
 NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
 # merge ties: checksum-validated > exact patterns > other patterns > NER and Rampart guesses
-PRIORITY = {"CREDIT_CARD": 4, "IBAN_CODE": 4, "CRYPTO": 4, "EMAIL_ADDRESS": 3, "URL": 3, "IP_ADDRESS": 3, "SECRET": 3,
-            **dict.fromkeys(NER_TYPES, 0)}
+PRIORITY = {
+    "CREDIT_CARD": 4,
+    "IBAN_CODE": 4,
+    "CRYPTO": 4,
+    "EMAIL_ADDRESS": 3,
+    "URL": 3,
+    "IP_ADDRESS": 3,
+    "SECRET": 3,
+    **dict.fromkeys(NER_TYPES, 0),
+}
 RAMPART_SCORE = 0.8  # Rampart's probabilities are near 1: capped so a pattern's own score decides ties
 PROPAGATE_MIN_CHARS = 4  # shorter values of other types are not searched for elsewhere in the record
 NAME_PART_MIN_CHARS = 2  # "Bo", "Li": parts and short names are searched for case-sensitively
 PRESIDIO_LOGGERS = ("presidio-analyzer", "presidio-anonymizer")
 # what code may hold that is personal: secrets and contact or payment details, never English words
 CODE_ENTITIES = frozenset(
-    {"SECRET", "EMAIL_ADDRESS", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "CRYPTO", "PHONE_NUMBER", "ID_NUMBER"}
+    {
+        "SECRET",
+        "EMAIL_ADDRESS",
+        "IP_ADDRESS",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "CRYPTO",
+        "PHONE_NUMBER",
+        "ID_NUMBER",
+    }
 )
 MODES = ("ner", "patterns", "code")
 # meta keys whose values identify records or describe them (ids, languages, hashes, times) and are
@@ -125,13 +143,52 @@ META_SKIP_KEY = re.compile(
     r"label|labels|tag|tags|split|license|url|path|file|index|line|count|deleted|synthetic|review_result)$"
 )
 META_PEOPLE_KEYS = frozenset(
-    {"participants", "participant", "authors", "author", "author_name", "sender", "senders", "speaker", "speakers",
-     "user_name", "username", "display_name", "members", "from", "to", "cc"}
+    {
+        "participants",
+        "participant",
+        "authors",
+        "author",
+        "author_name",
+        "sender",
+        "senders",
+        "speaker",
+        "speakers",
+        "user_name",
+        "username",
+        "display_name",
+        "members",
+        "from",
+        "to",
+        "cc",
+    }
 )
 # tool-call argument keys whose values are code, not prose
 CODE_KEYS = frozenset(
-    {"code", "script", "source", "source_code", "query", "sql", "command", "cmd", "commands", "program", "snippet",
-     "patch", "diff", "expression", "regex", "pattern", "shell", "bash", "python", "javascript", "html", "css", "input"}
+    {
+        "code",
+        "script",
+        "source",
+        "source_code",
+        "query",
+        "sql",
+        "command",
+        "cmd",
+        "commands",
+        "program",
+        "snippet",
+        "patch",
+        "diff",
+        "expression",
+        "regex",
+        "pattern",
+        "shell",
+        "bash",
+        "python",
+        "javascript",
+        "html",
+        "css",
+        "input",
+    }
 )
 _FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)")
 _INLINE_CODE = re.compile(r"`[^`\n]{1,300}`")
@@ -141,12 +198,48 @@ _CODE_LINE = re.compile(
 )
 # Faker locales by language code, for surrogates in the record's language
 FAKER_LOCALES = {
-    "en": "en_US", "es": "es_ES", "de": "de_DE", "fr": "fr_FR", "it": "it_IT", "pt": "pt_BR", "nl": "nl_NL",
-    "pl": "pl_PL", "ru": "ru_RU", "uk": "uk_UA", "cs": "cs_CZ", "sk": "sk_SK", "hu": "hu_HU", "ro": "ro_RO",
-    "sv": "sv_SE", "da": "da_DK", "no": "no_NO", "nb": "no_NO", "fi": "fi_FI", "el": "el_GR", "tr": "tr_TR",
-    "ja": "ja_JP", "zh": "zh_CN", "ko": "ko_KR", "ar": "ar_AA", "he": "he_IL", "hi": "hi_IN", "id": "id_ID",
-    "vi": "vi_VN", "th": "th_TH", "fa": "fa_IR", "bg": "bg_BG", "hr": "hr_HR", "sl": "sl_SI", "lt": "lt_LT",
-    "lv": "lv_LV", "et": "et_EE", "ka": "ka_GE", "hy": "hy_AM", "az": "az_AZ", "bn": "bn_BD", "ta": "ta_IN",
+    "en": "en_US",
+    "es": "es_ES",
+    "de": "de_DE",
+    "fr": "fr_FR",
+    "it": "it_IT",
+    "pt": "pt_BR",
+    "nl": "nl_NL",
+    "pl": "pl_PL",
+    "ru": "ru_RU",
+    "uk": "uk_UA",
+    "cs": "cs_CZ",
+    "sk": "sk_SK",
+    "hu": "hu_HU",
+    "ro": "ro_RO",
+    "sv": "sv_SE",
+    "da": "da_DK",
+    "no": "no_NO",
+    "nb": "no_NO",
+    "fi": "fi_FI",
+    "el": "el_GR",
+    "tr": "tr_TR",
+    "ja": "ja_JP",
+    "zh": "zh_CN",
+    "ko": "ko_KR",
+    "ar": "ar_AA",
+    "he": "he_IL",
+    "hi": "hi_IN",
+    "id": "id_ID",
+    "vi": "vi_VN",
+    "th": "th_TH",
+    "fa": "fa_IR",
+    "bg": "bg_BG",
+    "hr": "hr_HR",
+    "sl": "sl_SI",
+    "lt": "lt_LT",
+    "lv": "lv_LV",
+    "et": "et_EE",
+    "ka": "ka_GE",
+    "hy": "hy_AM",
+    "az": "az_AZ",
+    "bn": "bn_BD",
+    "ta": "ta_IN",
 }
 
 
@@ -172,7 +265,9 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
         for model in self.models:
             nlp = spacy.load(resolve_spacy_model(model["model_name"]), disable=list(NER_ONLY_DISABLE))
             if "ner" not in nlp.pipe_names:
-                raise RuntimeError(f"pii.spacy_model: {model['model_name']!r} has no 'ner' component; choose a model with NER.")
+                raise RuntimeError(
+                    f"pii.spacy_model: {model['model_name']!r} has no 'ner' component; choose a model with NER."
+                )
             self.nlp[model["lang_code"]] = nlp
 
     def is_stopword(self, word: str, language: str) -> bool:
@@ -421,7 +516,9 @@ def _surrogate(fake: Any, etype: str, value: str) -> str | None:
         "ORGANIZATION": fake.company,
         "DATE_TIME": fake.date,
         "SECRET": lambda: fake.sha256()[: max(16, min(len(value), 64))],
-        "ID_NUMBER": lambda: fake.bothify("?" * sum(c.isalpha() for c in value[:2]) + "#" * max(4, sum(c.isdigit() for c in value))),
+        "ID_NUMBER": lambda: fake.bothify(
+            "?" * sum(c.isalpha() for c in value[:2]) + "#" * max(4, sum(c.isdigit() for c in value))
+        ),
     }
     make = makers.get(etype)
     return " ".join(make().split()) if make else None
@@ -438,6 +535,196 @@ def _is_country(value: str) -> bool:
 
         _COUNTRIES = frozenset(_norm(c) for c in Provider.countries) | {"usa", "us", "uk", "u.s.", "u.k."}
     return _norm(value) in _COUNTRIES
+
+
+_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?=\s|$)|\n|$)")
+_WORD = re.compile(r"[^\W\d_][\w'’\-]*")
+_SUBJECT = re.compile(
+    r"(?:,|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
+    r"wants|went|called|wrote|asked)\b)"
+)
+_TITLE = re.compile(r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra)\.?[ \t]+$")
+_LIST_GAP = re.compile(r"^(?:,[ \t]*(?:and[ \t]+|&[ \t]*)?|[ \t]+(?:and|&|or)[ \t]+)$")
+_CAP_WORD = re.compile(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_ID_CONTEXT = re.compile(
+    r"(?i)(?:passport|tax|licen[cs]e|account|acct|\bid\b|number|\bno\.|ssn|social|national|routing|member|customer|"
+    r"policy|iban|bank|card)"
+)
+
+
+def _first_names() -> frozenset[str]:
+    """Lower-case first and last names (Faker's en_US lists) that are not common English words."""
+    from faker.providers.person.en_US import Provider
+
+    common = {
+        "may",
+        "mark",
+        "bill",
+        "rose",
+        "grace",
+        "joy",
+        "faith",
+        "summer",
+        "april",
+        "sue",
+        "don",
+        "gene",
+        "ray",
+        "chase",
+        "dawn",
+        "lane",
+        "young",
+        "brown",
+        "white",
+        "black",
+        "green",
+        "king",
+        "long",
+        "hill",
+        "wood",
+        "hall",
+        "ward",
+        "page",
+        "cook",
+        "price",
+        "bell",
+        "rich",
+        "love",
+        "best",
+        "moon",
+        "day",
+        "little",
+        "case",
+        "frank",
+        "max",
+        "gray",
+        "guy",
+        "jack",
+        "will",
+        "hope",
+        "major",
+        "rock",
+        "august",
+        "art",
+        "pat",
+        "car",
+        "low",
+    }
+    return frozenset(n.lower() for n in (*Provider.first_names, *Provider.last_names)) - common
+
+
+NAME_GAZETTEER = _first_names()
+
+
+def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int]]:
+    """The sentences of `text` worth Rampart's time (runs of them joined), as [start, end).
+
+    Rampart costs about as much per token as all of presidio, so it reads only sentences where a
+    name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
+    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I" and not
+    already inside a found entity (a name spaCy missed or labelled ORG/GPE), a spaCy entity other
+    than PERSON, or, in text without capitals, a word that is a common first name or surname.
+    """
+    covered = [(s.start, s.end) for s in found]
+    other_ents = [
+        (e.start_char, e.end_char)
+        for e in doc.ents
+        if e.label_ not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT")
+    ]
+    lower_text = not any(c.isupper() for c in text)
+    out: list[tuple[int, int]] = []
+    for m in _SENTENCE.finditer(text):
+        s, e = m.span()
+        if e <= s:
+            continue
+        words = list(_WORD.finditer(text, s, e))
+        hit = any(es < e and s < ee for es, ee in other_ents)
+        for j, w in enumerate(words):
+            if hit:
+                break
+            token = w.group(0)
+            if lower_text:
+                hit = token in NAME_GAZETTEER
+            elif (
+                token[0].isupper()
+                and token != "I"
+                and not token.startswith("I'")
+                and (j or _SUBJECT.match(text, w.end()))
+            ):
+                hit = not any(cs <= w.start() < ce for cs, ce in covered)
+            elif not token[0].isupper() and token in NAME_GAZETTEER and len(token) > 3:
+                hit = True  # "my friend jens said": a lower-case name in cased text
+        if hit:
+            if out and out[-1][1] >= s - 1:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+    return out
+
+
+def _with_titles(text: str, spans: list[Span]) -> list[Span]:
+    """A person's title goes with the name ("Dr. Jacob van Gameren" is one span)."""
+    out = []
+    for span in spans:
+        m = _TITLE.search(text, max(0, span.start - 6), span.start) if span.type == "PERSON" else None
+        out.append(Span(span.type, m.start(), span.end, span.score) if m else span)
+    return out
+
+
+def _listed_names(text: str, spans: list[Span]) -> list[Span]:
+    """Capitalised words listed with a found name are names too: "founders: Kovalev, Lee and Phillips"
+    with "Lee" found makes "Kovalev" and "Phillips" (or an NER LOCATION guess among them) people."""
+    people = [s for s in spans if s.type == "PERSON"]
+    if not people:
+        return spans
+    words = list(_CAP_WORD.finditer(text))
+    groups: list[list[re.Match[str]]] = []
+    for w in words:
+        if groups and _LIST_GAP.match(text[groups[-1][-1].end() : w.start()]):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    extra = []
+    for group in groups:
+        if len(group) < 3 or not any(p.start < g.end() and g.start() < p.end for g in group for p in people):
+            continue
+        for g in group:
+            typed = [s for s in spans if s.start < g.end() and g.start() < s.end]
+            if all(s.type in NER_TYPES for s in typed):
+                extra.append(Span("PERSON", g.start(), g.end(), 0.9))
+    if not extra:
+        return spans
+    kept = [s for s in spans if not (s.type in NER_TYPES and any(e.start < s.end and s.start < e.end for e in extra))]
+    return kept + extra
+
+
+def _tag_ok(text: str, span: Span) -> bool:
+    """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
+    they are mostly hashes and timestamps."""
+    if span.type != "ID_NUMBER":
+        return True
+    return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
+
+
+def _trimmed(text: str, span: Span) -> Span:
+    """The span without the whitespace spaCy sometimes includes at its ends ("Anna Nowak\n")."""
+    value = text[span.start : span.end]
+    start = span.start + len(value) - len(value.lstrip())
+    return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
+
+
+_NAME_LINE = re.compile(r"(?m)^[ \t]*((?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+){1,3}[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w)[ \t]*\n[ \t]*\Z")
+
+
+def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
+    """The line just above a street address, when it is 2-4 capitalised words, is the addressee's name."""
+    out = []
+    for span in found:
+        if span.type == "STREET_ADDRESS":
+            m = _NAME_LINE.search(text, 0, span.start)
+            if m and not re.search(r"(?i)\b(?:address|street|ship|send|to|from|label|envelope)\b", m.group(1)):
+                out.append(Span("PERSON", m.start(1), m.end(1), 0.6))
+    return out
 
 
 def _lone_initial_word(text: str, span: Span, tags: list[Span]) -> bool:
@@ -488,8 +775,11 @@ class PiiScrub:
         if unknown:
             raise ValueError(f"pii.entities: unknown entity type(s) {unknown}; supported: {sorted(supported)}")
         self.entities = sorted(wanted)
-        self.mode_entities = {"ner": self.entities, "patterns": self.entities,
-                              "code": sorted(set(self.entities) & CODE_ENTITIES)}
+        self.mode_entities = {
+            "ner": self.entities,
+            "patterns": self.entities,
+            "code": sorted(set(self.entities) & CODE_ENTITIES),
+        }
         allow = [*CHAT_ALLOWLIST, PLACEHOLDER_ALLOW, *self.cfg.allowlist_regex]
         allow += [f"^{re.escape(term)}$" for term in self.cfg.allowlist]
         self.allow = re.compile("|".join(f"(?:{a})" for a in allow), re.DOTALL)
@@ -534,35 +824,67 @@ class PiiScrub:
         """Chunk every text; spaCy (ner chunks, batched) or its tokenizer alone (other modes) gives
         presidio its artifacts; Rampart tags the ner chunks in length-sorted batches; spans map back."""
         pieces: list[tuple[int, int, str, str]] = []  # (job index, chunk offset, chunk text, mode)
+        windows: list[tuple[int, int, str]] = []  # (piece, offset, text) for Rampart
+        guesses: dict[int, list[tuple[Span, bool]]] = {}  # ner pieces: (span, from spaCy)
         for i, (text, mode) in enumerate(jobs):
             for start, end in chunk_bounds(len(text), self.cfg.chunk_chars, self.cfg.chunk_overlap):
                 pieces.append((i, start, _spacy_safe(text[start:end]), mode))
         ner = [k for k, p in enumerate(pieces) if p[3] == "ner"]
         docs: dict[int, Doc] = dict(
-            zip(ner, self.nlp.pipe([pieces[k][2] for k in ner], batch_size=self.cfg.batch_size,
-                                   n_process=self.cfg.n_process), strict=True)
+            zip(
+                ner,
+                self.nlp.pipe(
+                    [pieces[k][2] for k in ner], batch_size=self.cfg.batch_size, n_process=self.cfg.n_process
+                ),
+                strict=True,
+            )
         )
-        tagged = self.rampart.tag([pieces[k][2] for k in ner]) if self.rampart is not None and ner else []
-        rampart = dict(zip(ner, tagged, strict=True))
-        spans: list[list[Span]] = [[] for _ in jobs]
-        for k, (i, offset, text, mode) in enumerate(pieces):
+        found: list[list[Span]] = []
+        for k, (_, _, text, mode) in enumerate(pieces):
             doc = docs.get(k) or self.nlp.make_doc(text)
             results = self.analyzer.analyze(
-                text, language="en", entities=self.mode_entities[mode], nlp_artifacts=self.engine.artifacts(doc),
+                text,
+                language="en",
+                entities=self.mode_entities[mode],
+                nlp_artifacts=self.engine.artifacts(doc),
                 score_threshold=self.cfg.score_threshold,
             )
-            tags = [Span(t.type, t.start, t.end, t.score) for t in rampart.get(k, ()) if t.type in self.entities]
             lower = not any(c.isupper() for c in text)
-            found = [Span(t.type, t.start, t.end, RAMPART_SCORE) for t in tags if self._keep(text, t, True)]
+            kept = []
             for r in results:
-                span = Span(r.entity_type, r.start, r.end, r.score)
+                span = _trimmed(text, Span(r.entity_type, r.start, r.end, r.score))
                 ner_guess = (r.recognition_metadata or {}).get("recognizer_name") == "SpacyRecognizer"
-                if not self._keep(text, span, lower or not ner_guess):
-                    continue
-                if ner_guess and span.type == "PERSON" and k in rampart and _lone_initial_word(text, span, tags):
+                if self._keep(text, span, lower or not ner_guess):
+                    kept.append((span, ner_guess))
+            found.append([s for s, _ in kept])
+            if self.rampart is None or mode != "ner":
+                continue
+            # Rampart reads only the sentences where a name may still hide (`rampart_windows`)
+            # a lone sentence-initial spaCy name ("Cook the chicken") is not settled: Rampart must confirm it
+            settled = [s for s, g in kept if not g or (s.type == "PERSON" and not _lone_initial_word(text, s, []))]
+            for ws, we in rampart_windows(text, doc, settled):
+                windows.append((k, ws, text[ws:we]))
+            self.stats["rampart_chars"] += sum(len(w[2]) for w in windows if w[0] == k)
+            self.stats["ner_chars"] += len(text)
+            guesses[k] = [(s, g) for s, g in kept]
+        tags: dict[int, list[Span]] = {}
+        for (k, offset, _), tagged in zip(
+            windows, self.rampart.tag([w[2] for w in windows]) if windows else [], strict=True
+        ):
+            tags.setdefault(k, []).extend(
+                Span(t.type, t.start + offset, t.end + offset, t.score) for t in tagged if t.type in self.entities
+            )
+        spans: list[list[Span]] = [[] for _ in jobs]
+        for k, (i, offset, text, _) in enumerate(pieces):
+            tagged = [t for t in tags.get(k, []) if self._keep(text, t, True) and _tag_ok(text, t)]
+            out = [Span(t.type, t.start, t.end, RAMPART_SCORE) for t in tagged]
+            for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
+                if ner_guess and span.type == "PERSON" and k in guesses and _lone_initial_word(text, span, tagged):
                     continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
-                found.append(span)
-            spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in found)
+                out.append(span)
+            out += _addressee_lines(text, out)
+            out = _with_titles(text, _listed_names(text, out))
+            spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]
 
     def _keep(self, text: str, span: Span, any_case: bool) -> bool:
@@ -650,8 +972,13 @@ class PiiScrub:
         cols = ["id", "messages", "context", "tools", "meta"] + (["language"] if "language" in batch.columns else [])
         rows = batch.select(cols).to_dicts()
         plans = [_plan(row, self.cfg.max_text_chars) for row in rows]
-        todo = [(u, self.ner_for(row.get("language"))) for row, plan in zip(rows, plans, strict=True)
-                if not plan.too_long for u in plan.units if not u.spans]
+        todo = [
+            (u, self.ner_for(row.get("language")))
+            for row, plan in zip(rows, plans, strict=True)
+            if not plan.too_long
+            for u in plan.units
+            if not u.spans
+        ]
         for (unit, _), spans in zip(todo, self._unit_spans([u for u, _ in todo], [n for _, n in todo]), strict=True):
             unit.spans = spans
         for plan in plans:
@@ -667,9 +994,7 @@ class PiiScrub:
             try:
                 if plan.too_long:
                     raise TextTooLong
-                pseudo.learn_names(
-                    [u.text[s.start : s.end] for u in plan.units for s in u.spans if s.type == "PERSON"]
-                )
+                pseudo.learn_names([u.text[s.start : s.end] for u in plan.units for s in u.spans if s.type == "PERSON"])
                 new = plan.apply({id(u): self._replace(u, pseudo) for u in plan.units})
                 found = [
                     {"field": u.field, "type": s.type, "start": s.start, "end": s.end}
@@ -755,8 +1080,9 @@ def _propagate(units: list[_Unit]) -> None:
                     values.setdefault(_norm(value), "PERSON")
                 elif len(value) >= NAME_PART_MIN_CHARS:
                     exact.add(value)
-                exact.update(w for w in re.findall(r"[\w'’\-]+", value)
-                             if len(w) >= NAME_PART_MIN_CHARS and w[:1].isupper())
+                exact.update(
+                    w for w in re.findall(r"[\w'’\-]+", value) if len(w) >= NAME_PART_MIN_CHARS and w[:1].isupper()
+                )
             elif len(value) >= PROPAGATE_MIN_CHARS:
                 values.setdefault(_norm(value), span.type)
     if not values and not exact:
@@ -772,7 +1098,11 @@ def _propagate(units: list[_Unit]) -> None:
         if alternatives
         else None
     )
-    part = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v)))) + r")(?!\w)") if exact else None
+    part = (
+        re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v)))) + r")(?!\w)")
+        if exact
+        else None
+    )
     for unit in units:
         extra: list[Span] = []
         if full is not None:
@@ -986,8 +1316,16 @@ def _failed(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SCAN_NOTE = (
+    "ner+patterns: spaCy NER (pii.spacy_model) + Rampart tagger + pattern recognizers on prose; "
+    "patterns: the language-independent recognizers only (cards, phones, emails, IBAN, ids, secrets, street "
+    "addresses, name cues, known participant names). Code is scanned for secrets, contacts and numbers only."
+)
+
+
 def pii_summary(annotated: pl.DataFrame) -> dict[str, Any]:
-    """Counts for the report: records with PII, entities by type and by field kind, failures."""
+    """Counts for the report: records with PII, entities by type, by field kind and by language (with
+    how each language was scanned), failures."""
     if PII_ENTITIES not in annotated.columns:
         return {"records": annotated.height, "records_with_pii": 0, "entities": 0, "by_type": {}, "by_field": {}}
     flat = annotated.select(pl.col(PII_ENTITIES)).explode(PII_ENTITIES).unnest(PII_ENTITIES).drop_nulls("type")
@@ -996,7 +1334,7 @@ def pii_summary(annotated: pl.DataFrame) -> dict[str, Any]:
     by_type = dict(sorted(Counter(flat.get_column("type").to_list()).items()))
     by_field = dict(sorted(Counter(kind.to_list()).items()))
     failed = annotated.get_column(PII_ERROR).is_not_null().sum() if PII_ERROR in annotated.columns else 0
-    return {
+    summary: dict[str, Any] = {
         "records": annotated.height,
         "records_with_pii": int((annotated.get_column(PII_COUNT) > 0).sum()),
         "entities": flat.height,
@@ -1004,3 +1342,21 @@ def pii_summary(annotated: pl.DataFrame) -> dict[str, Any]:
         "by_field": by_field,
         "failed": int(failed),
     }
+    if PII_SCAN in annotated.columns and "language" in annotated.columns:
+        langs = (
+            annotated.filter(pl.col(PII_SCAN).is_not_null())
+            .group_by(pl.col("language").fill_null("unknown"), PII_SCAN)
+            .agg(pl.len().alias("records"), pl.col(PII_COUNT).sum().alias("entities"))
+            .sort("records", "language", descending=[True, False])
+        )
+        summary["by_language"] = [
+            {
+                "language": r["language"],
+                "scan": r[PII_SCAN],
+                "records": r["records"],
+                "entities": int(r["entities"] or 0),
+            }
+            for r in langs.to_dicts()
+        ]
+        summary["scan_note"] = SCAN_NOTE
+    return summary

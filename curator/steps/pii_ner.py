@@ -16,10 +16,10 @@ The tokenizer lower-cases, so the tagger is as good on "john smith" as on "John 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,9 @@ class RampartTagger:
                 ids[row, 0], ids[row, n + 1] = self.cls, self.sep
                 ids[row, 1 : n + 1] = token_ids[i][start:end]
                 mask[row, : n + 2] = 1
-            logits = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+            logits = self.session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )[0]
             logits = logits - logits.max(axis=-1, keepdims=True)
             p = np.exp(logits)
             p /= p.sum(axis=-1, keepdims=True)
@@ -153,31 +155,26 @@ class RampartTagger:
 
     def _decode(self, text: str, enc: Any, probs: np.ndarray) -> list[Tagged]:
         """Word labels from averaged piece probabilities, then entities from runs of labelled words."""
-        words: dict[int, list[Any]] = {}
-        for t, (w, (s, e)) in enumerate(zip(enc.word_ids, enc.offsets, strict=True)):
-            if w is None or e <= s:
-                continue
-            if w in words:
-                words[w][1] = e
-                words[w][2].append(t)
-            else:
-                words[w] = [s, e, [t]]
+        word_ids, offsets = enc.word_ids, enc.offsets
+        firsts = [t for t, w in enumerate(word_ids) if w is not None and (t == 0 or word_ids[t - 1] != w)]
+        if not firsts:
+            return []
+        sizes = np.diff([*firsts, len(word_ids)])
+        mass = (np.add.reduceat(probs, firsts, axis=0) / sizes[:, None]) @ self.mass  # words x types
+        best = mass.argmax(axis=1)
+        score = mass[np.arange(len(firsts)), best]
         out: list[Tagged] = []
-        for w in sorted(words):
-            s, e, toks = words[w]
-            mass = probs[toks].mean(axis=0) @ self.mass
-            k = int(mass.argmax())
-            if mass[k] < self.threshold:
+        for n in np.flatnonzero(score >= self.threshold):
+            t0, t1 = firsts[n], firsts[n] + int(sizes[n]) - 1
+            s, e = _widen(text, offsets[t0][0], offsets[t1][1])
+            if e <= s:
                 continue
-            kind = self.types[k]
-            s, e = _widen(text, s, e)
+            kind, p = self.types[int(best[n])], float(score[n])
             last = out[-1] if out else None
             if last is not None and last.type == kind and _joins(text[last.end : s], kind):
-                out[-1] = Tagged(kind, last.start, max(e, last.end), max(last.score, float(mass[k])))
-            elif last is not None and s < last.end:
-                continue
-            else:
-                out.append(Tagged(kind, s, e, float(mass[k])))
+                out[-1] = Tagged(kind, last.start, max(e, last.end), max(last.score, p))
+            elif last is None or s >= last.end:
+                out.append(Tagged(kind, s, e, p))
         return out
 
 
@@ -192,7 +189,7 @@ def _widen(text: str, start: int, end: int) -> tuple[int, int]:
 
 def _joins(gap: str, kind: str) -> bool:
     """Whether two words of `kind` separated by `gap` are one entity."""
-    if gap == "" or gap.isspace() and "\n" not in gap:
+    if gap == "" or (gap.isspace() and "\n" not in gap):
         return True
     if kind == "PERSON":
         return gap in ("-", "'", "’", ". ", ".")

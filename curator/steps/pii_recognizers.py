@@ -231,6 +231,17 @@ class SecretRecognizer(_RegexRecognizer):
             0.8,
             "password",
         ),
+        # the password named, then its value a few words later ("password? Mine is X", "password for the router: X")
+        (
+            re.compile(
+                r"(?i)\b(?:password|passwd|passphrase|passcode|contraseña|passwort|mot\s+de\s+passe|senha|wachtwoord|hasło|"
+                r"heslo|jelszó|пароль)\b[^\n.!]{0,30}?(?:\bis\b|:|=|\bes\b|\bist\b|\best\b)\s*[\"'`]?"
+                r"([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
+            ),
+            1,
+            0.75,
+            "password",
+        ),
         (re.compile(r"(?i)\bpin(?:\s+(?:code|number))?\b(?:\s*(?:[:=]|\bis\b))?\s*(\d{4,8})\b"), 1, 0.8, ""),
         # key/token/secret assignments: the value must look random (not `token = get_token()`)
         (
@@ -312,8 +323,16 @@ _PREFIX = (  # street types written before the name (40 rue Victor Hugo, ul. Asn
     r"ul\.|ulica|al\.|aleja|plac|Chemin|Allée|Alameda|Travessa|Largo|Camino|Paseo|Praça|Corso|Vicolo|Strada|Piazzale|"
     r"Contrada|Borgo|Rambla|Ronda|Avinguda|Passeig|Quai|Impasse|Cours|Rua|Estrada|Rodovia|Calea|Strada|Bulevardul)"
 )
+_PREFIX_NEEDS_NUMBER = (
+    r"Residencial|Conjunto|Condomínio|Chácara|Loteamento|Núcleo|Setor|Vila|Viela|Quadra|Sítio|Passarela|Estrada|"
+    r"Fazenda|Jardim|Ladeira|Morro|Parque|Recanto|Vereda|Esplanada|Trecho|Trevo|Vale|Lago|Lagoa|Campo|Colônia|"
+    r"Distrito|Aeroporto|Favela|Feira|Rodovia|Urbanización|Glorieta|Callejón|Pasaje|Carretera|Cuesta|Vía|Traversa|"
+    r"Salita|Rotonda|Borgo|Contrà"
+)
 _W = r"(?:[A-ZÀ-ÞΑ-Ω][\w'.\-]*|\d{1,5}[A-Za-z]?)"  # a capitalised word or a house number
-_PARTICLE = r"(?:de|da|das|do|dos|del|della|dei|degli|delle|dello|dal|dalla|al|alla|di|du|des|la|le|les|van|von|der|den|el|y|e)"
+_PARTICLE = (
+    r"(?:de|da|das|do|dos|del|della|dei|degli|delle|dello|dal|dalla|al|alla|di|du|des|la|le|les|van|von|der|den|el|y|e)"
+)
 _ANY = r"[^\W\d_][\w'.\-]*"  # any word, any case or script (only used where a line is anchored)
 _NUM = r"\d{1,6}[A-Za-z]?"
 _UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6})"
@@ -335,6 +354,12 @@ _ADDRESS_PATTERNS = (
         re.UNICODE,
     ),
     re.compile(r"(?i)\b(?:P\.?\s?O\.?\s*Box|Post(?:al)?\s+Office\s+Box)\s+\d{1,7}\b"),
+    # Portuguese/Spanish/Italian street kinds that are also ordinary words, so only with a house number:
+    # "Residencial Pedro Lucas Pinto, 32", "Travessa do Norte 12", "Jardim Paulista, 400"
+    re.compile(
+        rf"(?<![\w.])(?:{_PREFIX_NEEDS_NUMBER})[ \t]+(?:(?:{_W}|{_PARTICLE})[ \t]+){{0,4}}{_W},?[ \t]+{_NUM}\b{_UNIT}?",
+        re.UNICODE,
+    ),
     # a line that is "house number, words, number" (59 Heiligengeistbrücke 77, 16 salontie 6)
     re.compile(
         rf"(?m)^[ \t>?*\-]*(?P<a>{_NUM}[ \t]+(?:{_ANY}[ \t]+){{1,4}}{_NUM})(?=[ \t]*(?:$|,|Apt|Suite))", re.UNICODE
@@ -347,7 +372,8 @@ _ADDRESS_PATTERNS = (
     ),
     # US military addresses: ship or unit line, then FPO/APO/DPO AA|AE|AP + ZIP
     re.compile(
-        r"(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?\b(?:FPO|APO|DPO)[ \t]+(?:AA|AE|AP)"
+        r"(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?"
+        r"\b(?:FPO|APO|DPO)[ \t]+(?:AA|AE|AP)"
         r"[ \t]+\d{5}\b"
     ),
     # a unit line on its own (Apt. 363, Suite 594)
@@ -362,7 +388,9 @@ _ADDRESS_LINE = re.compile(
 )
 _LINE_BREAK = re.compile(r"[ \t]*(?:\r?\n|\?{2,})[ \t]*")
 # ". " before a capitalised word, unless after a street or title abbreviation: where a tail must stop
-_SENTENCE_END = re.compile(r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])")
+_SENTENCE_END = re.compile(
+    r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
+)
 _TAIL = re.compile(rf"(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
 _POSTCODE_CONTEXT = re.compile(
@@ -424,7 +452,7 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 not line
                 or line.end() != stop
                 or re.search(r"[.!?:]\s|@", candidate)
-                or sum(c.isdigit() for c in candidate) >= 7  # a phone or account number, not an address line
+                or sum(c.isdigit() for c in candidate) >= 9  # a phone or account number, not an address line
             ):
                 break
             end = stop
@@ -503,8 +531,8 @@ class ChatPhoneRecognizer(LocalRecognizer):
     drops local numbers without an area code, dash pairs, short bracketed numbers and fictional
     US numbers (555, x-extensions); it is also the costliest recognizer. Here a country code,
     brackets, the US 3-3-4 layout or four dash pairs are a phone on their own; other digit groups
-    (local numbers, bare runs) only after a phone word ("call me on 9472 7916"). Dates, IPv4 and
-    years are never phones.
+    (local numbers, bare runs) only after a phone word ("call me on 9472 7916") or alone in a field.
+    Dates, IPv4 and years are never phones.
     """
 
     ENTITY = "PHONE_NUMBER"
@@ -537,7 +565,8 @@ class ChatPhoneRecognizer(LocalRecognizer):
                 ):
                     continue
                 if kind not in self.STRONG:
-                    if digits < 7 or not _PHONE_CONTEXT.search(text[max(0, start - 60) : start]):
+                    alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
+                    if digits < 7 or not (alone or _PHONE_CONTEXT.search(text[max(0, start - 60) : start])):
                         continue
                     groups = re.findall(r"\d+", value)
                     if len(groups) == 2 and len(groups[0]) == 4 and 1900 <= int(groups[0]) <= 2100:
@@ -595,7 +624,7 @@ _NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[A-ZÀ-ÞĀ-ſА-ЯΑ-Ω][\w'
 _LOWER_NAME_WORD = r"[a-zà-ÿ][a-zà-ÿ'’\-]*[a-zà-ÿ]"
 # "My name is X" (any case after it), in the languages of chat exports
 _NAME_CUES_ANY_CASE = (
-    r"my\s+name\s+is|my\s+name's|i\s+am\s+called|"
+    r"my\s+name\s+is|my\s+name's|i\s+am\s+called|(?:maiden|last|first|full|family|given|middle|real|legal|sur)\s?name\s+is|"
     r"me\s+llamo|mi\s+nombre\s+es|ich\s+heiße|ich\s+heisse|mein\s+name\s+ist|je\s+m'appelle|je\s+m’appelle|"
     r"mon\s+nom\s+est|mi\s+chiamo|il\s+mio\s+nome\s+è|meu\s+nome\s+é|eu\s+me\s+chamo|меня\s+зовут|"
     r"mijn\s+naam\s+is|ik\s+heet|nazywam\s+się|mam\s+na\s+imię|jmenuji\s+se|a\s+nevem|namn\s+är|hedder|"
@@ -623,12 +652,119 @@ class NameCueRecognizer(_RegexRecognizer):
 
     ENTITY = "PERSON"
     COMMON = frozenset(
-        "the a an all everyone everybody there guys team folks again you your my our this that it he she they we "
-        "i me us them his her their what how why when where who which please sorry thanks thank hello hi hey "
-        "dear sir madam here now today tomorrow yesterday yes no not ok okay well so and or but if then than also "
-        "just very really good great happy glad sure new old first last next other some any each every one two "
-        "three chatgpt gpt assistant ai bot user customer support admin god mom dad mum mother father "
-        "friend friends world back going trying looking working writing using".split()
+        [
+            "the",
+            "a",
+            "an",
+            "all",
+            "everyone",
+            "everybody",
+            "there",
+            "guys",
+            "team",
+            "folks",
+            "again",
+            "you",
+            "your",
+            "my",
+            "our",
+            "this",
+            "that",
+            "it",
+            "he",
+            "she",
+            "they",
+            "we",
+            "i",
+            "me",
+            "us",
+            "them",
+            "his",
+            "her",
+            "their",
+            "what",
+            "how",
+            "why",
+            "when",
+            "where",
+            "who",
+            "which",
+            "please",
+            "sorry",
+            "thanks",
+            "thank",
+            "hello",
+            "hi",
+            "hey",
+            "dear",
+            "sir",
+            "madam",
+            "here",
+            "now",
+            "today",
+            "tomorrow",
+            "yesterday",
+            "yes",
+            "no",
+            "not",
+            "ok",
+            "okay",
+            "well",
+            "so",
+            "and",
+            "or",
+            "but",
+            "if",
+            "then",
+            "than",
+            "also",
+            "just",
+            "very",
+            "really",
+            "good",
+            "great",
+            "happy",
+            "glad",
+            "sure",
+            "new",
+            "old",
+            "first",
+            "last",
+            "next",
+            "other",
+            "some",
+            "any",
+            "each",
+            "every",
+            "one",
+            "two",
+            "three",
+            "chatgpt",
+            "gpt",
+            "assistant",
+            "ai",
+            "bot",
+            "user",
+            "customer",
+            "support",
+            "admin",
+            "god",
+            "mom",
+            "dad",
+            "mum",
+            "mother",
+            "father",
+            "friend",
+            "friends",
+            "world",
+            "back",
+            "going",
+            "trying",
+            "looking",
+            "working",
+            "writing",
+            "using",
+        ]
     )
     STOP_AFTER = frozenset({"and", "from", "at", "in", "of", "de", "y", "und", "et", "e", "i", "is", "am", "but"})
     PATTERNS = (
@@ -638,7 +774,7 @@ class NameCueRecognizer(_RegexRecognizer):
                 rf"((?:{_NAME_WORD}|{_LOWER_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD}|{_LOWER_NAME_WORD})){{0,2}})"
             ),
             1,
-            0.7,
+            0.95,  # above an NER LOCATION guess of the same word ("My name is Kenjirou")
             "strong",
         ),
         (
@@ -650,7 +786,8 @@ class NameCueRecognizer(_RegexRecognizer):
         # a sign-off line, then a name alone on the next line
         (
             re.compile(
-                rf"(?im:^[ \t]*(?:{_SIGNOFF})[ \t]*[,!.]?[ \t]*\n[ \t]*)({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*$"
+                rf"(?im:^[ \t]*(?:{_SIGNOFF})[ \t]*[,!.]?[ \t]*\n[ \t]*)"
+                rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*$"
             ),
             1,
             0.7,
