@@ -780,9 +780,10 @@ class PiiScrub:
             "patterns": self.entities,
             "code": sorted(set(self.entities) & CODE_ENTITIES),
         }
-        allow = [*CHAT_ALLOWLIST, PLACEHOLDER_ALLOW, *self.cfg.allowlist_regex]
-        allow += [f"^{re.escape(term)}$" for term in self.cfg.allowlist]
-        self.allow = re.compile("|".join(f"(?:{a})" for a in allow), re.DOTALL)
+        own = [PLACEHOLDER_ALLOW, *self.cfg.allowlist_regex, *(f"^{re.escape(t)}$" for t in self.cfg.allowlist)]
+        self.allow = re.compile("|".join(f"(?:{a})" for a in (*CHAT_ALLOWLIST, *own)), re.DOTALL)
+        # a secret may look like a camelCase identifier ("uqJtcEW6"): only the user's own allowlist applies
+        self.allow_secret = re.compile("|".join(f"(?:{a})" for a in own), re.DOTALL)
         self._cache: OrderedDict[bytes, tuple[Span, ...]] = OrderedDict()
         self._fakers: dict[str, Any] = {}
         self.stats = Counter[str]()
@@ -893,7 +894,7 @@ class PiiScrub:
         `any_case`: a lower-case name is plausible (the text is lower case, or the guess comes from
         Rampart or a "my name is" cue, which read lower case well; spaCy's guesses do not)."""
         value = text[span.start : span.end]
-        if not value.strip() or self.allow.fullmatch(value):
+        if not value.strip() or (self.allow_secret if span.type == "SECRET" else self.allow).fullmatch(value):
             return False
         if span.type == "PERSON":
             return plausible_person(value, any_case)

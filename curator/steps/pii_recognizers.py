@@ -391,7 +391,7 @@ _LINE_BREAK = re.compile(r"[ \t]*(?:\r?\n|\?{2,})[ \t]*")
 _SENTENCE_END = re.compile(
     r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
 )
-_TAIL = re.compile(rf"(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
+_TAIL = re.compile(rf"\.?(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
 _POSTCODE_CONTEXT = re.compile(
     r"(?i:\b(?:zip ?code|zip|post ?code|postal code)s?\b)\W{0,12}?(?:is\s+|:\s*)?"
