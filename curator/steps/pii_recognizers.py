@@ -43,6 +43,14 @@ CHAT_ALLOWLIST: tuple[str, ...] = (
     r"^[a-z]+[A-Z][A-Za-z0-9]*(?:\(\))?$",  # camelCase identifiers
     r"^(?:self|this|cls|np|pd|os|sys|torch|tf)\.[A-Za-z_][\w.]*(?:\(\))?$",  # code attribute access
     r"^(?:localhost|127\.0\.0\.1|0\.0\.0\.0|::1?)$",  # loopback and unspecified addresses
+    # well-known languages, tools, products and companies that NER takes for people or places in chat
+    r"^(?:Python|Ruby|Java|JavaScript|TypeScript|Rust|Kotlin|Scala|Perl|PHP|Haskell|Elixir|Erlang|Clojure|Lua|"
+    r"Dart|Fortran|COBOL|LaTeX|Latex|Markdown|JSON|json|YAML|SQL|MySQL|PostgreSQL|Postgres|SQLite|MongoDB|Redis|"
+    r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
+    r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
+    r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
+    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
+    r"(?:'s)?$",
 )
 
 
@@ -262,6 +270,8 @@ class SecretRecognizer(_RegexRecognizer):
             return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value[1:])))
         if check != "entropy":
             return True
+        if re.fullmatch(r"[A-Za-z_]+(?:[._][A-Za-z_]+)+", value):  # ServiceAccountCredentials.from_json_keyfile
+            return False
         classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d"))
         return shannon_entropy(value) >= 3.5 and classes >= 2
 
@@ -507,7 +517,15 @@ _PHONE_PATTERNS = (
         "international",
     ),
     # (415) 555-0198, (37) 788-063, (0)20 7946 0958
-    (re.compile(rf"(?<![\w)])\(\d{{1,5}}\){_SEP}?\d{{2,5}}(?:{_SEP}\d{{2,5}}){{0,3}}{_EXT}(?![\w(])"), "parens"),
+    (re.compile(rf"(?<![\w)])\(\d{{1,5}}\){_SEP}?\d{{2,8}}(?:[ \-./]\d{{2,5}}){{0,3}}{_EXT}(?![\w(])"), "parens"),
+    # 0191 4960657, 03662 585178, 08/377-8353, 0232781286: a trunk 0 and an area code (Europe, UK, Asia)
+    (re.compile(r"(?<![\w.\-,/+#])0\d{1,4}(?:[ \-/]?\d{2,8})(?:[ \-/.]\d{2,5}){0,3}(?!\w|[.,\-/]\d)"), "trunk"),
+    # 25/851-7812, 12 3915-0008, 06-3/740 6812: an area code, then 3-4 and 4 digits (Hungary, Brazil)
+    (re.compile(r"(?<![\w.\-,/#])(?:06-\d/|\(?\d{2}\)?/|\d{2} )\d{3,4}[\- ]\d{4}(?!\w|[.,\-/]\d)"), "area"),
+    # 22 657 07 04: four or more space-separated groups
+    (re.compile(r"(?<![\w.\-,])\d{2,4}(?: \d{2,4}){3,4}(?!\w|[.,\-]\d)"), "groups"),
+    # 5272868387: ten digits that make a North American number (area and exchange codes start 2-9)
+    (re.compile(r"(?<![\w.\-,+#])[2-9]\d{2}[2-9]\d{6}(?!\w|[.,\-]\d)"), "nanp_bare"),
     # 415-867-5309, 415.867.5309, 1-800-555-0199, 903-140-4508x769
     (
         re.compile(rf"(?<![\w.\-+])(?:1[ \-.])?[2-9]\d{{2}}([ \-.])\d{{3}}\1\d{{4}}{_EXT}(?!\w|[.\-]\d)"),
@@ -530,13 +548,14 @@ class ChatPhoneRecognizer(LocalRecognizer):
     presidio's PhoneRecognizer keeps only what libphonenumber calls valid in 8 regions, so it
     drops local numbers without an area code, dash pairs, short bracketed numbers and fictional
     US numbers (555, x-extensions); it is also the costliest recognizer. Here a country code,
-    brackets, the US 3-3-4 layout or four dash pairs are a phone on their own; other digit groups
+    brackets, a trunk 0 and area code, the US 3-3-4 layout (or ten digits that fit it), four dash
+    pairs or four space-separated groups are a phone on their own; other digit groups
     (local numbers, bare runs) only after a phone word ("call me on 9472 7916") or alone in a field.
     Dates, IPv4 and years are never phones.
     """
 
     ENTITY = "PHONE_NUMBER"
-    STRONG = frozenset({"international", "parens", "nanp", "pairs"})
+    STRONG = frozenset({"international", "parens", "nanp", "pairs", "trunk", "groups", "nanp_bare", "area"})
 
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
@@ -563,6 +582,8 @@ class ChatPhoneRecognizer(LocalRecognizer):
                     or _DATE_LIKE.match(value)
                     or _IPV4_LIKE.match(value)
                 ):
+                    continue
+                if kind == "trunk" and not 9 <= digits <= 13 or kind == "groups" and digits < 9:
                     continue
                 if kind not in self.STRONG:
                     alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
