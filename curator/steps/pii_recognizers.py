@@ -583,7 +583,7 @@ class ChatPhoneRecognizer(LocalRecognizer):
                     or _IPV4_LIKE.match(value)
                 ):
                     continue
-                if kind == "trunk" and not 9 <= digits <= 13 or kind == "groups" and digits < 9:
+                if (kind == "trunk" and not 9 <= digits <= 13) or (kind == "groups" and digits < 9):
                     continue
                 if kind not in self.STRONG:
                     alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
