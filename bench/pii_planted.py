@@ -124,6 +124,23 @@ TEMPLATES: list[list[tuple[str, str]]] = [
         ("user", "Translate to German: my {id_kind} is {id}, my name is {name}."),
         ("assistant", "Mein Ausweis ist {id}, mein Name ist {name}."),
     ],
+    # added after the first held-out run, which had no card, phone or password among the odd
+    # (held-out) templates: the odd ones below were measured without being run before
+    [("user", "charge {card} please"), ("assistant", "I cannot charge cards.")],
+    [
+        ("user", "Is {card} a valid card number? It belongs to {name}."),
+        ("assistant", "I can't validate {card}, but the Luhn check is easy to run yourself."),
+    ],
+    [("user", "call {phone}"), ("assistant", "I cannot place calls.")],
+    [
+        ("user", "Write an out-of-office reply. Urgent matters: {first2} on {phone}, or email {email}."),
+        ("assistant", "I'm away until Monday. For urgent matters contact {first2} ({phone}) or {email}."),
+    ],
+    [("user", "password: {password}"), ("assistant", "Don't paste passwords here.")],
+    [
+        ("user", "The router admin login is admin / {password} and my neighbour {name} uses it too"),
+        ("assistant", "Change {password} now and give {first} a separate guest network."),
+    ],
 ]
 ID_KINDS = (
     "passport number",
