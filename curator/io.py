@@ -1,4 +1,9 @@
-"""Atomic, deterministic file writes: a killed run leaves either the old file or the new one, never half."""
+"""Atomic, deterministic file writes: a killed run leaves either the old file or the new one, never half.
+
+Privacy is inherited: a file or directory created inside an owner-only directory (no group or
+other permission bits, e.g. a run's `_work/`, made by `private_dir`) is itself owner-only (0600
+files, 0700 dirs), whatever the umask, so every writer of raw text is covered by one rule.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,38 @@ def _umask() -> int:
 
 DEFAULT_MODE = 0o666 & ~_umask()  # what `open()` gives a new file (mkstemp always gives 0600)
 DEFAULT_DIR_MODE = 0o777 & ~_umask()  # what `mkdir` gives a new dir (mkdtemp always gives 0700)
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def is_private(path: Path) -> bool:
+    """True when the nearest existing directory at or above `path` grants nothing to group or others."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate.stat().st_mode & 0o077 == 0
+    return False
+
+
+def make_dirs(path: Path) -> Path:
+    """`mkdir -p` that keeps privacy: dirs created below an owner-only dir are 0700 (umask ignored)."""
+    missing = []
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    private = is_private(path)
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        if private:
+            os.chmod(d, PRIVATE_DIR)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it owner-only (0700) before anything is written in it."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    os.chmod(path, PRIVATE_DIR)
+    return path
 
 
 @contextmanager
@@ -33,15 +70,17 @@ def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success fsync and rename it into place.
 
     `mode`: the file's permissions (e.g. 0o600 for files that may hold raw personal data); by
-    default what a plain `open()` would give.
+    default 0600 inside an owner-only directory and otherwise what a plain `open()` would give.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
+    if mode is None:
+        mode = PRIVATE_FILE if is_private(path.parent) else DEFAULT_MODE
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, DEFAULT_MODE if mode is None else mode)
+        os.chmod(tmp_path, mode)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

@@ -9,6 +9,9 @@ Work-dir layout (`OUT/_work`):
     global/phase01.parquet         annotation table of global phase 1, keyed by `row`
 Every file is written atomically and named by position, so a killed run re-run with the same
 arguments skips what exists and rewrites the rest to the same names: nothing is lost or doubled.
+The work dir is owner-only (0700) from its creation, and every file and dir below it inherits that
+(`curator.io`): its parts hold raw, unscrubbed records. A run that completes deletes them
+(`remove_raw_parts`), keeping only `state.json` and the small `*.done.json` notes of global phases.
 Map work goes to a process pool (`workers`); each worker builds its own steps from the config once.
 """
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
 import shutil
 from collections import Counter
@@ -33,7 +35,7 @@ from curator.config import CurateConfig, config_hash
 from curator.engines.plan import ROW_SHIFT, Accounting, Phase, ResumeMismatch, all_rules, build_steps, kept_mask, phases
 from curator.ingest import MessageTally, read_input
 from curator.ingest.base import ChatOptions, Quarantined, ReaderOptions
-from curator.io import write_json, write_parquet
+from curator.io import make_dirs, private_dir, write_json, write_parquet
 from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
 from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
 
@@ -315,6 +317,7 @@ class LocalEngine:
         state_path = self.work / "state.json"
         if fresh and self.out.exists():
             shutil.rmtree(self.work, ignore_errors=True)
+        private_dir(self.work)  # before the first raw record is written into it
         if state_path.exists():
             old = json.loads(state_path.read_text())
             if old != self._state():
@@ -365,14 +368,14 @@ class LocalEngine:
         table = pa.Table.from_pylist(sorted(quarantine, key=lambda r: r[ROW]), schema=QUARANTINE_SCHEMA)
         write_parquet(table, quarantine_path, mode=SENSITIVE)
         acct.check()
+        remove_raw_parts(self.work)
         return RunOutput(self.out, acct, steps, kept_parts, dropped_parts, quarantine_path, phase_rows)
 
     # -- ingest
 
     def _ingest(self, pool: Executor, acct: Accounting) -> tuple[list[Path], list[dict[str, Any]]]:
         """Read every input not yet done (`_read_inputs`), then gather parts and quarantine in input order."""
-        ingest_dir = self.work / "ingest"
-        ingest_dir.mkdir(parents=True, exist_ok=True)
+        ingest_dir = make_dirs(self.work / "ingest")
         todo = [i for i in range(len(self.cfg.inputs)) if not (ingest_dir / f"i{i:04d}.done.json").exists()]
         for i in todo:
             for stale in ingest_dir.glob(f"i{i:04d}-*.parquet"):
@@ -450,8 +453,8 @@ class LocalEngine:
         kept_dir, dropped_dir = self.out / "kept", self.out / "dropped"
         for d in (kept_dir, dropped_dir):
             shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-        os.chmod(dropped_dir, 0o700)
+        kept_dir.mkdir(parents=True)
+        private_dir(dropped_dir)
         return [kept_dir / p.name for p in parts], [dropped_dir / p.name for p in parts]
 
     def _final(
@@ -474,6 +477,25 @@ class LocalEngine:
             if task is not None:
                 self.progress.advance(task, 1)
             yield result
+
+
+KEPT_AFTER_RUN = ("state.json", "attempts")  # no record text: the config hash and Ray's retry markers
+
+
+def remove_raw_parts(work: Path) -> None:
+    """Delete what a finished run no longer needs and what may hold raw text: parts, quarantine
+    rows, annotations, spills. Kept: `KEPT_AFTER_RUN` and the `global/*.done.json` notes."""
+    for child in work.iterdir():
+        if child.name in KEPT_AFTER_RUN:
+            continue
+        if child.name == "global" and child.is_dir():
+            for item in child.iterdir():
+                if not item.name.endswith(".done.json"):
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        elif child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _reason_kind(reason: str) -> str:

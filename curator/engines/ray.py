@@ -57,7 +57,7 @@ from curator.config import CurateConfig
 from curator.engines import local
 from curator.engines.local import ANNOTATION_ROW_GROUP, LocalEngine, RunOutput
 from curator.engines.plan import Accounting, Phase, build_steps, phases
-from curator.io import write_json, write_parquet
+from curator.io import make_dirs, write_json, write_parquet
 from curator.steps.base import ROW, GlobalStep, Step
 from curator.steps.clusters import COMP, rank_clusters
 from curator.steps.dedup import STEP_PREFIXES, ClusterMerge, ExactDedup, MinHashDedup, _jaccard, _remove_spill
@@ -137,8 +137,7 @@ def _mark_attempt(attempts: str, key: str) -> None:
     Ray Data retries tasks and restarts actors whose worker died without limit; a record that kills
     its worker every time (a native crash, out of memory) would loop, so attempts are capped here.
     """
-    path = Path(attempts)
-    path.mkdir(parents=True, exist_ok=True)
+    path = make_dirs(Path(attempts))
     tried = sum(1 for _ in path.glob(f"{key}.*"))
     if tried > TASK_RETRIES:
         raise RuntimeError(
@@ -561,7 +560,7 @@ class RayEngine(LocalEngine):
         """
         path = self.work / "global" / f"phase{phase.index:02d}"
         done = path.with_suffix(".done.json")
-        if done.exists():
+        if done.exists() and path.is_dir():  # a finished run keeps the note but deletes the annotation
             return path
         shutil.rmtree(path, ignore_errors=True)  # a killed earlier attempt's files may split rows differently
         step: GlobalStep = phase.steps[0]  # type: ignore[assignment]
@@ -727,7 +726,7 @@ class RayEngine(LocalEngine):
 
     def _write_annotation(self, annotation: ray.data.Dataset, path: Path) -> int:
         """Sort by row (a range shuffle) and write each block as its own file, from the workers."""
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
         written = annotation.sort(ROW).map_batches(_write_rows, batch_format="pyarrow", batch_size=None,
                                                    fn_args=(str(path),))
         return int(written.sum("rows") or 0)

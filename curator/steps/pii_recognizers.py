@@ -34,7 +34,8 @@ IPV6 = "IP_ADDRESS"
 # Chat text is full of strings that recognizers mistake for PII. Each is a full-match regex over
 # the detected span (presidio's allow_list in "regex" mode), so "v1.2.3" is kept but an IP is not.
 CHAT_ALLOWLIST: tuple[str, ...] = (
-    r"^v?\d+\.\d+(?:\.\d+)?(?:[-.+]?(?:rc|a|b|alpha|beta|dev|post)\d*)?$",  # version numbers
+    # version numbers; components after the first have at most 3 digits, so 415.867.5309 is no version
+    r"^v?\d{1,4}(?:\.\d{1,3}){1,2}(?:[-.+]?(?:rc|a|b|alpha|beta|dev|post)\d*)?$",
     r"^(?:1[89]|20|21)\d{2}s?$",  # years and decades
     r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$",  # ISO dates
     r"^\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp][Mm])?$",  # clock times
@@ -42,6 +43,14 @@ CHAT_ALLOWLIST: tuple[str, ...] = (
     r"^[a-z]+[A-Z][A-Za-z0-9]*(?:\(\))?$",  # camelCase identifiers
     r"^(?:self|this|cls|np|pd|os|sys|torch|tf)\.[A-Za-z_][\w.]*(?:\(\))?$",  # code attribute access
     r"^(?:localhost|127\.0\.0\.1|0\.0\.0\.0|::1?)$",  # loopback and unspecified addresses
+    # well-known languages, tools, products and companies that NER takes for people or places in chat
+    r"^(?:Python|Ruby|Java|JavaScript|TypeScript|Rust|Kotlin|Scala|Perl|PHP|Haskell|Elixir|Erlang|Clojure|Lua|"
+    r"Dart|Fortran|COBOL|LaTeX|Latex|Markdown|JSON|json|YAML|SQL|MySQL|PostgreSQL|Postgres|SQLite|MongoDB|Redis|"
+    r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
+    r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
+    r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
+    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
+    r"(?:'s)?$",
 )
 
 
@@ -217,13 +226,31 @@ class SecretRecognizer(_RegexRecognizer):
         # credentials inside a URL: scheme://user:PASSWORD@host
         (re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s@/]{3,})@"), 1, 0.9, ""),
         (re.compile(r"(?i)\bbearer\s+([A-Za-z0-9_\-.=~+/]{16,})"), 1, 0.85, "entropy"),
-        # password-like assignments: any value of 6+ chars (passwords need not look random)
+        # passwords, with or without ":", "=" or "is" ("with password Qr7!dke#39"), in the languages of
+        # chat exports; the value must not be a plain word ("password reset link")
         (
-            re.compile(r"(?i)\b(?:password|passwd|pwd|passphrase)\b[\"']?\s*(?:[:=]|\bis\b)\s*[\"']?([^\s\"',;]{6,})"),
+            re.compile(
+                r"(?i)\b(?:password|passwd|pwd|passphrase|passcode|pass\s+code|contraseña|contrasena|clave|passwort|"
+                r"kennwort|mot\s+de\s+passe|mdp|senha|wachtwoord|hasło|haslo|heslo|jelszó|jelszo|пароль)\b[\"'`]?"
+                r"(?:\s*(?:[:=]|->|\bis\b|\bwas\b|\bof\b|\bto\b|\bset\s+to\b|\bchanged\s+to\b|\bwill\s+be\b|\bes\b|"
+                r"\bist\b|\best\b|\bé\b|\bè\b|\bjest\b|\bje\b))*\s*[\"'`]?([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
+            ),
             1,
             0.8,
-            "",
+            "password",
         ),
+        # the password named, then its value a few words later ("password? Mine is X", "password for the router: X")
+        (
+            re.compile(
+                r"(?i)\b(?:password|passwd|passphrase|passcode|contraseña|passwort|mot\s+de\s+passe|senha|wachtwoord|hasło|"
+                r"heslo|jelszó|пароль)\b[^\n.!]{0,30}?(?:\bis\b|:|=|\bes\b|\bist\b|\best\b)\s*[\"'`]?"
+                r"([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
+            ),
+            1,
+            0.75,
+            "password",
+        ),
+        (re.compile(r"(?i)\bpin(?:\s+(?:code|number))?\b(?:\s*(?:[:=]|\bis\b))?\s*(\d{4,8})\b"), 1, 0.8, ""),
         # key/token/secret assignments: the value must look random (not `token = get_token()`)
         (
             re.compile(
@@ -237,9 +264,14 @@ class SecretRecognizer(_RegexRecognizer):
     )
 
     def accept(self, value: str, check: str) -> bool:
-        """Assignments only count when the value looks random: high entropy and mixed classes."""
+        """Assignments only count when the value looks random: high entropy and mixed classes; a
+        password needs a digit, a symbol or mixed case (so "password reset" is no password)."""
+        if check == "password":
+            return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value[1:])))
         if check != "entropy":
             return True
+        if re.fullmatch(r"[A-Za-z_]+(?:[._][A-Za-z_]+)+", value):  # ServiceAccountCredentials.from_json_keyfile
+            return False
         classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d"))
         return shannon_entropy(value) >= 3.5 and classes >= 2
 
@@ -268,21 +300,49 @@ class Ipv6Recognizer(_RegexRecognizer):
         return value.count(":") >= 3 or ("::" in value and any(c.isalpha() for c in value))
 
 
-_SUFFIX = (  # English and Romance street types, written as a separate word
+_SUFFIX = (  # street types written as a separate word: English (USPS suffixes), German, Hungarian, Czech, Nordic
     r"(?:Street|St|Road|Rd|Avenue|Ave|Av|Lane|Ln|Boulevard|Blvd|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
-    r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Crescent|Close|Row|Alley|Plaza|Walk|Hill|"
-    r"Str|Mews|Grove|Gardens|Park)\.?(?![\w-])"
+    r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Crescent|Close|Row|Alley|Plaza|Walk|Hills?|"
+    r"Str|Mews|Groves?|Gardens?|Parks?|Loop|Mall|Gateway|Landing|Points?|Pass|Path|Pike|Run|Crossing|Ridges?|"
+    r"Heights|Estates?|Junction|Commons?|Center|Centre|Creek|Meadows?|Station|Turnpike|Expressway|Freeway|"
+    r"Motorway|Views?|Vista|Bay|Glens?|Greens?|Harbou?r|Isle|Islands?|Knolls?|Manors?|Port|Shores?|Springs?|"
+    r"Summit|Villas?|Wells?|Forks?|Fords?|Falls|Fields?|Forest|Haven|Hollow|Keys?|Lakes?|Mills?|Mission|Mount|"
+    r"Mountains?|Oval|Pines?|Plains?|Prairie|Ranch|Rapids?|River|Shoals?|Spurs?|Stream|Track|Trace|Trafficway|"
+    r"Union|Valleys?|Viaduct|Villages?|Ville|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|Causeway|Cliffs?|Corners?|"
+    r"Cove|Crest|Crossroad|Curve|Dale|Divide|Ferry|Flats?|Forge|Fort|Inlet|Lodge|Neck|Orchard|Overpass|"
+    r"Passage|Ramp|Route|Skyway|Stravenue|Throughway|Tunnel|Underpass|Wynd|Esplanade|Promenade|Quay|"
+    r"Straße|Strasse|Allee|Platz|Gasse|Weg|Damm|Ufer|Chaussee|utca|u\.|út|útja|tér|tere|körút|köz|sétány|"
+    r"rakpart|náměstí|nám\.|třída|tř\.|nábřeží|ulice|gade|gatan|gata|vägen|veien|torg|plass)\.?(?![\w-])"
+)
+# the same in lower case ("123 main street"), only the unambiguous types
+_LOWER_SUFFIX = (
+    r"(?:street|road|rd|avenue|ave|lane|boulevard|blvd|drive|court|terrace|circle|highway|hwy|parkway|square|"
+    r"trail|crescent|grove|gardens)\.?(?![\w-])"
+)
+_LOWER_STOP = (
+    r"(?:the|a|an|of|to|in|on|at|and|or|my|your|our|his|her|their|down|up|from|for|with|by|this|that|these|"
+    r"those|is|are|was|were|be|it|its|one|two|three|four|five|other|more|less|per|each|every|than|then|same)"
 )
 _COMPOUND = (  # Germanic/Nordic street types, usually glued to the name (Byvej, Hauptstraße)
-    r"(?:straße|strasse|str\.|straat|gate|gata|gatan|vej|veien|vägen|weg|gasse|katu|kuja|tie|laan|plein|utca)"
+    r"(?:straße|strasse|str\.|straat|gate|gata|gatan|vej|veien|vägen|weg|gasse|katu|kuja|tie|laan|plein|utca|"
+    r"gracht|kade|singel|dijk|steeg|allee|platz|damm|ufer|gade|torget)"
     r"(?![\w-])"
 )
 _PREFIX = (  # street types written before the name (40 rue Victor Hugo, ul. Asnyka Adama 82)
     r"(?:Rue|Rua|R\.|Avenida|Av\.|Avenue|Via|Viale|Calle|C\.|Carrer|Piazza|Plaza|Place|Boulevard|Bd\.?|"
-    r"ul\.|ulica|Chemin|Allée|Alameda|Travessa|Largo|Camino|Paseo|Praça)"
+    r"ul\.|ulica|al\.|aleja|plac|Chemin|Allée|Alameda|Travessa|Largo|Camino|Paseo|Praça|Corso|Vicolo|Strada|Piazzale|"
+    r"Contrada|Borgo|Rambla|Ronda|Avinguda|Passeig|Quai|Impasse|Cours|Rua|Estrada|Rodovia|Calea|Strada|Bulevardul)"
+)
+_PREFIX_NEEDS_NUMBER = (
+    r"Residencial|Conjunto|Condomínio|Chácara|Loteamento|Núcleo|Setor|Vila|Viela|Quadra|Sítio|Passarela|Estrada|"
+    r"Fazenda|Jardim|Ladeira|Morro|Parque|Recanto|Vereda|Esplanada|Trecho|Trevo|Vale|Lago|Lagoa|Campo|Colônia|"
+    r"Distrito|Aeroporto|Favela|Feira|Rodovia|Urbanización|Glorieta|Callejón|Pasaje|Carretera|Cuesta|Vía|Traversa|"
+    r"Salita|Rotonda|Borgo|Contrà"
 )
 _W = r"(?:[A-ZÀ-ÞΑ-Ω][\w'.\-]*|\d{1,5}[A-Za-z]?)"  # a capitalised word or a house number
-_PARTICLE = r"(?:de|da|das|do|dos|del|della|di|du|des|la|le|van|von|der|den|el|y)"
+_PARTICLE = (
+    r"(?:de|da|das|do|dos|del|della|dei|degli|delle|dello|dal|dalla|al|alla|di|du|des|la|le|les|van|von|der|den|el|y|e)"
+)
 _ANY = r"[^\W\d_][\w'.\-]*"  # any word, any case or script (only used where a line is anchored)
 _NUM = r"\d{1,6}[A-Za-z]?"
 _UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6})"
@@ -290,6 +350,11 @@ _STREET = rf"(?:(?:{_W}[ \t]+){{0,4}}?(?:{_W}[ \t]+{_SUFFIX}|[A-ZÀ-Þ][\w'À-ÿ
 _ADDRESS_PATTERNS = (
     # 12 Main Street [Apt 4]
     re.compile(rf"\b{_NUM},?[ \t]+{_STREET}{_UNIT}?", re.UNICODE),
+    # 123 main street, 4 elm grove (lower case: a house number, 1-3 ordinary words, an unambiguous type)
+    re.compile(
+        rf"(?i:\b\d{{1,5}}[ \t]+(?:(?!{_LOWER_STOP}\b)[a-zà-ÿ][\w'\-]*[ \t]+){{1,3}}{_LOWER_SUFFIX}){_UNIT}?",
+        re.UNICODE,
+    ),
     # Frørup Byvej 22 / Ingelbrecht Knudssøns gate 222 / Theofanus Street 162
     re.compile(rf"\b{_STREET}[ \t]+{_NUM}\b{_UNIT}?", re.UNICODE),
     # 40 rue Victor Hugo / Via Nazario Sauro 112 / ul. Asnyka Adama 82
@@ -299,6 +364,12 @@ _ADDRESS_PATTERNS = (
         re.UNICODE,
     ),
     re.compile(r"(?i)\b(?:P\.?\s?O\.?\s*Box|Post(?:al)?\s+Office\s+Box)\s+\d{1,7}\b"),
+    # Portuguese/Spanish/Italian street kinds that are also ordinary words, so only with a house number:
+    # "Residencial Pedro Lucas Pinto, 32", "Travessa do Norte 12", "Jardim Paulista, 400"
+    re.compile(
+        rf"(?<![\w.])(?:{_PREFIX_NEEDS_NUMBER})[ \t]+(?:(?:{_W}|{_PARTICLE})[ \t]+){{0,4}}{_W},?[ \t]+{_NUM}\b{_UNIT}?",
+        re.UNICODE,
+    ),
     # a line that is "house number, words, number" (59 Heiligengeistbrücke 77, 16 salontie 6)
     re.compile(
         rf"(?m)^[ \t>?*\-]*(?P<a>{_NUM}[ \t]+(?:{_ANY}[ \t]+){{1,4}}{_NUM})(?=[ \t]*(?:$|,|Apt|Suite))", re.UNICODE
@@ -311,7 +382,9 @@ _ADDRESS_PATTERNS = (
     ),
     # US military addresses: ship or unit line, then FPO/APO/DPO AA|AE|AP + ZIP
     re.compile(
-        r"(?:\b(?:USNS|USS|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}\n[ \t]*)?\b(?:FPO|APO|DPO)[ \t]+(?:AA|AE|AP)[ \t]+\d{5}\b"
+        r"(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?"
+        r"\b(?:FPO|APO|DPO)[ \t]+(?:AA|AE|AP)"
+        r"[ \t]+\d{5}\b"
     ),
     # a unit line on its own (Apt. 363, Suite 594)
     re.compile(r"\b(?:Apt|Apartment|Suite|Ste)\.?[ \t]*#?\d{1,5}\b"),
@@ -323,7 +396,12 @@ _ADDRESS_LINE = re.compile(
     r"[\w(][\w .,'()\-/#]{0,45}",
     re.UNICODE,
 )
-_TAIL = re.compile(rf"(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
+_LINE_BREAK = re.compile(r"[ \t]*(?:\r?\n|\?{2,})[ \t]*")
+# ". " before a capitalised word, unless after a street or title abbreviation: where a tail must stop
+_SENTENCE_END = re.compile(
+    r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
+)
+_TAIL = re.compile(rf"\.?(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
 _POSTCODE_CONTEXT = re.compile(
     r"(?i:\b(?:zip ?code|zip|post ?code|postal code)s?\b)\W{0,12}?(?:is\s+|:\s*)?"
@@ -346,6 +424,8 @@ class StreetAddressRecognizer(_RegexRecognizer):
         for pattern in _ADDRESS_PATTERNS:
             group = "a" if "a" in pattern.groupindex else 0
             for m in pattern.finditer(text):
+                if sum(c.isalpha() for c in m.group(group)) < 3:  # "5012 3456 7896" is digits, not a street
+                    continue
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
         for m in _POSTCODE_CONTEXT.finditer(text):
@@ -355,26 +435,404 @@ class StreetAddressRecognizer(_RegexRecognizer):
 
     @staticmethod
     def _extend(text: str, end: int) -> int:
-        """Grow the span over a same-line tail (', Springfield, IL 62704') and up to 4 address lines."""
+        """Grow the span over a same-line tail (', Springfield, IL 62704') and up to 4 address lines.
+
+        A line break, or the "???" that some exports leave for one, starts the next line. The same-line
+        tail stops at a sentence end ("12 Main Street, Springfield. My doctor is" ends at "Springfield").
+        """
+        start = end
         tail = _TAIL.match(text, end)
         if tail:
             end = tail.end()
         rest = _REST_OF_LINE.match(text, end)
         if rest:
             end = rest.end()
+        stop = _SENTENCE_END.search(text, start, end)
+        if stop:
+            return stop.start()
         for _ in range(4):
-            if not text.startswith("\n", end):
+            brk = _LINE_BREAK.match(text, end)
+            if not brk:
                 break
-            line = _ADDRESS_LINE.match(text, end + 1)
-            stop = text.find("\n", end + 1)
-            stop = len(text) if stop < 0 else stop
-            candidate = text[end + 1 : stop]
+            nxt = _LINE_BREAK.search(text, brk.end())
+            stop = nxt.start() if nxt else len(text)
+            line = _ADDRESS_LINE.match(text, brk.end())
+            candidate = text[brk.end() : stop]
             if (
                 not line
                 or line.end() != stop
                 or re.search(r"[.!?:]\s|@", candidate)
-                or sum(c.isdigit() for c in candidate) >= 7  # a phone or account number, not an address line
+                or sum(c.isdigit() for c in candidate) >= 9  # a phone or account number, not an address line
             ):
                 break
             end = stop
         return end
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum that every payment card number passes."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+# Issuer prefixes of 12-19 digit card numbers: Visa 4, Mastercard 51-55 and 2221-2720, Amex 34/37,
+# Diners 30/36/38/39, JCB 35 and 2131/1800, Discover/UnionPay 6, Maestro 50 and 56-69, Mir 2200-2204.
+_CARD_PREFIX = re.compile(r"^(?:[3-6]|2[2-7]|2131|1800)")
+
+
+class LuhnCardRecognizer(_RegexRecognizer):
+    """Card numbers of 12-19 digits (grouped by spaces or dashes, or not) with a card prefix and Luhn.
+
+    presidio's CreditCardRecognizer regex only knows 13-16 digit Visa/MC/Amex/Discover layouts: it
+    misses 12-digit Maestro, 19-digit Visa, 2-series Mastercard and 15-digit 2131 JCB numbers.
+    """
+
+    ENTITY = "CREDIT_CARD"
+    PATTERNS = ((re.compile(r"(?<![\w.,+\-/])\d(?:[ \-]?\d){11,18}(?![\w\-]|[.,]\d)"), 0, 0.9, "card"),)
+
+    def accept(self, value: str, check: str) -> bool:
+        """Luhn-valid, a card issuer prefix, and one kind of separator at most."""
+        digits = re.sub(r"\D", "", value)
+        if not 12 <= len(digits) <= 19 or (" " in value and "-" in value):
+            return False
+        return bool(_CARD_PREFIX.match(digits)) and luhn_ok(digits)
+
+
+_PHONE_CONTEXT = re.compile(
+    r"(?i)(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|signal|fax|contact|reach|"
+    r"number|no\.|nr\.?|dial|landline|hotline|extension|teléfono|telefono|téléphone|telefon|handy|móvil|"
+    r"celular|portable|tlf|телефон|тел)\W{0,3}(?:\w+\W{1,3}){0,6}$"
+)
+_SEP = r"[ \-.]"
+_EXT = r"(?:[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?"
+_PHONE_PATTERNS = (
+    # +41 (0)96 123 45 67, +1-903-140-4508x769, 0044 20 7946 0958: a country code makes it a phone
+    (
+        re.compile(rf"(?<![\w+])(?:\+|00)[1-9]\d{{0,2}}(?:{_SEP}?\(0\))?(?:{_SEP}?\(?\d{{1,5}}\)?){{2,6}}{_EXT}(?!\w)"),
+        "international",
+    ),
+    # (415) 555-0198, (37) 788-063, (0)20 7946 0958
+    (re.compile(rf"(?<![\w)])\(\d{{1,5}}\){_SEP}?\d{{2,8}}(?:[ \-./]\d{{2,5}}){{0,3}}{_EXT}(?![\w(])"), "parens"),
+    # 0191 4960657, 03662 585178, 08/377-8353, 0232781286: a trunk 0 and an area code (Europe, UK, Asia)
+    (re.compile(r"(?<![\w.\-,/+#])0\d{1,4}(?:[ \-/]?\d{2,8})(?:[ \-/.]\d{2,5}){0,3}(?!\w|[.,\-/]\d)"), "trunk"),
+    # 25/851-7812, 12 3915-0008, 06-3/740 6812: an area code, then 3-4 and 4 digits (Hungary, Brazil)
+    (re.compile(r"(?<![\w.\-,/#])(?:06-\d/|\(?\d{2}\)?/|\d{2} )\d{3,4}[\- ]\d{4}(?!\w|[.,\-/]\d)"), "area"),
+    # 22 657 07 04: four or more space-separated groups
+    (re.compile(r"(?<![\w.\-,])\d{2,4}(?: \d{2,4}){3,4}(?!\w|[.,\-]\d)"), "groups"),
+    # 5272868387: ten digits that make a North American number (area and exchange codes start 2-9)
+    (re.compile(r"(?<![\w.\-,+#])[2-9]\d{2}[2-9]\d{6}(?!\w|[.,\-]\d)"), "nanp_bare"),
+    # 415-867-5309, 415.867.5309, 1-800-555-0199, 903-140-4508x769
+    (
+        re.compile(rf"(?<![\w.\-+])(?:1[ \-.])?[2-9]\d{{2}}([ \-.])\d{{3}}\1\d{{4}}{_EXT}(?!\w|[.\-]\d)"),
+        "nanp",
+    ),
+    # 60-56-85-91, 06 12 34 56 78: four or five pairs
+    (re.compile(r"(?<![\w.\-])\d{2}([ \-.])\d{2}(?:\1\d{2}){2,3}(?!\w|[.\-]\d)"), "pairs"),
+    # 9472 7916, 467 3395, 030 1234567, 0171-1234567: local numbers, with context only
+    (re.compile(r"(?<![\w.\-,])\d{2,5}([ \-.])\d{2,8}(?:\1\d{2,5}){0,3}(?!\w|[.,\-]\d)"), "local"),
+    # 4155550198 / 07700900123: a run of digits, with context only
+    (re.compile(r"(?<![\w.\-,+])0?\d{9,11}(?!\w|[.,\-]\d)"), "bare"),
+)
+_DATE_LIKE = re.compile(r"^(?:\d{1,2}[./\-]\d{1,2}[./\-](?:\d{2}|\d{4})|\d{4}[./\-]\d{1,2}[./\-]\d{1,2})$")
+_IPV4_LIKE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+
+
+class ChatPhoneRecognizer(LocalRecognizer):
+    """Phone numbers as people write them, valid or not (entity `PHONE_NUMBER`).
+
+    presidio's PhoneRecognizer keeps only what libphonenumber calls valid in 8 regions, so it
+    drops local numbers without an area code, dash pairs, short bracketed numbers and fictional
+    US numbers (555, x-extensions); it is also the costliest recognizer. Here a country code,
+    brackets, a trunk 0 and area code, the US 3-3-4 layout (or ten digits that fit it), four dash
+    pairs or four space-separated groups are a phone on their own; other digit groups
+    (local numbers, bare runs) only after a phone word ("call me on 9472 7916") or alone in a field.
+    Dates, IPv4 and years are never phones.
+    """
+
+    ENTITY = "PHONE_NUMBER"
+    STRONG = frozenset({"international", "parens", "nanp", "pairs", "trunk", "groups", "nanp_bare", "area"})
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
+
+    def load(self) -> None:
+        """Nothing to load: the patterns are compiled at import."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """Every phone-shaped digit group that passes the rules above."""
+        if self.ENTITY not in entities or sum(c.isdigit() for c in text) < 6:
+            return []
+        out: list[RecognizerResult] = []
+        taken: list[tuple[int, int]] = []
+        for pattern, kind in _PHONE_PATTERNS:
+            for m in pattern.finditer(text):
+                start, end = m.span()
+                value = m.group(0)
+                digits = sum(c.isdigit() for c in value)
+                if (
+                    any(s < end and start < e for s, e in taken)
+                    or not 6 <= digits <= 15
+                    or _DATE_LIKE.match(value)
+                    or _IPV4_LIKE.match(value)
+                ):
+                    continue
+                if (kind == "trunk" and not 9 <= digits <= 13) or (kind == "groups" and digits < 9):
+                    continue
+                if kind not in self.STRONG:
+                    alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
+                    if digits < 7 or not (alone or _PHONE_CONTEXT.search(text[max(0, start - 60) : start])):
+                        continue
+                    groups = re.findall(r"\d+", value)
+                    if len(groups) == 2 and len(groups[0]) == 4 and 1900 <= int(groups[0]) <= 2100:
+                        continue  # "2023 1234" reads as a year and a number
+                out.append(RecognizerResult(self.ENTITY, start, end, 0.75 if kind in self.STRONG else 0.6))
+                taken.append((start, end))
+        return out
+
+
+_ID_KEYWORDS = (
+    r"passport(?:\s+(?:no\.?|number|num|#|id))?|tax\s+(?:id|number|code|file\s+number|reference)|t\.?i\.?n\.?|"
+    r"itin|ein|vat\s+(?:no\.?|number|id)|ssn|social\s+security(?:\s+(?:no\.?|number))?|"
+    r"national\s+(?:id|identity|insurance)(?:\s+(?:card\s+)?(?:no\.?|number))?|ni\s+number|nino|"
+    r"id\s+(?:card\s+)?(?:no\.?|number|#)|identity\s+(?:card\s+)?(?:no\.?|number)|"
+    r"driv(?:er'?s?|ing)\s+licen[cs]e(?:\s+(?:no\.?|number|#))?|licen[cs]e\s+(?:no\.?|number|#|plate)|dl\s*#|"
+    r"(?:bank\s+|checking\s+|savings\s+)?account(?:\s+(?:no\.?|number|#|num))|acct\.?(?:\s+(?:no\.?|#|number))?|"
+    r"routing(?:\s+(?:no\.?|number))?|sort\s+code|aba|bsb|"
+    r"(?:member(?:ship)?|customer|employee|patient|student|policy|insurance|medical\s+record)\s+(?:id|no\.?|number|#)|"
+    r"mrn|nhs\s+(?:no\.?|number)|health\s+card(?:\s+number)?|"
+    r"dni|nie|nif|cpf|cnpj|curp|rfc|rut|cuit|codice\s+fiscale|steuer-?id|steuernummer|steuer-?identifikationsnummer|"
+    r"personalausweis(?:nummer)?|reisepass(?:nummer)?|bsn|pesel|nip|personnummer|henkilötunnus|cpr|ahv|"
+    r"numéro\s+(?:fiscal|de\s+sécurité\s+sociale|d'identification)|insee|aadhaa?r|pan(?:\s+(?:card|no\.?|number))?|sin|"
+    r"número\s+de\s+(?:pasaporte|cuenta|identificación|seguro\s+social)|pasaporte|ausweis|rodné\s+číslo|"
+    r"номер\s+паспорта|паспорт|инн|снилс"
+)
+_ID_VALUE = r"(?=[A-Z0-9\- /.]*\d)(?:[A-Z]{1,4}[ \-]?)?\d[\dA-Z]*(?:[ \-/.]\d[\dA-Z]*){0,5}(?:[ \-]?[A-Z]{1,2}\b)?"
+
+
+class IdNumberRecognizer(_RegexRecognizer):
+    """Passport, tax, licence, account and national ids named by a keyword (entity `ID_NUMBER`).
+
+    The value after the keyword ("passport no. X1234567", "Steuer-ID: 12 345 678 901") must hold
+    at least 4 digits; presidio's US-only recognizers see few of these and need exact layouts.
+    """
+
+    ENTITY = "ID_NUMBER"
+    PATTERNS = (
+        (
+            re.compile(
+                rf"(?i:\b(?:{_ID_KEYWORDS}))(?:\s+(?i:is|was|of|es|ist|est|:))?[\s:#=\"'(]*(?:(?i:no\.?|number)\s*)?"
+                rf"({_ID_VALUE})"
+            ),
+            1,
+            0.8,
+            "digits",
+        ),
+    )
+
+    def accept(self, value: str, check: str) -> bool:
+        """At least 4 digits, and not a year or a date."""
+        return sum(c.isdigit() for c in value) >= 4 and not _DATE_LIKE.match(value.strip())
+
+
+_NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[A-ZÀ-ÞĀ-ſА-ЯΑ-Ω][\w'’\-]*\w"
+_LOWER_NAME_WORD = r"[a-zà-ÿ][a-zà-ÿ'’\-]*[a-zà-ÿ]"
+# "My name is X" (any case after it), in the languages of chat exports
+_NAME_CUES_ANY_CASE = (
+    r"my\s+name\s+is|my\s+name's|i\s+am\s+called|(?:maiden|last|first|full|family|given|middle|real|legal|sur)\s?name\s+is|"
+    r"me\s+llamo|mi\s+nombre\s+es|ich\s+heiße|ich\s+heisse|mein\s+name\s+ist|je\s+m'appelle|je\s+m’appelle|"
+    r"mon\s+nom\s+est|mi\s+chiamo|il\s+mio\s+nome\s+è|meu\s+nome\s+é|eu\s+me\s+chamo|меня\s+зовут|"
+    r"mijn\s+naam\s+is|ik\s+heet|nazywam\s+się|mam\s+na\s+imię|jmenuji\s+se|a\s+nevem|namn\s+är|hedder|"
+    r"user'?s\s+name\s+is|the\s+user\s+is\s+called|you\s+are\s+talking\s+to"
+)
+# cues after which only capitalised words count ("Dear Anna", "Mr. Borkowski", "Name: Ola")
+_NAME_CUES_CAPITALISED = (
+    r"name\s*:|call\s+me|known\s+as|dear|hi|hello|hey|thanks|thank\s+you|regards,?|cheers,?|sincerely,?|signed,?|"
+    r"i'm|i\s+am|mr\.?|mrs\.?|ms\.?|dr\.?|prof\.?|miss|señor|señora|sr\.?|sra\.?|herr|frau|monsieur|madame|mme\.?|"
+    r"signor|signora"
+)
+_SIGNOFF = (
+    r"best|regards|kind\s+regards|best\s+regards|cheers|thanks|thank\s+you|sincerely|yours|love|saludos|atentamente|"
+    r"grüße|gruß|cordialement|cordiali\s+saluti|pozdrawiam|s\s+pozdravem"
+)
+
+
+class NameCueRecognizer(_RegexRecognizer):
+    """Names after words that announce one: "my name is X", "Dear X", "Regards,\\nX" (entity `PERSON`).
+
+    NER misses exactly these in chat ("My name is Ola", a lower-case "my name is jens"). After the
+    strong cues (my name is, me llamo...) up to three words of any case count; after the weak ones
+    (Dear, Hi, Mr., call me) only capitalised words; a common word ("sorry", "there") is no name.
+    """
+
+    ENTITY = "PERSON"
+    COMMON = frozenset(
+        [
+            "the",
+            "a",
+            "an",
+            "all",
+            "everyone",
+            "everybody",
+            "there",
+            "guys",
+            "team",
+            "folks",
+            "again",
+            "you",
+            "your",
+            "my",
+            "our",
+            "this",
+            "that",
+            "it",
+            "he",
+            "she",
+            "they",
+            "we",
+            "i",
+            "me",
+            "us",
+            "them",
+            "his",
+            "her",
+            "their",
+            "what",
+            "how",
+            "why",
+            "when",
+            "where",
+            "who",
+            "which",
+            "please",
+            "sorry",
+            "thanks",
+            "thank",
+            "hello",
+            "hi",
+            "hey",
+            "dear",
+            "sir",
+            "madam",
+            "here",
+            "now",
+            "today",
+            "tomorrow",
+            "yesterday",
+            "yes",
+            "no",
+            "not",
+            "ok",
+            "okay",
+            "well",
+            "so",
+            "and",
+            "or",
+            "but",
+            "if",
+            "then",
+            "than",
+            "also",
+            "just",
+            "very",
+            "really",
+            "good",
+            "great",
+            "happy",
+            "glad",
+            "sure",
+            "new",
+            "old",
+            "first",
+            "last",
+            "next",
+            "other",
+            "some",
+            "any",
+            "each",
+            "every",
+            "one",
+            "two",
+            "three",
+            "chatgpt",
+            "gpt",
+            "assistant",
+            "ai",
+            "bot",
+            "user",
+            "customer",
+            "support",
+            "admin",
+            "god",
+            "mom",
+            "dad",
+            "mum",
+            "mother",
+            "father",
+            "friend",
+            "friends",
+            "world",
+            "back",
+            "going",
+            "trying",
+            "looking",
+            "working",
+            "writing",
+            "using",
+        ]
+    )
+    STOP_AFTER = frozenset({"and", "from", "at", "in", "of", "de", "y", "und", "et", "e", "i", "is", "am", "but"})
+    PATTERNS = (
+        (
+            re.compile(
+                rf"(?i:\b(?:{_NAME_CUES_ANY_CASE}))[ \t]+"
+                rf"((?:{_NAME_WORD}|{_LOWER_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD}|{_LOWER_NAME_WORD})){{0,2}})"
+            ),
+            1,
+            0.95,  # above an NER LOCATION guess of the same word ("My name is Kenjirou")
+            "strong",
+        ),
+        (
+            re.compile(rf"(?i:\b(?:{_NAME_CUES_CAPITALISED}))[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})"),
+            1,
+            0.5,
+            "weak",
+        ),
+        # a sign-off line, then a name alone on the next line
+        (
+            re.compile(
+                rf"(?im:^[ \t]*(?:{_SIGNOFF})[ \t]*[,!.]?[ \t]*\n[ \t]*)"
+                rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*$"
+            ),
+            1,
+            0.7,
+            "signoff",
+        ),
+    )
+
+    def accept(self, value: str, check: str) -> bool:
+        """Drop cue matches that are common words ("I'm sorry", "Hi there", "my name is not")."""
+        words = value.split()
+        if words[0].lower().strip("'’") in self.COMMON:
+            return False
+        return check == "strong" or all(w[:1].isupper() for w in words)
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """Cue matches, each cut before the first common word ("jens and i" -> "jens")."""
+        out = []
+        for r in super().analyze(text, entities, nlp_artifacts):
+            words = list(re.finditer(r"\S+", text[r.start : r.end]))
+            for i, w in enumerate(words):
+                if i and w.group(0).lower() in self.COMMON | self.STOP_AFTER:
+                    words = words[:i]
+                    break
+            out.append(RecognizerResult(self.ENTITY, r.start + words[0].start(), r.start + words[-1].end(), r.score))
+        return out
