@@ -1,7 +1,7 @@
 """What every reader yields: canonical records, or quarantine rows that say where and why.
 
-A reader is a generator `read(path, opts) -> Iterator[Record | Quarantined]`. It never raises for a
-bad record; it raises `UnreadableInput` only when the file as a whole cannot be read (missing,
+A reader is a generator `read(path, opts) -> Iterator[Record | Quarantined | Note]`. It never raises
+for a bad record; it raises `UnreadableInput` only when the file as a whole cannot be read (missing,
 not the format asked for, an archive that is unsafe to open), naming the file and what to do.
 """
 
@@ -48,6 +48,14 @@ class Quarantined:
 
 
 @dataclass(frozen=True)
+class Note:
+    """A decision a reader made about a whole input (not a record) that the report must state."""
+
+    file: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ReaderOptions:
     """Options shared by all readers; each reader reads only those it needs."""
 
@@ -59,4 +67,4 @@ class ReaderOptions:
     category: str | None = None  # category for every record of this input, when the format has none
 
 
-Reader = Callable[[Path, str, ReaderOptions], Iterator["Record | Quarantined"]]
+Reader = Callable[[Path, str, ReaderOptions], Iterator["Record | Quarantined | Note"]]
