@@ -61,6 +61,19 @@ def _optional_summaries(run: RunOutput, annotated: pl.DataFrame) -> dict[str, An
     return out
 
 
+TRIM_RULE = ("turns before the first user turn are removed (system turns stay), so no sample starts with an "
+             "answer to a question it does not hold; a conversation without any user turn is dropped (no_user_turn)")
+
+
+def _repairs(frame: pl.DataFrame) -> dict[str, Any]:
+    """What normalization changed in the structure of records (not only their text), and by which rule."""
+    if not frame.height or "trimmed_turns" not in frame.columns:
+        return {}
+    trimmed = frame["trimmed_turns"].fill_null(0)
+    return {"leading_turns_trimmed": {"records": int((trimmed > 0).sum()), "turns": int(trimmed.sum()),
+                                      "rule": TRIM_RULE}}
+
+
 def build_report(run: RunOutput, config: dict[str, Any], skipped: Sequence[Any] = ()) -> dict[str, Any]:
     """Everything the report shows, as plain data (this is `report.json`).
 
@@ -108,6 +121,7 @@ def build_report(run: RunOutput, config: dict[str, Any], skipped: Sequence[Any] 
             "kept_histogram": _length_histogram(kept),
             "dropped_histogram": _length_histogram(dropped),
         },
+        "repairs": _repairs(both),
         "config": config,
         **_optional_summaries(run, both),
     }
@@ -163,6 +177,9 @@ def render_html(report: dict[str, Any]) -> str:
         ))
         figures.append("png:" + H.bar_chart("Records per language", {"kept": report["languages"]["kept"]}, top=12))
     sections.append(("Distributions", figures))
+    for name, repair in report.get("repairs", {}).items():
+        sections.append(("Repairs", [H.paragraph(f"{name.replace('_', ' ')}: {repair['records']} record(s), "
+                                                 f"{repair['turns']} turn(s). Rule: {repair['rule']}.")]))
     if "dedup" in report:
         sections.append(("Deduplication", _json_fragments(report["dedup"])))
     if "pii" in report:
