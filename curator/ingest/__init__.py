@@ -197,6 +197,20 @@ def _not_json(head: bytes) -> bool:
     return bool(text) and text[:1] not in b'[{"'
 
 
+def _check_container(path: Path, display: str) -> bytes:
+    """The first bytes of a file, after refusing a zip or text file that is a known unreadable export."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if head.startswith(ZIP_MAGIC):
+        names = _zip_names(path)
+        export = recognise_names(names) if not any(n.rsplit("/", 1)[-1] == EXPORT_MEMBER for n in names) else None
+    else:
+        export = None if looks_utf16(head) else recognise_head(head)
+    if export is not None:
+        raise unsupported(display, export)
+    return head
+
+
 def detect_format(path: Path) -> str:
     """The reader for `path`, from its content (keys of the first objects), not only its extension.
 
@@ -215,23 +229,12 @@ def detect_format(path: Path) -> str:
         raise UnreadableInput(f"{path}: a directory, but not a Hugging Face dataset saved with save_to_disk")
     if is_parquet(path) or csv_like(path):
         return "generic"
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    if head.startswith(ZIP_MAGIC):
-        names = _zip_names(path)
-        if names and not any(n.rsplit("/", 1)[-1] == EXPORT_MEMBER for n in names):
-            export = recognise_names(names)
-            if export is not None:
-                raise unsupported(str(path), export)
-    elif not looks_utf16(head):
-        export = recognise_head(head)
-        if export is not None:
-            raise unsupported(str(path), export)
-        if _not_json(head):
-            raise UnreadableInput(
-                f"{path}: cannot tell the format: the file is not JSON, JSONL, CSV, Parquet or a zip export. "
-                f"Pass `format:` (one of {', '.join(FORMATS)}) if it is one of them"
-            )
+    head = _check_container(path, str(path))
+    if not head.startswith(ZIP_MAGIC) and not looks_utf16(head) and _not_json(head):
+        raise UnreadableInput(
+            f"{path}: cannot tell the format: the file is not JSON, JSONL, CSV, Parquet or a zip export. "
+            f"Pass `format:` (one of {', '.join(FORMATS)}) if it is one of them"
+        )
     opts = ReaderOptions()
     seen: list[str] = []
     for n, (_, item) in enumerate(_items(path, str(path), "generic", opts)):
@@ -279,7 +282,10 @@ def read_input(path: Path, display: str, fmt: str | None, opts: ReaderOptions
     """Stream the records of one input (or quarantine rows, or notes); `display` goes into `source.file`."""
     path = Path(path)
     _check_path(path, display)
-    fmt = fmt or detect_format(path)
+    if fmt is None:
+        fmt = detect_format(path)
+    elif path.is_file():
+        _check_container(path, display)  # a forced format does not make a WhatsApp text file JSON
     if fmt not in FORMATS:
         raise UnreadableInput(f"{display}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     checked = False

@@ -279,4 +279,6 @@ def _jsonl_reason(raw: bytes, exc: orjson.JSONDecodeError, index: int, line_no: 
         )
     if not raw.endswith(b"\n") and "unexpected end of data" in str(exc).lower():
         return f"file ends inside record {index} (truncated?); the records before it were kept"
+    if "depth limit" in str(exc).lower() or "recursion" in str(exc).lower():
+        return f"line {line_no}: nested deeper than the JSON parser's limit of 1024 levels; not read"
     return f"line {line_no}: malformed JSON: {exc}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +70,12 @@ class _Lines:
         self._back.extend(reversed(lines))
 
 
-def _looks_like_data(header: list[str]) -> str | None:
-    """Why a first row is data rather than a header (a number, a repeated or a long value), or None.
+def _looks_like_data(header: list[str], column_map: dict[str, str]) -> str | None:
+    """Why a first row is data rather than a header, or None.
 
-    MMLU-style files have no header: reading their first item as column names would lose it.
+    Data: the column_map names positional columns (`column_2`) that the row does not hold, or a
+    value is a number, repeats another, is long, or reads like a sentence (ends in ?/./! with spaces,
+    or has more than six words). MMLU-style files have no header: read as one, their first item is lost.
     """
     seen: set[str] = set()
     for name in header:
@@ -89,7 +92,13 @@ def _looks_like_data(header: list[str]) -> str | None:
             return f"repeats the value {value[:40]!r}"
         if len(value) > MAX_HEADER_NAME or "\n" in value:
             return f"holds a {len(value)}-character value"
+        words = len(value.split())
+        if words > 6 or (words > 1 and value[-1] in "?.!"):
+            return f"holds a sentence ({value[:40]!r})"
         seen.add(value)
+    positional = [c for c in column_map.values() if re.fullmatch(r"column_\d+", c)]
+    if positional and not set(positional) & set(header):
+        return f"is taken as data: column_map names positional columns ({positional[0]}...)"
     return None
 
 
@@ -115,25 +124,29 @@ def iter_csv(path: Path, display: str, opts: ReaderOptions) -> Iterator[Item | Q
         head = fh.read(64 * 1024)
         fh.seek(0)
         try:
-            dialect: Any = csv.Sniffer().sniff(head, delimiters=",;\t|")
+            delimiter = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
         except csv.Error:
-            dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         lines = _Lines(fh)
 
         def parser() -> Any:
-            # RFC 4180 quoting whatever the sniffer guessed ("" escapes a quote), and strict, so a stray
-            # quote is an error on its line rather than a silent merge of the rows after it
-            return csv.reader(lines, dialect, strict=True, doublequote=True)
+            # Only the delimiter is sniffed; the rest is RFC 4180 ("" escapes a quote, spaces are data)
+            # whatever the sniffer guessed, and strict, so a stray quote is an error on its line
+            # rather than a silent merge of the rows after it.
+            return csv.reader(lines, delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
 
         reader = parser()
         try:
             header = next(reader)
+            while not header:  # blank lines before the header
+                lines.take()
+                header = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise UnreadableInput(f"{display}: {_span(lines.take())}: the header row cannot be parsed ({exc})") from exc
         header_lines = lines.take()
-        why = _looks_like_data(header)
+        why = _looks_like_data(header, opts.column_map)
         if why is not None:
             names = [f"column_{i + 1}" for i in range(len(header))]
             lines.push_back(header_lines)
@@ -164,6 +177,8 @@ def iter_csv(path: Path, display: str, opts: ReaderOptions) -> Iterator[Item | Q
                 continue
             taken = lines.take()
             line = taken[0][0]
+            if not fields:  # a blank line
+                continue
             if len(fields) != len(names) and len(taken) > 1:  # a quote swallowed line breaks
                 lines.push_back(taken[1:])
                 yield Quarantined.of(display, _stray_quote(taken), index=index, line=line, raw=_raw(taken[:1]))
@@ -195,35 +210,36 @@ def _stray_quote(taken: list[tuple[int, str]]) -> str:
 
 
 def iter_parquet(path: Path, display: str, opts: ReaderOptions) -> Iterator[Item | Quarantined]:
-    """Rows of a Parquet file, read batch by batch (never the whole table)."""
+    """Rows of a Parquet file, read batch by batch (never the whole table), one row group at a time.
+
+    A row group that cannot be read (a corrupt page) becomes one quarantine row per row it holds,
+    counted from the footer, and reading goes on with the next group; a file whose footer or first
+    rows cannot be read is unreadable as a whole (the pre-check stops the run on it).
+    """
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt footer
         raise UnreadableInput(f"{display}: not a readable Parquet file ({exc})") from exc
-    index = 0
-    total = pf.metadata.num_rows
-    batches = pf.iter_batches(batch_size=PARQUET_BATCH)
-    while True:
+    start = 0
+    for group in range(pf.metadata.num_row_groups):
+        end = start + pf.metadata.row_group(group).num_rows
+        index = start
         try:
-            batch = next(batches)
-            rows = batch.to_pylist()
-        except StopIteration:
-            return
-        except Exception as exc:  # pyarrow raises OSError/ArrowInvalid/... for a corrupt page or row group
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group]):
+                for row in batch.to_pylist():
+                    yield Item(index, None, row)
+                    index += 1
+        except Exception as exc:  # pyarrow raises OSError/ArrowInvalid/... for a corrupt page
             if index == 0:
                 raise UnreadableInput(f"{display}: not a readable Parquet file: its first rows cannot be read "
                                       f"({type(exc).__name__}: {str(exc)[:200]}); re-export it") from exc
-            # the footer says how many rows there are: each unreadable one is counted, not lost silently
-            reason = (f"rows {index}-{total - 1} cannot be read: the file is corrupt from here "
-                      f"({type(exc).__name__}: {str(exc)[:200]}); the {index} rows before were kept")
-            for lost in range(index, max(total, index + 1)):
+            reason = (f"rows {index}-{end - 1} (row group {group}) cannot be read: the file is corrupt there "
+                      f"({type(exc).__name__}: {str(exc)[:200]}); re-export it to keep them")
+            for lost in range(index, end):
                 yield Quarantined.of(display, reason, index=lost)
-            return
-        for row in rows:
-            yield Item(index, None, row)
-            index += 1
+        start = end
 
 
 def iter_hf_dataset(path: Path, display: str, opts: ReaderOptions) -> Iterator[tuple[str, Item]]:
