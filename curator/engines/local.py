@@ -88,13 +88,15 @@ def _apply_map_steps(frame: pl.DataFrame, steps: list[Any]) -> tuple[pl.DataFram
         bad: list[dict[str, Any]] = []
         for i in range(frame.height):
             one = frame.slice(i, 1)
+            name = "step"
             try:
                 for step in steps:
+                    name = step.name  # the step that fails is the one the reason names
                     one = step(one)
                 good.append(one)
             except Exception as exc:
-                name = next((s.name for s in steps), "step")
-                bad.extend(_quarantine_rows(one, f"{name} failed on this record: {type(exc).__name__}: {exc}"[:300]))
+                row = frame.slice(i, 1)
+                bad.extend(_quarantine_rows(row, f"{name} failed on this record: {type(exc).__name__}: {exc}"[:300]))
         out = pl.concat(good, how="diagonal_relaxed") if good else _no_rows(frame, steps)
         return out, bad
 
