@@ -4,6 +4,10 @@ Each yields `Item`s of plain dict rows, so the same per-row converters as for JS
 CSV encoding choice: the file is read as UTF-8 (a BOM is stripped); a row with bytes that are not
 UTF-8 (typically a cp1252/latin-1 export) is quarantined with its line and column and a hint to
 re-encode, instead of guessing an encoding and silently changing characters.
+CSV quoting: only the delimiter is sniffed; quoting is strict RFC 4180, parsed line by line, so a
+stray quote costs its own line (quarantined with the line number), not the rows after it; a first
+row that reads like data is read as data (a `Note` says so). Parquet: read one row group at a time,
+and a corrupt group is counted row by row in the quarantine.
 """
 
 from __future__ import annotations
