@@ -485,8 +485,10 @@ def _reason_kind(reason: str, field: str | None = None) -> str:
     """The reason without its instance details, for counting by kind: quoted values and numbers go,
     quoted field names (those in the row's `field`) stay, so "'messages' is empty" stays readable."""
 
+    names = {field, *re.split(r"[.\[\]]+", field)} - {""} if field else set()
+
     def quoted(m: re.Match[str]) -> str:
-        return m.group(0) if field and m.group(0)[1:-1] and m.group(0)[1:-1] in field else "'…'"
+        return m.group(0) if m.group(0)[1:-1] in names else "'…'"
 
     kind = re.sub(r"'[^']*'|\"[^\"]*\"", quoted, reason)
     return re.sub(r"\d+(\.\d+)?", "N", kind)[:120]

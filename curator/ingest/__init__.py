@@ -260,8 +260,7 @@ def _mismatch(display: str, fmt: str, actual: str | None) -> UnreadableInput | N
     if actual is None or actual == fmt or fmt not in CONVERTERS:
         return None
     if actual not in CONVERTERS:
-        return UnreadableInput(f"{display}: format {fmt!r} was asked, but the input looks like "
-                               f"{_known(actual).label}; {unsupported_reason(_known(actual))}")
+        return UnreadableInput(f"{display}: {unsupported_reason(_known(actual))} (format {fmt!r} was asked)")
     if CONVERTERS[actual] is CONVERTERS[fmt]:
         return None
     return UnreadableInput(
@@ -272,7 +271,7 @@ def _mismatch(display: str, fmt: str, actual: str | None) -> UnreadableInput | N
 
 def _unexpected(index: int, exc: Exception) -> str:
     """The quarantine reason for a row whose converter failed in a way no check anticipated."""
-    if isinstance(exc, RecursionError) or "ecursion" in str(exc) or "depth" in str(exc):
+    if isinstance(exc, RecursionError) or "ecursion" in str(exc):  # orjson: "Recursion limit reached"
         return f"record {index}: nested too deeply to convert ({type(exc).__name__}: {str(exc)[:100]})"
     return f"record {index}: unexpected structure ({type(exc).__name__}: {str(exc)[:200]})"
 
