@@ -232,8 +232,9 @@ def test_slack_export_directory_is_named(tmp_path: Path) -> None:
     (export / "channels.json").write_text(json.dumps([{"id": "C1", "name": "general"}]))
     (export / "general" / "2024-01-01.json").write_text(json.dumps([{"type": "message", "user": "U1", "text": "hi",
                                                                      "ts": "1704103200.000100"}]))
-    with pytest.raises(UnreadableInput, match="looks like a Slack export"):
+    with pytest.raises(UnreadableInput, match=r"slack: unsupported format: looks like a Slack export") as err:
         api.curate(load_config(None, FAST), tmp_path / "out", inputs=[export], progress=False)
+    assert "users.json" not in str(err.value)  # the directory as a whole, not one error per file
 
 
 # 7. ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 from curator.config import IngestConfig
 from curator.ingest import detect_format, read_input
 from curator.ingest.base import ReaderOptions, UnreadableInput
+from curator.ingest.recognise import recognise_names, unsupported
 
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".zip")
 PROBE_ITEMS = 64  # items the pre-check reads of each input: past detection and the first-row checks
@@ -104,6 +105,9 @@ def scan_inputs(paths: Sequence[str | Path]) -> InputScan:
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and not _is_dataset_dir(path):
+            export = recognise_names([p.relative_to(path).as_posix() for p in path.rglob("*")])
+            if export is not None:  # a Slack/Messenger/WhatsApp export directory: one error, not one per file
+                raise unsupported(str(raw), export)
             found = _walk(path, scan)
             if not found:
                 raise UnreadableInput(
