@@ -186,7 +186,7 @@ def test_chatgpt_export_shapes_over_the_years(tmp_path: Path) -> None:
 def test_csv_with_broken_quoting_loses_no_row_silently(tmp_path: Path) -> None:
     path = tmp_path / "qa.csv"
     path.write_text('prompt,response\nWhat is 2+2?,4 is the sum of two and two\n"Unclosed quote here,5\n'
-                    '"Name a color",Blue is a colour of the sky\nWhat is H2O?,Water is H2O\n')
+                    '"Name a color",Blue is a colour of the sky\n\nWhat is H2O?,Water is H2O\n')  # a blank line too
     result = curate(tmp_path, [path])
     assert result.counts["read"] == 4 and result.counts["quarantined"] == 1  # 4 data rows, 4 accounted for
     (row,) = pl.read_parquet(tmp_path / "out" / "quarantine.parquet").to_dicts()

@@ -4,7 +4,7 @@ Each yields `Item`s of plain dict rows, so the same per-row converters as for JS
 CSV encoding choice: the file is read as UTF-8 (a BOM is stripped); a row with bytes that are not
 UTF-8 (typically a cp1252/latin-1 export) is quarantined with its line and column and a hint to
 re-encode, instead of guessing an encoding and silently changing characters.
-CSV quoting: only the delimiter is sniffed; quoting is strict RFC 4180, parsed line by line, so a
+CSV quoting: only the delimiter is guessed (`_delimiter`); quoting is strict RFC 4180, parsed line by line, so a
 stray quote costs its own line (quarantined with the line number), not the rows after it; a first
 row that reads like data is read as data (a `Note` says so). Parquet: read one row group at a time,
 and a corrupt group is counted row by row in the quarantine.
@@ -13,6 +13,8 @@ and a corrupt group is counted row by row in the quarantine.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import os
 import re
 import sys
@@ -24,6 +26,7 @@ from curator.ingest.base import Note, Quarantined, ReaderOptions, UnreadableInpu
 from curator.ingest.sources import Item, oversize_reason
 
 PARQUET_BATCH = 2048
+CSV_DELIMITERS = (",", "\t", ";", "|")
 MAX_HEADER_NAME = 64  # characters: a longer first-row value is data, not a column name
 
 
@@ -106,6 +109,27 @@ def _looks_like_data(header: list[str], column_map: dict[str, str]) -> str | Non
     return None
 
 
+def _delimiter(head: str, default: str) -> str:
+    """The delimiter that splits the first rows of `head` into the same number (> 1) of fields, most fields
+    first; `default` (from the suffix) on a tie or when none does.
+
+    Not csv.Sniffer: on text-heavy rows it picks ';' or '|' from the prose (the fuzz suite found a
+    two-row file it misread), and its quoting guesses (no doublequote, skipinitialspace) change data.
+    """
+    sample = head[: head.rfind("\n") + 1] or head  # whole lines only
+    best, best_score = default, (False, 1)
+    for candidate in (default, *(d for d in CSV_DELIMITERS if d != default)):
+        try:
+            rows = list(itertools.islice(csv.reader(io.StringIO(sample, newline=""), delimiter=candidate), 5))
+        except csv.Error:
+            continue
+        counts = {len(r) for r in rows if r}
+        score = (len(counts) == 1, max(counts, default=1))
+        if score[1] > 1 and score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
 def _raw(lines: list[tuple[int, str]]) -> bytes:
     return "".join(text for _, text in lines).encode("utf-8", "surrogateescape")
 
@@ -127,10 +151,7 @@ def iter_csv(path: Path, display: str, opts: ReaderOptions) -> Iterator[Item | Q
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         head = fh.read(64 * 1024)
         fh.seek(0)
-        try:
-            delimiter = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
-        except csv.Error:
-            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        delimiter = _delimiter(head, "\t" if path.suffix.lower() == ".tsv" else ",")
         lines = _Lines(fh)
 
         def parser() -> Any:
