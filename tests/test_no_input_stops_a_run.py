@@ -115,6 +115,7 @@ def test_no_row_reaches_dedup(tmp_path: Path, case: str, overrides: dict[str, An
         assert any("'messages' is int" in r for r in acct["quarantined_by_reason"])
 
 
+@pytest.mark.slow  # builds every step, the embedding model and spaCy included
 def test_every_step_handles_a_zero_row_batch_and_partial() -> None:
     benchmark = {"name": "gsm8k", "path": str(ROOT / "sample_data" / "gsm8k_train_400.jsonl")}
     cfg = load_config(None, {"decontam": {"benchmarks": [benchmark]}, "dedup": {"semantic": {"enabled": True}}})
