@@ -30,7 +30,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from curator.ingest import Quarantined, ReaderOptions, read_input  # noqa: E402
+from curator.ingest import Note, Quarantined, ReaderOptions, read_input  # noqa: E402
 from curator.record import Record  # noqa: E402
 
 SAMPLE = ROOT / "sample_data"
@@ -109,7 +109,7 @@ def iter_bench_records(n: int, opts: ReaderOptions | None = None) -> Iterator[Re
     opts = opts or ReaderOptions()
     for path in build_inputs(n):
         for item in read_input(path, path.name, None, opts):
-            if not isinstance(item, Quarantined):
+            if not isinstance(item, Quarantined | Note):
                 yield item
 
 

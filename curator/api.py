@@ -23,7 +23,7 @@ from typing import Any
 
 from curator.config import CurateConfig, InputSpec, load_config
 from curator.ingest.base import UnreadableInput
-from curator.ingest.inputs import expand_inputs, preflight
+from curator.ingest.inputs import Skipped, preflight, scan_inputs
 from curator.select.loop import LoopConfig, load_loop_config
 
 __all__ = [
@@ -52,6 +52,7 @@ class CurateResult:
     report: dict[str, Any]
     kept_parts: tuple[Path, ...]
     retries: dict[str, int] = field(default_factory=dict)
+    skipped: tuple[Skipped, ...] = ()  # files of input directories not read, with the reason (also in the report)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -133,29 +134,34 @@ def curate(
     """Ingest, clean, dedup and scrub the inputs into `out` (kept/, dropped/, quarantine, report).
 
     `inputs` (files or dirs) replace the config's `inputs:`; `format` forces one reader for all of
-    them. Every input is checked before any work, and a killed run resumes when called again.
+    them. Files of a directory that hold no conversations are skipped and listed (`skipped`, and
+    the report). Every input is checked before any work, and a killed run resumes when called again.
     """
     from curator.report.curate import build_report, write_report
     from curator.report.progress import RichProgress
 
     cfg = _curate_config(config)
+    skipped: list[Skipped] = []
     if inputs:
-        cfg.inputs = [InputSpec(path=p, format=format) for p in expand_inputs(inputs)]
+        scan = scan_inputs(inputs)
+        cfg.inputs = [InputSpec(path=p, format=format) for p in scan.files]
+        skipped = scan.skipped
     elif format:
         for spec in cfg.inputs:
             spec.format = format
     if not cfg.inputs:
         raise UnreadableInput("no inputs: name files after `curate` or list them under `inputs:` in the config")
-    preflight(cfg.inputs)
+    preflight(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RichProgress() if progress else contextlib.nullcontext() as bars:
         run = _make_engine(engine, cfg, out, workers, ray_address, bars).run(fresh=fresh)
-    report = build_report(run, cfg.model_dump(mode="json"))
+    report = build_report(run, cfg.model_dump(mode="json"), skipped=skipped)
     write_report(report, out)
     if cfg.write_jsonl:
         _write_kept_jsonl(run.kept_parts, out / "kept.jsonl")
-    return CurateResult(out, cfg, report, tuple(run.kept_parts), dict(getattr(run, "retries", None) or {}))
+    return CurateResult(out, cfg, report, tuple(run.kept_parts), dict(getattr(run, "retries", None) or {}),
+                        tuple(skipped))
 
 
 def _make_engine(engine: str, cfg: CurateConfig, out: Path, workers: int, ray_address: str | None,

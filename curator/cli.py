@@ -29,13 +29,26 @@ def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
         table.add_row(row["input"], *(str(row[k]) for k in ("read", "kept", "dropped", "quarantined")))
     table.add_row("[bold]total", *(f"[bold]{acct[k]}" for k in ("read", "kept", "dropped", "quarantined")))
     console.print(table)
-    if acct["dropped_by_reason"]:
-        reasons = Table(title="dropped by reason")
-        reasons.add_column("reason")
-        reasons.add_column("records", justify="right")
-        for reason, n in acct["dropped_by_reason"].items():
-            reasons.add_row(reason, str(n))
-        console.print(reasons)
+    for title, counts in (("dropped by reason", acct["dropped_by_reason"]),
+                          ("quarantined by reason", acct["quarantined_by_reason"])):
+        if counts:
+            reasons = Table(title=title)
+            reasons.add_column("reason")
+            reasons.add_column("records", justify="right")
+            for reason, n in counts.items():
+                reasons.add_row(reason, str(n))
+            console.print(reasons)
+    for row in report["inputs"]:
+        for note in row.get("notes", []):
+            console.print(f"[yellow]{row['input']}:[/yellow] {note}")
+    skipped = report.get("skipped_inputs", [])
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} file(s) of the input directories[/yellow] "
+                      "(report.json lists all):")
+        for s in skipped[:10]:
+            console.print(f"  {s['path']}: {s['reason']}")
+        if len(skipped) > 10:
+            console.print(f"  ... and {len(skipped) - 10} more")
     if "messages" in acct:
         _print_chat_messages(acct["messages"])
     console.print(

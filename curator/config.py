@@ -2,12 +2,15 @@
 
 A YAML file only names what differs from the defaults. Unknown keys are errors, and every error
 names the key path (e.g. `dedup.minhash.threshold`), so a typo never silently does nothing.
+YAML is read with YAML 1.2 booleans (only true/false): PyYAML's YAML 1.1 default turns the key
+`on:` (dedup's `on: conversation`) into `True`, and `no`/`off`/`yes` values into booleans.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -85,6 +88,9 @@ class QualityConfig(Section):
     min_assistant_chars: int = Field(1, ge=0, description="Drop when a text answer is shorter (1: only empty).")
     max_repetition: float = Field(0.5, ge=0, le=1, description="Drop above this duplicate-line/n-gram ratio.")
     drop_refusals: bool = Field(True, description="Drop records whose last assistant turn is boilerplate.")
+    drop_placeholders: bool = Field(
+        True, description="Drop records with unfilled template placeholders ({{name}} outside code)."
+    )
     max_chars: int = Field(2_000_000, ge=1, description="Drop records longer than this many characters.")
     languages: list[str] | None = Field(None, description="Keep only these ISO 639-1 codes (None: all).")
 
@@ -249,12 +255,33 @@ class ConfigError(Exception):
 
 
 M = TypeVar("M", bound=BaseModel)
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: `on`, `off`, `yes`, `no` stay strings.
+
+    Pydantic still reads the strings "yes"/"no"/"on"/"off" as booleans where a field is a bool, so
+    `enabled: no` works, and `on: conversation` stays the key `on`.
+    """
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as the config files are read (`ConfigLoader`)."""
+    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader subclass: plain data only
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file that must hold a mapping; ConfigError naming the file otherwise."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
     if not isinstance(data, dict):
@@ -268,7 +295,12 @@ def validate_as(model: type[M], data: dict[str, Any], where: str, prefix: str = 
         return model.model_validate(data)
     except ValidationError as exc:
         lines = [f"{where}: {exc.error_count()} problem(s):"]
-        lines += [f"  {prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        for err in exc.errors():
+            hint = ""
+            if "Keys should be strings" in err["msg"]:
+                hint = " (a YAML 1.1 loader reads the keys on/off/yes/no as booleans: quote them, or load the " \
+                       "file with curator.config.read_yaml_mapping)"
+            lines.append(f"  {prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}{hint}")
         raise ConfigError("\n".join(lines)) from exc
 
 

@@ -364,7 +364,7 @@ def test_reading_is_deterministic() -> None:
 
 
 def test_config_as_alias_and_chat_options() -> None:
-    from curator.engines.local import chat_options
+    from curator.ingest.inputs import chat_options
 
     cfg = CurateConfig.model_validate({
         "inputs": [{"path": "x.zip", "as": ["Ana"]}, {"path": "y.txt"}, {"path": "z.json", "roles": "top_responders"}],

@@ -24,6 +24,7 @@ from curator.ingest.inputs import expand_inputs
 from curator.record import RECORD_SCHEMA
 from curator.steps.decontam import Decontaminate
 from curator.steps.dedup import ExactDedup, MinHashDedup
+from curator.steps.quality import Language
 
 ray = pytest.importorskip("ray")
 
@@ -257,3 +258,47 @@ def test_distributed_components_match_scipy(seed: int) -> None:
     got = np.array([labels.get(i * 7 + 3, i * 7 + 3) for i in range(n)])
     assert np.array_equal(got, smallest * 7 + 3)
     assert 2 <= rounds <= 12
+
+
+class FailingLanguage(Language):
+    """Language detection that fails on every record: every part of the first phase ends with zero rows."""
+
+    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if batch.height:
+            raise RuntimeError("no language model today")
+        return super().__call__(batch)
+
+
+def failing_language_steps(cfg: CurateConfig) -> list:
+    return [FailingLanguage(cfg.quality) if isinstance(s, Language) else s for s in build_steps(cfg)]
+
+
+def test_ray_and_local_finish_when_no_row_reaches_dedup(local_ray: Path, tmp_path: Path) -> None:
+    """Issue 16: every record quarantined or dropped before dedup, zero-row parts and partials, both engines."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": [}\n{"messages": 5}\n')
+    english = tmp_path / "english.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is the capital of country number {i}?"},
+                          {"role": "assistant", "content": f"The capital of country {i} is a fine old city."}]}
+            for i in range(6)]
+    english.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cases = [
+        ("all_quarantined", [InputSpec(path=str(broken), format="openai")], {}),
+        ("german_only_minhash", [InputSpec(path=str(english))],
+         {"quality": {"languages": ["de"]}, "dedup": {"exact": {"enabled": False}}}),
+    ]
+    for name, inputs, extra in cases:
+        cfg = load_config(None, {"pii": {"enabled": False}, **extra})
+        cfg.inputs = inputs
+        local = LocalEngine(cfg, tmp_path / f"{name}-local", workers=1).run()
+        run = RayEngine(cfg, tmp_path / f"{name}-ray", num_cpus=2).run()
+        assert run.accounting.as_dict() == local.accounting.as_dict()
+        assert run.accounting.kept == 0 and run.accounting.total_read in (2, 6)
+        assert _digest(tmp_path / f"{name}-local") == _digest(tmp_path / f"{name}-ray")
+    # a map step that fails on every row: its rows are quarantined and the zero-row parts still carry
+    # the step's columns, so dedup and the decision run on them
+    cfg = load_config(None, {"pii": {"enabled": False}})
+    cfg.inputs = [InputSpec(path=str(english))]
+    run = RayEngine(cfg, tmp_path / "failing", num_cpus=2, step_factory=failing_language_steps).run()
+    assert run.accounting.kept == 0 and sum(run.accounting.quarantined.values()) == 6
+    assert "language failed on this record" in next(iter(run.accounting.quarantine_reasons))

@@ -34,12 +34,14 @@ import pyarrow as pa
 from curator.config import CurateConfig, config_hash
 from curator.engines.plan import ROW_SHIFT, Accounting, Phase, ResumeMismatch, all_rules, build_steps, kept_mask, phases
 from curator.ingest import MessageTally, read_input
-from curator.ingest.base import ChatOptions, Quarantined, ReaderOptions
+from curator.ingest.base import Note, Quarantined
+from curator.ingest.inputs import reader_options
 from curator.io import make_dirs, private_dir, write_json, write_parquet
 from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
 from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
 
 SENSITIVE = 0o600  # raw excerpts and dropped records may hold PII: owner-only
+SPILL_DIR = "minhash_spill"  # under the work dir: MinHash shingle sets waiting for verification
 ANNOTATION_ROW_GROUP = 16_384  # rows per Parquet row group of an annotation (~2 parts of 8192)
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -88,15 +90,26 @@ def _apply_map_steps(frame: pl.DataFrame, steps: list[Any]) -> tuple[pl.DataFram
         bad: list[dict[str, Any]] = []
         for i in range(frame.height):
             one = frame.slice(i, 1)
+            name = "step"
             try:
                 for step in steps:
+                    name = step.name  # the step that fails is the one the reason names
                     one = step(one)
                 good.append(one)
             except Exception as exc:
-                name = next((s.name for s in steps), "step")
-                bad.extend(_quarantine_rows(one, f"{name} failed on this record: {type(exc).__name__}: {exc}"[:300]))
-        out = pl.concat(good, how="diagonal_relaxed") if good else frame.clear()
+                row = frame.slice(i, 1)
+                bad.extend(_quarantine_rows(row, f"{name} failed on this record: {type(exc).__name__}: {exc}"[:300]))
+        out = pl.concat(good, how="diagonal_relaxed") if good else _no_rows(frame, steps)
         return out, bad
+
+
+def _no_rows(frame: pl.DataFrame, steps: list[Any]) -> pl.DataFrame:
+    """A zero-row batch with the columns the steps add (every step handles zero rows), so later rules
+    and joins find their columns even when every row of a part was quarantined."""
+    empty = frame.clear()
+    for step in steps:
+        empty = step(empty)
+    return empty
 
 
 def _load_part(path: Path, pending: list[str]) -> pl.DataFrame:
@@ -106,12 +119,11 @@ def _load_part(path: Path, pending: list[str]) -> pl.DataFrame:
     range), sorted by row in small row groups: the scan reads only the groups overlapping this part.
     """
     frame = pl.read_parquet(path)
-    if frame.height == 0:
-        return frame
-    lo, hi = frame[ROW].min(), frame[ROW].max()
+    # a zero-row part still gets the annotation columns (no rows match), so later rules find them
+    rows = pl.col(ROW).is_between(frame[ROW].min(), frame[ROW].max()) if frame.height else pl.lit(False)
     for ann_path in pending:
         source = f"{ann_path}/*.parquet" if Path(ann_path).is_dir() else ann_path
-        part_ann = pl.scan_parquet(source).filter(pl.col(ROW).is_between(lo, hi)).collect()
+        part_ann = pl.scan_parquet(source).filter(rows).collect()
         frame = frame.join(part_ann, on=ROW, how="left", maintain_order="left")
     return frame
 
@@ -168,7 +180,7 @@ def _ingest_batch(
     table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
     frame = pl.from_arrow(table).with_columns(pl.Series(ROW, good_rows, dtype=pl.Int64))
     first = _PHASES[0]
-    if frame.height and not first.is_global and not first.steps[0].only_kept:
+    if not first.is_global and not first.steps[0].only_kept:  # a zero-row batch too: it gets the columns
         frame, failed = _apply_map_steps(frame, first.steps)
         quarantined.extend(failed)
     write_parquet(frame, Path(dst))
@@ -203,46 +215,23 @@ class RunOutput:
     dropped_parts: list[Path]
     quarantine_path: Path
     phase_rows: list[tuple[str, int]] = field(default_factory=list)
-
-
-def chat_options(cfg: CurateConfig, i: int) -> ChatOptions:
-    """Session/role settings of input `i`: the `chats:` section, overridden by the input's `as:`/`roles:`."""
-    spec, chats = cfg.inputs[i], cfg.chats
-    assistant = spec.assistant if spec.assistant is not None else chats.assistant
-    chosen = bool(assistant) or spec.roles is not None or "roles" in chats.model_fields_set
-    return ChatOptions(
-        roles=spec.roles or ("named" if assistant else chats.roles),
-        assistant=tuple(assistant),
-        top_responders=chats.top_responders,
-        session_gap_seconds=chats.session_gap_minutes * 60.0,
-        context_turns=chats.context_turns,
-        context=chats.context,
-        role_rule_chosen=chosen,
-    )
+    notes: dict[str, list[str]] = field(default_factory=dict)  # input -> what its reader decided (Note)
 
 
 def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers: int, progress: Any) -> dict[str, Any]:
     """Stream input `i` into batches for the pool (validate + first phase + write a part each); write its
-    quarantine. Returns {read, parts, quarantined} (+ `messages`, the message accounting of a chat
+    quarantine. Returns {read, parts, quarantined, notes} (+ `messages`, the message accounting of a chat
     export). Runs on the driver, or as a Ray task per input."""
     spec = cfg.inputs[i]
     ingest_dir = work / "ingest"
-    opts = ReaderOptions(
-        max_record_bytes=cfg.ingest.max_record_bytes,
-        max_archive_bytes=cfg.ingest.max_archive_bytes,
-        max_compression_ratio=cfg.ingest.max_compression_ratio,
-        oasst_paths=cfg.ingest.oasst_paths,
-        column_map=dict(spec.column_map),
-        category=spec.category,
-        chat=chat_options(cfg, i),
-    )
-    items = read_input(Path(spec.path), spec.path, spec.format, opts)
+    items = read_input(Path(spec.path), spec.path, spec.format, reader_options(cfg, i))
     batch_size = cfg.ingest.batch_size
     quarantine: list[dict[str, Any]] = []
     names: list[str] = []
     futures: list[Future[Any]] = []
     records: list[dict[str, Any]] = []
     rows: list[int] = []
+    notes: list[str] = []
     read = 0
     messages: MessageTally | None = None
     task = progress.task(f"ingest {spec.path}", total=None) if progress else None
@@ -260,6 +249,9 @@ def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers:
     for item in items:
         if isinstance(item, MessageTally):  # a chat export's message accounting: not a record
             messages = item
+            continue
+        if isinstance(item, Note):  # about the input, not a record: not counted
+            notes.append(item.message)
             continue
         row = (i << ROW_SHIFT) | read
         read += 1
@@ -281,7 +273,7 @@ def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers:
     write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), q_path, mode=SENSITIVE)
     if task is not None:
         progress.finish(task, read)
-    done: dict[str, Any] = {"read": read, "parts": names, "quarantined": len(quarantine)}
+    done: dict[str, Any] = {"read": read, "parts": names, "quarantined": len(quarantine), "notes": notes}
     if messages is not None:
         done["messages"] = messages.as_dict()
     return done
@@ -308,6 +300,12 @@ class LocalEngine:
         self.work = out / "_work"
         self.workers = workers
         self.progress = progress  # a curator.report.progress.Progress-like object, or None
+        self._worker_cfg = cfg.model_copy(deep=True)  # what the workers build their steps from
+        if cfg.dedup.minhash.enabled and cfg.dedup.minhash.spill_dir is None:
+            # shingle sets spill under the work dir: a killed run's spill is found (and removed) on resume,
+            # and on Ray the verification tasks of any node read them back from there
+            self._worker_cfg.dedup.minhash.spill_dir = str(self.work / SPILL_DIR)
+        self._cfg_json = self._worker_cfg.model_dump_json()
 
     def _state(self) -> dict[str, Any]:
         return {"config_hash": config_hash(self.cfg), "inputs": [i.model_dump() for i in self.cfg.inputs]}
@@ -325,19 +323,27 @@ class LocalEngine:
                     f"{self.out} holds a run made with a different config or inputs; "
                     "re-run with --fresh to replace it, or choose another --out"
                 )
+            self._remove_leftovers()
         else:
             write_json(self._state(), state_path)
 
+    def _remove_leftovers(self) -> None:
+        """Delete what a killed run left half-done: temp files of unfinished atomic writes, and the
+        MinHash spill (a phase that did not finish runs again from its map, which spills anew)."""
+        for tmp in [*self.work.rglob(".*.tmp"), *self.out.glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(self.work / SPILL_DIR, ignore_errors=True)
+
     def _executor(self) -> Executor:
         if self.workers <= 1:
-            _init_worker(self.cfg.model_dump_json())
+            _init_worker(self._cfg_json)
             return _InlineExecutor()
         # spawn, not fork: polars and torch start thread pools, and a forked child can deadlock on their locks
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.cfg.model_dump_json(),),
+            initargs=(self._cfg_json,),
         )
 
     def run(self, fresh: bool = False) -> RunOutput:
@@ -360,16 +366,17 @@ class LocalEngine:
                     pending = []
                 phase_rows.append((phase.name, len(parts)))
             kept_parts, dropped_parts = self._final(pool, parts, pending, acct)
+        notes = self._notes()
         for row in quarantine:
             # by input, not row["file"]: a zip member or a chat export's day file is not an input path
             acct.quarantined[self.cfg.inputs[row[ROW] >> ROW_SHIFT].path] += 1
-            acct.quarantine_reasons[_reason_kind(row["reason"])] += 1
+            acct.quarantine_reasons[_reason_kind(row["reason"], row.get("field"))] += 1
         quarantine_path = self.out / "quarantine.parquet"
         table = pa.Table.from_pylist(sorted(quarantine, key=lambda r: r[ROW]), schema=QUARANTINE_SCHEMA)
         write_parquet(table, quarantine_path, mode=SENSITIVE)
         acct.check()
         remove_raw_parts(self.work)
-        return RunOutput(self.out, acct, steps, kept_parts, dropped_parts, quarantine_path, phase_rows)
+        return RunOutput(self.out, acct, steps, kept_parts, dropped_parts, quarantine_path, phase_rows, notes)
 
     # -- ingest
 
@@ -392,6 +399,15 @@ class LocalEngine:
                 acct.messages[spec.path] = done["messages"]
             quarantine.extend(pl.read_parquet(self.work / "quarantine" / f"i{i:04d}.parquet").to_dicts())
         return parts, quarantine
+
+    def _notes(self) -> dict[str, list[str]]:
+        """What the readers decided about whole inputs (e.g. a CSV without a header row), by input."""
+        out: dict[str, list[str]] = {}
+        for i, spec in enumerate(self.cfg.inputs):
+            done = json.loads((self.work / "ingest" / f"i{i:04d}.done.json").read_text())
+            if done.get("notes"):
+                out.setdefault(spec.path, []).extend(done["notes"])
+        return out
 
     def _read_inputs(self, pool: Executor, todo: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Read the inputs one after another in this process; their batches go to the pool."""
@@ -498,7 +514,14 @@ def remove_raw_parts(work: Path) -> None:
             child.unlink()
 
 
-def _reason_kind(reason: str) -> str:
-    """The reason without its instance details (numbers, quoted values), for counting by kind."""
-    kind = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
+def _reason_kind(reason: str, field: str | None = None) -> str:
+    """The reason without its instance details, for counting by kind: quoted values and numbers go,
+    quoted field names (those in the row's `field`) stay, so "'messages' is empty" stays readable."""
+
+    names = {field, *re.split(r"[.\[\]]+", field)} - {""} if field else set()
+
+    def quoted(m: re.Match[str]) -> str:
+        return m.group(0) if m.group(0)[1:-1] in names else "'…'"
+
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"", quoted, reason)
     return re.sub(r"\d+(\.\d+)?", "N", kind)[:120]

@@ -484,11 +484,6 @@ class RayEngine(LocalEngine):
         self.readers = readers  # inputs read at once (default: one per 3 CPUs of the cluster)
         self.step_factory = step_factory
         self.attempts = self.work / "attempts"
-        self._worker_cfg = cfg.model_copy(deep=True)
-        if cfg.dedup.minhash.enabled and cfg.dedup.minhash.spill_dir is None:
-            # shingle sets spill under the work dir, where the verification tasks on any node read them back
-            self._worker_cfg.dedup.minhash.spill_dir = str(self.work / "minhash_spill")
-        self._cfg_json = self._worker_cfg.model_dump_json()
 
     def run(self, fresh: bool = False) -> RayRunOutput:
         """Start or join Ray, then run the local engine's plan with Ray doing the work; count retries."""

@@ -14,10 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from curator.ingest.archive import open_member
-from curator.ingest.base import Quarantined, ReaderOptions, UnreadableInput
+from curator.ingest.archive import EXPORT_MEMBER, open_member
+from curator.ingest.base import Note, Quarantined, ReaderOptions, UnreadableInput
 from curator.ingest.chatgpt import convert_chatgpt
 from curator.ingest.chats import CHAT_FORMATS, MessageTally, detect_chat, read_chat
 from curator.ingest.claude import convert_claude
@@ -29,15 +27,26 @@ from curator.ingest.convert import (
     convert_messages,
     convert_pair,
     convert_sharegpt,
+    type_name,
 )
 from curator.ingest.oasst import convert_oasst
-from curator.ingest.sources import Item, first_bytes, iter_json_items, looks_utf16
+from curator.ingest.recognise import (
+    KnownExport,
+    by_format,
+    recognise_head,
+    recognise_names,
+    recognise_row,
+    unsupported,
+    unsupported_reason,
+)
+from curator.ingest.sources import SNIFF_BYTES, Item, excerpt, first_bytes, iter_json_items, looks_utf16
 from curator.ingest.tabular import csv_like, is_parquet, iter_csv, iter_hf_dataset, iter_parquet
 from curator.record import Record, Source
 
 __all__ = [
     "FORMATS",
     "MessageTally",
+    "Note",
     "Quarantined",
     "ReaderOptions",
     "UnreadableInput",
@@ -78,6 +87,9 @@ def row_format(row: Any) -> str | None:
         return "claude"
     if isinstance(row.get("prompt"), dict) and ("message_tree_id" in row or "replies" in row["prompt"]):
         return "oasst"
+    export = recognise_row(row)  # Discord, Telegram... also hold `messages`: they are not OpenAI rows
+    if export is not None:
+        return export.format
     if "messages" in row:
         return "openai"
     if "conversations" in row:
@@ -118,6 +130,8 @@ def convert_row(row: Any, src: Source, opts: ReaderOptions, fmt: str) -> list[Re
     if shape is None:
         keys = sorted(map(str, row))[:20] if isinstance(row, dict) else type(row).__name__
         raise ShapeError(f"no known row shape in {keys}; set column_map with any of {'/'.join(CANONICAL_COLUMNS)}")
+    if shape not in CONVERTERS:
+        raise ShapeError(unsupported_reason(_known(shape)))
     return CONVERTERS[shape](row, src, opts)
 
 
@@ -134,7 +148,8 @@ def _open_stream(path: Path, display: str, opts: ReaderOptions) -> tuple[Any, st
     return stream, display
 
 
-def _items(path: Path, display: str, fmt: str, opts: ReaderOptions) -> Iterator[tuple[str, Item | Quarantined]]:
+def _items(path: Path, display: str, fmt: str, opts: ReaderOptions
+           ) -> Iterator[tuple[str, Item | Quarantined | Note]]:
     """(display, item) for every top-level object of the input, whatever its container."""
     if fmt == "hf_dataset" or path.is_dir():
         if not path.is_dir():
@@ -158,20 +173,57 @@ def _items(path: Path, display: str, fmt: str, opts: ReaderOptions) -> Iterator[
         stream.close()
 
 
-def _excerpt(obj: Any) -> bytes:
-    """The start of a row as JSON, for the quarantine excerpt."""
-    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)[:800]
-
-
 def _check_path(path: Path, display: str) -> None:
     if not path.exists():
+        if path.is_symlink():
+            raise UnreadableInput(f"{display}: a broken symbolic link (to {path.readlink()}); fix or remove it")
         raise UnreadableInput(f"{display}: no such file or directory; check the input path")
     if path.is_file() and path.stat().st_size == 0:
         raise UnreadableInput(f"{display}: the file is empty")
 
 
+def _known(fmt: str) -> KnownExport:
+    """The recognised-but-unreadable export `row_format` named."""
+    export = by_format(fmt)
+    assert export is not None, fmt
+    return export
+
+
+def _zip_names(path: Path) -> list[str]:
+    """Member names of a zip (empty when it is not a readable zip: the reader then names the problem)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return []
+
+
+def _not_json(head: bytes) -> bool:
+    """True when the start of a file cannot begin a JSON document, array or JSONL stream."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return bool(text) and text[:1] not in b'[{"'
+
+
+def _check_container(path: Path, display: str, asked: str | None = None) -> bytes:
+    """The first bytes of a file, after refusing a zip or text file that is a known unreadable export."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if head.startswith(ZIP_MAGIC):
+        names = _zip_names(path)
+        export = recognise_names(names) if not any(n.rsplit("/", 1)[-1] == EXPORT_MEMBER for n in names) else None
+    else:
+        export = None if looks_utf16(head) else recognise_head(head)
+    if export is not None:
+        raise unsupported(display, export, asked)
+    return head
+
+
 def detect_format(path: Path) -> str:
-    """The reader for `path`, from its content (keys of the first objects), not only its extension."""
+    """The reader for `path`, from its content (keys of the first objects), not only its extension.
+
+    Exports that are recognised but have no reader (`recognise.KNOWN_EXPORTS`) raise "unsupported
+    format: looks like ..." instead of being misread.
+    """
     path = Path(path)
     _check_path(path, str(path))
     chat = detect_chat(path)  # chat exports first (see CHAT_FORMATS above)
@@ -180,17 +232,30 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if any((path / n).exists() for n in ("state.json", "dataset_info.json", "dataset_dict.json")):
             return "hf_dataset"
+        names = sorted(str(p.relative_to(path).as_posix()) for p in path.rglob("*"))
+        export = recognise_names(names)
+        if export is not None:
+            raise unsupported(str(path), export)
         raise UnreadableInput(f"{path}: a directory, but not a Hugging Face dataset saved with save_to_disk")
     if is_parquet(path) or csv_like(path):
         return "generic"
+    head = _check_container(path, str(path))
+    if not head.startswith(ZIP_MAGIC) and not looks_utf16(head) and _not_json(head):
+        raise UnreadableInput(
+            f"{path}: cannot tell the format: the file is not JSON, JSONL, CSV, Parquet or a zip export. "
+            f"Pass `format:` (one of {', '.join(FORMATS)}) if it is one of them"
+        )
     opts = ReaderOptions()
     seen: list[str] = []
     for n, (_, item) in enumerate(_items(path, str(path), "generic", opts)):
         if isinstance(item, Item):
             fmt = row_format(item.obj)
+            if fmt is not None and fmt not in CONVERTERS:
+                raise unsupported(str(path), _known(fmt))
             if fmt is not None:
                 return fmt
-            seen.append(str(sorted(item.obj)[:12]) if isinstance(item.obj, dict) else type(item.obj).__name__)
+            seen.append(str(sorted(item.obj)[:12]) if isinstance(item.obj, dict)
+                        else f"{type_name(item.obj)} values, not objects")
         if n + 1 >= SNIFF_ITEMS:
             break
     what = f"the first records look like {seen[0]}" if seen else "no readable record was found"
@@ -200,23 +265,47 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _mismatch(display: str, fmt: str, actual: str | None) -> UnreadableInput | None:
+    """The error when the first record of an input with an explicit `format:` has another known shape."""
+    if actual is None or actual == fmt or fmt not in CONVERTERS:
+        return None
+    if actual not in CONVERTERS:
+        return UnreadableInput(f"{display}: {unsupported_reason(_known(actual), fmt)}")
+    if CONVERTERS[actual] is CONVERTERS[fmt]:
+        return None
+    return UnreadableInput(
+        f"{display}: format {fmt!r} was asked, but the first record looks like {actual!r}; "
+        f"set format: {actual} or leave it out to auto-detect"
+    )
+
+
+def _unexpected(index: int, exc: Exception) -> str:
+    """The quarantine reason for a row whose converter failed in a way no check anticipated."""
+    if isinstance(exc, RecursionError) or "ecursion" in str(exc):  # orjson: "Recursion limit reached"
+        return f"record {index}: nested too deeply to convert ({type(exc).__name__}: {str(exc)[:100]})"
+    return f"record {index}: unexpected structure ({type(exc).__name__}: {str(exc)[:200]})"
+
+
 def read_input(
     path: Path, display: str, fmt: str | None, opts: ReaderOptions
-) -> Iterator[Record | Quarantined | MessageTally]:
-    """Stream the records of one input (or quarantine rows); `display` goes into `source.file`.
+) -> Iterator[Record | Quarantined | Note | MessageTally]:
+    """Stream the records of one input (or quarantine rows, or notes); `display` goes into `source.file`.
 
     A chat export also yields, last, one `MessageTally`: its message accounting (not a record)."""
     path = Path(path)
     _check_path(path, display)
-    fmt = fmt or detect_format(path)
+    if fmt is None:
+        fmt = detect_format(path)
     if fmt not in FORMATS:
         raise UnreadableInput(f"{display}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt in CHAT_FORMATS:
         yield from read_chat(path, display, fmt, opts)
         return
+    if path.is_file():
+        _check_container(path, display, asked=fmt)  # a forced format does not make a WhatsApp text file JSON
     checked = False
     for shown, item in _items(path, display, fmt, opts):
-        if isinstance(item, Quarantined):
+        if isinstance(item, Quarantined | Note):
             yield item
             continue
         src: Source = {"file": shown, "index": item.index, "line": item.line, "format": fmt}
@@ -225,19 +314,14 @@ def read_input(
         except RowError as exc:
             if not checked and isinstance(exc, ShapeError):
                 raise UnreadableInput(f"{shown}: {exc.reason}") from exc
-            actual = row_format(item.obj)
-            if not checked and fmt in CONVERTERS and actual is not None and actual != fmt \
-                    and CONVERTERS[actual] is not CONVERTERS[fmt]:
-                raise UnreadableInput(
-                    f"{display}: format {fmt!r} was asked, but the first record looks like {actual!r}; "
-                    f"set format: {actual} or leave it out to auto-detect"
-                ) from exc
+            wrong = None if checked else _mismatch(display, fmt, row_format(item.obj))
+            if wrong is not None:
+                raise wrong from exc
             yield Quarantined.of(shown, exc.reason, index=item.index, line=item.line, field=exc.field,
-                                 raw=_excerpt(item.obj))
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:
-            # A shape no check anticipated: still one quarantine row, never a crashed run.
-            reason = f"record {item.index}: unexpected structure ({type(exc).__name__}: {exc})"
-            yield Quarantined.of(shown, reason, index=item.index, line=item.line, raw=_excerpt(item.obj))
+                                 raw=excerpt(item.obj))
+        except Exception as exc:  # any shape no check anticipated (deep nesting too): one quarantine row, not a crash
+            yield Quarantined.of(shown, _unexpected(item.index, exc), index=item.index, line=item.line,
+                                 raw=excerpt(item.obj))
         else:
             yield from records
         checked = True

@@ -1,7 +1,7 @@
 """What every reader yields: canonical records, or quarantine rows that say where and why.
 
-A reader is a generator `read(path, opts) -> Iterator[Record | Quarantined]`. It never raises for a
-bad record; it raises `UnreadableInput` only when the file as a whole cannot be read (missing,
+A reader is a generator `read(path, opts) -> Iterator[Record | Quarantined | Note]`. It never raises
+for a bad record; it raises `UnreadableInput` only when the file as a whole cannot be read (missing,
 not the format asked for, an archive that is unsafe to open), naming the file and what to do.
 """
 
@@ -56,8 +56,16 @@ class ChatOptions:
     top_responders: int = 1
     session_gap_seconds: float = 3600.0
     context_turns: int = 4
-    context: str = "turns"  # turns | field (see config.ChatConfig.context)
+    context: str = "field"  # field | turns (see config.ChatConfig.context)
     role_rule_chosen: bool = False  # False: the default rule applied because the user chose none
+
+
+@dataclass(frozen=True)
+class Note:
+    """A decision a reader made about a whole input (not a record) that the report must state."""
+
+    file: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -73,4 +81,4 @@ class ReaderOptions:
     chat: ChatOptions = field(default_factory=ChatOptions)  # chat exports: sessions, roles, context
 
 
-Reader = Callable[[Path, str, ReaderOptions], Iterator["Record | Quarantined"]]
+Reader = Callable[[Path, str, ReaderOptions], Iterator["Record | Quarantined | Note"]]

@@ -9,6 +9,7 @@ pretty-printed documents are parsed incrementally with ijson's C backend.
 from __future__ import annotations
 
 import codecs
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -122,8 +123,28 @@ class Utf8Guard:
         return b"".join(out)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 8, 200, 200, 20, 20
+
+
+def excerpt(obj: Any) -> bytes:
+    """The start of a parsed object as JSON, for a quarantine excerpt; never raises.
+
+    orjson refuses objects nested deeper than 255 levels (and lone surrogates); those get a
+    depth-bounded repr instead, because an excerpt must never be what stops a run.
+    """
+    try:
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)[:800]
+    except (TypeError, ValueError, RecursionError):
+        return _SHORT.repr(obj)[:800].encode("utf-8", "replace")
+
+
 def _has_replacement(obj: Any) -> bool:
-    return "\ufffd" in orjson.dumps(obj).decode()
+    """True when the object holds U+FFFD (where Utf8Guard replaced invalid bytes)."""
+    try:
+        return "\ufffd" in orjson.dumps(obj).decode()
+    except (TypeError, ValueError, RecursionError):
+        return True  # too deep (or odd) to serialise: attributed to the invalid bytes read before it
 
 
 def iter_json_items(
@@ -178,7 +199,7 @@ def _iter_ijson(
                     f"record {index}: invalid UTF-8 at byte offset {offset}; "
                     "re-encode the file as UTF-8 to keep this record"
                 )
-                yield Quarantined.of(display, reason, index=index, raw=orjson.dumps(obj)[:800])
+                yield Quarantined.of(display, reason, index=index, raw=excerpt(obj))
             else:
                 yield Item(index, None, obj)
             index += 1
@@ -258,4 +279,6 @@ def _jsonl_reason(raw: bytes, exc: orjson.JSONDecodeError, index: int, line_no: 
         )
     if not raw.endswith(b"\n") and "unexpected end of data" in str(exc).lower():
         return f"file ends inside record {index} (truncated?); the records before it were kept"
+    if "depth limit" in str(exc).lower() or "recursion" in str(exc).lower():
+        return f"line {line_no}: nested deeper than the JSON parser's limit of 1024 levels; not read"
     return f"line {line_no}: malformed JSON: {exc}"

@@ -7,6 +7,7 @@ It holds counts, distributions, record ids and reasons: never record text, so it
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from curator.io import write_json, write_text
 from curator.report import html as H
 
 _TEXT_COLUMNS = frozenset(("messages", "context", "tools", "meta"))
+MAX_SKIPPED_ROWS = 50  # skipped files shown in the HTML table (report.json has them all)
 LENGTH_BINS = [1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 10**9]
 
 
@@ -59,8 +61,25 @@ def _optional_summaries(run: RunOutput, annotated: pl.DataFrame) -> dict[str, An
     return out
 
 
-def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything the report shows, as plain data (this is `report.json`)."""
+TRIM_RULE = ("turns before the first user turn are removed (system turns stay), so no sample starts with an "
+             "answer to a question it does not hold; a conversation without any user turn is dropped (no_user_turn)")
+
+
+def _repairs(frame: pl.DataFrame) -> dict[str, Any]:
+    """What normalization changed in the structure of records (not only their text), and by which rule."""
+    if not frame.height or "trimmed_turns" not in frame.columns:
+        return {}
+    trimmed = frame["trimmed_turns"].fill_null(0)
+    return {"leading_turns_trimmed": {"records": int((trimmed > 0).sum()), "turns": int(trimmed.sum()),
+                                      "rule": TRIM_RULE}}
+
+
+def build_report(run: RunOutput, config: dict[str, Any], skipped: Sequence[Any] = ()) -> dict[str, Any]:
+    """Everything the report shows, as plain data (this is `report.json`).
+
+    `skipped`: files of input directories the run did not read (`ingest.inputs.Skipped`), listed
+    with their reason so nothing disappears without a trace.
+    """
     acct = run.accounting
     kept = _annotations(run.kept_parts)
     dropped = _annotations(run.dropped_parts)
@@ -75,7 +94,7 @@ def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
         d = dropped.filter(pl.col("_input") == i).height if dropped.height else 0
         per_input.append(
             {"input": path, "read": acct.read.get(path, 0), "kept": k, "dropped": d,
-             "quarantined": acct.quarantined.get(path, 0)}
+             "quarantined": acct.quarantined.get(path, 0), "notes": run.notes.get(path, [])}
         )
 
     def counts(frame: pl.DataFrame, col: str) -> dict[str, int]:
@@ -92,6 +111,7 @@ def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
             for s in run.steps
         ],
         "inputs": per_input,
+        "skipped_inputs": [{"path": str(s.path), "reason": s.reason} for s in skipped],
         "categories": {"all": counts(both, "category"), "kept": counts(kept, "category")},
         "languages": {"all": counts(both, "language"), "kept": counts(kept, "language")},
         "tokens_est": {
@@ -101,6 +121,7 @@ def build_report(run: RunOutput, config: dict[str, Any]) -> dict[str, Any]:
             "kept_histogram": _length_histogram(kept),
             "dropped_histogram": _length_histogram(dropped),
         },
+        "repairs": _repairs(both),
         "config": config,
         **_optional_summaries(run, both),
     }
@@ -126,7 +147,9 @@ def render_html(report: dict[str, Any]) -> str:
         ("Accounting", [H.paragraph(balance + "  ✓ reconciles", "ok")]),
         ("Inputs", [H.table(["input", "read", "kept", "dropped", "quarantined"],
                             [[r["input"], r["read"], r["kept"], r["dropped"], r["quarantined"]]
-                             for r in report["inputs"]])]),
+                             for r in report["inputs"]]),
+                    *[H.paragraph(f"{r['input']}: {note}", "note") for r in report["inputs"]
+                      for note in r.get("notes", [])]]),
         ("Steps", [H.table(["step", "dropped", "reasons"],
                            [[s["step"], s["dropped"], ", ".join(s["reasons"])] for s in report["steps"]])]),
         ("Drop reasons", [H.table(["reason", "records"], list(acct["dropped_by_reason"].items()))]),
@@ -134,6 +157,14 @@ def render_html(report: dict[str, Any]) -> str:
                         H.paragraph("Quarantine rows with file, line and raw excerpt are in quarantine.parquet "
                                     "(owner-only: excerpts may hold personal data).", "note")]),
     ]
+    skipped = report.get("skipped_inputs", [])
+    if skipped:
+        rows = [[s["path"], s["reason"]] for s in skipped[:MAX_SKIPPED_ROWS]]
+        more = [H.paragraph(f"... and {len(skipped) - MAX_SKIPPED_ROWS} more (all in report.json)", "note")] \
+            if len(skipped) > MAX_SKIPPED_ROWS else []
+        sections.insert(2, (f"Skipped files ({len(skipped)})", [
+            H.paragraph("Files of the input directories that were not read: not data, or recognisably "
+                        "not conversations.", "note"), H.table(["file", "why"], rows), *more]))
     if "messages" in acct:
         sections.insert(2, ("Chat messages", chat_message_fragments(acct["messages"])))
     figures: list[str] = []
@@ -148,6 +179,9 @@ def render_html(report: dict[str, Any]) -> str:
         ))
         figures.append("png:" + H.bar_chart("Records per language", {"kept": report["languages"]["kept"]}, top=12))
     sections.append(("Distributions", figures))
+    for name, repair in report.get("repairs", {}).items():
+        sections.append(("Repairs", [H.paragraph(f"{name.replace('_', ' ')}: {repair['records']} record(s), "
+                                                 f"{repair['turns']} turn(s). Rule: {repair['rule']}.")]))
     if "dedup" in report:
         sections.append(("Deduplication", _json_fragments(report["dedup"])))
     if "pii" in report:

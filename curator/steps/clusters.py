@@ -56,11 +56,12 @@ def rank_clusters(nodes: pl.DataFrame, prefix: str) -> pl.DataFrame:
     ).sort(ROW)
 
 
-def concat_partials(partials: Iterable[pl.DataFrame], key: str, dtype: pl.DataType) -> pl.DataFrame:
-    """All partials as one frame; an empty input gives an empty frame with the expected columns."""
+def concat_partials(partials: Iterable[pl.DataFrame], columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """All partials as one frame; no partial, or only zero-row ones, give a zero-row frame with `row`,
+    the tie-break fields and the step's `columns`, so a run where no row reaches a step still reduces."""
     parts = [p for p in partials if p.height]
     if parts:
         return pl.concat(parts, how="vertical_relaxed")
     return pl.DataFrame(
-        schema={ROW: pl.Int64, "id": pl.String, "quality_score": pl.Float64, "n_chars": pl.Int64, key: dtype}
+        schema={ROW: pl.Int64, "id": pl.String, "quality_score": pl.Float64, "n_chars": pl.Int64, **columns}
     )

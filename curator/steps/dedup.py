@@ -84,7 +84,7 @@ class ExactDedup:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Group equal hashes (empty views stay singletons) and pick each group's representative."""
-        nodes = concat_partials(partials, "_hash", pl.String).sort(ROW)
+        nodes = concat_partials(partials, {"exact_input": pl.String, "_hash": pl.String}).sort(ROW)
         order = nodes.with_row_index("_i").filter(pl.col("_hash").is_not_null()).sort("_hash", "_i")
         i = order["_i"].to_numpy()
         same = (order["_hash"] == order["_hash"].shift(1)).fill_null(False).to_numpy()
@@ -261,7 +261,8 @@ class MinHashDedup:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Verify LSH candidates by exact Jaccard, cluster, and name each duplicate's representative."""
-        nodes = concat_partials(partials, "_bands", pl.Array(pl.UInt64, self.bands))
+        nodes = concat_partials(partials, {"near_input": pl.String, "near_shingles": pl.Int64,
+                                           "_bands": pl.Array(pl.UInt64, self.bands), "_spill": pl.String})
         files = sorted(f for f in nodes["_spill"].unique().to_list() if f) if "_spill" in nodes.columns else []
         try:
             nodes = nodes.sort(ROW)
@@ -322,7 +323,9 @@ class ClusterMerge:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Connected components over rows that share any per-step cluster id."""
-        nodes = pl.concat([p for p in partials], how="diagonal_relaxed").sort(ROW)
+        parts = list(partials)
+        nodes = pl.concat(parts, how="diagonal_relaxed").sort(ROW) if parts else \
+            pl.DataFrame(schema={ROW: pl.Int64, "id": pl.String})
         n = nodes.height
         src: list[np.ndarray] = []
         dst: list[np.ndarray] = []

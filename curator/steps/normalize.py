@@ -13,8 +13,11 @@ import polars as pl
 
 from curator.steps.base import Rule
 
-# C0/C1 controls except \t and \n, plus zero-width and bidi-control characters that only hide text.
-INVISIBLE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2064}\x{feff}]"
+# C0 controls except \t and \n (NUL, escape...) and DEL: exports use them as separators ("simple\x00recipe"),
+# so a run of them between two visible characters becomes one space; next to whitespace it just goes.
+CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+# C1 controls, zero-width and bidi-control characters only hide text: removed.
+INVISIBLE = r"[\x80-\x9f\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2064}\x{feff}]"
 # UTF-8 read as cp1252/latin-1 turns every multi-byte character into a lead byte shown as Â..ô followed by
 # continuation bytes shown as C1 controls, Latin-1 symbols or cp1252's punctuation ("Ã©", "â€™", "Ã¼").
 # Only text with such a pair goes through ftfy: "café" or "Müller" alone never does.
@@ -36,10 +39,13 @@ _FTFY_CONFIG = ftfy.TextFixerConfig(
 
 
 def clean_expr(text: pl.Expr) -> pl.Expr:
-    """NFC, LF line endings, no control/invisible characters, no surrounding whitespace."""
+    """NFC, LF line endings, control characters as word separators, no invisible characters, no
+    surrounding whitespace. (Polars' regex has no lookaround: controls beside whitespace go first.)"""
     return (
         text.str.normalize("NFC")
         .str.replace_all("\r\n?", "\n")
+        .str.replace_all(rf"(\s){CONTROL}+|{CONTROL}+(\s)", "${1}${2}")
+        .str.replace_all(f"{CONTROL}+", " ")
         .str.replace_all(INVISIBLE, "")
         .str.strip_chars()
     )
@@ -67,8 +73,24 @@ def _fix_encoding(messages: pl.Series) -> pl.Series:
     return joined.select(pl.coalesce("_fixed", messages.name).alias(messages.name)).to_series()
 
 
+_ROLE = pl.element().struct.field("role")
+
+
+def trim_leading_turns(messages: pl.Expr) -> pl.Expr:
+    """`messages` without the turns before the first user turn (system turns stay), when there is one.
+
+    A conversation split into parts (ShareGPT `id_1`, `id_2`...) often starts a part with the
+    assistant answering a question of the previous part: trained on as is, the answer has no
+    question. FastChat's trainer drops such leading turns the same way.
+    """
+    kept = messages.list.eval(pl.element().filter(((_ROLE == "user").cum_sum() > 0) | (_ROLE == "system")))
+    has_user = messages.list.eval(_ROLE == "user").list.any().fill_null(False)
+    return pl.when(has_user).then(kept).otherwise(messages)
+
+
 class Normalize:
-    """MapStep: rewrite every turn's content and the context with ftfy + `clean_expr`."""
+    """MapStep: rewrite every turn's content and the context with ftfy + `clean_expr`; trim the turns
+    before the first user turn (`trim_leading_turns`), counted in `trimmed_turns`."""
 
     name = "normalize"
     only_kept = False
@@ -79,10 +101,14 @@ class Normalize:
         if ctx_idx.len():
             fixed = [ftfy.fix_text(c, _FTFY_CONFIG) for c in context.gather(ctx_idx).to_list()]
             context = context.scatter(ctx_idx, pl.Series(fixed, dtype=pl.String))
-        return batch.with_columns(_fix_encoding(batch["messages"]), context).with_columns(
-            pl.col("messages").list.eval(pl.element().struct.with_fields(clean_expr(pl.field("content").fill_null("")))),
+        before = batch["messages"].list.len()
+        out = batch.with_columns(_fix_encoding(batch["messages"]), context).with_columns(
+            trim_leading_turns(pl.col("messages")).list.eval(
+                pl.element().struct.with_fields(clean_expr(pl.field("content").fill_null("")))
+            ),
             clean_expr(pl.col("context")),
         )
+        return out.with_columns((before - out["messages"].list.len()).cast(pl.Int32).alias("trimmed_turns"))
 
     def rules(self) -> list[Rule]:
         return []

@@ -2,7 +2,8 @@
 
 Signals: lengths (characters, approximate tokens), turn counts, empty or trivial turns, repetition
 (duplicate lines and repeated word 3-grams in the assistant text), refusal boilerplate in the final
-answer, and a `quality_score` in [0, 1] that dedup uses to pick a cluster's representative. The
+answer, unfilled template placeholders (`{{name}}` outside code), and a `quality_score` in [0, 1]
+that dedup uses to pick a cluster's representative. The
 thresholds live in `QualityConfig` and only the rules read them, so changing a threshold never
 recomputes a signal.
 """
@@ -20,6 +21,11 @@ REFUSAL = (
     r"|i'm sorry,? but i (?:cannot|can't)|i apologi[sz]e,? but i (?:cannot|can't)"
     r"|my (?:knowledge )?cutoff)"
 )
+# A template placeholder left unfilled ("My name is {{name}}, made by {{author}}"): identity datasets ship
+# them for the trainer to fill. Code (fenced blocks, inline spans) is left out: Jinja/Mustache examples
+# use the same braces on purpose.
+PLACEHOLDER = r"\{\{\s*[A-Za-z_][\w.-]*\s*\}\}"
+CODE = r"(?s)```.*?```|`[^`\n]*`"
 # ~4 characters per token for English BPE vocabularies; the format step counts exact tokens later.
 CHARS_PER_TOKEN = 4.0
 
@@ -79,9 +85,11 @@ def add_quality_signals(batch: pl.DataFrame) -> pl.DataFrame:
         msgs.list.eval(_STRIPPED_LEN.filter(_TEXT_ANSWER)).list.min().fill_null(0).cast(pl.Int64)
         .alias("min_assistant_chars"),
     )
+    prose = msgs.list.eval(_CONTENT).list.join("\n").fill_null("").str.replace_all(CODE, "")
     out = add_repetition(out, "_answer").with_columns(
         (pl.col("n_chars") / CHARS_PER_TOKEN).cast(pl.Int64).add(1).alias("n_tokens_est"),
         pl.col("_last").str.slice(0, 2000).str.contains(REFUSAL).alias("refusal"),
+        prose.str.count_matches(PLACEHOLDER).cast(pl.Int32).alias("placeholders"),
     )
     score = (
         1.0
@@ -111,6 +119,7 @@ class Quality:
         cfg = self.cfg
         rules = [
             Rule("no_assistant_turn", pl.col("n_assistant_turns") == 0),
+            Rule("no_user_turn", pl.col("n_user_turns") == 0),
             Rule("empty_turn", pl.col("has_empty_turn")),
             Rule(
                 "trivial_answer",
@@ -130,6 +139,9 @@ class Quality:
         ]
         if cfg.drop_refusals:
             rules.append(Rule("refusal_boilerplate", pl.col("refusal")))
+        if cfg.drop_placeholders:
+            rules.append(Rule("unfilled_placeholder", pl.col("placeholders") > 0,
+                              detail=pl.format("{} unfilled placeholder(s)", pl.col("placeholders"))))
         return rules
 
 

@@ -23,6 +23,7 @@ from curator.steps.clusters import assign_clusters, concat_partials, tie_break_c
 from curator.steps.text import input_class_expr, view_expr
 
 _BLOCK = 2048
+EMBED_DIM = 384  # all-MiniLM-L6-v2
 
 
 class MissingSemanticExtra(ImportError):
@@ -116,10 +117,11 @@ class SemanticDedup:
 
     def reduce(self, partials: Iterable[pl.DataFrame]) -> pl.DataFrame:
         """Pairs with cosine >= threshold, connected components, one representative per cluster."""
-        nodes = concat_partials(partials, "_emb", pl.Array(pl.Float32, 384)).sort(ROW)
+        nodes = concat_partials(partials, {"sem_input": pl.String, "_emb": pl.Array(pl.Float32, EMBED_DIM)}).sort(ROW)
         has = nodes["_emb"].is_not_null().to_numpy()
         where = np.flatnonzero(has)
-        emb = nodes["_emb"].filter(pl.Series(has)).to_numpy().astype(np.float32).reshape(len(where), -1)
+        dim = nodes.schema["_emb"].size  # type: ignore[attr-defined]
+        emb = nodes["_emb"].filter(pl.Series(has)).to_numpy().astype(np.float32).reshape(len(where), dim)
         i, j, _ = cosine_pairs(emb, self.cfg.threshold)
         out = assign_clusters(nodes, where[i], where[j], "sem")
         pos = {r: k for k, r in enumerate(nodes[ROW].to_list())}
