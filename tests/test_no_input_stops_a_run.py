@@ -220,9 +220,9 @@ def test_chat_exports_are_read_by_their_reader_not_misread(tmp_path: Path, name:
     path = tmp_path / name
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     result = api.curate(load_config(None, FAST), tmp_path / "out", inputs=[path], progress=False)
-    assert result.counts["quarantined"] == 0 and result.counts["read"] == 1  # one answer turn, one sample
-    kept = pl.read_parquet(tmp_path / "out" / "kept" / "*.parquet")
-    assert kept["source"].to_list()[0]["format"] in {"discord", "telegram", "messenger", "whatsapp"}
+    messages = result.report["accounting"]["messages"]["by_input"][str(path)]
+    assert result.counts["quarantined"] == 0 and messages["read"] == (2 if name == "chat.txt" else 1)
+    assert result.counts["read"] == messages["samples"] == messages["read"] - 1  # every reply is a sample
     with pytest.raises(UnreadableInput, match=f"looks like {label}, not 'openai' data"):  # a forced format
         api.curate(load_config(None, FAST), tmp_path / "out2", inputs=[path], format="openai", progress=False)
 
