@@ -166,3 +166,22 @@ def test_pack_manifest_and_report_count_the_fallback(tmp_path: Path, minimal_tok
                           for r in pl.read_parquet(f)["input_ids"].to_list()])
     assert minimal_tok.convert_tokens_to_ids("<|im_start|>") in ids
     assert "<tool_call>" in minimal_tok.decode(ids.tolist())
+
+
+def test_ifd_scoring_renders_tool_calls_as_the_packer_does(smollm2_dir: Path, glaive) -> None:
+    from transformers import AutoTokenizer
+
+    from trainer.evaluate import _ifd_documents
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    rec = next(r for r in glaive if _calls(r) and _has_tools(r))
+    upto = next(i for i, m in enumerate(rec["messages"]) if m.get("tool_calls"))
+    scored = {**rec, "messages": rec["messages"][: upto + 1]}  # the answer scored is the tool-calling turn
+    (cond_ids, cond_mask), _ = _ifd_documents(tok, scored, max_len=4096)[0]
+    answer = tok.decode([i for i, m in zip(cond_ids, cond_mask, strict=True) if m])
+    call = rec["messages"][upto]["tool_calls"][0]
+    assert answer.startswith("<tool_call>") and f'"name": "{call["name"]}"' in answer  # not just <|im_end|>
+    assert "<tools>" in tok.decode(cond_ids)
+    packed = ChatFormatter(tok, FormatConfig(seq_len=4096, train_on="last_assistant")).encode(scored)
+    assert packed.input_ids.tolist() == cond_ids  # same render, same tokens
+    assert tok.decode(packed.input_ids[packed.loss_mask == 1].tolist()) == answer.removesuffix("\n")

@@ -410,6 +410,22 @@ class ChatFormatter:
         return Encoded(ids, mask, method, dropped_turns)
 
 
+def template_for(tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> str | None:
+    """The template to render these messages with, by the packer's rule: None (the tokenizer's own) unless
+    that drops content of them (`content_needles`) and the tokenizer has ChatML's tokens: then CHATML_TEMPLATE."""
+    own = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    chatml = {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.all_special_tokens)
+    if not chatml or not dropped_content(content_needles(messages, tools), own):
+        return None
+    return CHATML_TEMPLATE
+
+
+def parse_tools(text: str | None) -> list[Any] | None:
+    """A record's `tools` (JSON text) as the list templates expect, or None when absent or not a list."""
+    parsed = _json_or_text(text) if text else None
+    return parsed if isinstance(parsed, list) else None
+
+
 def content_needles(msgs: list[dict[str, Any]], tools: list[Any] | None) -> dict[str, list[str]]:
     """What a render of these messages must contain, by kind: tool calls (names, argument keys and values),
     tool results, tool schemas (string values and parameter names) and speaker names."""
