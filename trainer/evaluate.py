@@ -285,13 +285,12 @@ def evaluate_model(cfg: Any, adapter: str | Path | None = None, out: str | Path 
     Returns the file path with the overall and per-category figures.
     """
     from trainer.data import prepare_run
-    from trainer.model import load_base_model, resolve_runtime
+    from trainer.model import apply_cpu_threads, load_base_model, resolve_runtime
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})})
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
     manifest, tokenizer, _, eval_split = prepare_run(cfg)
     runtime = resolve_runtime(cfg)
+    apply_cpu_threads(cfg, runtime)
     model = load_base_model(cfg, runtime)
     base_only = str(adapter) == "none"
     adapter_dir = Path(adapter) if adapter is not None and not base_only else Path(cfg.output_dir) / "adapter"

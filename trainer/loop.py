@@ -48,7 +48,14 @@ from trainer.data import (
     prepare_run,
 )
 from trainer.losses import TokenLoss
-from trainer.model import count_params, load_base_model, merge_adapter, resolve_runtime, wrap_lora
+from trainer.model import (
+    apply_cpu_threads,
+    count_params,
+    load_base_model,
+    merge_adapter,
+    resolve_runtime,
+    wrap_lora,
+)
 from trainer.schedule import lr_at
 
 # Fields that change what a resumed run computes; the rest (eval, checkpoint cadence) may change.
@@ -226,8 +233,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
     rank, world, local_rank = dist_info()
     runtime = resolve_runtime(cfg, local_rank)
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
+    apply_cpu_threads(cfg, runtime)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if runtime.device.type == "cuda" else "gloo")
     out_dir = Path(cfg.output_dir)

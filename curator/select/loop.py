@@ -229,9 +229,10 @@ def score_pool_file(train_cfg: Any, train_pool: pl.DataFrame, out: Path, max_len
     from transformers import AutoTokenizer
 
     from trainer.evaluate import score_pool
-    from trainer.model import load_base_model, resolve_runtime
+    from trainer.model import apply_cpu_threads, load_base_model, resolve_runtime
 
     runtime = resolve_runtime(train_cfg)
+    apply_cpu_threads(train_cfg, runtime)
     model = PeftModel.from_pretrained(load_base_model(train_cfg, runtime), Path(train_cfg.output_dir) / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(train_cfg.model)
     with torch.no_grad():
