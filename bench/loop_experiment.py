@@ -100,7 +100,7 @@ def base_config(args: argparse.Namespace, inputs: list[dict[str, Any]]) -> dict[
             "format": {"seq_len": 512},
             "balance": {"temperature": 1.0, "min_per_category": 8},
         },
-        "model": {"vocab_size": 2048, "hidden_size": 128, "layers": 2, "heads": 4,
+        "model": {"builtin": "tiny", "vocab_size": 2048, "hidden_size": 128, "layers": 2, "heads": 4,
                   "pretrain_steps": args.pretrain_steps},
         "train": {"lr": args.lr, "warmup_steps": 5, "max_steps": args.steps, "micro_batch_size": 4,
                   "grad_accum": 1, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "seed": 0,

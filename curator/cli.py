@@ -14,6 +14,7 @@ from rich.table import Table
 
 console = Console(stderr=True)
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_TINY_CONFIG = DEMO_CONFIG.with_name("demo_tiny.yaml")  # `demo --tiny`: same data, a tiny model built here
 
 
 class UserError(Exception):
@@ -126,8 +127,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_loop(args: argparse.Namespace) -> int:
     from curator import api
+    from curator.select.loop import load_loop_config
 
-    result = api.loop(args.config, args.out, workers=args.workers)
+    cfg = load_loop_config(args.config)
+    if args.tiny:  # the quick path: the config's loop with a tiny model built here instead of its base model
+        cfg.model = cfg.model.model_copy(update={"path": None, "builtin": "tiny"})
+    result = api.loop(cfg, args.out, workers=args.workers)
     _print_verdict(result.report, result.out)
     return 0
 
@@ -135,10 +140,12 @@ def cmd_loop(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from curator import api
 
-    if not DEMO_CONFIG.exists():
-        raise UserError(f"{DEMO_CONFIG}: the demo config is missing; run the demo from a clone of the repository")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo builds its model here: nothing may be fetched
-    result = api.loop(DEMO_CONFIG, args.out, workers=args.workers)
+    config = DEMO_TINY_CONFIG if args.tiny else DEMO_CONFIG
+    if not config.exists():
+        raise UserError(f"{config}: the demo config is missing; run the demo from a clone of the repository")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo's model comes from a wheel or is built here: no fetch
+    out = args.out or ("runs/demo_tiny" if args.tiny else "runs/demo")
+    result = api.loop(config, out, workers=args.workers)
     _print_verdict(result.report, result.out)
     return 0
 
@@ -247,11 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="loop YAML (curate, model, train, rounds, token_budget, feedback)")
     p.add_argument("--out", required=True, help="loop directory (resumes when it exists)")
     p.add_argument("--workers", type=int, default=workers, help="processes for curation map steps")
+    p.add_argument("--tiny", action="store_true", help="quick run: a tiny model built here instead of model.*")
     p.set_defaults(func=cmd_loop)
 
-    p = sub.add_parser("demo", help="the full loop on sample_data/ with a tiny model built here (CPU, minutes)")
-    p.add_argument("--out", default="runs/demo", help="loop directory (resumes when it exists)")
+    p = sub.add_parser("demo", help="the full loop on sample_data/ with the packaged SmolLM2-135M-Instruct "
+                       "(CPU, minutes)")
+    p.add_argument("--out", help="loop directory (resumes when it exists; default runs/demo, runs/demo_tiny)")
     p.add_argument("--workers", type=int, default=workers, help="processes for curation map steps")
+    p.add_argument("--tiny", action="store_true", help="quick run: a tiny model built here (configs/demo_tiny.yaml)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("schema", help="print (or --write) the pipeline config JSON Schema")
@@ -279,13 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
     from curator.steps.balance import SelectionFileError
+    from trainer.pretrained import PretrainedModelError
 
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError, ResumeMismatch, UnreadableInput, ShardError, TokenizerError,
-            SelectionFileError, ExportError) as exc:
+            SelectionFileError, ExportError, PretrainedModelError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

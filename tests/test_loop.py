@@ -30,7 +30,7 @@ curate:
   split: {eval_fraction: 0.2}
   format: {seq_len: 256}
   balance: {min_per_category: 4}
-model: {vocab_size: 512, hidden_size: 32, layers: 1, heads: 2, pretrain_steps: 20}
+model: {builtin: tiny, vocab_size: 512, hidden_size: 32, layers: 1, heads: 2, pretrain_steps: 20}
 train: {lr: 0.003, warmup_steps: 1, max_steps: 6, micro_batch_size: 2, checkpoint_every: 2,
         lora: {r: 4, alpha: 8, dropout: 0.0}, eval: {batch_size: 8}}
 rounds: 2

@@ -195,3 +195,40 @@ def test_a_dir_without_marker_is_never_trusted(tmp_path: Path) -> None:
     (target / "config.json").write_text("{}")
     with pytest.raises(PretrainedModelError, match=re.escape("without conversion.json")):
         publish_once(target, lambda tmp: {}, check=lambda d: None)
+
+
+# --- the loop's base model ---
+
+
+def test_the_loop_defaults_to_the_packaged_model_and_keeps_any_path() -> None:
+    from curator.config import ConfigError, validate_as
+    from curator.select.loop import LoopConfig, ModelSpec
+
+    assert ModelSpec().builtin == "smollm2-135m-instruct" and ModelSpec().path is None
+    assert ModelSpec(path="HuggingFaceTB/SmolLM2-360M-Instruct").path == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    with pytest.raises(ConfigError, match=re.escape("either model.path")):
+        validate_as(LoopConfig, {"model": {"path": "/models/mine", "builtin": "tiny"}}, "loop.yaml")
+
+
+def test_demo_uses_smollm2_and_the_tiny_demo_the_same_data() -> None:
+    from curator.select.loop import load_loop_config
+
+    demo, tiny = load_loop_config(ROOT / "configs/demo.yaml"), load_loop_config(ROOT / "configs/demo_tiny.yaml")
+    assert demo.model.builtin == "smollm2-135m-instruct" and demo.model.path is None
+    assert tiny.model.builtin == "tiny"
+    assert tiny.curate == demo.curate
+
+
+def test_ensure_base_model_returns_the_cached_conversion(
+    smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars as pl
+
+    from curator.select.loop import ModelSpec, ensure_base_model
+
+    monkeypatch.setenv("SFT_CURATOR_CACHE", str(smollm2_dir.parent.parent))
+    got = ensure_base_model(ModelSpec(), pl.DataFrame(), tmp_path / "base", seed=0)
+    assert got == str(smollm2_dir)
+    used = json.loads((tmp_path / "base" / "model.json").read_text())
+    assert used["dir"] == str(smollm2_dir) and used["gguf_sha256"] == SMOLLM2.sha256
+    assert ensure_base_model(ModelSpec(path="/models/mine"), pl.DataFrame(), tmp_path / "b2", seed=0) == "/models/mine"

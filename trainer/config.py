@@ -1,7 +1,9 @@
 """Typed trainer configuration (`curator train` / `curator eval` read it from YAML).
 
 A YAML file names only what differs from the defaults; unknown keys are errors that name the key
-path, so a typo never silently does nothing. `dtype: auto` means fp32 on CPU and bf16 on GPU.
+path, so a typo never silently does nothing. `dtype: auto` means fp32 on CPU and bf16 on GPU; CPU
+runs always set an explicit thread count (`cpu_threads`, default half the logical CPUs), so the same
+run computes the same numbers in any process. Both defaults are measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class TrainConfig(_Section):
     resume: bool = Field(True, description="Resume from the latest checkpoint in output_dir if there is one.")
     merge: bool = Field(False, description="Also write the base model with the adapter merged in.")
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU; None: torch's default.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads on CPU; None: half the logical CPUs (trainer.model).")
     probe_memory: bool = Field(True, description="Run one forward+backward before training to catch OOM early.")
 
     @model_validator(mode="after")

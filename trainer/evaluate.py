@@ -23,6 +23,7 @@ import jsonschema
 import numpy as np
 import torch
 
+from curator.format.chat import parse_tools, template_for, to_hf_messages
 from trainer.data import PackedSplit, document_index, make_batch, read_manifest, read_split
 from trainer.losses import TokenLoss
 
@@ -143,8 +144,10 @@ def generate(
     return out
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool,
+            tools: list[Any] | None = None, template: str | None = None) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, chat_template=template,
+                                         add_generation_prompt=add_generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -159,20 +162,21 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def _ifd_documents(tokenizer: Any, record: dict[str, Any], max_len: int) -> tuple[list[Any], str | None, bool]:
     """([(ids, mask) conditioned, (ids, mask) alone], None, truncated), or ([], reason, False) if unscorable."""
-    messages = [
-        {k: v for k, v in m.items() if v is not None} | {"content": m.get("content") or ""}
-        for m in record.get("messages") or []
-    ]
+    # rendered as the packer renders it (curator.format.chat): context in the first user turn, tool calls
+    # as functions, and the ChatML-with-tools fallback when the tokenizer's own template drops tool content
+    messages = to_hf_messages({"messages": record.get("messages") or [], "context": record.get("context")})
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
     if last is None or last == 0:
         return [], "no assistant turn after a prompt", False
-    full = _render(tokenizer, messages[: last + 1], False)
-    prompt = _render(tokenizer, messages[:last], True)
+    tools = parse_tools(record.get("tools"))
+    template = template_for(tokenizer, messages[: last + 1], tools)
+    full = _render(tokenizer, messages[: last + 1], False, tools, template)
+    prompt = _render(tokenizer, messages[:last], True, tools, template)
     cut = _common_prefix(full, prompt)
     answer = full[cut:]
     if not answer:
         return [], "empty answer", False
-    header = prompt[_common_prefix(prompt, _render(tokenizer, messages[:last], False)):]
+    header = prompt[_common_prefix(prompt, _render(tokenizer, messages[:last], False, tools, template)):]
     cond_ids = (prompt[:cut] + answer)[-max_len:]
     cond_mask = ([0] * cut + [1] * len(answer))[-max_len:]
     alone_ids = (header + answer)[:max_len]
@@ -281,13 +285,12 @@ def evaluate_model(cfg: Any, adapter: str | Path | None = None, out: str | Path 
     Returns the file path with the overall and per-category figures.
     """
     from trainer.data import prepare_run
-    from trainer.model import load_base_model, resolve_runtime
+    from trainer.model import apply_cpu_threads, load_base_model, resolve_runtime
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})})
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
     manifest, tokenizer, _, eval_split = prepare_run(cfg)
     runtime = resolve_runtime(cfg)
+    apply_cpu_threads(cfg, runtime)
     model = load_base_model(cfg, runtime)
     base_only = str(adapter) == "none"
     adapter_dir = Path(adapter) if adapter is not None and not base_only else Path(cfg.output_dir) / "adapter"

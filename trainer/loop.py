@@ -4,7 +4,10 @@ Read top to bottom, `train()` does:
 1. checks before long work: manifest, checksums, tokenizer and chat-template hashes, seq_len vs the
    model's maximum, a non-empty train (and eval) split, then one probe forward+backward at the
    configured micro batch so an out-of-memory batch size fails in seconds ("lower micro_batch_size");
-2. loads the base model (fp32 CPU / bf16 GPU / 4-bit QLoRA on CUDA) and wraps it with LoRA;
+2. loads the base model (fp32 CPU / bf16 GPU / 4-bit QLoRA on CUDA) and wraps it with LoRA; a CPU
+   run uses an explicit thread count (`cpu_threads`, default half the logical CPUs). Measured for
+   SmolLM2-135M LoRA on the 2-vCPU build machine (BENCHMARKS.md): one thread trained faster than two,
+   and fp32 faster than bf16 on a CPU without native bf16 (AVX512-BF16/AMX), forward 2x faster;
 3. resumes from the newest checkpoint in `output_dir/checkpoints` when there is one: adapter
    weights, AdamW state, step (the schedule is a pure function of it), RNG states, data position;
 4. per optimizer step: `grad_accum` micro batches of packed rows with `position_ids` and no 2D
@@ -48,7 +51,14 @@ from trainer.data import (
     prepare_run,
 )
 from trainer.losses import TokenLoss
-from trainer.model import count_params, load_base_model, merge_adapter, resolve_runtime, wrap_lora
+from trainer.model import (
+    apply_cpu_threads,
+    count_params,
+    load_base_model,
+    merge_adapter,
+    resolve_runtime,
+    wrap_lora,
+)
 from trainer.schedule import lr_at
 
 # Fields that change what a resumed run computes; the rest (eval, checkpoint cadence) may change.
@@ -226,8 +236,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
     rank, world, local_rank = dist_info()
     runtime = resolve_runtime(cfg, local_rank)
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
+    apply_cpu_threads(cfg, runtime)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if runtime.device.type == "cuda" else "gloo")
     out_dir = Path(cfg.output_dir)

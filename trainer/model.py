@@ -8,6 +8,7 @@ exercised by the CPU test suite.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,14 @@ TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
+# CPU defaults, from the measurements in BENCHMARKS.md ("SmolLM2-135M-Instruct on CPU"): torch
+# intra-op threads when `cpu_threads` is not set (half the logical CPUs, about the physical cores:
+# on the 2-vCPU build machine one thread trained SmolLM2 faster than two), and the compute dtype of
+# `dtype: auto` on CPU.
+CPU_THREADS_DEFAULT = max(1, (os.cpu_count() or 2) // 2)
+CPU_DTYPE_DEFAULT = torch.float32
+
+
 class ModelLoadError(Exception):
     """The base model cannot be loaded as asked (missing path, QLoRA without CUDA, ...)."""
 
@@ -54,13 +63,26 @@ def resolve_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
         raise ModelLoadError("device: cuda was asked but no CUDA device is visible; use device: auto or cpu")
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    dtype = names.get(cfg.dtype, torch.bfloat16 if use_cuda else torch.float32)
+    dtype = names.get(cfg.dtype, torch.bfloat16 if use_cuda else CPU_DTYPE_DEFAULT)
     if cfg.qlora and not use_cuda:
         raise ModelLoadError(
             "qlora: 4-bit loading needs bitsandbytes on a CUDA GPU and none is available here; "
             "set qlora: false to train a plain LoRA adapter in fp32 on CPU"
         )
     return Runtime(device=device, dtype=dtype)
+
+
+def apply_cpu_threads(cfg: TrainConfig, runtime: Runtime) -> int | None:
+    """Set torch's intra-op threads for a CPU run (`cpu_threads`, else CPU_THREADS_DEFAULT); None on GPU.
+
+    Always an explicit count, never torch's default (which follows OMP_NUM_THREADS and the cores),
+    so two processes of the same run reduce in the same order and compute the same numbers.
+    """
+    if runtime.device.type != "cpu":
+        return None
+    threads = cfg.cpu_threads or CPU_THREADS_DEFAULT
+    torch.set_num_threads(threads)
+    return threads
 
 
 def target_modules_for(model_type: str) -> list[str] | str:

@@ -94,20 +94,25 @@ def pretrain_tiny(
     seq_len: int = 256,
     batch_size: int = 8,
     seed: int = 0,
+    threads: int | None = None,
 ) -> list[float]:
     """Give a freshly built tiny model some language: full-parameter causal-LM training on `texts`.
 
     A randomly initialised base leaves LoRA nothing to adapt (its loss stays near ln(vocab)), so the
     demo pretrains its local base on the train-side text first, the way a real base model arrives
     pretrained. This is not the SFT trainer (trainer/loop.py trains adapters only); it reuses its
-    loss, targets and schedule and returns the loss per step. The model is saved back in place.
+    loss, targets and schedule and returns the loss per step. The model is saved back in place. It runs
+    on `threads` torch threads (default: the trainer's CPU default), so every process builds the same weights.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.data import shifted_targets
     from trainer.losses import TokenLoss
+    from trainer.model import CPU_THREADS_DEFAULT
     from trainer.schedule import lr_at
+
+    torch.set_num_threads(threads or CPU_THREADS_DEFAULT)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stream: list[int] = []

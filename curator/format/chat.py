@@ -13,6 +13,14 @@ template is not prefix-stable we fall back, and count which fallback each record
   assistant content is located in order in the full render and its span is extended through the
   end-of-turn token that follows it.
 
+A template must carry what the record holds: after rendering, every tool call's name and arguments,
+every tool result, the tool schemas and the speaker names of the record must appear in the text
+(`dropped_content`). Many templates ignore `tools` and `tool_calls` (SmolLM2's own renders a
+tool-calling turn as an empty assistant turn and loses the schemas), so such a record is rendered
+with the project's ChatML-with-tools template instead (when the tokenizer has ChatML's special
+tokens) and counted per reason in `template_fallback`; when even that drops content, the record is
+dropped as "template_drops_content". It is never trained on silently.
+
 Within a turn's span, tokens after the last end-of-turn token (ChatML's trailing newline) are not
 targets; the end-of-turn/EOS token itself is. Masks never look at token ids to find padding, so they
 stay correct when pad == eos. Records longer than `seq_len` are truncated by whole turns (the
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +43,8 @@ import numpy as np
 from curator.config import FormatConfig
 
 # ChatML with Hermes/Qwen-style tool rendering; for plain messages it renders exactly
-# '<|im_start|>{role}\n{content}<|im_end|>\n' per turn, the classic ChatML layout.
+# '<|im_start|>{role}\n{content}<|im_end|>\n' per turn, the classic ChatML layout. A message's `name`
+# (a tool result's tool, a speaker) goes into the header as in OpenAI's ChatML ('<|im_start|>tool name=python').
 CHATML_TEMPLATE = (
     "{%- if tools %}"
     "{{ '<|im_start|>system\n' }}"
@@ -46,7 +56,8 @@ CHATML_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if not (tools and loop.first and message['role'] == 'system') %}"
     "{%- set content = message['content'] if message['content'] is defined else '' %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + content }}"
+    "{%- set name = (' name=' + message['name']) if (message['name'] is defined and message['name']) else '' %}"
+    "{{ '<|im_start|>' + message['role'] + name + '\n' + content }}"
     "{%- if message['tool_calls'] is defined %}"
     "{%- for call in message['tool_calls'] %}"
     "{%- set fn = call['function'] if call['function'] is defined else call %}"
@@ -63,6 +74,11 @@ CHATML_TEMPLATE = (
 # Special tokens that close a turn in common templates, besides the tokenizer's EOS.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
 UNCATEGORIZED = "uncategorized"
+# Why a record was rendered with the ChatML-with-tools fallback: what its own template dropped.
+CONTENT_KINDS = ("tool_calls", "tool_results", "tool_schemas", "names")
+FALLBACK_TEMPLATE_NAME = "chatml_tools"
+
+log = logging.getLogger(__name__)
 
 
 class TokenizerError(Exception):
@@ -150,6 +166,7 @@ class _Renders:
     heads: list[str | None]
     ends: list[str]
     prefix_ok: bool
+    fallback: tuple[str, ...] = ()  # what the tokenizer's own template dropped (rendered with the fallback)
 
     def texts(self) -> list[str]:
         """Every render to tokenize (the full one first)."""
@@ -164,6 +181,7 @@ class Encoded:
     loss_mask: np.ndarray  # int8, 1 = target token
     method: str
     truncated_turns: int = 0
+    template_fallback: tuple[str, ...] = ()
 
 
 @dataclass
@@ -183,6 +201,9 @@ class FormatStats:
     truncated_records: int = 0
     truncated_turns: int = 0
     tools_unparseable: int = 0
+    fallback_records: int = 0
+    fallback_reasons: Counter = field(default_factory=Counter)
+    fallback_hash: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, key-sorted dict for the manifest."""
@@ -192,6 +213,12 @@ class FormatStats:
             "truncated_records": self.truncated_records,
             "truncated_turns": self.truncated_turns,
             "tools_unparseable": self.tools_unparseable,
+            "template_fallback": {
+                "template": FALLBACK_TEMPLATE_NAME if self.fallback_hash else None,
+                "template_hash": self.fallback_hash,
+                "records": self.fallback_records,
+                "by_reason": dict(sorted(self.fallback_reasons.items())),
+            },
         }
 
 
@@ -208,9 +235,17 @@ class ChatFormatter:
             ends.add(tokenizer.eos_token_id)
         self.end_of_turn_ids = frozenset(ends)
         self.template_hash = hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()
+        # The fallback needs ChatML's turn tokens as special tokens of this tokenizer, and must differ from its own.
+        chatml = {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.all_special_tokens)
+        self._warned = False
+        self.fallback_template = CHATML_TEMPLATE if chatml and tokenizer.chat_template != CHATML_TEMPLATE else None
+        if self.fallback_template:
+            self.stats.fallback_hash = hashlib.sha256(self.fallback_template.encode()).hexdigest()
 
-    def _render(self, messages: list[dict[str, Any]], tools: list[Any] | None, gen: bool) -> str:
-        return self.tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen)
+    def _render(self, messages: list[dict[str, Any]], tools: list[Any] | None, gen: bool,
+                template: str | None = None) -> str:
+        return self.tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen,
+                                            chat_template=template)
 
     def encode(self, rec: dict[str, Any]) -> Encoded | Rejected:
         """Render one record; a record that cannot be rendered or masked is a counted `Rejected`."""
@@ -240,6 +275,9 @@ class ChatFormatter:
                 self.stats.dropped[result.reason] += 1
             else:
                 self.stats.methods[result.method] += 1
+                if result.template_fallback:
+                    self.stats.fallback_records += 1
+                    self.stats.fallback_reasons.update(result.template_fallback)
                 if result.truncated_turns:
                     self.stats.truncated_records += 1
                     self.stats.truncated_turns += result.truncated_turns
@@ -258,10 +296,36 @@ class ChatFormatter:
                 tools = parsed
             else:
                 self.stats.tools_unparseable += 1
+        renders = self._renders(msgs, assistant, tools, None)
+        if isinstance(renders, Rejected):
+            return renders
+        needles = content_needles(msgs, tools)
+        dropped = dropped_content(needles, renders.full)
+        if not dropped:
+            return renders
+        if self.fallback_template is None:
+            return Rejected("template_drops_content", f"the chat template drops {', '.join(dropped)}")
+        fallback = self._renders(msgs, assistant, tools, self.fallback_template)
+        if isinstance(fallback, Rejected):
+            return fallback
+        still = dropped_content(needles, fallback.full)
+        if still:
+            return Rejected("template_drops_content", f"both templates drop {', '.join(still)}")
+        if not self._warned:
+            self._warned = True
+            log.warning("the chat template of %s drops %s of some records; they are rendered with the ChatML-with-"
+                        "tools fallback instead (counted in the manifest's format.template_fallback)",
+                        getattr(self.tok, "name_or_path", "the tokenizer"), ", ".join(dropped))
+        fallback.fallback = tuple(dropped)
+        return fallback
+
+    def _renders(self, msgs: list[dict[str, Any]], assistant: list[int], tools: list[Any] | None,
+                 template: str | None) -> _Renders | Rejected:
+        """The full render and, per assistant turn, its head and end, with one template."""
         try:
-            full = self._render(msgs, tools, False)
-            heads = [self._render(msgs[:k], tools, True) if k else None for k in assistant]
-            ends = [self._render(msgs[: k + 1], tools, False) for k in assistant]
+            full = self._render(msgs, tools, False, template)
+            heads = [self._render(msgs[:k], tools, True, template) if k else None for k in assistant]
+            ends = [self._render(msgs[: k + 1], tools, False, template) for k in assistant]
         except Exception as exc:  # jinja raises TemplateError/TypeError/... from user templates
             return Rejected("template_error", f"{type(exc).__name__}: {str(exc)[:200]}")
         prefix_ok = all(
@@ -288,7 +352,10 @@ class ChatFormatter:
             spans = self._search_spans(rec, r.msgs, r.full)
             if spans is None:
                 return Rejected("mask_unverifiable", "assistant content not found in the rendered template")
-        return self._finish(*spans)
+        result = self._finish(*spans)
+        if isinstance(result, Encoded):
+            result.template_fallback = r.fallback
+        return result
 
     def _search_spans(
         self, rec: dict[str, Any], msgs: list[dict[str, Any]], full: str
@@ -341,6 +408,66 @@ class ChatFormatter:
         if not mask.any():
             return Rejected("no_trainable_tokens")
         return Encoded(ids, mask, method, dropped_turns)
+
+
+def template_for(tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> str | None:
+    """The template to render these messages with, by the packer's rule: None (the tokenizer's own) unless
+    that drops content of them (`content_needles`) and the tokenizer has ChatML's tokens: then CHATML_TEMPLATE."""
+    own = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    chatml = {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.all_special_tokens)
+    if not chatml or not dropped_content(content_needles(messages, tools), own):
+        return None
+    return CHATML_TEMPLATE
+
+
+def parse_tools(text: str | None) -> list[Any] | None:
+    """A record's `tools` (JSON text) as the list templates expect, or None when absent or not a list."""
+    parsed = _json_or_text(text) if text else None
+    return parsed if isinstance(parsed, list) else None
+
+
+def content_needles(msgs: list[dict[str, Any]], tools: list[Any] | None) -> dict[str, list[str]]:
+    """What a render of these messages must contain, by kind: tool calls (names, argument keys and values),
+    tool results, tool schemas (string values and parameter names) and speaker names."""
+    needles: dict[str, list[str]] = {kind: [] for kind in CONTENT_KINDS}
+    for m in msgs:
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", call)
+            needles["tool_calls"].append(fn["name"])
+            needles["tool_calls"].extend(_leaves(fn.get("arguments"), keys=True))
+        if m["role"] == "tool" and m["content"].strip():
+            needles["tool_results"].append(m["content"].strip())
+        if m.get("name"):
+            needles["names"].append(m["name"])
+    for tool in tools or []:
+        needles["tool_schemas"].extend(_leaves(tool, keys=False))
+    return {kind: [n for n in v if n] for kind, v in needles.items() if any(v)}
+
+
+def _leaves(value: Any, keys: bool) -> list[str]:
+    """The texts a JSON value shows when rendered: string and scalar leaves, mapping keys when `keys`
+    (a schema's structural keys like "type" are not required, its parameter names under "properties" are)."""
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            if keys:
+                out.append(str(k))
+            out.extend(_leaves(v, keys=keys or k == "properties"))
+        return out
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v, keys)]
+    if isinstance(value, str):
+        return [value.strip()]
+    return [] if value is None else [json.dumps(value)]
+
+
+def dropped_content(needles: dict[str, list[str]], rendered: str) -> list[str]:
+    """The kinds of content with a needle that appears in `rendered` neither as is nor JSON-escaped."""
+
+    def shown(text: str) -> bool:
+        return text in rendered or any(json.dumps(text, ensure_ascii=a)[1:-1] in rendered for a in (False, True))
+
+    return [kind for kind, texts in needles.items() if not all(shown(t) for t in texts)]
 
 
 def _chars_to_tokens(enc: Any, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -301,4 +301,9 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
         rows.append((f"{name}: records / rows / files", f"{s['records']} / {s['rows']} / {len(s['files'])}"))
     for status, n in manifest["records"]["status"].items():
         rows.append((f"records {status}", str(n)))
+    fallback = manifest["format"].get("template_fallback") or {}
+    if fallback.get("records"):
+        reasons = ", ".join(f"{k} {v}" for k, v in fallback["by_reason"].items())
+        rows.append(("rendered with ChatML-with-tools (own template drops)",
+                     f"{fallback['records']} records ({reasons})"))
     return rows

