@@ -259,15 +259,17 @@ def loop(config: LoopConfig | str | Path, out: str | Path, *, workers: int = 1, 
         if not (out / "heldout" / "report.json").exists():
             curate(rounds.heldout_curate_config(cfg), out / "heldout", workers=workers, progress=progress)
         heldout = rounds.kept_records(out / "heldout")
-    evals = rounds.prepare_eval_records(cfg, out, kept, train_pool, heldout)
     rounds.write_initial_selection(cfg, out)
     summaries: list[dict[str, Any]] = []
     base_eval: dict[str, Any] | None = None
+    evals: dict[str, str] = {}
     for r in range(cfg.rounds):
         rd = rounds.round_dir(out, r)
         shards = rd / "shards"
         if not (shards / "manifest.json").exists():
             pack(rounds.round_pack_config(cfg, r, model_dir, out), curated, shards, progress=progress)
+        if r == 0:
+            evals = rounds.prepare_eval_records(cfg, out, kept, train_pool, heldout)
         train_cfg = rounds.train_config(cfg, model_dir, shards, rd / "train", evals)
         if base_eval is None:
             if not (out / "base_eval.json").exists():

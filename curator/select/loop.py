@@ -174,15 +174,17 @@ def prepare_eval_records(cfg: LoopConfig, out: Path, curated_records: pl.DataFra
                          train_pool: pl.DataFrame, heldout: pl.DataFrame | None) -> dict[str, str]:
     """Write the eval records to generate for and the held-out set; the eval config entries that name them.
 
-    Generated: up to `generate_per_category` eval-split records per category (seeded hash of the id), the
-    same in every round. Held out: the curated forgetting set minus any record that is in the training pool.
+    Generated: up to `generate_per_category` records per category of round 0's packed eval split (a
+    seeded hash of the id), the same in every round. Held out: the curated forgetting set minus any
+    record that is in the training pool. Call after round 0 is packed.
     """
     evals: dict[str, str] = {}
     if cfg.generate_per_category:
         path = out / "generate_records.parquet"
         if not path.exists():
-            pool_ids = train_pool["id"].implode()
-            eval_side = curated_records.filter(~pl.col("id").is_in(pool_ids))
+            packed = pl.read_parquet(round_dir(out, 0) / "shards" / "records.parquet")
+            eval_ids = packed.filter(pl.col("split") == "eval")["id"].implode()
+            eval_side = curated_records.filter(pl.col("id").is_in(eval_ids))
             write_parquet(pool_sample(eval_side, cfg.generate_per_category, cfg.curate.seed), path)
         evals["generate_records"] = str(path)
     if heldout is not None:
