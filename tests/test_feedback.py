@@ -173,3 +173,10 @@ def test_pool_tokens_count_the_train_side_minus_exclusions() -> None:
     })
     assert pool_tokens(records, set()) == {"chat": 70, "math": 150, "uncategorized": 10}
     assert pool_tokens(records, {"b"}) == {"chat": 70, "math": 100, "uncategorized": 10}
+
+
+def test_a_category_without_eval_records_counts_as_average() -> None:
+    states = {"instructions": _state(0.30, 2.4), "math": _state(0.10, 1.3), "tool_use": _state(0.05, 0.9)}
+    new, detail, held = marginal_update(EQUAL, states, 16000, FeedbackConfig())
+    assert "chat" in held and detail["chat"]["eval_loss"] is None
+    assert new["instructions"] > new["chat"] > new["tool_use"]

@@ -5,6 +5,12 @@ chunks (losses.TokenLoss.per_token) and folds them into per-document sums right 
 holds one batch of hidden states plus one chunk of logits, never vocabulary x dataset. Per-category
 loss is token-weighted (total loss / total target tokens of the category); perplexity = exp(loss).
 
+`generation_eval` answers eval records greedily (`generate_texts`: batched, left padded, longest
+prompts first) and scores each answer against its reference with `trainer.metrics` (chrF, final
+number, tool-call JSON and name), per record id and per category with standard errors.
+`heldout_eval` is the forgetting check: the answer loss of records no round trains on. Both run
+after the loss evaluation when the eval config names their record files (`extra_evals`).
+
 `score_pool` is the feedback loop's scoring pass over the TRAINING pool: for canonical records it
 renders each conversation with the model's chat template and returns, per record id,
 loss(answer | prompt) and loss(answer alone) and IFD = their ratio (Li et al. 2023, "Cherry" data).

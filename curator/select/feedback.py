@@ -236,7 +236,8 @@ def marginal_update(
             detail[c] = {"weight_before": round(prev[c], 6), "weight_after": new[c], "held_still": True}
         return new, detail, cats
     prio = {c: math.exp(cfg.focus * (eff_loss[c] - mean_loss) / mean_loss) if mean_loss > 0 else 1.0 for c in eff_rate}
-    raw = {c: max(prio[c] * eff_rate[c], 1e-12) ** (1.0 / (1.0 - beta)) if c in eff_rate else prev[c] for c in cats}
+    # a category without eval records counts as average: no evidence either way
+    raw = {c: max(prio.get(c, 1.0) * eff_rate.get(c, mean_rate), 1e-12) ** (1.0 / (1.0 - beta)) for c in cats}
     floor = min(cfg.floor, 1.0 / len(cats))
     pools = {c: states[c].pool_tokens if c in states else math.inf for c in cats}
     lo = {c: budget * max(floor, prev[c] / cfg.max_change) for c in cats}
