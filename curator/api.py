@@ -1,4 +1,4 @@
-"""The public Python API: curate, pack, train, evaluate and loop, typed configs in, result objects out.
+"""The public Python API: curate, pack, export, train, evaluate and loop; typed configs in, result objects out.
 
 The command line is argument parsing and printing over these functions, so a script or a notebook
 gets exactly what `curator curate ...` writes (same files, same bytes). Each function takes the
@@ -9,6 +9,7 @@ nothing here prints a summary (the CLI does).
     from curator import api
     run = api.curate("curate.yaml", "out/curated")
     shards = api.pack(run.config, run, "out/shards", tokenizer="path/to/model")
+    chats = api.export(run.config, run, "out/openai", format="openai")  # or "sharegpt", "hf"
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from curator.select.loop import LoopConfig, load_loop_config
 __all__ = [
     "CurateResult",
     "EvalResult",
+    "ExportResult",
     "LoopResult",
     "PackResult",
     "TrainResult",
     "curate",
     "evaluate",
+    "export",
     "kept_parts",
     "loop",
     "pack",
@@ -63,6 +66,24 @@ class PackResult:
 
     out: Path
     manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export` wrote: the export dir and its summary (`export.json`: files, records per split, notes)."""
+
+    out: Path
+    summary: dict[str, Any]
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Each split's JSONL file (openai, sharegpt) or dataset dir (hf)."""
+        return {name: self.out / s["path"] for name, s in self.summary["splits"].items()}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Records written per split."""
+        return {name: int(s["records"]) for name, s in self.summary["splits"].items()}
 
 
 @dataclass(frozen=True)
@@ -210,6 +231,25 @@ def pack(
     manifest = build_shards(kept_parts(kept), out, cfg, progress=progress)
     write_pack_report(manifest, summary_rows(manifest), out)
     return PackResult(out, manifest)
+
+
+def export(
+    config: CurateConfig | str | Path | None,
+    kept: str | Path | CurateResult | Sequence[Path],
+    out: str | Path,
+    *,
+    format: str,
+    progress: bool = True,
+) -> ExportResult:
+    """Write kept records as OpenAI chat JSONL, ShareGPT (LLaMA-Factory, Axolotl) or a HF dataset dir in `out`.
+
+    The config's `split` and `seed` give each record the side `pack` gives it, so an export's eval
+    split is the shards' eval split. `format`: "openai", "sharegpt" or "hf" (see curator/format/export.py).
+    """
+    from curator.format.export import write_export
+
+    out = Path(out)
+    return ExportResult(out, write_export(kept_parts(kept), out, _curate_config(config), format, progress=progress))
 
 
 def train(config: Any, overrides: dict[str, Any] | None = None) -> TrainResult:

@@ -1,4 +1,4 @@
-"""`curator`: one command with subcommands (curate, pack, train, eval, loop, demo, schema)."""
+"""`curator`: one command with subcommands (curate, pack, export, train, eval, loop, demo, schema)."""
 
 from __future__ import annotations
 
@@ -36,10 +36,30 @@ def _print_curate_summary(report: dict[str, Any], out: Path) -> None:
         for reason, n in acct["dropped_by_reason"].items():
             reasons.add_row(reason, str(n))
         console.print(reasons)
+    if "messages" in acct:
+        _print_chat_messages(acct["messages"])
     console.print(
         f"[green]read {acct['read']} = kept {acct['kept']} + dropped {acct['dropped']} + quarantined "
         f"{acct['quarantined']}[/green]  report: {out / 'report.html'}"
     )
+
+
+def _print_chat_messages(messages: dict[str, Any]) -> None:
+    """Chat exports (issue 14): messages read = in a sample + in context only + dropped by reason."""
+    from curator.report.curate import role_hint
+
+    table = Table(title="chat messages")
+    for col in ("input", "read", "in sample", "context only", "dropped", "samples", "role rule"):
+        table.add_column(col, justify="right" if col not in ("input", "role rule") else "left")
+    for path, m in messages["by_input"].items():
+        dropped = ", ".join(f"{r} {n}" for r, n in sorted(m["dropped"].items(), key=lambda kv: -kv[1]))
+        table.add_row(path, str(m["read"]), str(m["in_sample"]), str(m["context_only"]),
+                      f"{sum(m['dropped'].values())} ({dropped})" if dropped else "0", str(m["samples"]),
+                      m["role_rule"] + (" (default)" if m["role_rule_default"] else ""))
+    console.print(table)
+    hint = role_hint(messages)
+    if hint:
+        console.print(f"[yellow]{hint}[/yellow]")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -70,6 +90,24 @@ def cmd_pack(args: argparse.Namespace) -> int:
     for label, value in summary_rows(result.manifest):
         table.add_row(label, value)
     console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from curator import api
+
+    result = api.export(args.config, args.kept, args.out, format=args.format)
+    summary = result.summary
+    table = Table(title=f"{summary['format']} export in {result.out}")
+    for col in ("split", "records", "path"):
+        table.add_column(col, justify="right" if col == "records" else "left")
+    for name, split in summary["splits"].items():
+        table.add_row(name, str(split["records"]), split["path"])
+    console.print(table)
+    skipped = {k: n for k, n in summary["records"]["skipped"].items() if n}
+    for label, counts in (("skipped", skipped), ("notes", summary["notes"])):
+        if counts:
+            console.print(f"{label}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     return 0
 
 
@@ -175,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", help="selection file from the feedback loop (overrides balance.weights_file)")
     p.set_defaults(func=cmd_pack)
 
+    p = sub.add_parser("export", help="write kept records for other trainers: OpenAI chat JSONL, ShareGPT, "
+                       "or a Hugging Face dataset dir, split as `pack` splits them")
+    p.add_argument("kept", help="a `curate` output dir (its kept/ parts) or Parquet file(s) of kept records")
+    p.add_argument("--out", required=True, help="export directory (replaced when it holds an earlier export)")
+    p.add_argument("--format", required=True, help="openai (chat fine-tuning JSONL), sharegpt (LLaMA-Factory, "
+                   "Axolotl) or hf (datasets save_to_disk, messages column for TRL)")
+    p.add_argument("--config", help="YAML config (its split section and seed choose each record's side)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("train", help="train a LoRA adapter on packed shards (YAML: trainer/config.py)")
     p.add_argument("config", help="trainer YAML (model, shards, output_dir, ...)")
     p.set_defaults(func=cmd_train)
@@ -207,6 +254,7 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: e.g. transformers' GGUF loader bar
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
@@ -216,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     from curator.config import ConfigError
     from curator.engines.plan import ResumeMismatch
     from curator.format.chat import TokenizerError
+    from curator.format.export import ExportError
     from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
     from curator.steps.balance import SelectionFileError
@@ -225,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError, ResumeMismatch, UnreadableInput, ShardError, TokenizerError,
-            SelectionFileError) as exc:
+            SelectionFileError, ExportError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

@@ -24,11 +24,21 @@ class Section(BaseModel):
 class InputSpec(Section):
     """One input: a path and, optionally, the format and per-input options."""
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     path: str
     format: str | None = Field(None, description="Reader name; auto-detected when omitted.")
     category: str | None = Field(None, description="Category for every record of this input that has none.")
     override_category: bool = Field(False, description="Give every record `category`, even one that has its own.")
     column_map: dict[str, str] = Field(default_factory=dict, description="Generic readers: canonical -> column.")
+    assistant: list[str] | None = Field(
+        None, alias="as",
+        description="Chat exports: the senders (display name, handle or id) whose turns are the answers; "
+        "overrides chats.assistant and implies chats.roles: named.",
+    )
+    roles: Literal["every_reply", "named", "top_responders"] | None = Field(
+        None, description="Chat exports: the role rule for this input; None: chats.roles."
+    )
 
 
 class IngestConfig(Section):
@@ -37,6 +47,36 @@ class IngestConfig(Section):
     max_compression_ratio: float = Field(200.0, gt=1)
     oasst_paths: Literal["best", "all"] = "best"
     batch_size: int = Field(8192, ge=1, description="Records per batch (and per work part).")
+
+
+class ChatConfig(Section):
+    """How messenger and team-chat exports (Slack, Discord, Telegram, WhatsApp, Messenger) become samples.
+
+    A channel's messages are split into sessions (threads and reply chains first, then time gaps),
+    consecutive messages of one sender merge into a turn, and every answer turn yields one sample:
+    the turns before it (`context_turns`), the turn it answers, and the answer.
+    """
+
+    roles: Literal["every_reply", "named", "top_responders"] = Field(
+        "every_reply",
+        description="every_reply: each turn answering another sender is an answer (its sender is the assistant "
+        "of that sample); named: only `assistant` senders answer; top_responders: the `top_responders` senders "
+        "who answer others most often in a chat.",
+    )
+    assistant: list[str] = Field(
+        default_factory=list, description="Senders (display name, handle or id) who are the assistant; implies named."
+    )
+    top_responders: int = Field(1, ge=1, description="How many senders the top_responders rule picks per chat.")
+    session_gap_minutes: float = Field(
+        60.0, gt=0, description="A silence longer than this starts a new session (threads and replies bridge it)."
+    )
+    context_turns: int = Field(4, ge=0, description="Turns before the answered turn kept as the sample's context.")
+    context: Literal["turns", "field"] = Field(
+        "field",
+        description="turns: the context turns are messages before the instruction (speakers keep their roles and "
+        "names); field: an instruction/answer pair whose record `context` holds the turns as 'Name: text' lines, "
+        "so only the answer is ever a training target.",
+    )
 
 
 class QualityConfig(Section):
@@ -180,6 +220,7 @@ class CurateConfig(Section):
     inputs: list[InputSpec] = Field(default_factory=list)
     seed: int = 0
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    chats: ChatConfig = Field(default_factory=ChatConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,14 +17,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _default_mode() -> int:
-    """What `open()` would give a new file under this process's umask (mkstemp always gives 0600)."""
+def _umask() -> int:
+    """This process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-DEFAULT_MODE = _default_mode()
+DEFAULT_MODE = 0o666 & ~_umask()  # what `open()` gives a new file (mkstemp always gives 0600)
+DEFAULT_DIR_MODE = 0o777 & ~_umask()  # what `mkdir` gives a new dir (mkdtemp always gives 0700)
 
 
 @contextmanager
@@ -45,6 +47,28 @@ def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temp dir beside `path`; on success it replaces `path` (an earlier dir there is removed).
+
+    For outputs that are a directory of files read together (a saved dataset): a killed run leaves
+    the old directory or the new one. The dir gets the permissions a plain `mkdir` would give.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield tmp
+        os.chmod(tmp, DEFAULT_DIR_MODE)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_parquet(

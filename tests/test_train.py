@@ -186,11 +186,18 @@ def test_ddp_on_gloo_matches_a_single_process_big_batch(
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = train(_cfg(tiny_model_dir, packed_shards, tmp_path / "single", **{**kw, "micro_batch_size": 2}))
+    # The loss and the gradient norm of every step are scale-sensitive (a wrong token normalisation
+    # across ranks would change them) and come before Adam, which divides by sqrt(v) and so can turn
+    # reduction-order noise in a near-zero gradient into a visible weight difference.
+    ddp_steps = read_jsonl(tmp_path / "ddp" / "metrics.jsonl")
+    single_steps = read_jsonl(tmp_path / "single" / "metrics.jsonl")
+    assert len(ddp_steps) == len(single_steps) == 4
+    for d, s in zip(ddp_steps, single_steps, strict=True):
+        assert d["loss"] == pytest.approx(s["loss"], rel=1e-5)
+        assert d["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-4)
     a, b = _adapter(tmp_path / "ddp" / "adapter"), _adapter(Path(single["adapter"]))
-    # Adam moves each weight ~lr (1e-2) per step; reduction-order noise stays orders of magnitude below.
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-4)
-    assert len(read_jsonl(tmp_path / "ddp" / "metrics.jsonl")) == 4
+    for key in a:  # a tenth of one Adam step (lr 1e-2) at most, and far less on average
+        assert (a[key] - b[key]).abs().max() < 1e-3 and (a[key] - b[key]).abs().mean() < 1e-5, key
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["adapter", "eval.json", "metrics.jsonl"]
 
 

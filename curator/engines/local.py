@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from curator.config import CurateConfig, config_hash
 from curator.engines.plan import ROW_SHIFT, Accounting, Phase, ResumeMismatch, all_rules, build_steps, kept_mask, phases
-from curator.ingest import read_input
-from curator.ingest.base import Quarantined, ReaderOptions
+from curator.ingest import MessageTally, read_input
+from curator.ingest.base import ChatOptions, Quarantined, ReaderOptions
 from curator.io import write_json, write_parquet
 from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
 from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
@@ -203,9 +203,26 @@ class RunOutput:
     phase_rows: list[tuple[str, int]] = field(default_factory=list)
 
 
+def chat_options(cfg: CurateConfig, i: int) -> ChatOptions:
+    """Session/role settings of input `i`: the `chats:` section, overridden by the input's `as:`/`roles:`."""
+    spec, chats = cfg.inputs[i], cfg.chats
+    assistant = spec.assistant if spec.assistant is not None else chats.assistant
+    chosen = bool(assistant) or spec.roles is not None or "roles" in chats.model_fields_set
+    return ChatOptions(
+        roles=spec.roles or ("named" if assistant else chats.roles),
+        assistant=tuple(assistant),
+        top_responders=chats.top_responders,
+        session_gap_seconds=chats.session_gap_minutes * 60.0,
+        context_turns=chats.context_turns,
+        context=chats.context,
+        role_rule_chosen=chosen,
+    )
+
+
 def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers: int, progress: Any) -> dict[str, Any]:
     """Stream input `i` into batches for the pool (validate + first phase + write a part each); write its
-    quarantine. Returns {read, parts, quarantined}. Runs on the driver, or as a Ray task per input."""
+    quarantine. Returns {read, parts, quarantined} (+ `messages`, the message accounting of a chat
+    export). Runs on the driver, or as a Ray task per input."""
     spec = cfg.inputs[i]
     ingest_dir = work / "ingest"
     opts = ReaderOptions(
@@ -215,6 +232,7 @@ def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers:
         oasst_paths=cfg.ingest.oasst_paths,
         column_map=dict(spec.column_map),
         category=spec.category,
+        chat=chat_options(cfg, i),
     )
     items = read_input(Path(spec.path), spec.path, spec.format, opts)
     batch_size = cfg.ingest.batch_size
@@ -224,6 +242,7 @@ def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers:
     records: list[dict[str, Any]] = []
     rows: list[int] = []
     read = 0
+    messages: MessageTally | None = None
     task = progress.task(f"ingest {spec.path}", total=None) if progress else None
 
     def flush() -> None:
@@ -237,6 +256,9 @@ def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers:
             futures[[f.done() for f in futures].index(False)].result()
 
     for item in items:
+        if isinstance(item, MessageTally):  # a chat export's message accounting: not a record
+            messages = item
+            continue
         row = (i << ROW_SHIFT) | read
         read += 1
         if isinstance(item, Quarantined):
@@ -257,7 +279,10 @@ def ingest_input(cfg: CurateConfig, i: int, work: Path, pool: Executor, workers:
     write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), q_path, mode=SENSITIVE)
     if task is not None:
         progress.finish(task, read)
-    return {"read": read, "parts": names, "quarantined": len(quarantine)}
+    done: dict[str, Any] = {"read": read, "parts": names, "quarantined": len(quarantine)}
+    if messages is not None:
+        done["messages"] = messages.as_dict()
+    return done
 
 
 class _InlineExecutor(Executor):
@@ -333,7 +358,8 @@ class LocalEngine:
                 phase_rows.append((phase.name, len(parts)))
             kept_parts, dropped_parts = self._final(pool, parts, pending, acct)
         for row in quarantine:
-            acct.quarantined[row["file"]] += 1
+            # by input, not row["file"]: a zip member or a chat export's day file is not an input path
+            acct.quarantined[self.cfg.inputs[row[ROW] >> ROW_SHIFT].path] += 1
             acct.quarantine_reasons[_reason_kind(row["reason"])] += 1
         quarantine_path = self.out / "quarantine.parquet"
         table = pa.Table.from_pylist(sorted(quarantine, key=lambda r: r[ROW]), schema=QUARANTINE_SCHEMA)
@@ -359,6 +385,8 @@ class LocalEngine:
             done = json.loads((ingest_dir / f"i{i:04d}.done.json").read_text())
             parts.extend(ingest_dir / name for name in done["parts"])
             acct.read[spec.path] += done["read"]
+            if "messages" in done:
+                acct.messages[spec.path] = done["messages"]
             quarantine.extend(pl.read_parquet(self.work / "quarantine" / f"i{i:04d}.parquet").to_dicts())
         return parts, quarantine
 

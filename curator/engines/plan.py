@@ -105,6 +105,7 @@ class Accounting:
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # chat exports: message accounting by input
 
     @property
     def total_read(self) -> int:
@@ -118,9 +119,12 @@ class Accounting:
                 f"accounting does not reconcile: read {self.total_read} != kept {self.kept} + dropped "
                 f"{sum(self.dropped.values())} + quarantined {sum(self.quarantined.values())}"
             )
+        for path, m in self.messages.items():
+            if m["read"] != m["in_sample"] + m["context_only"] + sum(m["dropped"].values()):
+                raise AssertionError(f"{path}: message accounting does not reconcile: {m}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "read": self.total_read,
             "kept": self.kept,
             "dropped": sum(self.dropped.values()),
@@ -131,6 +135,20 @@ class Accounting:
             "quarantined_by_reason": dict(self.quarantine_reasons.most_common()),
             "dropped_by_reason": dict(self.dropped.most_common()),
         }
+        if self.messages:
+            out["messages"] = message_totals(self.messages)
+        return out
+
+
+def message_totals(by_input: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Message accounting of the chat exports: per input and summed (read = in sample + context + dropped)."""
+    total: dict[str, Any] = {"read": 0, "in_sample": 0, "context_only": 0, "dropped": Counter(), "samples": 0}
+    for m in by_input.values():
+        for key in ("read", "in_sample", "context_only", "samples"):
+            total[key] += m[key]
+        total["dropped"].update(m["dropped"])
+    total["dropped"] = dict(total["dropped"].most_common())
+    return {**total, "reconciles": True, "by_input": dict(sorted(by_input.items()))}
 
 
 def kept_mask(frame: pl.DataFrame) -> pl.Series:

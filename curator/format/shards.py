@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from curator.config import CurateConfig, config_hash
 from curator.format.chat import UNCATEGORIZED, ChatFormatter, Encoded, load_tokenizer, tokenizer_hash
 from curator.format.pack import Document, bfd_bins, pack_rows, split_document
-from curator.format.split import SPLIT, assign_splits
+from curator.format.split import SPLIT, record_sides
 from curator.io import sha256_file, write_json, write_parquet
 from curator.record import schema_errors
 from curator.steps.balance import balance
@@ -42,7 +42,7 @@ class ShardError(Exception):
     """Inputs that cannot be packed at all; the message says what is wrong and what to do."""
 
 
-def _read_kept(kept: Sequence[Path] | pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_kept(kept: Sequence[Path] | pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """Kept records as one frame sorted by id; rows with a drop_reason and repeated ids are counted out."""
     if isinstance(kept, pl.DataFrame):
         df = kept
@@ -70,7 +70,8 @@ def _read_kept(kept: Sequence[Path] | pl.DataFrame) -> tuple[pl.DataFrame, dict[
     return df, counts
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
+    """A rich bar on stderr (disabled: no output), for the stages of pack and export."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -139,7 +140,7 @@ def build_shards(
     """Balance, split, render and pack kept records into shards under `out_dir`; return the manifest."""
     out_dir = Path(out_dir)
     fcfg = cfg.format
-    df, input_counts = _read_kept(kept)
+    df, input_counts = read_kept(kept)
     if df.height == 0:
         raise ShardError("no kept records to pack: every input row was dropped or the input is empty")
     tok, template_source = load_tokenizer(fcfg.tokenizer)
@@ -150,7 +151,7 @@ def build_shards(
 
     encoded: dict[str, Encoded] = {}
     status: dict[str, str] = {}
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("render + mask", total=df.height)
         for rid, result in fmt.encode_many(df.select("id", "messages", "context", "tools").iter_rows(named=True)):
             if isinstance(result, Encoded):
@@ -166,13 +167,15 @@ def build_shards(
         )
     lengths = {rid: (len(e.input_ids), int(e.loss_mask.sum())) for rid, e in encoded.items()}
     meta = df.select([c for c in ("id", "category", "language", "source", "cluster_id") if c in df.columns])
+    if "meta" in df.columns:  # chat exports: samples of one session are split together
+        meta = meta.with_columns(df["meta"].str.json_path_match("$.session").alias("session"))
     rendered = meta.filter(pl.col("id").is_in(list(encoded))).with_columns(
         pl.col("id").replace_strict({k: v[0] for k, v in lengths.items()}, return_dtype=pl.Int64).alias("n_tokens"),
     )
     # Split every kept record first (not only the rendered ones), so a record's side depends on the
     # data and the seed, never on the tokenizer or seq_len; then balance the train side only. The
     # eval/test sets stay the same whatever the weights: rounds of the feedback loop share one held-out set.
-    sides = assign_splits(meta, cfg.split, cfg.seed).select("id", SPLIT)
+    sides = record_sides(meta, cfg.split, cfg.seed)
     split_all = rendered.join(sides, on="id", how="left")
     balanced = balance(split_all.filter(pl.col(SPLIT) == "train").drop(SPLIT), cfg.balance, cfg.seed, weights=weights)
     for rid, reason in balanced.dropped.select("id", "reason").iter_rows():
@@ -187,7 +190,7 @@ def build_shards(
     split_of: dict[str, str] = {}
     totals = {"total": 0, "trainable": 0, "padding": 0}
     n_split_docs = 0
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         active = [s for s in SPLITS if s != "test" or cfg.split.test_fraction > 0]
         task = bar.add_task("pack + write", total=len(active))
         for name in active:

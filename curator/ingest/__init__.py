@@ -19,6 +19,7 @@ import orjson
 from curator.ingest.archive import open_member
 from curator.ingest.base import Quarantined, ReaderOptions, UnreadableInput
 from curator.ingest.chatgpt import convert_chatgpt
+from curator.ingest.chats import CHAT_FORMATS, MessageTally, detect_chat, read_chat
 from curator.ingest.claude import convert_claude
 from curator.ingest.convert import (
     PROMPT_KEYS,
@@ -36,6 +37,7 @@ from curator.record import Record, Source
 
 __all__ = [
     "FORMATS",
+    "MessageTally",
     "Quarantined",
     "ReaderOptions",
     "UnreadableInput",
@@ -59,6 +61,11 @@ CANONICAL_COLUMNS = ("prompt", "response", "system", "context", "category", "mes
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 ZIP_MAGIC = b"PK\x03\x04"
 SNIFF_ITEMS = 20
+
+# --- chat exports (issue 14, curator/ingest/chats/): Slack, Discord, Telegram, WhatsApp, Messenger ---
+# Recognised by their documented structure (keys, file layout, WhatsApp's line pattern) before the
+# generic rules below, which would read any JSON with a top-level `messages` as OpenAI format.
+FORMATS = (*FORMATS, *CHAT_FORMATS)
 
 
 def row_format(row: Any) -> str | None:
@@ -167,6 +174,9 @@ def detect_format(path: Path) -> str:
     """The reader for `path`, from its content (keys of the first objects), not only its extension."""
     path = Path(path)
     _check_path(path, str(path))
+    chat = detect_chat(path)  # chat exports first (see CHAT_FORMATS above)
+    if chat is not None:
+        return chat
     if path.is_dir():
         if any((path / n).exists() for n in ("state.json", "dataset_info.json", "dataset_dict.json")):
             return "hf_dataset"
@@ -190,13 +200,20 @@ def detect_format(path: Path) -> str:
     )
 
 
-def read_input(path: Path, display: str, fmt: str | None, opts: ReaderOptions) -> Iterator[Record | Quarantined]:
-    """Stream the records of one input (or quarantine rows); `display` goes into `source.file`."""
+def read_input(
+    path: Path, display: str, fmt: str | None, opts: ReaderOptions
+) -> Iterator[Record | Quarantined | MessageTally]:
+    """Stream the records of one input (or quarantine rows); `display` goes into `source.file`.
+
+    A chat export also yields, last, one `MessageTally`: its message accounting (not a record)."""
     path = Path(path)
     _check_path(path, display)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise UnreadableInput(f"{display}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt in CHAT_FORMATS:
+        yield from read_chat(path, display, fmt, opts)
+        return
     checked = False
     for shown, item in _items(path, display, fmt, opts):
         if isinstance(item, Quarantined):

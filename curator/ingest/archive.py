@@ -15,6 +15,7 @@ from curator.ingest.base import UnreadableInput
 from curator.ingest.sources import binary_size
 
 EXPORT_MEMBER = "conversations.json"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def unsafe_reason(name: str) -> str | None:
@@ -45,12 +46,13 @@ class BombGuard(io.RawIOBase):
         self.out += len(data)
         ratio = self.out / max(self.info.compress_size, 1)
         if self.out > self.max_bytes or (self.out > 1024 * 1024 and ratio > self.max_ratio):
-            raise UnreadableInput(_bomb_message(self.archive, self.info, self.out, self.max_bytes, self.max_ratio))
+            raise UnreadableInput(bomb_message(self.archive, self.info, self.out, self.max_bytes, self.max_ratio))
         buf[: len(data)] = data
         return len(data)
 
 
-def _bomb_message(archive: str, info: zipfile.ZipInfo, size: int, max_bytes: int, max_ratio: float) -> str:
+def bomb_message(archive: str, info: zipfile.ZipInfo, size: int, max_bytes: int, max_ratio: float) -> str:
+    """Why an archive member is refused as a possible decompression bomb, with the limits to raise."""
     ratio = size / max(info.compress_size, 1)
     return (
         f"{archive}!{info.filename}: refusing a possible decompression bomb: {size} bytes inflated from "
@@ -94,6 +96,6 @@ def open_member(path: Path, display: str, max_bytes: int, max_ratio: float) -> t
     info = find_member(zf, display)
     if info.file_size > 1024 * 1024 and info.file_size / max(info.compress_size, 1) > max_ratio:
         zf.close()
-        raise UnreadableInput(_bomb_message(display, info, info.file_size, max_bytes, max_ratio))
+        raise UnreadableInput(bomb_message(display, info, info.file_size, max_bytes, max_ratio))
     guard = BombGuard(zf.open(info), info, display, max_bytes, max_ratio)
     return io.BufferedReader(guard, buffer_size=128 * 1024), f"{display}!{info.filename}"

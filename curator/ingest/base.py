@@ -48,6 +48,19 @@ class Quarantined:
 
 
 @dataclass(frozen=True)
+class ChatOptions:
+    """How chat exports become samples (from `chats:` and the input's `as:`/`roles:`; see config.ChatConfig)."""
+
+    roles: str = "every_reply"  # every_reply | named | top_responders
+    assistant: tuple[str, ...] = ()
+    top_responders: int = 1
+    session_gap_seconds: float = 3600.0
+    context_turns: int = 4
+    context: str = "turns"  # turns | field (see config.ChatConfig.context)
+    role_rule_chosen: bool = False  # False: the default rule applied because the user chose none
+
+
+@dataclass(frozen=True)
 class ReaderOptions:
     """Options shared by all readers; each reader reads only those it needs."""
 
@@ -57,6 +70,7 @@ class ReaderOptions:
     oasst_paths: str = "best"  # "best": the best-ranked reply at each turn; "all": every root-to-leaf path
     column_map: dict[str, str] = field(default_factory=dict)  # generic readers: canonical name -> column
     category: str | None = None  # category for every record of this input, when the format has none
+    chat: ChatOptions = field(default_factory=ChatOptions)  # chat exports: sessions, roles, context
 
 
 Reader = Callable[[Path, str, ReaderOptions], Iterator["Record | Quarantined"]]

@@ -185,19 +185,26 @@ SHAREGPT_ROLES = {
 PLAIN_SHAREGPT = frozenset(SHAREGPT_ROLES) - {"function_call"}
 
 
-def sharegpt_call(value: str, field: str) -> ToolCall:
-    """A ShareGPT `function_call` turn: its value is JSON text {name, arguments}."""
+def sharegpt_calls(value: str, field: str) -> list[ToolCall]:
+    """A ShareGPT `function_call` turn: its value is JSON {name, arguments}, or a list of them (parallel calls)."""
     try:
-        call = orjson.loads(value)
+        parsed = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise RowError(f"{field}: function_call value is not JSON {{name, arguments}} ({exc})", field) from exc
-    call = need_dict(call, f"{field}.value")
-    name = need_str(call.get("name"), f"{field}.value.name")
-    return {"id": None, "name": name or "", "arguments": json_text(call.get("arguments", {}))}
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    if not calls:
+        raise RowError(f"{field}: function_call value is an empty list", field)
+    out: list[ToolCall] = []
+    for j, call in enumerate(calls):
+        where = f"{field}.value[{j}]" if isinstance(parsed, list) else f"{field}.value"
+        call = need_dict(call, where)
+        name = need_str(call.get("name"), f"{where}.name")
+        out.append({"id": None, "name": name or "", "arguments": json_text(call.get("arguments", {}))})
+    return out
 
 
 def convert_sharegpt(row: Any, src: Source, opts: ReaderOptions) -> list[Record]:
-    """ShareGPT row; function_call turns become assistant tool calls, observation/tool turns tool turns."""
+    """ShareGPT row; a function_call turn becomes an assistant turn with its call(s), observation/tool a tool turn."""
     row = need_dict(row, "row")
     turns = need_list(row, "conversations", "turns")
     out: list[Message] = []
@@ -217,7 +224,7 @@ def convert_sharegpt(row: Any, src: Source, opts: ReaderOptions) -> list[Record]
             )
         value = need_str(turn.get("value"), f"{field}.value") or ""
         if who == "function_call":
-            out.append(message("assistant", "", tool_calls=[sharegpt_call(value, f"turn {i + 1}")]))
+            out.append(message("assistant", "", tool_calls=sharegpt_calls(value, f"turn {i + 1}")))
         else:
             out.append(message(SHAREGPT_ROLES[who], value))
     if not out:

@@ -17,12 +17,23 @@ DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".zip
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[str]:
-    """Files as given; a directory (other than a saved HF dataset) becomes its data files, sorted."""
+    """Files as given; a directory (other than a saved HF dataset or a chat export) becomes its data files.
+
+    An unzipped Slack/Telegram/Messenger export is one input, also when it sits below the directory
+    given: its files are not inputs of their own.
+    """
+    from curator.ingest.chats import is_chat_export_dir
+
     out: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+        if path.is_dir() and not (path / "state.json").exists() and not (path / "dataset_dict.json").exists() \
+                and not is_chat_export_dir(path):
+            exports = [d for d in sorted(path.rglob("*")) if d.is_dir() and is_chat_export_dir(d)]
+            exports = [d for d in exports if not any(d != e and d.is_relative_to(e) for e in exports)]
+            found = sorted([*(str(d) for d in exports), *(
+                str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES
+                and not any(p.is_relative_to(e) for e in exports))])
             if not found:
                 raise UnreadableInput(f"{raw}: a directory with no data files ({', '.join(DATA_SUFFIXES)})")
             out.extend(found)

@@ -134,6 +134,8 @@ def render_html(report: dict[str, Any]) -> str:
                         H.paragraph("Quarantine rows with file, line and raw excerpt are in quarantine.parquet "
                                     "(owner-only: excerpts may hold personal data).", "note")]),
     ]
+    if "messages" in acct:
+        sections.insert(2, ("Chat messages", chat_message_fragments(acct["messages"])))
     figures: list[str] = []
     lengths = report["tokens_est"]
     if acct["kept"]:
@@ -151,6 +153,46 @@ def render_html(report: dict[str, Any]) -> str:
     if "pii" in report:
         sections.append(("Personal data", _json_fragments(report["pii"])))
     return H.page("Curation report", sections)
+
+
+ROLE_HINT = (
+    "No assistant was named, so the default role rule applied: every turn that answers another sender is an "
+    "answer, its sender the assistant of that sample. To choose, name the assistant senders on the input "
+    "(`inputs: [{path: ..., as: [Alice, U024BE7LH]}]`) or for every chat input (`chats: {assistant: [...]}`), "
+    "or pick a rule (`chats: {roles: top_responders, top_responders: 2}`)."
+)
+
+
+def role_hint(messages: dict[str, Any]) -> str | None:
+    """How to choose the assistant, when some chat input ran on the default role rule."""
+    return ROLE_HINT if any(m.get("role_rule_default") for m in messages["by_input"].values()) else None
+
+
+def chat_message_fragments(messages: dict[str, Any]) -> list[str]:
+    """The message accounting of chat exports: read = in a sample + in context only + dropped by reason."""
+    reasons = sorted({r for m in messages["by_input"].values() for r in m["dropped"]})
+    rows = []
+    for path, m in messages["by_input"].items():
+        rows.append([path, m["read"], m["in_sample"], m["context_only"], sum(m["dropped"].values()),
+                     m["chats"], m["sessions"], m["samples"], m["role_rule"] + (" (default)" if m["role_rule_default"]
+                                                                                  else "")])
+    frags = [
+        H.paragraph(
+            f"messages read {messages['read']} = in a sample's turns {messages['in_sample']} + in context only "
+            f"{messages['context_only']} + dropped {sum(messages['dropped'].values())}  ✓ reconciles", "ok"
+        ),
+        H.table(["input", "read", "in sample", "context only", "dropped", "chats", "sessions", "samples",
+                 "role rule"], rows),
+        H.table(["dropped message reason", *messages["by_input"]],
+                [[r, *(m["dropped"].get(r, 0) for m in messages["by_input"].values())] for r in reasons]),
+    ]
+    hint = role_hint(messages)
+    if hint:
+        frags.append(H.paragraph(hint, "note"))
+    if any(m.get("chats_without_assistant") for m in messages["by_input"].values()):
+        frags.append(H.paragraph("Some chats have no message from a named assistant sender, so they gave no "
+                                 "sample: check the names in `as:` (display names, handles or ids).", "note"))
+    return frags
 
 
 def _json_fragments(data: dict[str, Any]) -> list[str]:
