@@ -126,7 +126,7 @@ def arm_config(shared: dict[str, Any], arm: str, seed: int, args: argparse.Names
         else:
             cfg["curate"]["balance"]["temperature"] = STATIC_TEMPERATURE
         cfg["rounds"] = args.rounds
-        cfg["feedback"] = {k: v for k, v in {
+        cfg["feedback"] = {"rule": "excess"} | {k: v for k, v in {
             "eta": args.eta, "smoothing": args.smoothing, "floor": args.floor, "reference": args.reference,
             "ifd_max": args.ifd_max, "easy_fraction": args.easy_fraction, "easy_weight": args.easy_weight,
             "min_weight": args.min_weight, "max_weight": args.max_weight,

@@ -297,17 +297,26 @@ def loop(config: LoopConfig | str | Path, out: str | Path, *, workers: int = 1, 
     curated = out / "curated"
     if not (curated / "report.json").exists():
         curate(cfg.curate, curated, workers=workers, progress=progress)
-    train_pool = rounds.train_side(rounds.kept_records(curated), cfg.curate)
+    kept = rounds.kept_records(curated)
+    train_pool = rounds.train_side(kept, cfg.curate)
     model_dir = rounds.ensure_base_model(cfg.model, train_pool, out / "base", cfg.curate.seed)
+    heldout = None
+    if cfg.heldout:
+        if not (out / "heldout" / "report.json").exists():
+            curate(rounds.heldout_curate_config(cfg), out / "heldout", workers=workers, progress=progress)
+        heldout = rounds.kept_records(out / "heldout")
     rounds.write_initial_selection(cfg, out)
     summaries: list[dict[str, Any]] = []
     base_eval: dict[str, Any] | None = None
+    evals: dict[str, str] = {}
     for r in range(cfg.rounds):
         rd = rounds.round_dir(out, r)
         shards = rd / "shards"
         if not (shards / "manifest.json").exists():
             pack(rounds.round_pack_config(cfg, r, model_dir, out), curated, shards, progress=progress)
-        train_cfg = rounds.train_config(cfg, model_dir, shards, rd / "train")
+        if r == 0:
+            evals = rounds.prepare_eval_records(cfg, out, kept, train_pool, heldout)
+        train_cfg = rounds.train_config(cfg, model_dir, shards, rd / "train", evals)
         if base_eval is None:
             if not (out / "base_eval.json").exists():
                 evaluate(train_cfg, adapter="none", out=out / "base_eval.json")
@@ -323,5 +332,7 @@ def loop(config: LoopConfig | str | Path, out: str | Path, *, workers: int = 1, 
         nxt = rounds.round_dir(out, r + 1) / "selection.json"
         if r + 1 < cfg.rounds and not nxt.exists():
             write_selection(rounds.next_selection(cfg, r, out, train_cfg, train_pool, base_eval), nxt)
-    report = write_loop_report(out, summaries, base_eval or {}, cfg.model_dump(mode="json"))
+    evals_by_round = [rounds.read_json(rounds.round_dir(out, r) / "train" / "eval.json") for r in range(cfg.rounds)]
+    verdict = rounds.compare(evals_by_round[0], evals_by_round[-1], cfg.feedback.noise_z)
+    report = write_loop_report(out, summaries, base_eval or {}, cfg.model_dump(mode="json"), verdict)
     return LoopResult(out, report)

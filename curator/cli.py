@@ -151,27 +151,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_verdict(report: dict[str, Any], out: Path) -> None:
-    table = Table(title="feedback loop: eval loss per round")
+    from curator.report.loop import verdict_lines
+
+    table = Table(title="feedback loop: eval loss ± SE per round (share of the budget)")
     rounds = report["rounds"]
     cats = sorted({c for r in rounds for c in r["eval"]["per_category"]})
     table.add_column("category")
     for r in rounds:
         table.add_column(f"round {r['round']}", justify="right")
-        table.add_column("weight", justify="right")
     for c in [*cats, "overall"]:
         cells = []
         for r in rounds:
             ev = r["eval"]["overall"] if c == "overall" else r["eval"]["per_category"].get(c, {})
-            cells.append(f"{ev['loss']:.4f}" if ev.get("loss") is not None else "-")
-            cells.append(f"{r['category_weights'].get(c, 0):.3f}" if c != "overall" else "")
+            se = f" ± {ev['loss_se']:.3f}" if ev.get("loss_se") is not None else ""
+            share = f" ({r['category_weights'].get(c, 0):.2f})" if c != "overall" else ""
+            cells.append(f"{ev['loss']:.4f}{se}{share}" if ev.get("loss") is not None else "-")
         table.add_row(c, *cells)
     console.print(table)
-    v = report["verdict"]
-    console.print(
-        f"mean eval loss {v['overall_first']:.4f} -> {v['overall_last']:.4f}; worst category "
-        f"{v['worst_first']['category']} {v['worst_first']['loss']:.4f} -> {v['worst_last']['category']} "
-        f"{v['worst_last']['loss']:.4f}.  report: {out / 'loop_report.html'}"
-    )
+    for r in rounds:
+        if r.get("note"):
+            console.print(f"round {r['round']}: {r['note']}")
+    lines, _ = verdict_lines(report["verdict"], len(rounds))
+    console.print("\n".join(lines))
+    console.print(f"report: {out / 'loop_report.html'}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from conftest import sft_records
 from trainer.cli import eval_main
 from trainer.config import TrainConfig
 from trainer.data import read_manifest, read_split
-from trainer.evaluate import eval_schema, evaluate_split, score_pool, write_eval
+from trainer.evaluate import eval_schema, evaluate_split, generate, generation_eval, score_pool, write_eval
 from trainer.losses import TokenLoss
 from trainer.model import load_base_model, resolve_runtime
 
@@ -134,3 +134,37 @@ def test_score_pool_over_shards_scores_every_train_record(base: tuple, packed_sh
     rows = score_pool(model, None, packed_shards, batch_size=4)
     assert [r["id"] for r in rows] == sorted({s for row in split.sample_ids for s in row})
     assert all(r["loss_cond"] > 0 and r["ifd"] is None for r in rows)
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(base: tuple, tiny_model_dir: Path) -> None:
+    _, model = base
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = ["What is 2 + 3?", "Write a haiku about the sea and the long grey winter evenings.", "Hi",
+               "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."]
+    one = generate(model, tokenizer, prompts, max_new_tokens=6, device=CPU, batch_size=1)
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, device=CPU, batch_size=3)
+    assert [g["prompt"] for g in batched] == prompts
+    assert [g["completion"] for g in batched] == [g["completion"] for g in one]
+
+
+def test_generation_eval_scores_each_record_by_the_kind_of_its_reference(base: tuple, tiny_model_dir: Path) -> None:
+    _, model = base
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = sft_records(per_source=2)
+    tool = {"id": "f" * 24, "category": "tool_use", "tools": json.dumps([{"name": "get_weather", "parameters": {}}]),
+            "messages": [{"role": "user", "content": "Weather in Paris?"},
+                         {"role": "assistant", "content": "", "tool_calls": [
+                             {"name": "get_weather", "arguments": '{"city": "Paris"}'}]},
+                         {"role": "tool", "content": '{"temp": 18}'},
+                         {"role": "assistant", "content": "It is 18 degrees in Paris."}]}
+    report = generation_eval(model, tokenizer, [*records, tool], max_new_tokens=4, device=CPU, batch_size=4)
+    rows = report["per_sample"]
+    assert len(rows) == len(records) + 1
+    assert rows["f" * 24]["kind"] == "tool_call" and {"valid_json", "right_name"} <= set(rows["f" * 24])
+    assert {rows[r["id"]]["kind"] for r in records if r["category"] == "math"} == {"final_number"}
+    assert {rows[r["id"]]["kind"] for r in records if r["category"] == "general"} == {"text"}
+    assert report["per_category"]["math"]["n"] == 2 and "exact_match" in report["per_category"]["math"]

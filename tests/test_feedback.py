@@ -9,7 +9,18 @@ import polars as pl
 import pytest
 
 from curator.record import schema_errors
-from curator.select.feedback import FeedbackConfig, build_selection, category_update, example_weights, write_selection
+from curator.select.feedback import (
+    CategoryState,
+    FeedbackConfig,
+    RoundPoint,
+    build_selection,
+    category_update,
+    example_weights,
+    fit_exponent,
+    marginal_update,
+    write_selection,
+)
+from curator.select.loop import compare, pool_tokens
 from curator.steps.balance import read_selection_file
 
 # Per-category eval losses as the demo's tiny model produces them: math learns fastest.
@@ -61,7 +72,7 @@ def test_example_weights_exclude_noise_and_downweight_what_is_known() -> None:
 def test_selection_file_validates_and_balance_reads_it(tmp_path: Path) -> None:
     weights = {"chat": 0.25, "instructions": 0.25, "math": 0.25, "tool_use": 0.25}
     selection = build_selection(round_index=0, weights=weights, loss=ROUND, ref_loss=BASE, tokens=TOKENS,
-                                scores=_scores(), cfg=FeedbackConfig())
+                                scores=_scores(), cfg=FeedbackConfig(rule="excess"))
     assert schema_errors(selection, "selection.schema.json") == []
     path = write_selection(selection, tmp_path / "selection.json")
     cats, examples = read_selection_file(path)
@@ -76,3 +87,96 @@ def test_absolute_reference_moves_weight_to_the_worst_category() -> None:
     new, _ = category_update(weights, ROUND, dict.fromkeys(ROUND, 1.0), TOKENS, FeedbackConfig(reference="none"))
     assert max(new, key=new.get) == "instructions"  # the highest eval loss (4.95)
     assert min(new, key=new.get) == "math"  # the lowest (3.10)
+
+
+# --- the marginal rule: learning curves, noise, pools (synthetic round results shaped like SmolLM2's) ---
+
+EQUAL = {"chat": 0.25, "instructions": 0.25, "math": 0.25, "tool_use": 0.25}
+
+
+def _state(gain: float, loss: float, tokens: float = 4000, gain_se: float = 0.01, loss_se: float = 0.03,
+           pool: float = 1e6) -> CategoryState:
+    return CategoryState((RoundPoint(tokens, gain, gain_se),), loss, loss_se, pool)
+
+
+def test_marginal_rule_moves_tokens_to_the_fastest_learner_and_the_worst_category() -> None:
+    # chat: highest loss and learns fastest; tool_use: lowest loss, barely moves
+    states = {"chat": _state(0.30, 2.30), "instructions": _state(0.12, 2.10), "math": _state(0.20, 1.30),
+              "tool_use": _state(0.05, 0.90)}
+    new, detail, held = marginal_update(EQUAL, states, 16000, FeedbackConfig(max_change=2.0, floor=0.1))
+    assert held == [] and sum(new.values()) == pytest.approx(1.0, abs=1e-5)
+    assert max(new, key=new.get) == "chat" and min(new, key=new.get) == "tool_use"
+    assert new["chat"] <= 0.5 + 1e-6, "a share never more than doubles in one round"
+    assert new["tool_use"] >= 0.1 - 1e-6 and new["tool_use"] >= 0.125 - 1e-6  # floor and max_change
+    assert detail["chat"]["marginal_gain_per_1k"] > detail["tool_use"]["marginal_gain_per_1k"]
+
+
+def test_marginal_rule_holds_still_within_noise() -> None:
+    # gains and losses differ by less than two standard errors: no evidence to move on
+    states = {c: _state(0.10 + 0.01 * i, 2.0 + 0.02 * i, gain_se=0.05, loss_se=0.2) for i, c in enumerate(EQUAL)}
+    new, _, held = marginal_update(EQUAL, states, 16000, FeedbackConfig())
+    assert held == sorted(EQUAL) and new == EQUAL
+    selection = build_selection(round_index=0, weights=EQUAL, cfg=FeedbackConfig(), states=states, budget=16000)
+    assert selection["held_still"] == sorted(EQUAL) and selection["note"].startswith("held still")
+    assert schema_errors(selection, "selection.schema.json") == []
+    # one clear outlier moves; the noisy rest are treated as average, and the note says which
+    states = {c: _state(0.10 + 0.01 * i, 2.0 + 0.02 * i, gain_se=0.2, loss_se=0.2) for i, c in enumerate(EQUAL)}
+    states["math"] = _state(0.60, 2.0, gain_se=0.01, loss_se=0.2)
+    new, _, held = marginal_update(EQUAL, states, 16000, FeedbackConfig())
+    assert "math" not in held and new["math"] > 0.25 and len({new[c] for c in held}) == 1
+
+
+def test_marginal_rule_never_asks_more_than_the_unused_pool() -> None:
+    states = {"chat": _state(0.40, 2.40, pool=3000), "instructions": _state(0.10, 2.0),
+              "math": _state(0.10, 1.3), "tool_use": _state(0.10, 1.0)}
+    new, detail, _ = marginal_update(EQUAL, states, 16000, FeedbackConfig(max_change=3.0))
+    assert new["chat"] * 16000 <= 3000 + 1
+    assert detail["chat"]["capped_by_pool"] and detail["chat"]["unmet_tokens"] > 0
+    assert detail["chat"]["asked_tokens"] == detail["chat"]["unmet_tokens"] + round(new["chat"] * 16000)
+    assert not detail["math"]["capped_by_pool"] and detail["math"]["unmet_tokens"] == 0
+
+
+def test_learning_curve_exponent_is_fitted_once_token_counts_differ() -> None:
+    one = {"math": _state(0.2, 1.3)}
+    assert fit_exponent(one, 0.5) == 0.5  # one token count: the prior
+    beta = 0.3
+    points = tuple(RoundPoint(t, 0.002 * t**beta, 0.001) for t in (2000.0, 4000.0, 8000.0))
+    curve = {"math": CategoryState(points, 1.2, 0.03, 1e6), "chat": CategoryState(points, 2.0, 0.03, 1e6)}
+    assert fit_exponent(curve, 0.5) == pytest.approx(beta, abs=0.05)
+
+
+def _eval(losses: dict[str, list[float]]) -> dict:
+    per_sample = {}
+    for cat, values in losses.items():
+        for i, v in enumerate(values):
+            per_sample[f"{cat}{i}"] = {"loss": v, "tokens": 100, "category": cat}
+    per_cat = {c: {"loss": sum(v) / len(v)} for c, v in losses.items()}
+    return {"per_sample": per_sample, "per_category": per_cat}
+
+
+def test_verdict_is_paired_and_says_within_noise() -> None:
+    before = _eval({"chat": [2.0, 2.4, 2.2, 2.6], "math": [1.0, 1.4, 1.2, 1.1]})
+    after = _eval({"chat": [1.9, 2.3, 2.1, 2.5], "math": [1.05, 1.3, 1.25, 1.1]})
+    v = compare(before, after)
+    assert v["per_category"]["chat"]["delta"] == pytest.approx(-0.1)
+    assert v["per_category"]["chat"]["verdict"] == "better"  # every record 0.1 better: paired SE 0
+    assert v["per_category"]["math"]["verdict"] == "within noise"
+    assert v["worst"]["before_category"] == v["worst"]["after_category"] == "chat"
+    assert v["worst"]["verdict"] == "better" and v["macro"]["delta"] == pytest.approx(-0.05)
+
+
+def test_pool_tokens_count_the_train_side_minus_exclusions() -> None:
+    records = pl.DataFrame({
+        "id": ["a", "b", "c", "d", "e"], "category": ["math", "math", "chat", "chat", None],
+        "split": ["train", None, "train", "eval", "train"],
+        "status": ["packed", "balance_quota", "packed", "packed", "packed"], "n_tokens": [100, 50, 70, 80, 10],
+    })
+    assert pool_tokens(records, set()) == {"chat": 70, "math": 150, "uncategorized": 10}
+    assert pool_tokens(records, {"b"}) == {"chat": 70, "math": 100, "uncategorized": 10}
+
+
+def test_a_category_without_eval_records_counts_as_average() -> None:
+    states = {"instructions": _state(0.30, 2.4), "math": _state(0.10, 1.3), "tool_use": _state(0.05, 0.9)}
+    new, detail, held = marginal_update(EQUAL, states, 16000, FeedbackConfig())
+    assert "chat" in held and detail["chat"]["eval_loss"] is None
+    assert new["instructions"] > new["chat"] > new["tool_use"]

@@ -31,11 +31,16 @@ curate:
   format: {seq_len: 256}
   balance: {min_per_category: 4}
 model: {builtin: tiny, vocab_size: 512, hidden_size: 32, layers: 1, heads: 2, pretrain_steps: 20}
-train: {lr: 0.003, warmup_steps: 1, max_steps: 6, micro_batch_size: 2, checkpoint_every: 2,
-        lora: {r: 4, alpha: 8, dropout: 0.0}, eval: {batch_size: 8}}
+train: {lr: 0.003, warmup_steps: 1, max_steps: 6, micro_batch_size: 2, checkpoint_every: 2, cpu_threads: 1,
+        lora: {r: 4, alpha: 8, dropout: 0.0}, eval: {batch_size: 8, max_new_tokens: 8}}
 rounds: 2
 token_budget: 12000
 score_max_len: 256
+score_per_category: 12
+generate_per_category: 2
+heldout:
+  - {path: %(s)s/truthfulqa_59.csv, format: generic, category: general,
+     column_map: {instruction: Question, output: Best Answer}}
 """
 
 
@@ -63,11 +68,32 @@ def test_rounds_share_one_eval_set_and_the_base_never_sees_it(loop_run: Path) ->
     assert evals0 and [_sha(p) for p in evals0] == [_sha(r1 / "eval" / p.name) for p in evals0]
     records = pl.read_parquet(r0 / "records.parquet")
     eval_ids = set(records.filter(pl.col("split") == "eval")["id"].to_list())
-    scored = set(pl.read_parquet(loop_run / "round_00" / "pool_scores.parquet")["id"].to_list())
-    assert eval_ids and not (eval_ids & scored), "eval records must not be in the training pool"
+    scored = pl.read_parquet(loop_run / "base_pool_scores.parquet")
+    assert eval_ids and not (eval_ids & set(scored["id"].to_list())), "eval records must not be in the training pool"
+    assert scored.group_by("category").len()["len"].max() <= 12  # a sample per category, scored once by the base
     pretrain = json.loads((loop_run / "base" / "pretrain.json").read_text())
-    assert pretrain["texts"] == len(scored)
     assert pretrain["loss_last"][0] < pretrain["loss_first"][0]
+    generated = set(pl.read_parquet(loop_run / "generate_records.parquet")["id"].to_list())
+    assert generated and generated <= eval_ids
+    heldout = pl.read_parquet(loop_run / "heldout.parquet")
+    assert heldout.height == 59 and not (set(heldout["id"].to_list()) & set(scored["id"].to_list()))
+
+
+def test_every_round_reports_generation_metrics_heldout_loss_and_noise(loop_run: Path) -> None:
+    base = json.loads((loop_run / "base_eval.json").read_text())
+    for ev in (base, json.loads((loop_run / "round_01" / "train" / "eval.json").read_text())):
+        assert ev["schema_version"] == 2
+        assert all(v["loss_se"] > 0 for v in ev["per_category"].values())
+        gen = ev["generation"]
+        assert set(gen["per_category"]) == {"math", "tool_use", "instructions"}
+        kinds: dict[str, set[str]] = {}
+        for row in gen["per_sample"].values():
+            kinds.setdefault(row["category"], set()).add(row["kind"])
+        assert kinds["math"] == {"final_number"} and kinds["instructions"] == {"text"}
+        for cat, found in kinds.items():  # a metric is reported exactly where an answer of its kind was scored
+            assert ("exact_match" in gen["per_category"][cat]) == ("final_number" in found)
+            assert ("valid_json" in gen["per_category"][cat]) == ("tool_call" in found)
+        assert ev["heldout"]["overall"]["samples"] == 59 and ev["heldout"]["overall"]["loss_se"] > 0
 
 
 def test_feedback_changes_the_next_round_and_the_report_says_how(loop_run: Path) -> None:
@@ -83,9 +109,16 @@ def test_feedback_changes_the_next_round_and_the_report_says_how(loop_run: Path)
     for r in (r0, r1):
         assert set(r["eval"]["per_category"]) == {"math", "tool_use", "instructions"}
         assert r["train_curve"] and r["train_tokens"]["trainable"] > 0
-    assert set(report["verdict"]) >= {"overall_first", "overall_last", "worst_first", "worst_last"}
+    verdict = report["verdict"]
+    assert set(verdict["per_category"]) == {"math", "tool_use", "instructions"}
+    for key in ("macro", "worst"):
+        assert verdict[key]["verdict"] in {"better", "worse", "within noise"} and verdict[key]["se"] is not None
+    assert isinstance(selection["held_still"], list) and selection["note"]
+    detail = selection["category_detail"]["math"]
+    assert detail["pool_tokens"] > 0 and detail["tokens_trained"] > 0 and "gain_se" in detail
     html = (loop_run / "loop_report.html").read_text()
-    assert "Verdict" in html and html.count("<img") >= 3
+    assert "Verdict" in html and "vs round 0 (static balance)" in html and html.count("<img") >= 3
+    assert "Forgetting check" in html and "chrF" in html
 
 
 def test_killed_loop_resumes_to_the_same_result(loop_run: Path, tmp_path: Path) -> None:

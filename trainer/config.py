@@ -37,7 +37,14 @@ class EvalConfig(_Section):
     chunk_tokens: int = Field(2048, ge=16, description="Tokens per chunk of the streamed cross-entropy.")
     every: int = Field(0, ge=0, description="Also evaluate every N optimizer steps (0: only at the end).")
     prompts: list[str] = Field(default_factory=list, description="User prompts to generate answers for.")
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated answer (prompts and generate_records).")
+    generate_batch_size: int = Field(8, ge=1, description="Prompts per batched greedy generation (left padded).")
+    generate_records: str | None = Field(
+        None, description="Parquet of canonical eval records to answer and score (chrF, exact match, tool calls)."
+    )
+    heldout_records: str | None = Field(
+        None, description="Parquet of canonical records no round trains on: their answer loss is the forgetting check."
+    )
 
 
 class TrainConfig(_Section):

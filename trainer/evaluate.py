@@ -5,6 +5,12 @@ chunks (losses.TokenLoss.per_token) and folds them into per-document sums right 
 holds one batch of hidden states plus one chunk of logits, never vocabulary x dataset. Per-category
 loss is token-weighted (total loss / total target tokens of the category); perplexity = exp(loss).
 
+`generation_eval` answers eval records greedily (`generate_texts`: batched, left padded, longest
+prompts first) and scores each answer against its reference with `trainer.metrics` (chrF, final
+number, tool-call JSON and name), per record id and per category with standard errors.
+`heldout_eval` is the forgetting check: the answer loss of records no round trains on. Both run
+after the loss evaluation when the eval config names their record files (`extra_evals`).
+
 `score_pool` is the feedback loop's scoring pass over the TRAINING pool: for canonical records it
 renders each conversation with the model's chat template and returns, per record id,
 loss(answer | prompt) and loss(answer alone) and IFD = their ratio (Li et al. 2023, "Cherry" data).
@@ -26,9 +32,10 @@ import torch
 from curator.format.chat import parse_tools, template_for, to_hf_messages
 from trainer.data import PackedSplit, document_index, make_batch, read_manifest, read_split
 from trainer.losses import TokenLoss
+from trainer.metrics import score_answer, summarise_generations, weighted_mean_se
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "eval.schema.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class EvalError(Exception):
@@ -71,10 +78,15 @@ def document_losses(
     return sums
 
 
-def _summary(loss_sum: float, tokens: int, samples: int) -> dict[str, Any]:
+def _summary(loss_sum: float, tokens: int, samples: int, rows: list[tuple[float, int]] | None = None) -> dict[str, Any]:
+    """Token-weighted loss, perplexity, counts and (given the per-record (loss, tokens)) the loss's standard error."""
     loss = loss_sum / tokens if tokens else None
     ppl = math.exp(min(loss, 700.0)) if loss is not None else None
-    return {"loss": loss, "perplexity": ppl, "tokens": tokens, "samples": samples}
+    out: dict[str, Any] = {"loss": loss, "perplexity": ppl, "tokens": tokens, "samples": samples}
+    if rows:
+        _, se, _ = weighted_mean_se([x for x, _ in rows], [w for _, w in rows])
+        out["loss_se"] = se if math.isfinite(se) else None
+    return out
 
 
 def evaluate_split(
@@ -98,20 +110,24 @@ def evaluate_split(
     per_sample = {
         sid: {"loss": s / c, "tokens": c, "category": cat} for sid, (s, c, cat) in sorted(samples.items())
     }
-    cats: dict[str, list[Any]] = {}
-    for s, c, cat in samples.values():
-        agg = cats.setdefault(cat or "uncategorized", [0.0, 0, 0])
-        agg[0] += s
-        agg[1] += c
-        agg[2] += 1
-    total_sum = sum(v[0] for v in samples.values())
-    total_tokens = sum(v[1] for v in samples.values())
     return {
         "schema_version": SCHEMA_VERSION,
-        "overall": _summary(total_sum, total_tokens, len(samples)),
-        "per_category": {k: _summary(*v) for k, v in sorted(cats.items())},
+        **summarise_losses(per_sample),
         "per_sample": per_sample,
     }
+
+
+def summarise_losses(per_sample: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Overall and per-category token-weighted loss with its standard error, from per-record loss and tokens."""
+    cats: dict[str, list[tuple[float, int]]] = {}
+    for v in per_sample.values():
+        cats.setdefault(v.get("category") or "uncategorized", []).append((v["loss"], v["tokens"]))
+
+    def summary(rows: list[tuple[float, int]]) -> dict[str, Any]:
+        return _summary(sum(x * w for x, w in rows), sum(w for _, w in rows), len(rows), rows)
+
+    every = [row for rows in cats.values() for row in rows]
+    return {"overall": summary(every), "per_category": {k: summary(v) for k, v in sorted(cats.items())}}
 
 
 def write_eval(report: dict[str, Any], path: str | Path) -> Path:
@@ -125,23 +141,140 @@ def write_eval(report: dict[str, Any], path: str | Path) -> Path:
 
 
 @torch.no_grad()
-def generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, device: torch.device
-) -> list[dict[str, str]]:
-    """Greedy answers of the model to a few user prompts, rendered with its chat template."""
+def generate_texts(
+    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, device: torch.device, batch_size: int = 8
+) -> list[str]:
+    """Greedy completions of rendered prompts, `batch_size` at a time with left padding, in input order.
+
+    Prompts are batched by length (longest first) so a batch wastes little padding; the order of
+    the batches depends only on the prompts, so the same prompts give the same completions.
+    """
     was_training = model.training
     model.eval()
-    out = []
-    for prompt in prompts:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        completion = tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        out.append({"prompt": prompt, "completion": completion})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
+    out: list[str] = [""] * len(texts)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task("generate", total=len(texts))
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = encoded[i]
+                ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq) :] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id)
+            for row, i in enumerate(batch):
+                out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
+            progress.advance(task, len(batch))
     model.train(was_training)
     return out
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, device: torch.device, batch_size: int = 8
+) -> list[dict[str, str]]:
+    """Greedy answers of the model to a few user prompts, rendered with its chat template."""
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]
+    completions = generate_texts(model, tokenizer, texts, max_new_tokens, device, batch_size)
+    return [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
+
+
+def answer_prompt(tokenizer: Any, record: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(rendered prompt, reference assistant message) for generating one eval record's answer, or None.
+
+    The answer generated is the first assistant turn that calls a tool, else the last assistant turn;
+    the prompt is every turn before it (with the record's tools), rendered with the generation prompt
+    and the template the packer trained with (ChatML with tools when the tokenizer's own drops them).
+    """
+    canonical = list(record.get("messages") or [])
+    turns = [i for i, m in enumerate(canonical) if m.get("role") == "assistant"]
+    calls = [i for i in turns if canonical[i].get("tool_calls")]
+    target = calls[0] if calls else (turns[-1] if turns else None)
+    if target is None or target == 0:
+        return None
+    msgs = to_hf_messages({**record, "messages": canonical})
+    tools = parse_tools(record.get("tools"))
+    template = template_for(tokenizer, msgs[: target + 1], tools)  # the packer's rule: tools never vanish
+    text = tokenizer.apply_chat_template(msgs[:target], tools=tools, tokenize=False, chat_template=template,
+                                         add_generation_prompt=True)
+    return text, canonical[target]
+
+
+def generation_eval(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], max_new_tokens: int, device: torch.device,
+    batch_size: int = 8, max_prompt_tokens: int = 1024,
+) -> dict[str, Any]:
+    """Greedy answers to eval records scored against their references: per example (by id) and per category."""
+    from trainer.metrics import reference_of
+
+    texts, rows = [], []
+    for rec in sorted(records, key=lambda r: str(r["id"])):
+        prepared = answer_prompt(tokenizer, rec)
+        if prepared is None:
+            continue
+        text, reference = prepared
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > max_prompt_tokens:
+            continue
+        texts.append(text)
+        rows.append((str(rec["id"]), rec.get("category"), reference))
+    completions = generate_texts(model, tokenizer, texts, max_new_tokens, device, batch_size)
+    per_sample: dict[str, dict[str, Any]] = {}
+    for (rid, category, reference), completion in zip(rows, completions, strict=True):
+        kind, ref_text, tool_name = reference_of(reference)
+        per_sample[rid] = {"category": category, **score_answer(kind, completion, ref_text, tool_name),
+                           "completion": completion}
+    return {"max_new_tokens": max_new_tokens, "per_category": summarise_generations(per_sample),
+            "per_sample": per_sample}
+
+
+def heldout_eval(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], device: torch.device, max_len: int = 1024,
+    batch_size: int = 4, chunk_tokens: int = 2048,
+) -> dict[str, Any]:
+    """Loss of the answers of a held-out set that no round trains on (the forgetting check), with its SE."""
+    docs, ids, cats = [], [], []
+    for rec in sorted(records, key=lambda r: str(r["id"])):
+        pair, reason, _ = _ifd_documents(tokenizer, rec, max_len)
+        if reason is None:
+            docs.append(pair[0])
+            ids.append(str(rec["id"]))
+            cats.append(rec.get("category"))
+    if not docs:
+        raise EvalError("the held-out (forgetting) set has no record with an answer to score")
+    split = _pack_sequential(docs, max_len, tokenizer.pad_token_id or 0)
+    per_doc = document_losses(TokenLoss(model), split, batch_size, chunk_tokens, device)
+    per_sample = {}
+    for (row, doc), (s, c) in sorted(per_doc.items()):
+        i = int(split.sample_ids[row][doc])
+        per_sample[ids[i]] = {"loss": s / c, "tokens": c, "category": cats[i]}
+    return {**summarise_losses(dict(sorted(per_sample.items()))), "per_sample": dict(sorted(per_sample.items()))}
+
+
+def extra_evals(model: Any, tokenizer: Any, eval_cfg: Any, device: torch.device) -> dict[str, Any]:
+    """The evaluations beyond eval-split loss that the eval config asks for: generations, metrics, held-out loss."""
+    import polars as pl
+
+    report: dict[str, Any] = {}
+    if eval_cfg.prompts:
+        report["generations"] = generate(model, tokenizer, eval_cfg.prompts, eval_cfg.max_new_tokens, device,
+                                         eval_cfg.generate_batch_size)
+    if eval_cfg.generate_records:
+        records = pl.read_parquet(eval_cfg.generate_records).to_dicts()
+        report["generation"] = generation_eval(model, tokenizer, records, eval_cfg.max_new_tokens, device,
+                                               eval_cfg.generate_batch_size)
+    if eval_cfg.heldout_records:
+        records = pl.read_parquet(eval_cfg.heldout_records).to_dicts()
+        report["heldout"] = heldout_eval(model, tokenizer, records, device, batch_size=eval_cfg.batch_size,
+                                         chunk_tokens=eval_cfg.chunk_tokens)
+    return report
 
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool,
@@ -304,8 +437,7 @@ def evaluate_model(cfg: Any, adapter: str | Path | None = None, out: str | Path 
     with torch.no_grad():
         report = evaluate_split(TokenLoss(model), eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens,
                                 runtime.device)
-    if cfg.eval.prompts:
-        report["generations"] = generate(model, tokenizer, cfg.eval.prompts, cfg.eval.max_new_tokens, runtime.device)
+        report.update(extra_evals(model, tokenizer, cfg.eval, runtime.device))
     report.update(model=cfg.model, adapter=None if base_only else str(adapter_dir), shards=cfg.shards,
                   shards_config_hash=manifest.get("config_hash"))
     target = Path(out) if out is not None else Path(cfg.output_dir) / ("eval_base.json" if base_only else "eval.json")

@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from trainer.evaluate import evaluate_split, write_eval
+    from trainer.evaluate import evaluate_split, extra_evals, write_eval
 
     rank, world, local_rank = dist_info()
     runtime = resolve_runtime(cfg, local_rank)
@@ -374,11 +374,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         if eval_split is not None:
             model.eval()
             report = evaluate_split(loss_fn, eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens, runtime.device)
-            if cfg.eval.prompts:
-                from trainer.evaluate import generate
-
-                report["generations"] = generate(model, tokenizer, cfg.eval.prompts, cfg.eval.max_new_tokens,
-                                                 runtime.device)
+            with torch.no_grad():
+                report.update(extra_evals(model, tokenizer, cfg.eval, runtime.device))
             report.update(model=cfg.model, adapter=str(adapter_dir), shards=cfg.shards, step=total_steps,
                           shards_config_hash=manifest.get("config_hash"))
             result["eval"] = str(write_eval(report, out_dir / "eval.json"))
