@@ -39,8 +39,7 @@ score_max_len: 256
 score_per_category: 12
 generate_per_category: 2
 heldout:
-  - {path: %(s)s/truthfulqa_59.csv, format: generic, category: general,
-     column_map: {instruction: Question, output: Best Answer}}
+  - {path: %(s)s/truthfulqa_59.csv, category: general}
 """
 
 
