@@ -60,11 +60,11 @@ class ChatConfig(Section):
     the turns before it (`context_turns`), the turn it answers, and the answer.
     """
 
-    roles: Literal["every_reply", "named", "top_responders"] = Field(
-        "every_reply",
+    roles: Literal["every_reply", "named", "top_responders"] | None = Field(
+        None,
         description="every_reply: each turn answering another sender is an answer (its sender is the assistant "
         "of that sample); named: only `assistant` senders answer; top_responders: the `top_responders` senders "
-        "who answer others most often in a chat.",
+        "who answer others most often in a chat. None: every_reply, reported as the default applied.",
     )
     assistant: list[str] = Field(
         default_factory=list, description="Senders (display name, handle or id) who are the assistant; implies named."

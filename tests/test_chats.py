@@ -377,6 +377,11 @@ def test_config_as_alias_and_chat_options() -> None:
     assert (b.roles, b.role_rule_chosen, b.context_turns) == ("every_reply", False, 2)
     assert (c.roles, c.role_rule_chosen) == ("top_responders", True)
     assert InputSpec(path="p").assistant is None
+    # the config as a worker receives it (JSON, every field set) still says the default was applied
+    shipped = CurateConfig.model_validate_json(cfg.model_dump_json())
+    assert chat_options(shipped, 1) == b
+    chosen = CurateConfig.model_validate({"inputs": [{"path": "y.txt"}], "chats": {"roles": "every_reply"}})
+    assert chat_options(chosen, 0).role_rule_chosen
 
 
 def test_slack_directory_is_one_input() -> None:

@@ -145,9 +145,9 @@ def chat_options(cfg: CurateConfig, i: int) -> ChatOptions:
     """Session/role settings of input `i`: the `chats:` section, overridden by the input's `as:`/`roles:`."""
     spec, chats = cfg.inputs[i], cfg.chats
     assistant = spec.assistant if spec.assistant is not None else chats.assistant
-    chosen = bool(assistant) or spec.roles is not None or "roles" in chats.model_fields_set
+    chosen = bool(assistant) or spec.roles is not None or chats.roles is not None
     return ChatOptions(
-        roles=spec.roles or ("named" if assistant else chats.roles),
+        roles=spec.roles or ("named" if assistant else chats.roles or "every_reply"),
         assistant=tuple(assistant),
         top_responders=chats.top_responders,
         session_gap_seconds=chats.session_gap_minutes * 60.0,
