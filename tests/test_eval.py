@@ -14,7 +14,15 @@ from conftest import sft_records
 from trainer.cli import eval_main
 from trainer.config import TrainConfig
 from trainer.data import read_manifest, read_split
-from trainer.evaluate import eval_schema, evaluate_split, generate, generation_eval, score_pool, write_eval
+from trainer.evaluate import (
+    eval_schema,
+    evaluate_split,
+    generate,
+    generation_eval,
+    length_batches,
+    score_pool,
+    write_eval,
+)
 from trainer.losses import TokenLoss
 from trainer.model import load_base_model, resolve_runtime
 
@@ -145,8 +153,20 @@ def test_batched_left_padded_generation_equals_one_at_a_time(base: tuple, tiny_m
                "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."]
     one = generate(model, tokenizer, prompts, max_new_tokens=6, device=CPU, batch_size=1)
     batched = generate(model, tokenizer, prompts, max_new_tokens=6, device=CPU, batch_size=3)
+    by_tokens = generate(model, tokenizer, prompts, max_new_tokens=6, device=CPU, batch_size=4, batch_tokens=40)
     assert [g["prompt"] for g in batched] == prompts
     assert [g["completion"] for g in batched] == [g["completion"] for g in one]
+    assert [g["completion"] for g in by_tokens] == [g["completion"] for g in one]
+
+
+def test_long_prompts_go_in_smaller_generation_batches() -> None:
+    # the demo's 12 answer prompts: two tool schemas of 809 and 597 tokens, the rest under 200
+    lengths = [51, 178, 81, 89, 597, 123, 36, 809, 87, 95, 45, 37]
+    batches = length_batches(lengths, batch_size=8, batch_tokens=2048)
+    assert [[lengths[i] for i in b] for b in batches] == [[809, 597], [178, 123, 95, 89, 87, 81, 51, 45], [37, 36]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert length_batches([3000, 10], batch_size=8, batch_tokens=2048) == [[0], [1]]  # too long alone: its own batch
+    assert length_batches([], batch_size=8, batch_tokens=2048) == []
 
 
 def test_generation_eval_scores_each_record_by_the_kind_of_its_reference(base: tuple, tiny_model_dir: Path) -> None:

@@ -25,6 +25,7 @@ from trainer.pretrained import (
     SMOLLM2_PRE_TOKENIZER,
     PackagedModel,
     PretrainedModelError,
+    convert_in_background,
     packaged_gguf,
     packaged_model_dir,
     publish_once,
@@ -111,6 +112,14 @@ def test_cached_dir_is_reused_without_converting_again(smollm2_dir: Path) -> Non
     assert packaged_model_dir(cache_dir=cache) == smollm2_dir
     assert (smollm2_dir / MARKER).stat().st_mtime_ns == before
     assert time.monotonic() - start < 30  # a conversion takes minutes; a hit hashes the file and reads a config
+
+
+def test_background_conversion_starts_only_when_there_is_something_to_convert(smollm2_dir: Path) -> None:
+    from curator.select.loop import ModelSpec, start_base_model
+
+    assert convert_in_background(cache_dir=smollm2_dir.parent.parent) is None  # cached: no child
+    assert start_base_model(ModelSpec(builtin="tiny")) is None
+    assert start_base_model(ModelSpec(path=str(smollm2_dir))) is None
 
 
 def test_missing_package_and_unknown_file_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,7 @@ from trainer.data import (
 )
 from trainer.loop import TrainingDivergedError, accumulate_gradients, train
 from trainer.losses import TokenLoss
-from trainer.model import ModelLoadError, load_base_model, resolve_runtime, wrap_lora
+from trainer.model import ModelLoadError, adapter_merged, load_base_model, resolve_runtime, wrap_lora
 from trainer.schedule import lr_at
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,32 @@ def test_packed_rows_attend_within_documents_only(tiny_model_dir: Path, packed_s
     in_doc = (packed_idx >= start) & (packed_idx < start + length)
     assert alone.numel() > 0 and torch.equal(packed_idx[in_doc] - start, alone_idx)
     torch.testing.assert_close(packed[in_doc], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_folds_the_adapter_in_and_leaves_it_as_it_was(tiny_model_dir: Path, tmp_path: Path) -> None:
+    probe = torch.tensor([[5, 17, 99, 300, 42, 7, 250, 3]])
+    for targets, folds in ((["q_proj", "v_proj", "down_proj"], True), (["q_proj", "lm_head"], False)):
+        cfg = _cfg(tiny_model_dir, tmp_path, tmp_path, lora={"target_modules": targets})
+        model = wrap_lora(load_base_model(cfg, resolve_runtime(cfg)), cfg).eval()
+        torch.manual_seed(0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.data.normal_(0.0, 0.05)  # a trained adapter: B is no longer zero
+        weights = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k}
+        with torch.no_grad():
+            adapted = model(probe).logits
+            with adapter_merged(model):
+                merged = [m.merged for m in model.modules() if hasattr(m, "merged")]
+                folded = model(probe).logits
+            after = model(probe).logits
+        # folded where it is exact; an adapted head tied to the embeddings stays unmerged
+        assert merged and all(merged) is folds and not any(m.merged for m in model.modules() if hasattr(m, "merged"))
+        torch.testing.assert_close(folded, adapted, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(after, adapted, rtol=1e-5, atol=1e-5)
+        for key, value in model.state_dict().items():
+            if key in weights:
+                torch.testing.assert_close(value, weights[key], rtol=0, atol=1e-6)
+    assert model.get_base_model().config.tie_word_embeddings
 
 
 def test_thirty_steps_lower_the_loss_and_write_outputs(

@@ -39,6 +39,8 @@ class EvalConfig(_Section):
     prompts: list[str] = Field(default_factory=list, description="User prompts to generate answers for.")
     max_new_tokens: int = Field(64, ge=1, description="Longest generated answer (prompts and generate_records).")
     generate_batch_size: int = Field(8, ge=1, description="Prompts per batched greedy generation (left padded).")
+    generate_batch_tokens: int = Field(
+        2048, ge=1, description="Most padded prompt tokens per generation batch: long prompts go in smaller batches.")
     generate_records: str | None = Field(
         None, description="Parquet of canonical eval records to answer and score (chrF, exact match, tool calls)."
     )

