@@ -125,6 +125,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rounds(text: str) -> int:
+    """argparse type of --rounds: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rounds (a whole number >= 1)")
+    return int(text)
+
+
 def cmd_loop(args: argparse.Namespace) -> int:
     from curator import api
     from curator.select.loop import load_loop_config
@@ -132,6 +139,8 @@ def cmd_loop(args: argparse.Namespace) -> int:
     cfg = load_loop_config(args.config)
     if args.tiny:  # the quick path: the config's loop with a tiny model built here instead of its base model
         cfg.model = cfg.model.model_copy(update={"path": None, "builtin": "tiny"})
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
     result = api.loop(cfg, args.out, workers=args.workers)
     _print_verdict(result.report, result.out)
     return 0
@@ -139,13 +148,17 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from curator import api
+    from curator.select.loop import load_loop_config
 
     config = DEMO_TINY_CONFIG if args.tiny else DEMO_CONFIG
     if not config.exists():
         raise UserError(f"{config}: the demo config is missing; run the demo from a clone of the repository")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo's model comes from a wheel or is built here: no fetch
     out = args.out or ("runs/demo_tiny" if args.tiny else "runs/demo")
-    result = api.loop(config, out, workers=args.workers)
+    cfg = load_loop_config(config)
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    result = api.loop(cfg, out, workers=args.workers)
     _print_verdict(result.report, result.out)
     return 0
 
@@ -257,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="loop directory (resumes when it exists)")
     p.add_argument("--workers", type=int, default=workers, help="processes for curation map steps")
     p.add_argument("--tiny", action="store_true", help="quick run: a tiny model built here instead of model.*")
+    p.add_argument("--rounds", type=_rounds, help="rounds to run (overrides the config's; more extend a loop dir)")
     p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("demo", help="the full loop on sample_data/ with the packaged SmolLM2-135M-Instruct "
@@ -264,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="loop directory (resumes when it exists; default runs/demo, runs/demo_tiny)")
     p.add_argument("--workers", type=int, default=workers, help="processes for curation map steps")
     p.add_argument("--tiny", action="store_true", help="quick run: a tiny model built here (configs/demo_tiny.yaml)")
+    p.add_argument("--rounds", type=_rounds, help="rounds to run (overrides the config's; more extend a loop dir)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("schema", help="print (or --write) the pipeline config JSON Schema")

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from curator import api
+from curator.cli import main
 from curator.engines.plan import ResumeMismatch
 from curator.select.loop import load_loop_config
 
@@ -145,3 +146,13 @@ def test_a_changed_config_refuses_the_old_loop_dir(loop_run: Path, tmp_path: Pat
     cfg.feedback.eta = 3.0
     with pytest.raises(ResumeMismatch):
         api.loop(cfg, loop_run, workers=1, progress=False)
+
+
+def test_more_rounds_extend_a_finished_loop_without_redoing_it(loop_run: Path, tmp_path: Path) -> None:
+    """Runs last: it adds a third round to the module's loop dir."""
+    done = {name: _sha(loop_run / name) for name in ("round_00/train/eval.json", "round_01/train/eval.json")}
+    assert main(["loop", str(_config(tmp_path)), "--out", str(loop_run), "--workers", "1", "--rounds", "3"]) == 0
+    report = json.loads((loop_run / "loop_report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    assert (loop_run / "round_02" / "train" / "eval.json").is_file()
+    assert {name: _sha(loop_run / name) for name in done} == done
