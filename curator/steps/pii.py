@@ -70,6 +70,7 @@ from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
+    CredentialRecognizer,
     IdNumberRecognizer,
     Ipv6Recognizer,
     LuhnCardRecognizer,
@@ -77,6 +78,8 @@ from curator.steps.pii_recognizers import (
     OfflineEmailRecognizer,
     SecretRecognizer,
     StreetAddressRecognizer,
+    phone_extent,
+    uncovered_digit_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -353,6 +356,7 @@ def build_analyzer(cfg: PiiConfig) -> AnalyzerEngine:
         IdNumberRecognizer(),
         NameCueRecognizer(),
         SecretRecognizer(),
+        CredentialRecognizer(),
         StreetAddressRecognizer(),
         Ipv6Recognizer(),
     ):
@@ -464,9 +468,15 @@ class Pseudonymizer:
         self.name_of_part: dict[str, tuple[str, int]] = {}  # part -> (full name, word index)
 
     def learn_names(self, names: list[str]) -> None:
-        """Remember the full names (2+ words) of the record, so their parts map to them."""
+        """Remember the full names (2+ words) and handles ("ana.support") of the record, so their
+        parts ("Borkowski", "Ana") map to them."""
         for name in sorted(set(names), key=lambda n: (-len(n.split()), n)):
             words = name.split()
+            if len(words) == 1 and re.search(r"[._@\d]", name):
+                words = [w for w in re.findall(r"[^\W\d_]{2,}", name) if w.lower() in NAME_GAZETTEER]
+                for word in words:
+                    self.name_of_part.setdefault(_norm(word), (name, 0))
+                continue
             if len(words) < 2:
                 continue
             for i, word in enumerate(words):
@@ -616,14 +626,15 @@ def _first_names() -> frozenset[str]:
 NAME_GAZETTEER = _first_names()
 
 
-def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int]]:
-    """The sentences of `text` worth Rampart's time (runs of them joined), as [start, end).
+def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int, bool]]:
+    """The sentences of `text` worth Rampart's time (runs of them joined), as [start, end, phones only).
 
     Rampart costs about as much per token as all of presidio, so it reads only sentences where a
     name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
     a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I" and not
     already inside a found entity (a name spaCy missed or labelled ORG/GPE), a spaCy entity other
-    than PERSON, or, in text without capitals, a word that is a common first name or surname.
+    than PERSON, a group of 7+ digits no pattern took (a phone without a phone word), or, in text
+    without capitals, a word that is a common first name or surname.
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
@@ -632,7 +643,7 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
         if e.label_ not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT")
     ]
     lower_text = not any(c.isupper() for c in text)
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int, bool]] = []
     for m in _SENTENCE.finditer(text):
         s, e = m.span()
         if e <= s:
@@ -654,11 +665,14 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
                 hit = not any(cs <= w.start() < ce for cs, ce in covered)
             elif not token[0].isupper() and token in NAME_GAZETTEER and len(token) > 3:
                 hit = True  # "my friend jens said": a lower-case name in cased text
-        if hit:
+        # a number no pattern took may still be a phone written without a phone word ("ring 0487 23 46 71");
+        # on numbers alone the tagger also guesses streets and ids, so only its phones count there
+        phones_only = not hit and uncovered_digit_groups(text, s, e, covered)
+        if hit or phones_only:
             if out and out[-1][1] >= s - 1:
-                out[-1] = (out[-1][0], e)
+                out[-1] = (out[-1][0], e, out[-1][2] and phones_only)
             else:
-                out.append((s, e))
+                out.append((s, e, phones_only))
     return out
 
 
@@ -734,6 +748,79 @@ def _lone_initial_word(text: str, span: Span, tags: list[Span]) -> bool:
     initial = not before or before[-1] in ".!?:\n"
     confirmed = any(t.type == "PERSON" and t.start < span.end and span.start < t.end for t in tags)
     return len(value.split()) == 1 and initial and not confirmed
+
+
+# verbs that open a chat request about a person ("Tell Borkowski I said hi"): spaCy and Rampart both
+# take them for a first name at the start of a sentence
+_IMPERATIVES = frozenset(
+    {
+        "tell",
+        "ask",
+        "call",
+        "email",
+        "text",
+        "message",
+        "send",
+        "write",
+        "thank",
+        "invite",
+        "remind",
+        "let",
+        "help",
+        "meet",
+        "contact",
+        "give",
+        "show",
+        "ping",
+        "cc",
+        "wish",
+        "congratulate",
+        "introduce",
+        "forward",
+        "notify",
+        "inform",
+        "pay",
+    }
+)
+
+
+def _without_initial_verb(text: str, span: Span) -> Span:
+    """A name without the request verb that opens its sentence: "Tell Borkowski" names "Borkowski"."""
+    words = list(re.finditer(r"\S+", text[span.start : span.end]))
+    if len(words) < 2 or words[0].group(0).lower() not in _IMPERATIVES:
+        return span
+    head = Span(span.type, span.start, span.start + words[0].end(), span.score)
+    if not _lone_initial_word(text, head, []):
+        return span
+    return Span(span.type, span.start + words[1].start(), span.end, span.score)
+
+
+_HANDLE_CHARS = re.compile(r"[\w.@+\-]")
+
+
+def _whole_handles(text: str, spans: list[Span]) -> list[Span]:
+    """A name found inside a handle or user name ("ana" of "ana.support", "smith" of "j.smith",
+    "kjell" of "@kjell_92") becomes the whole handle, so no part of it is left readable."""
+    out = []
+    for span in spans:
+        if span.type not in ("PERSON", "LOCATION"):
+            out.append(span)
+            continue
+        start, end = span.start, span.end
+        while start > 0 and _HANDLE_CHARS.match(text[start - 1]):
+            start -= 1
+        while end < len(text) and _HANDLE_CHARS.match(text[end]):
+            end += 1
+        while end > span.end and text[end - 1] in ".-+@":
+            end -= 1
+        while start < span.start and text[start] in ".-+":
+            start += 1
+        token = text[start:end]
+        if (start, end) != (span.start, span.end) and re.search(r"[._@]", token) and "\n" not in token:
+            out.append(Span("PERSON", start, end, span.score))
+        else:
+            out.append(span)
+    return out
 
 
 def plausible_person(value: str, lower_text: bool) -> bool:
@@ -825,7 +912,7 @@ class PiiScrub:
         """Chunk every text; spaCy (ner chunks, batched) or its tokenizer alone (other modes) gives
         presidio its artifacts; Rampart tags the ner chunks in length-sorted batches; spans map back."""
         pieces: list[tuple[int, int, str, str]] = []  # (job index, chunk offset, chunk text, mode)
-        windows: list[tuple[int, int, str]] = []  # (piece, offset, text) for Rampart
+        windows: list[tuple[int, int, str, bool]] = []  # (piece, offset, text, phones only) for Rampart
         guesses: dict[int, list[tuple[Span, bool]]] = {}  # ner pieces: (span, from spaCy)
         for i, (text, mode) in enumerate(jobs):
             for start, end in chunk_bounds(len(text), self.cfg.chunk_chars, self.cfg.chunk_overlap):
@@ -863,28 +950,36 @@ class PiiScrub:
             # Rampart reads only the sentences where a name may still hide (`rampart_windows`)
             # a lone sentence-initial spaCy name ("Cook the chicken") is not settled: Rampart must confirm it
             settled = [s for s, g in kept if not g or (s.type == "PERSON" and not _lone_initial_word(text, s, []))]
-            for ws, we in rampart_windows(text, doc, settled):
-                windows.append((k, ws, text[ws:we]))
+            for ws, we, phones_only in rampart_windows(text, doc, settled):
+                windows.append((k, ws, text[ws:we], phones_only))
             self.stats["rampart_chars"] += sum(len(w[2]) for w in windows if w[0] == k)
             self.stats["ner_chars"] += len(text)
             guesses[k] = [(s, g) for s, g in kept]
         tags: dict[int, list[Span]] = {}
-        for (k, offset, _), tagged in zip(
+        for (k, offset, _, phones_only), tagged in zip(
             windows, self.rampart.tag([w[2] for w in windows]) if windows else [], strict=True
         ):
-            tags.setdefault(k, []).extend(
-                Span(t.type, t.start + offset, t.end + offset, t.score) for t in tagged if t.type in self.entities
-            )
+            for t in tagged:
+                if t.type not in self.entities or (phones_only and t.type != "PHONE_NUMBER"):
+                    continue
+                bounds = (t.start + offset, t.end + offset)
+                if t.type == "PHONE_NUMBER":  # the tagger labels parts of numbers: take the whole group
+                    bounds = phone_extent(pieces[k][2], *bounds)
+                    if bounds is None:
+                        continue
+                tags.setdefault(k, []).append(Span(t.type, bounds[0], bounds[1], t.score))
         spans: list[list[Span]] = [[] for _ in jobs]
         for k, (i, offset, text, _) in enumerate(pieces):
             tagged = [t for t in tags.get(k, []) if self._keep(text, t, True) and _tag_ok(text, t)]
-            out = [Span(t.type, t.start, t.end, RAMPART_SCORE) for t in tagged]
+            out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
-                if ner_guess and span.type == "PERSON" and k in guesses and _lone_initial_word(text, span, tagged):
-                    continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
+                if ner_guess and span.type == "PERSON" and k in guesses:
+                    if _lone_initial_word(text, span, tagged):
+                        continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
+                    span = _without_initial_verb(text, span)  # "Tell Borkowski" -> "Borkowski"
                 out.append(span)
             out += _addressee_lines(text, out)
-            out = _with_titles(text, _listed_names(text, out))
+            out = _whole_handles(text, _with_titles(text, _listed_names(text, out)))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]
 
@@ -1072,13 +1167,15 @@ def _propagate(units: list[_Unit]) -> None:
     case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text.
     """
     values: dict[str, str] = {}
+    people: set[str] = set()  # a value that is a person in one field is a person in all ("ana.support")
     exact: set[str] = set()  # short person names and name parts, matched case-sensitively
     for unit in units:
         for span in unit.spans:
             value = unit.text[span.start : span.end].strip()
             if span.type == "PERSON":
+                people.add(_norm(value))
                 if len(value) >= PROPAGATE_MIN_CHARS:
-                    values.setdefault(_norm(value), "PERSON")
+                    values[_norm(value)] = "PERSON"
                 elif len(value) >= NAME_PART_MIN_CHARS:
                     exact.add(value)
                 exact.update(
@@ -1086,7 +1183,7 @@ def _propagate(units: list[_Unit]) -> None:
                 )
             elif len(value) >= PROPAGATE_MIN_CHARS:
                 values.setdefault(_norm(value), span.type)
-    if not values and not exact:
+    if not values and not exact and not people:
         return
     parts = {_norm(w) for w in exact}
     values = {v: t for v, t in values.items() if t == "PERSON" or v not in parts}  # "Thornbury" is her, not a town
@@ -1116,6 +1213,10 @@ def _propagate(units: list[_Unit]) -> None:
             extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
             unit.spans = merge_spans(unit.spans + extra)
+        unit.spans = [
+            Span("PERSON", s.start, s.end, s.score) if _norm(unit.text[s.start : s.end]) in people else s
+            for s in unit.spans
+        ]
 
 
 def _spacy_safe(text: str) -> str:

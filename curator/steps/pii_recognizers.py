@@ -18,6 +18,7 @@ match across lines by rules that a single regex cannot express without eating th
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -274,6 +275,89 @@ class SecretRecognizer(_RegexRecognizer):
             return False
         classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d"))
         return shannon_entropy(value) >= 3.5 and classes >= 2
+
+
+# Words after which a login, a password or a PIN may follow without "password is": "login is admin /
+# X", "creds root X", "pw X", "wifi key X", "user/pass: ana / X", in the languages of chat exports
+_LOGIN_WORDS = re.compile(
+    r"(?i)(?<![/.\w-])(?:log[\s-]?in|logon|log[\s-]?on|sign[\s-]?in|signin|credentials?|creds|user\s?names?|"
+    r"u/p|user/pass(?:word)?|login/pass(?:word)?|admin|root|pw|pwd|pass|passcode|passphrase|passwords?|passwd|pin|"
+    r"wi-?fi|ssid|router|ssh|ftp|vpn|contraseña|contrasena|clave|usuario|passwort|kennwort|benutzer(?:name)?|"
+    r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
+    r"пароль|логин)(?![\w/?=.-])"
+)
+_CRED_SCOPE = re.compile(r"[^\n]{0,80}")
+_CRED_STOP = re.compile(r"[.!?](?:\s|$)|\n")
+_CRED_TOKEN = re.compile(r"[^\s\"'`,;()<>\[\]{}]+")
+_CRED_SYMBOLS = frozenset("!#$%&*?@^+=~|\\")
+_NOT_CREDENTIAL = re.compile(
+    r"^(?:v?\d+(?:\.\d+)+\w*|[0-9a-f]+|[A-Z]?[a-z]+\d{1,4}|[\w.+\-]+@[\w\-]+\.[\w.\-]+|\w+://\S*|[~/].*|"
+    r"#?[0-9A-Fa-f]{3,8}|\$?\d[\d,.]*[%$€£]?|[A-Za-z]+(?:[-_][A-Za-z0-9]+)+|#?[A-Z]{0,5}-?\d+|[A-Za-z]\+\+\d*|"
+    r".*[?&]\w+=.*)$"
+)
+
+
+def looks_like_password(token: str) -> bool:
+    """A token that reads as a chosen secret rather than a word, number, version, hash or id: letters
+    and digits with a symbol ("Qr7!dke#39"), or mixed case with digits inside ("aB3kd9LqP")."""
+    if not 6 <= len(token) <= 64 or _NOT_CREDENTIAL.match(token):
+        return False
+    letters = any(c.isalpha() for c in token)
+    digits = any(c.isdigit() for c in token)
+    if not (letters and digits):
+        return False
+    if any(c in _CRED_SYMBOLS for c in token):
+        return True
+    upper, lower = any(c.isupper() for c in token), any(c.islower() for c in token)
+    inner_digit = any(c.isdigit() for c in token[:-1].rstrip("0123456789"))
+    switches = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(token))
+    return upper and lower and inner_digit and switches >= 4
+
+
+def _char_class(c: str) -> int:
+    """0 digit, 1 upper, 2 lower, 3 other (for counting how often a token changes character kind)."""
+    return 0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3
+
+
+class CredentialRecognizer(LocalRecognizer):
+    """Passwords and PINs near a login word without "password is" (entity `SECRET`).
+
+    "The router admin login is admin / Qr7!dke#39", "creds: root Xy9#kq2L", "pw aB3kd9LqP": after a
+    login, account, password or PIN word, the tokens up to the sentence end (80 characters at
+    most) that look like a chosen secret (`looks_like_password`) are secrets. Words, versions,
+    hashes, order and invoice numbers, emails and paths never pass that test, so "log in to
+    v2.3.1 with order INV-2024-0042" keeps everything. Hand-written because the value may sit
+    several tokens after the cue and a regex cannot test each candidate token.
+    """
+
+    ENTITY = SECRET
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
+
+    def load(self) -> None:
+        """Nothing to load: the patterns are compiled at import."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """Every password-looking token in the scope of a login word."""
+        if self.ENTITY not in entities:
+            return []
+        out: list[RecognizerResult] = []
+        done = 0
+        for cue in _LOGIN_WORDS.finditer(text):
+            start = max(cue.end(), done)
+            scope = _CRED_SCOPE.match(text, start)
+            end = scope.end() if scope else start
+            stop = _CRED_STOP.search(text, start, end)
+            end = stop.start() if stop else end
+            for tok in _CRED_TOKEN.finditer(text, start, end):
+                value = tok.group(0).rstrip(".!?:")
+                if looks_like_password(value):
+                    out.append(RecognizerResult(self.ENTITY, tok.start(), tok.start() + len(value), 0.7))
+            done = max(done, end)
+        return out
 
 
 class Ipv6Recognizer(_RegexRecognizer):
@@ -540,6 +624,41 @@ _PHONE_PATTERNS = (
 )
 _DATE_LIKE = re.compile(r"^(?:\d{1,2}[./\-]\d{1,2}[./\-](?:\d{2}|\d{4})|\d{4}[./\-]\d{1,2}[./\-]\d{1,2})$")
 _IPV4_LIKE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+
+
+_PHONE_RUN = re.compile(r"\+?\(?\d(?:[ \-.()/]{0,2}\d)*\)?")
+
+
+def phone_extent(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The whole digit group around a tagger's phone guess, or None when it is no phone.
+
+    The Rampart tagger often labels part of a number ("23 46" of "0487 23 46 71"): the guess grows
+    to the run of digits and single separators it sits in, which must hold 7-15 digits and not be a
+    date or an IPv4 address.
+    """
+    for m in _PHONE_RUN.finditer(text, max(0, start - 24), min(len(text), end + 24)):
+        if m.start() < end and start < m.end():
+            start, end = min(start, m.start()), max(end, m.end())
+    value = text[start:end]
+    digits = sum(c.isdigit() for c in value)
+    if (
+        not 7 <= digits <= (11 if value.isdigit() else 15)
+        or _DATE_LIKE.match(value.strip())
+        or _IPV4_LIKE.match(value.strip())
+    ):
+        return None
+    return start, end
+
+
+def uncovered_digit_groups(text: str, start: int, end: int, covered: list[tuple[int, int]]) -> bool:
+    """Whether text[start:end] holds a phone-sized digit group (7+ digits) that no span covers yet."""
+    for m in _PHONE_RUN.finditer(text, start, end):
+        value = m.group(0)
+        digits = sum(c.isdigit() for c in value)
+        grouped = not value.isdigit()  # 12 or 13 bare digits are a timestamp or an id rather than a phone
+        if 7 <= digits <= (15 if grouped else 11) and not any(s <= m.start() and m.end() <= e for s, e in covered):
+            return True
+    return False
 
 
 class ChatPhoneRecognizer(LocalRecognizer):
