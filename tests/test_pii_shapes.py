@@ -91,3 +91,26 @@ def test_handles_are_replaced_whole_and_match_the_name_field(step: PiiScrub) -> 
     assert f"Hello {name}!" in second  # "Ana" is the first name in the handle
     assert second.startswith(f"Hello {name}! Tell <PERSON_")  # the verb stays, the person goes
     assert "Borkowski" not in second
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        ("Send it to 78 Untere Donaulände 33\nIzsófalva\n, BZ\n Equatorial Guinea 42309", ["Izsófalva", "42309"]),
+        ("I live at 25 Schaarsteinweg 58 Apt. 584 Ebermannsdorf Belarus and love it", ["Ebermannsdorf"]),
+        ("ship to usnv sandberg\nfpo aa 18532", ["sandberg", "18532"]),
+        ("unit 8087 box 7596\ndpo ae 50606", ["8087", "50606"]),
+    ],
+)
+def test_address_tails_after_commas_units_and_in_lower_case(step: PiiScrub, text: str, gone: list[str]) -> None:
+    out = step.scrub_text(text, mode="patterns")
+    assert not any(value in out for value in gone), out
+
+
+def test_address_after_a_unit_stops_at_the_next_sentence(step: PiiScrub) -> None:
+    assert step.scrub_text("Flat at 12 Main Street Apt 4 Is that right?", mode="patterns").endswith(" Is that right?")
+
+
+def test_lower_case_names_are_read_by_the_tagger(step: PiiScrub) -> None:
+    out = step.scrub_text("vittore, can i please speak to your boss? my colleague jesenko said you would help")
+    assert "vittore" not in out and "jesenko" not in out, out

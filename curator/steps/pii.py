@@ -633,8 +633,8 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
     name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
     a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I" and not
     already inside a found entity (a name spaCy missed or labelled ORG/GPE), a spaCy entity other
-    than PERSON, a group of 7+ digits no pattern took (a phone without a phone word), or, in text
-    without capitals, a word that is a common first name or surname.
+    than PERSON, a group of 7+ digits no pattern took (a phone without a phone word). Text without
+    capitals gives no such clue, so Rampart reads all of it (it lower-cases anyway).
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
@@ -655,7 +655,7 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
                 break
             token = w.group(0)
             if lower_text:
-                hit = token in NAME_GAZETTEER
+                hit = True  # no capitals to go by: names, streets and towns can be any word
             elif (
                 token[0].isupper()
                 and token != "I"

@@ -430,6 +430,7 @@ _PARTICLE = (
 _ANY = r"[^\W\d_][\w'.\-]*"  # any word, any case or script (only used where a line is anchored)
 _NUM = r"\d{1,6}[A-Za-z]?"
 _UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6})"
+_UNIT_END = re.compile(r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6}$")
 _STREET = rf"(?:(?:{_W}[ \t]+){{0,4}}?(?:{_W}[ \t]+{_SUFFIX}|[A-ZÀ-Þ][\w'À-ÿ\-]*{_COMPOUND}|{_W}[ \t]+{_COMPOUND}))"
 _ADDRESS_PATTERNS = (
     # 12 Main Street [Apt 4]
@@ -466,9 +467,9 @@ _ADDRESS_PATTERNS = (
     ),
     # US military addresses: ship or unit line, then FPO/APO/DPO AA|AE|AP + ZIP
     re.compile(
-        r"(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?"
+        r"(?i:(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?"
         r"\b(?:FPO|APO|DPO)[ \t]+(?:AA|AE|AP)"
-        r"[ \t]+\d{5}\b"
+        r"[ \t]+\d{5}\b)"
     ),
     # a unit line on its own (Apt. 363, Suite 594)
     re.compile(r"\b(?:Apt|Apartment|Suite|Ste)\.?[ \t]*#?\d{1,5}\b"),
@@ -476,7 +477,7 @@ _ADDRESS_PATTERNS = (
 # A following line counts as part of the address when it is short and looks like a unit, a city,
 # a region, a postcode or a country (no sentence punctuation, starts with a letter or a digit).
 _ADDRESS_LINE = re.compile(
-    r"[ \t]*(?:[>?*\-][ \t]*)?(?!(?:Tel|Phone|Fax|Email|Mobile)\b)"
+    r"[ \t]*(?:[>?*\-,][ \t]*)?(?!(?:Tel|Phone|Fax|Email|Mobile)\b)"
     r"[\w(][\w .,'()\-/#]{0,45}",
     re.UNICODE,
 )
@@ -486,6 +487,14 @@ _SENTENCE_END = re.compile(
     r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
 )
 _TAIL = re.compile(rf"\.?(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
+# "Apt. 584 Ebermannsdorf Belarus": town and country after a unit, without commas, up to 5 capitalised
+# words that do not open a new sentence ("Apt 4 Is that right?"), up to punctuation or a lower-case word
+_AFTER_UNIT = re.compile(
+    r"(?<=\d)(?:[ \t]+(?!(?:Is|Are|Was|Were|The|This|That|It|I|We|You|He|She|They|Please|Thanks|Thank|Can|Could|"
+    rf"Would|Will|Do|Does|Did|My|Our|Your|And|But|So|If|What|When|Where|How|Why|Who|Let|Hi|Hello)\b){_W}){{1,5}}"
+    r"(?=[ \t]*(?:$|\n|[.,;!?])|[ \t]+[a-z])",
+    re.UNICODE,
+)
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
 _POSTCODE_CONTEXT = re.compile(
     r"(?i:\b(?:zip ?code|zip|post ?code|postal code)s?\b)\W{0,12}?(?:is\s+|:\s*)?"
@@ -525,6 +534,9 @@ class StreetAddressRecognizer(_RegexRecognizer):
         tail stops at a sentence end ("12 Main Street, Springfield. My doctor is" ends at "Springfield").
         """
         start = end
+        if _UNIT_END.search(text, max(0, end - 16), end):
+            after = _AFTER_UNIT.match(text, end)
+            end = after.end() if after else end
         tail = _TAIL.match(text, end)
         if tail:
             end = tail.end()
