@@ -114,3 +114,30 @@ def test_address_after_a_unit_stops_at_the_next_sentence(step: PiiScrub) -> None
 def test_lower_case_names_are_read_by_the_tagger(step: PiiScrub) -> None:
     out = step.scrub_text("vittore, can i please speak to your boss? my colleague jesenko said you would help")
     assert "vittore" not in out and "jesenko" not in out, out
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        (
+            "Envelope:\nVeerle Zijlmans\nBrianboulevard 828\n4412IT Finsterwolde\nNetherlands",
+            ["Brianboulevard", "4412IT"],
+        ),
+        ("at home: Paťanka 9\n183 58 Nová Bystřice\nCzech Republic", ["Paťanka", "183 58"]),
+        ("Rita Kocsis\nFürdőfai út 147.\nH-2125 Nagyhetvenkövesd\nHungary", ["Fürdőfai", "H-2125"]),
+    ],
+)
+def test_postcode_town_lines_take_the_street_line_above(step: PiiScrub, text: str, gone: list[str]) -> None:
+    out = step.scrub_text(text)
+    assert not any(value in out for value in gone), out
+
+
+def test_numbered_headings_are_no_postcode_lines(step: PiiScrub) -> None:
+    for text in ("Chapter 3\n2024 Results were good\nThanks", "Python 3\n2024 Edition"):
+        assert step.scrub_text(text, mode="patterns") == text
+
+
+def test_names_keep_their_post_nominals_and_possessions(step: PiiScrub) -> None:
+    out = step.scrub_text("Follow up with Ryan Bagy MD in 2 months. Here's Fiammetta's address.")
+    assert "MD" not in out and "Fiammetta" not in out, out
+    assert step.scrub_text("The Company's address is on the invoice.") == "The Company's address is on the invoice."

@@ -554,6 +554,10 @@ _SUBJECT = re.compile(
     r"wants|went|called|wrote|asked)\b)"
 )
 _TITLE = re.compile(r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra)\.?[ \t]+$")
+_POST_NOMINAL = re.compile(
+    r"(?:,?[ \t]+(?:MD|M\.D\.|DDS|D\.D\.S\.|DVM|PhD|Ph\.D\.|Jr\.?|Sr\.?|II|III|IV|Esq\.?|RN|CPA|MBA|DO)(?![\w.])"
+    r"|(?i:[ \t]+(?:md|dds|dvm|phd|jr|esq))(?!\w))"
+)
 _LIST_GAP = re.compile(r"^(?:,[ \t]*(?:and[ \t]+|&[ \t]*)?|[ \t]+(?:and|&|or)[ \t]+)$")
 _CAP_WORD = re.compile(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
 _ID_CONTEXT = re.compile(
@@ -677,11 +681,15 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
 
 
 def _with_titles(text: str, spans: list[Span]) -> list[Span]:
-    """A person's title goes with the name ("Dr. Jacob van Gameren" is one span)."""
+    """A person's title and post-nominals go with the name ("Dr. Jacob van Gameren", "Ryan Bagy MD")."""
     out = []
     for span in spans:
-        m = _TITLE.search(text, max(0, span.start - 6), span.start) if span.type == "PERSON" else None
-        out.append(Span(span.type, m.start(), span.end, span.score) if m else span)
+        if span.type != "PERSON":
+            out.append(span)
+            continue
+        m = _TITLE.search(text, max(0, span.start - 6), span.start)
+        after = _POST_NOMINAL.match(text, span.end)
+        out.append(Span(span.type, m.start() if m else span.start, after.end() if after else span.end, span.score))
     return out
 
 
@@ -748,6 +756,11 @@ def _lone_initial_word(text: str, span: Span, tags: list[Span]) -> bool:
     initial = not before or before[-1] in ".!?:\n"
     confirmed = any(t.type == "PERSON" and t.start < span.end and span.start < t.end for t in tags)
     return len(value.split()) == 1 and initial and not confirmed
+
+
+def _named_person(span: Span, tags: list[Span]) -> bool:
+    """Whether a Rampart person tag covers all of `span`."""
+    return any(t.type == "PERSON" and t.start <= span.start and span.end <= t.end for t in tags)
 
 
 # verbs that open a chat request about a person ("Tell Borkowski I said hi"): spaCy and Rampart both
@@ -977,6 +990,8 @@ class PiiScrub:
                     if _lone_initial_word(text, span, tagged):
                         continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
                     span = _without_initial_verb(text, span)  # "Tell Borkowski" -> "Borkowski"
+                if ner_guess and span.type in ("LOCATION", "ORGANIZATION") and _named_person(span, tagged):
+                    continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
             out += _addressee_lines(text, out)
             out = _whole_handles(text, _with_titles(text, _listed_names(text, out)))

@@ -481,7 +481,21 @@ _ADDRESS_LINE = re.compile(
     r"[\w(][\w .,'()\-/#]{0,45}",
     re.UNICODE,
 )
-_LINE_BREAK = re.compile(r"[ \t]*(?:\r?\n|\?{2,})[ \t]*")
+_LINE_BREAK = re.compile(r"[ \t]*\.?[ \t]*(?:\r?\n|\?{2,})[ \t]*")
+# "183 58 Nová Bystřice", "H-2125 Nagyhetvenkövesd", "4412IT Finsterwolde", "11567 Erkelenz": a line that is a
+# postcode and a town (the European order), below a line ending in a street and a house number; a bare
+# 4-digit year ("Python 3\n2024 Edition") is no postcode
+_POSTCODE_LINE = re.compile(
+    r"(?m)^[ \t]*(?:[A-Z]{1,2}-\d{4,5}|\d{5}|\d{4}[ \t]?[A-Z]{2}|\d{3}[ \t]\d{2}|\d{2}-\d{3}|"
+    r"(?!(?:19|20)\d\d\b)\d{4})[ \t]+"
+    r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+(?:[A-ZÀ-ÞĀ-ſ][\w'’\-]*|nad|pod|am|an|im|in|bei|de|la|le|sur|en|di|del|upon))*"
+    r"[ \t]*$"
+)
+_STREET_LINE_END = re.compile(
+    r"(?!(?:Chapter|Page|Section|Step|Part|Figure|Table|Version|Level|Season|Episode|Round|Week|Day|Year|Grade|"
+    r"Question|Exercise|Lesson|Unit|Item|Rule|Article|Phase|Stage|Task|Room|Floor|Track|Volume|Vol)\b)"
+    r"(?:[^\W\d_][\w'’.\-]*[ \t]+){0,3}[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+\d{1,5}[A-Za-z]?(?:/\d{1,4})?\.?[ \t]*$"
+)
 # ". " before a capitalised word, unless after a street or title abbreviation: where a tail must stop
 _SENTENCE_END = re.compile(
     r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
@@ -521,6 +535,11 @@ class StreetAddressRecognizer(_RegexRecognizer):
                     continue
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
+        for m in _POSTCODE_LINE.finditer(text):
+            above = text.rfind("\n", 0, max(0, m.start() - 1)) + 1
+            street = _STREET_LINE_END.search(text, above, max(above, m.start() - 1))
+            if street and m.start() - street.end() <= 2:
+                out.append(RecognizerResult(self.ENTITY, street.start(), self._extend(text, m.end()), 0.7))
         for m in _POSTCODE_CONTEXT.finditer(text):
             if any(c.isdigit() for c in m.group(1)):
                 out.append(RecognizerResult(self.ENTITY, m.start(1), m.end(1), 0.6))
@@ -933,6 +952,19 @@ class NameCueRecognizer(_RegexRecognizer):
             re.compile(rf"(?i:\b(?:{_NAME_CUES_CAPITALISED}))[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})"),
             1,
             0.5,
+            "weak",
+        ),
+        # "Fiammetta's address", "Sepi's phone number": a personal possession names its owner (not after
+        # "the", "our", "my"...: "the Company's address")
+        (
+            re.compile(
+                r"(?<![\w.])(?<!(?i:the|our|his|her) )(?<!(?i:a) )(?<!(?i:my) )(?<!(?i:your|this) )"
+                rf"({_NAME_WORD})['’]s[ \t]+(?:(?:home|new|old|current|mobile|cell|work|private|personal|"
+                r"e-?mail)[ \t]+)?(?:address|phone|number|email|birthday|date[ \t]+of[ \t]+birth|wife|husband|"
+                r"partner|son|daughter|mother|father|mom|mum|dad|sister|brother|boss|password|passport|ssn)\b"
+            ),
+            1,
+            0.6,
             "weak",
         ),
         # a sign-off line, then a name alone on the next line
