@@ -68,6 +68,7 @@ from curator.config import PiiConfig
 from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
+    TECH_NAMES,
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
     CredentialRecognizer,
@@ -547,6 +548,12 @@ def _is_country(value: str) -> bool:
     return _norm(value) in _COUNTRIES
 
 
+RAMPART_CONTEXT = 160  # characters of a long sentence Rampart reads on each side of a clue
+# capitalised words that are no one's name: products and tools, weekdays and months, short acronyms
+_NO_NAME_WORD = re.compile(
+    TECH_NAMES + r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|April|June|July|"
+    r"September|October|November|December)|[A-Z0-9]{2,5}s?"
+)
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
@@ -631,20 +638,23 @@ NAME_GAZETTEER = _first_names()
 
 
 def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int, bool]]:
-    """The sentences of `text` worth Rampart's time (runs of them joined), as [start, end, phones only).
+    """The parts of `text` worth Rampart's time (runs of sentences joined), as [start, end, phones only).
 
     Rampart costs about as much per token as all of presidio, so it reads only sentences where a
     name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
-    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I" and not
-    already inside a found entity (a name spaCy missed or labelled ORG/GPE), a spaCy entity other
-    than PERSON, a group of 7+ digits no pattern took (a phone without a phone word). Text without
-    capitals gives no such clue, so Rampart reads all of it (it lower-cases anyway).
+    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I", not a known product, weekday,
+    month or short acronym, and not already inside a found entity (a name spaCy missed or labelled
+    ORG/GPE); a spaCy entity other than PERSON; a group of 7+ digits no pattern took (a phone
+    without a phone word). Of a long sentence it reads the words around those clues
+    (`RAMPART_CONTEXT` characters each side). Text without capitals gives no such clue, so Rampart
+    reads all of it (it lower-cases anyway).
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
         (e.start_char, e.end_char)
         for e in doc.ents
-        if e.label_ not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT")
+        if e.label_
+        not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "NORP", "LANGUAGE")
     ]
     lower_text = not any(c.isupper() for c in text)
     out: list[tuple[int, int, bool]] = []
@@ -652,32 +662,47 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
         s, e = m.span()
         if e <= s:
             continue
-        words = list(_WORD.finditer(text, s, e))
-        hit = any(es < e and s < ee for es, ee in other_ents)
-        for j, w in enumerate(words):
-            if hit:
-                break
-            token = w.group(0)
-            if lower_text:
-                hit = True  # no capitals to go by: names, streets and towns can be any word
-            elif (
-                token[0].isupper()
-                and token != "I"
-                and not token.startswith("I'")
-                and (j or _SUBJECT.match(text, w.end()))
-            ):
-                hit = not any(cs <= w.start() < ce for cs, ce in covered)
-            elif not token[0].isupper() and token in NAME_GAZETTEER and len(token) > 3:
-                hit = True  # "my friend jens said": a lower-case name in cased text
+        if lower_text:  # no capitals to go by: names, streets and towns can be any word
+            marks = [s, e] if _WORD.search(text, s, e) else []
+        else:
+            marks = [p for es, ee in other_ents if es < e and s < ee for p in (max(s, es), min(e, ee))]
+            for j, w in enumerate(_WORD.finditer(text, s, e)):
+                token = w.group(0)
+                if token[0].isupper():
+                    if (
+                        token != "I"
+                        and not token.startswith("I'")
+                        and (j or _SUBJECT.match(text, w.end()))
+                        and not _NO_NAME_WORD.fullmatch(token)
+                        and not any(cs <= w.start() < ce for cs, ce in covered)
+                    ):
+                        marks += [w.start(), w.end()]
+                elif len(token) > 3 and token in NAME_GAZETTEER:
+                    marks += [w.start(), w.end()]  # "my friend jens said": a lower-case name in cased text
         # a number no pattern took may still be a phone written without a phone word ("ring 0487 23 46 71");
         # on numbers alone the tagger also guesses streets and ids, so only its phones count there
-        phones_only = not hit and uncovered_digit_groups(text, s, e, covered)
-        if hit or phones_only:
-            if out and out[-1][1] >= s - 1:
-                out[-1] = (out[-1][0], e, out[-1][2] and phones_only)
-            else:
-                out.append((s, e, phones_only))
+        phones_only = not marks and uncovered_digit_groups(text, s, e, covered)
+        if phones_only:
+            marks = [s, e]
+        if not marks:
+            continue
+        ws, we = _crop(text, s, e, min(marks), max(marks))
+        if out and out[-1][1] >= ws - 1:
+            out[-1] = (out[-1][0], we, out[-1][2] and phones_only)
+        else:
+            out.append((ws, we, phones_only))
     return out
+
+
+def _crop(text: str, s: int, e: int, first: int, last: int) -> tuple[int, int]:
+    """[s, e) narrowed to `RAMPART_CONTEXT` characters around [first, last), cut at whitespace."""
+    if first - s > RAMPART_CONTEXT:
+        cut = text.find(" ", first - RAMPART_CONTEXT, first)
+        s = cut + 1 if cut >= 0 else s
+    if e - last > RAMPART_CONTEXT:
+        cut = text.rfind(" ", last, last + RAMPART_CONTEXT)
+        e = cut if cut >= 0 else e
+    return s, e
 
 
 def _with_titles(text: str, spans: list[Span]) -> list[Span]:
@@ -969,9 +994,11 @@ class PiiScrub:
             self.stats["ner_chars"] += len(text)
             guesses[k] = [(s, g) for s, g in kept]
         tags: dict[int, list[Span]] = {}
-        for (k, offset, _, phones_only), tagged in zip(
-            windows, self.rampart.tag([w[2] for w in windows]) if windows else [], strict=True
-        ):
+        # a window repeated across texts (a quoted line, a template sentence) is tagged once
+        unique = list(dict.fromkeys(w[2] for w in windows))
+        by_text = dict(zip(unique, self.rampart.tag(unique) if unique else [], strict=True))
+        for k, offset, window, phones_only in windows:
+            tagged = by_text[window]
             for t in tagged:
                 if t.type not in self.entities or (phones_only and t.type != "PHONE_NUMBER"):
                     continue

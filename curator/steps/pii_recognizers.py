@@ -32,6 +32,16 @@ SECRET = "SECRET"
 STREET_ADDRESS = "STREET_ADDRESS"
 IPV6 = "IP_ADDRESS"
 
+# well-known languages, tools, products and companies that NER takes for people or places in chat
+TECH_NAMES = (
+    r"(?:Python|Ruby|Java|JavaScript|TypeScript|Rust|Kotlin|Scala|Perl|PHP|Haskell|Elixir|Erlang|Clojure|Lua|"
+    r"Dart|Fortran|COBOL|LaTeX|Latex|Markdown|JSON|json|YAML|SQL|MySQL|PostgreSQL|Postgres|SQLite|MongoDB|Redis|"
+    r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
+    r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
+    r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
+    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
+)
+
 # Chat text is full of strings that recognizers mistake for PII. Each is a full-match regex over
 # the detected span (presidio's allow_list in "regex" mode), so "v1.2.3" is kept but an IP is not.
 CHAT_ALLOWLIST: tuple[str, ...] = (
@@ -44,14 +54,7 @@ CHAT_ALLOWLIST: tuple[str, ...] = (
     r"^[a-z]+[A-Z][A-Za-z0-9]*(?:\(\))?$",  # camelCase identifiers
     r"^(?:self|this|cls|np|pd|os|sys|torch|tf)\.[A-Za-z_][\w.]*(?:\(\))?$",  # code attribute access
     r"^(?:localhost|127\.0\.0\.1|0\.0\.0\.0|::1?)$",  # loopback and unspecified addresses
-    # well-known languages, tools, products and companies that NER takes for people or places in chat
-    r"^(?:Python|Ruby|Java|JavaScript|TypeScript|Rust|Kotlin|Scala|Perl|PHP|Haskell|Elixir|Erlang|Clojure|Lua|"
-    r"Dart|Fortran|COBOL|LaTeX|Latex|Markdown|JSON|json|YAML|SQL|MySQL|PostgreSQL|Postgres|SQLite|MongoDB|Redis|"
-    r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
-    r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
-    r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
-    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
-    r"(?:'s)?$",
+    rf"^{TECH_NAMES}(?:'s)?$",
 )
 
 
