@@ -68,8 +68,10 @@ from curator.config import PiiConfig
 from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
+    TECH_NAMES,
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
+    CredentialRecognizer,
     IdNumberRecognizer,
     Ipv6Recognizer,
     LuhnCardRecognizer,
@@ -77,6 +79,8 @@ from curator.steps.pii_recognizers import (
     OfflineEmailRecognizer,
     SecretRecognizer,
     StreetAddressRecognizer,
+    phone_extent,
+    uncovered_digit_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -353,6 +357,7 @@ def build_analyzer(cfg: PiiConfig) -> AnalyzerEngine:
         IdNumberRecognizer(),
         NameCueRecognizer(),
         SecretRecognizer(),
+        CredentialRecognizer(),
         StreetAddressRecognizer(),
         Ipv6Recognizer(),
     ):
@@ -464,9 +469,15 @@ class Pseudonymizer:
         self.name_of_part: dict[str, tuple[str, int]] = {}  # part -> (full name, word index)
 
     def learn_names(self, names: list[str]) -> None:
-        """Remember the full names (2+ words) of the record, so their parts map to them."""
+        """Remember the full names (2+ words) and handles ("ana.support") of the record, so their
+        parts ("Borkowski", "Ana") map to them."""
         for name in sorted(set(names), key=lambda n: (-len(n.split()), n)):
             words = name.split()
+            if len(words) == 1 and re.search(r"[._@\d]", name):
+                words = [w for w in re.findall(r"[^\W\d_]{2,}", name) if w.lower() in NAME_GAZETTEER]
+                for word in words:
+                    self.name_of_part.setdefault(_norm(word), (name, 0))
+                continue
             if len(words) < 2:
                 continue
             for i, word in enumerate(words):
@@ -537,6 +548,12 @@ def _is_country(value: str) -> bool:
     return _norm(value) in _COUNTRIES
 
 
+RAMPART_CONTEXT = 160  # characters of a long sentence Rampart reads on each side of a clue
+# capitalised words that are no one's name: products and tools, weekdays and months, short acronyms
+_NO_NAME_WORD = re.compile(
+    TECH_NAMES + r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|April|June|July|"
+    r"September|October|November|December)|[A-Z0-9]{2,5}s?"
+)
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
@@ -544,6 +561,10 @@ _SUBJECT = re.compile(
     r"wants|went|called|wrote|asked)\b)"
 )
 _TITLE = re.compile(r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra)\.?[ \t]+$")
+_POST_NOMINAL = re.compile(
+    r"(?:,?[ \t]+(?:MD|M\.D\.|DDS|D\.D\.S\.|DVM|PhD|Ph\.D\.|Jr\.?|Sr\.?|II|III|IV|Esq\.?|RN|CPA|MBA|DO)(?![\w.])"
+    r"|(?i:[ \t]+(?:md|dds|dvm|phd|jr|esq))(?!\w))"
+)
 _LIST_GAP = re.compile(r"^(?:,[ \t]*(?:and[ \t]+|&[ \t]*)?|[ \t]+(?:and|&|or)[ \t]+)$")
 _CAP_WORD = re.compile(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
 _ID_CONTEXT = re.compile(
@@ -616,58 +637,84 @@ def _first_names() -> frozenset[str]:
 NAME_GAZETTEER = _first_names()
 
 
-def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int]]:
-    """The sentences of `text` worth Rampart's time (runs of them joined), as [start, end).
+def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int, bool]]:
+    """The parts of `text` worth Rampart's time (runs of sentences joined), as [start, end, phones only).
 
     Rampart costs about as much per token as all of presidio, so it reads only sentences where a
     name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
-    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I" and not
-    already inside a found entity (a name spaCy missed or labelled ORG/GPE), a spaCy entity other
-    than PERSON, or, in text without capitals, a word that is a common first name or surname.
+    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I", not a known product, weekday,
+    month or short acronym, and not already inside a found entity (a name spaCy missed or labelled
+    ORG/GPE); a spaCy entity other than PERSON; a group of 7+ digits no pattern took (a phone
+    without a phone word). Of a long sentence it reads the words around those clues
+    (`RAMPART_CONTEXT` characters each side). Text without capitals gives no such clue, so Rampart
+    reads all of it (it lower-cases anyway).
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
         (e.start_char, e.end_char)
         for e in doc.ents
-        if e.label_ not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT")
+        if e.label_
+        not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "NORP", "LANGUAGE")
     ]
     lower_text = not any(c.isupper() for c in text)
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int, bool]] = []
     for m in _SENTENCE.finditer(text):
         s, e = m.span()
         if e <= s:
             continue
-        words = list(_WORD.finditer(text, s, e))
-        hit = any(es < e and s < ee for es, ee in other_ents)
-        for j, w in enumerate(words):
-            if hit:
-                break
-            token = w.group(0)
-            if lower_text:
-                hit = token in NAME_GAZETTEER
-            elif (
-                token[0].isupper()
-                and token != "I"
-                and not token.startswith("I'")
-                and (j or _SUBJECT.match(text, w.end()))
-            ):
-                hit = not any(cs <= w.start() < ce for cs, ce in covered)
-            elif not token[0].isupper() and token in NAME_GAZETTEER and len(token) > 3:
-                hit = True  # "my friend jens said": a lower-case name in cased text
-        if hit:
-            if out and out[-1][1] >= s - 1:
-                out[-1] = (out[-1][0], e)
-            else:
-                out.append((s, e))
+        if lower_text:  # no capitals to go by: names, streets and towns can be any word
+            marks = [s, e] if _WORD.search(text, s, e) else []
+        else:
+            marks = [p for es, ee in other_ents if es < e and s < ee for p in (max(s, es), min(e, ee))]
+            for j, w in enumerate(_WORD.finditer(text, s, e)):
+                token = w.group(0)
+                if token[0].isupper():
+                    if (
+                        token != "I"
+                        and not token.startswith("I'")
+                        and (j or _SUBJECT.match(text, w.end()))
+                        and not _NO_NAME_WORD.fullmatch(token)
+                        and not any(cs <= w.start() < ce for cs, ce in covered)
+                    ):
+                        marks += [w.start(), w.end()]
+                elif len(token) > 3 and token in NAME_GAZETTEER:
+                    marks += [w.start(), w.end()]  # "my friend jens said": a lower-case name in cased text
+        # a number no pattern took may still be a phone written without a phone word ("ring 0487 23 46 71");
+        # on numbers alone the tagger also guesses streets and ids, so only its phones count there
+        phones_only = not marks and uncovered_digit_groups(text, s, e, covered)
+        if phones_only:
+            marks = [s, e]
+        if not marks:
+            continue
+        ws, we = _crop(text, s, e, min(marks), max(marks))
+        if out and out[-1][1] >= ws - 1:
+            out[-1] = (out[-1][0], we, out[-1][2] and phones_only)
+        else:
+            out.append((ws, we, phones_only))
     return out
 
 
+def _crop(text: str, s: int, e: int, first: int, last: int) -> tuple[int, int]:
+    """[s, e) narrowed to `RAMPART_CONTEXT` characters around [first, last), cut at whitespace."""
+    if first - s > RAMPART_CONTEXT:
+        cut = text.find(" ", first - RAMPART_CONTEXT, first)
+        s = cut + 1 if cut >= 0 else s
+    if e - last > RAMPART_CONTEXT:
+        cut = text.rfind(" ", last, last + RAMPART_CONTEXT)
+        e = cut if cut >= 0 else e
+    return s, e
+
+
 def _with_titles(text: str, spans: list[Span]) -> list[Span]:
-    """A person's title goes with the name ("Dr. Jacob van Gameren" is one span)."""
+    """A person's title and post-nominals go with the name ("Dr. Jacob van Gameren", "Ryan Bagy MD")."""
     out = []
     for span in spans:
-        m = _TITLE.search(text, max(0, span.start - 6), span.start) if span.type == "PERSON" else None
-        out.append(Span(span.type, m.start(), span.end, span.score) if m else span)
+        if span.type != "PERSON":
+            out.append(span)
+            continue
+        m = _TITLE.search(text, max(0, span.start - 6), span.start)
+        after = _POST_NOMINAL.match(text, span.end)
+        out.append(Span(span.type, m.start() if m else span.start, after.end() if after else span.end, span.score))
     return out
 
 
@@ -734,6 +781,84 @@ def _lone_initial_word(text: str, span: Span, tags: list[Span]) -> bool:
     initial = not before or before[-1] in ".!?:\n"
     confirmed = any(t.type == "PERSON" and t.start < span.end and span.start < t.end for t in tags)
     return len(value.split()) == 1 and initial and not confirmed
+
+
+def _named_person(span: Span, tags: list[Span]) -> bool:
+    """Whether a Rampart person tag covers all of `span`."""
+    return any(t.type == "PERSON" and t.start <= span.start and span.end <= t.end for t in tags)
+
+
+# verbs that open a chat request about a person ("Tell Borkowski I said hi"): spaCy and Rampart both
+# take them for a first name at the start of a sentence
+_IMPERATIVES = frozenset(
+    {
+        "tell",
+        "ask",
+        "call",
+        "email",
+        "text",
+        "message",
+        "send",
+        "write",
+        "thank",
+        "invite",
+        "remind",
+        "let",
+        "help",
+        "meet",
+        "contact",
+        "give",
+        "show",
+        "ping",
+        "cc",
+        "wish",
+        "congratulate",
+        "introduce",
+        "forward",
+        "notify",
+        "inform",
+        "pay",
+    }
+)
+
+
+def _without_initial_verb(text: str, span: Span) -> Span:
+    """A name without the request verb that opens its sentence: "Tell Borkowski" names "Borkowski"."""
+    words = list(re.finditer(r"\S+", text[span.start : span.end]))
+    if len(words) < 2 or words[0].group(0).lower() not in _IMPERATIVES:
+        return span
+    head = Span(span.type, span.start, span.start + words[0].end(), span.score)
+    if not _lone_initial_word(text, head, []):
+        return span
+    return Span(span.type, span.start + words[1].start(), span.end, span.score)
+
+
+_HANDLE_CHARS = re.compile(r"[\w.@+\-]")
+
+
+def _whole_handles(text: str, spans: list[Span]) -> list[Span]:
+    """A name found inside a handle or user name ("ana" of "ana.support", "smith" of "j.smith",
+    "kjell" of "@kjell_92") becomes the whole handle, so no part of it is left readable."""
+    out = []
+    for span in spans:
+        if span.type not in ("PERSON", "LOCATION"):
+            out.append(span)
+            continue
+        start, end = span.start, span.end
+        while start > 0 and _HANDLE_CHARS.match(text[start - 1]):
+            start -= 1
+        while end < len(text) and _HANDLE_CHARS.match(text[end]):
+            end += 1
+        while end > span.end and text[end - 1] in ".-+@":
+            end -= 1
+        while start < span.start and text[start] in ".-+":
+            start += 1
+        token = text[start:end]
+        if (start, end) != (span.start, span.end) and re.search(r"[._@]", token) and "\n" not in token:
+            out.append(Span("PERSON", start, end, span.score))
+        else:
+            out.append(span)
+    return out
 
 
 def plausible_person(value: str, lower_text: bool) -> bool:
@@ -825,7 +950,7 @@ class PiiScrub:
         """Chunk every text; spaCy (ner chunks, batched) or its tokenizer alone (other modes) gives
         presidio its artifacts; Rampart tags the ner chunks in length-sorted batches; spans map back."""
         pieces: list[tuple[int, int, str, str]] = []  # (job index, chunk offset, chunk text, mode)
-        windows: list[tuple[int, int, str]] = []  # (piece, offset, text) for Rampart
+        windows: list[tuple[int, int, str, bool]] = []  # (piece, offset, text, phones only) for Rampart
         guesses: dict[int, list[tuple[Span, bool]]] = {}  # ner pieces: (span, from spaCy)
         for i, (text, mode) in enumerate(jobs):
             for start, end in chunk_bounds(len(text), self.cfg.chunk_chars, self.cfg.chunk_overlap):
@@ -863,28 +988,40 @@ class PiiScrub:
             # Rampart reads only the sentences where a name may still hide (`rampart_windows`)
             # a lone sentence-initial spaCy name ("Cook the chicken") is not settled: Rampart must confirm it
             settled = [s for s, g in kept if not g or (s.type == "PERSON" and not _lone_initial_word(text, s, []))]
-            for ws, we in rampart_windows(text, doc, settled):
-                windows.append((k, ws, text[ws:we]))
+            for ws, we, phones_only in rampart_windows(text, doc, settled):
+                windows.append((k, ws, text[ws:we], phones_only))
             self.stats["rampart_chars"] += sum(len(w[2]) for w in windows if w[0] == k)
             self.stats["ner_chars"] += len(text)
             guesses[k] = [(s, g) for s, g in kept]
         tags: dict[int, list[Span]] = {}
-        for (k, offset, _), tagged in zip(
-            windows, self.rampart.tag([w[2] for w in windows]) if windows else [], strict=True
-        ):
-            tags.setdefault(k, []).extend(
-                Span(t.type, t.start + offset, t.end + offset, t.score) for t in tagged if t.type in self.entities
-            )
+        # a window repeated across texts (a quoted line, a template sentence) is tagged once
+        unique = list(dict.fromkeys(w[2] for w in windows))
+        by_text = dict(zip(unique, self.rampart.tag(unique) if unique else [], strict=True))
+        for k, offset, window, phones_only in windows:
+            tagged = by_text[window]
+            for t in tagged:
+                if t.type not in self.entities or (phones_only and t.type != "PHONE_NUMBER"):
+                    continue
+                bounds = (t.start + offset, t.end + offset)
+                if t.type == "PHONE_NUMBER":  # the tagger labels parts of numbers: take the whole group
+                    bounds = phone_extent(pieces[k][2], *bounds)
+                    if bounds is None:
+                        continue
+                tags.setdefault(k, []).append(Span(t.type, bounds[0], bounds[1], t.score))
         spans: list[list[Span]] = [[] for _ in jobs]
         for k, (i, offset, text, _) in enumerate(pieces):
             tagged = [t for t in tags.get(k, []) if self._keep(text, t, True) and _tag_ok(text, t)]
-            out = [Span(t.type, t.start, t.end, RAMPART_SCORE) for t in tagged]
+            out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
-                if ner_guess and span.type == "PERSON" and k in guesses and _lone_initial_word(text, span, tagged):
-                    continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
+                if ner_guess and span.type == "PERSON" and k in guesses:
+                    if _lone_initial_word(text, span, tagged):
+                        continue  # "Cook the chicken.", "Summarize ...": a capitalised verb, and Rampart saw no name
+                    span = _without_initial_verb(text, span)  # "Tell Borkowski" -> "Borkowski"
+                if ner_guess and span.type in ("LOCATION", "ORGANIZATION") and _named_person(span, tagged):
+                    continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
             out += _addressee_lines(text, out)
-            out = _with_titles(text, _listed_names(text, out))
+            out = _whole_handles(text, _with_titles(text, _listed_names(text, out)))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]
 
@@ -1072,13 +1209,15 @@ def _propagate(units: list[_Unit]) -> None:
     case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text.
     """
     values: dict[str, str] = {}
+    people: set[str] = set()  # a value that is a person in one field is a person in all ("ana.support")
     exact: set[str] = set()  # short person names and name parts, matched case-sensitively
     for unit in units:
         for span in unit.spans:
             value = unit.text[span.start : span.end].strip()
             if span.type == "PERSON":
+                people.add(_norm(value))
                 if len(value) >= PROPAGATE_MIN_CHARS:
-                    values.setdefault(_norm(value), "PERSON")
+                    values[_norm(value)] = "PERSON"
                 elif len(value) >= NAME_PART_MIN_CHARS:
                     exact.add(value)
                 exact.update(
@@ -1086,7 +1225,7 @@ def _propagate(units: list[_Unit]) -> None:
                 )
             elif len(value) >= PROPAGATE_MIN_CHARS:
                 values.setdefault(_norm(value), span.type)
-    if not values and not exact:
+    if not values and not exact and not people:
         return
     parts = {_norm(w) for w in exact}
     values = {v: t for v, t in values.items() if t == "PERSON" or v not in parts}  # "Thornbury" is her, not a town
@@ -1116,6 +1255,10 @@ def _propagate(units: list[_Unit]) -> None:
             extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
             unit.spans = merge_spans(unit.spans + extra)
+        unit.spans = [
+            Span("PERSON", s.start, s.end, s.score) if _norm(unit.text[s.start : s.end]) in people else s
+            for s in unit.spans
+        ]
 
 
 def _spacy_safe(text: str) -> str:

@@ -18,6 +18,7 @@ match across lines by rules that a single regex cannot express without eating th
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -31,6 +32,16 @@ SECRET = "SECRET"
 STREET_ADDRESS = "STREET_ADDRESS"
 IPV6 = "IP_ADDRESS"
 
+# well-known languages, tools, products and companies that NER takes for people or places in chat
+TECH_NAMES = (
+    r"(?:Python|Ruby|Java|JavaScript|TypeScript|Rust|Kotlin|Scala|Perl|PHP|Haskell|Elixir|Erlang|Clojure|Lua|"
+    r"Dart|Fortran|COBOL|LaTeX|Latex|Markdown|JSON|json|YAML|SQL|MySQL|PostgreSQL|Postgres|SQLite|MongoDB|Redis|"
+    r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
+    r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
+    r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
+    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
+)
+
 # Chat text is full of strings that recognizers mistake for PII. Each is a full-match regex over
 # the detected span (presidio's allow_list in "regex" mode), so "v1.2.3" is kept but an IP is not.
 CHAT_ALLOWLIST: tuple[str, ...] = (
@@ -43,14 +54,7 @@ CHAT_ALLOWLIST: tuple[str, ...] = (
     r"^[a-z]+[A-Z][A-Za-z0-9]*(?:\(\))?$",  # camelCase identifiers
     r"^(?:self|this|cls|np|pd|os|sys|torch|tf)\.[A-Za-z_][\w.]*(?:\(\))?$",  # code attribute access
     r"^(?:localhost|127\.0\.0\.1|0\.0\.0\.0|::1?)$",  # loopback and unspecified addresses
-    # well-known languages, tools, products and companies that NER takes for people or places in chat
-    r"^(?:Python|Ruby|Java|JavaScript|TypeScript|Rust|Kotlin|Scala|Perl|PHP|Haskell|Elixir|Erlang|Clojure|Lua|"
-    r"Dart|Fortran|COBOL|LaTeX|Latex|Markdown|JSON|json|YAML|SQL|MySQL|PostgreSQL|Postgres|SQLite|MongoDB|Redis|"
-    r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
-    r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
-    r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
-    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
-    r"(?:'s)?$",
+    rf"^{TECH_NAMES}(?:'s)?$",
 )
 
 
@@ -276,6 +280,89 @@ class SecretRecognizer(_RegexRecognizer):
         return shannon_entropy(value) >= 3.5 and classes >= 2
 
 
+# Words after which a login, a password or a PIN may follow without "password is": "login is admin /
+# X", "creds root X", "pw X", "wifi key X", "user/pass: ana / X", in the languages of chat exports
+_LOGIN_WORDS = re.compile(
+    r"(?i)(?<![/.\w-])(?:log[\s-]?in|logon|log[\s-]?on|sign[\s-]?in|signin|credentials?|creds|user\s?names?|"
+    r"u/p|user/pass(?:word)?|login/pass(?:word)?|admin|root|pw|pwd|pass|passcode|passphrase|passwords?|passwd|pin|"
+    r"wi-?fi|ssid|router|ssh|ftp|vpn|contraseña|contrasena|clave|usuario|passwort|kennwort|benutzer(?:name)?|"
+    r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
+    r"пароль|логин)(?![\w/?=.-])"
+)
+_CRED_SCOPE = re.compile(r"[^\n]{0,80}")
+_CRED_STOP = re.compile(r"[.!?](?:\s|$)|\n")
+_CRED_TOKEN = re.compile(r"[^\s\"'`,;()<>\[\]{}]+")
+_CRED_SYMBOLS = frozenset("!#$%&*?@^+=~|\\")
+_NOT_CREDENTIAL = re.compile(
+    r"^(?:v?\d+(?:\.\d+)+\w*|[0-9a-f]+|[A-Z]?[a-z]+\d{1,4}|[\w.+\-]+@[\w\-]+\.[\w.\-]+|\w+://\S*|[~/].*|"
+    r"#?[0-9A-Fa-f]{3,8}|\$?\d[\d,.]*[%$€£]?|[A-Za-z]+(?:[-_][A-Za-z0-9]+)+|#?[A-Z]{0,5}-?\d+|[A-Za-z]\+\+\d*|"
+    r".*[?&]\w+=.*)$"
+)
+
+
+def looks_like_password(token: str) -> bool:
+    """A token that reads as a chosen secret rather than a word, number, version, hash or id: letters
+    and digits with a symbol ("Qr7!dke#39"), or mixed case with digits inside ("aB3kd9LqP")."""
+    if not 6 <= len(token) <= 64 or _NOT_CREDENTIAL.match(token):
+        return False
+    letters = any(c.isalpha() for c in token)
+    digits = any(c.isdigit() for c in token)
+    if not (letters and digits):
+        return False
+    if any(c in _CRED_SYMBOLS for c in token):
+        return True
+    upper, lower = any(c.isupper() for c in token), any(c.islower() for c in token)
+    inner_digit = any(c.isdigit() for c in token[:-1].rstrip("0123456789"))
+    switches = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(token))
+    return upper and lower and inner_digit and switches >= 4
+
+
+def _char_class(c: str) -> int:
+    """0 digit, 1 upper, 2 lower, 3 other (for counting how often a token changes character kind)."""
+    return 0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3
+
+
+class CredentialRecognizer(LocalRecognizer):
+    """Passwords and PINs near a login word without "password is" (entity `SECRET`).
+
+    "The router admin login is admin / Qr7!dke#39", "creds: root Xy9#kq2L", "pw aB3kd9LqP": after a
+    login, account, password or PIN word, the tokens up to the sentence end (80 characters at
+    most) that look like a chosen secret (`looks_like_password`) are secrets. Words, versions,
+    hashes, order and invoice numbers, emails and paths never pass that test, so "log in to
+    v2.3.1 with order INV-2024-0042" keeps everything. Hand-written because the value may sit
+    several tokens after the cue and a regex cannot test each candidate token.
+    """
+
+    ENTITY = SECRET
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
+
+    def load(self) -> None:
+        """Nothing to load: the patterns are compiled at import."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """Every password-looking token in the scope of a login word."""
+        if self.ENTITY not in entities:
+            return []
+        out: list[RecognizerResult] = []
+        done = 0
+        for cue in _LOGIN_WORDS.finditer(text):
+            start = max(cue.end(), done)
+            scope = _CRED_SCOPE.match(text, start)
+            end = scope.end() if scope else start
+            stop = _CRED_STOP.search(text, start, end)
+            end = stop.start() if stop else end
+            for tok in _CRED_TOKEN.finditer(text, start, end):
+                value = tok.group(0).rstrip(".!?:")
+                if looks_like_password(value):
+                    out.append(RecognizerResult(self.ENTITY, tok.start(), tok.start() + len(value), 0.7))
+            done = max(done, end)
+        return out
+
+
 class Ipv6Recognizer(_RegexRecognizer):
     """IPv6 addresses, full or `::`-compressed, validated with `ipaddress`."""
 
@@ -346,6 +433,7 @@ _PARTICLE = (
 _ANY = r"[^\W\d_][\w'.\-]*"  # any word, any case or script (only used where a line is anchored)
 _NUM = r"\d{1,6}[A-Za-z]?"
 _UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6})"
+_UNIT_END = re.compile(r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6}$")
 _STREET = rf"(?:(?:{_W}[ \t]+){{0,4}}?(?:{_W}[ \t]+{_SUFFIX}|[A-ZÀ-Þ][\w'À-ÿ\-]*{_COMPOUND}|{_W}[ \t]+{_COMPOUND}))"
 _ADDRESS_PATTERNS = (
     # 12 Main Street [Apt 4]
@@ -382,9 +470,9 @@ _ADDRESS_PATTERNS = (
     ),
     # US military addresses: ship or unit line, then FPO/APO/DPO AA|AE|AP + ZIP
     re.compile(
-        r"(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?"
+        r"(?i:(?:\b(?:USNS|USS|USNV|USCGC|Unit|PSC|CMR)\b[^\n]{1,40}?(?:\n|,|\?{2,})[ \t]*)?"
         r"\b(?:FPO|APO|DPO)[ \t]+(?:AA|AE|AP)"
-        r"[ \t]+\d{5}\b"
+        r"[ \t]+\d{5}\b)"
     ),
     # a unit line on its own (Apt. 363, Suite 594)
     re.compile(r"\b(?:Apt|Apartment|Suite|Ste)\.?[ \t]*#?\d{1,5}\b"),
@@ -392,16 +480,38 @@ _ADDRESS_PATTERNS = (
 # A following line counts as part of the address when it is short and looks like a unit, a city,
 # a region, a postcode or a country (no sentence punctuation, starts with a letter or a digit).
 _ADDRESS_LINE = re.compile(
-    r"[ \t]*(?:[>?*\-][ \t]*)?(?!(?:Tel|Phone|Fax|Email|Mobile)\b)"
+    r"[ \t]*(?:[>?*\-,][ \t]*)?(?!(?:Tel|Phone|Fax|Email|Mobile)\b)"
     r"[\w(][\w .,'()\-/#]{0,45}",
     re.UNICODE,
 )
-_LINE_BREAK = re.compile(r"[ \t]*(?:\r?\n|\?{2,})[ \t]*")
+_LINE_BREAK = re.compile(r"[ \t]*\.?[ \t]*(?:\r?\n|\?{2,})[ \t]*")
+# "183 58 Nová Bystřice", "H-2125 Nagyhetvenkövesd", "4412IT Finsterwolde", "11567 Erkelenz": a line that is a
+# postcode and a town (the European order), below a line ending in a street and a house number; a bare
+# 4-digit year ("Python 3\n2024 Edition") is no postcode
+_POSTCODE_LINE = re.compile(
+    r"(?m)^[ \t]*(?:[A-Z]{1,2}-\d{4,5}|\d{5}|\d{4}[ \t]?[A-Z]{2}|\d{3}[ \t]\d{2}|\d{2}-\d{3}|"
+    r"(?!(?:19|20)\d\d\b)\d{4})[ \t]+"
+    r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+(?:[A-ZÀ-ÞĀ-ſ][\w'’\-]*|nad|pod|am|an|im|in|bei|de|la|le|sur|en|di|del|upon))*"
+    r"[ \t]*$"
+)
+_STREET_LINE_END = re.compile(
+    r"(?!(?:Chapter|Page|Section|Step|Part|Figure|Table|Version|Level|Season|Episode|Round|Week|Day|Year|Grade|"
+    r"Question|Exercise|Lesson|Unit|Item|Rule|Article|Phase|Stage|Task|Room|Floor|Track|Volume|Vol)\b)"
+    r"(?:[^\W\d_][\w'’.\-]*[ \t]+){0,3}[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+\d{1,5}[A-Za-z]?(?:/\d{1,4})?\.?[ \t]*$"
+)
 # ". " before a capitalised word, unless after a street or title abbreviation: where a tail must stop
 _SENTENCE_END = re.compile(
     r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
 )
 _TAIL = re.compile(rf"\.?(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
+# "Apt. 584 Ebermannsdorf Belarus": town and country after a unit, without commas, up to 5 capitalised
+# words that do not open a new sentence ("Apt 4 Is that right?"), up to punctuation or a lower-case word
+_AFTER_UNIT = re.compile(
+    r"(?<=\d)(?:[ \t]+(?!(?:Is|Are|Was|Were|The|This|That|It|I|We|You|He|She|They|Please|Thanks|Thank|Can|Could|"
+    rf"Would|Will|Do|Does|Did|My|Our|Your|And|But|So|If|What|When|Where|How|Why|Who|Let|Hi|Hello)\b){_W}){{1,5}}"
+    r"(?=[ \t]*(?:$|\n|[.,;!?])|[ \t]+[a-z])",
+    re.UNICODE,
+)
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
 _POSTCODE_CONTEXT = re.compile(
     r"(?i:\b(?:zip ?code|zip|post ?code|postal code)s?\b)\W{0,12}?(?:is\s+|:\s*)?"
@@ -428,6 +538,11 @@ class StreetAddressRecognizer(_RegexRecognizer):
                     continue
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
+        for m in _POSTCODE_LINE.finditer(text):
+            above = text.rfind("\n", 0, max(0, m.start() - 1)) + 1
+            street = _STREET_LINE_END.search(text, above, max(above, m.start() - 1))
+            if street and m.start() - street.end() <= 2:
+                out.append(RecognizerResult(self.ENTITY, street.start(), self._extend(text, m.end()), 0.7))
         for m in _POSTCODE_CONTEXT.finditer(text):
             if any(c.isdigit() for c in m.group(1)):
                 out.append(RecognizerResult(self.ENTITY, m.start(1), m.end(1), 0.6))
@@ -441,6 +556,9 @@ class StreetAddressRecognizer(_RegexRecognizer):
         tail stops at a sentence end ("12 Main Street, Springfield. My doctor is" ends at "Springfield").
         """
         start = end
+        if _UNIT_END.search(text, max(0, end - 16), end):
+            after = _AFTER_UNIT.match(text, end)
+            end = after.end() if after else end
         tail = _TAIL.match(text, end)
         if tail:
             end = tail.end()
@@ -540,6 +658,41 @@ _PHONE_PATTERNS = (
 )
 _DATE_LIKE = re.compile(r"^(?:\d{1,2}[./\-]\d{1,2}[./\-](?:\d{2}|\d{4})|\d{4}[./\-]\d{1,2}[./\-]\d{1,2})$")
 _IPV4_LIKE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+
+
+_PHONE_RUN = re.compile(r"\+?\(?\d(?:[ \-.()/]{0,2}\d)*\)?")
+
+
+def phone_extent(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The whole digit group around a tagger's phone guess, or None when it is no phone.
+
+    The Rampart tagger often labels part of a number ("23 46" of "0487 23 46 71"): the guess grows
+    to the run of digits and single separators it sits in, which must hold 7-15 digits and not be a
+    date or an IPv4 address.
+    """
+    for m in _PHONE_RUN.finditer(text, max(0, start - 24), min(len(text), end + 24)):
+        if m.start() < end and start < m.end():
+            start, end = min(start, m.start()), max(end, m.end())
+    value = text[start:end]
+    digits = sum(c.isdigit() for c in value)
+    if (
+        not 7 <= digits <= (11 if value.isdigit() else 15)
+        or _DATE_LIKE.match(value.strip())
+        or _IPV4_LIKE.match(value.strip())
+    ):
+        return None
+    return start, end
+
+
+def uncovered_digit_groups(text: str, start: int, end: int, covered: list[tuple[int, int]]) -> bool:
+    """Whether text[start:end] holds a phone-sized digit group (7+ digits) that no span covers yet."""
+    for m in _PHONE_RUN.finditer(text, start, end):
+        value = m.group(0)
+        digits = sum(c.isdigit() for c in value)
+        grouped = not value.isdigit()  # 12 or 13 bare digits are a timestamp or an id rather than a phone
+        if 7 <= digits <= (15 if grouped else 11) and not any(s <= m.start() and m.end() <= e for s, e in covered):
+            return True
+    return False
 
 
 class ChatPhoneRecognizer(LocalRecognizer):
@@ -802,6 +955,19 @@ class NameCueRecognizer(_RegexRecognizer):
             re.compile(rf"(?i:\b(?:{_NAME_CUES_CAPITALISED}))[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})"),
             1,
             0.5,
+            "weak",
+        ),
+        # "Fiammetta's address", "Sepi's phone number": a personal possession names its owner (not after
+        # "the", "our", "my"...: "the Company's address")
+        (
+            re.compile(
+                r"(?<![\w.])(?<!(?i:the|our|his|her) )(?<!(?i:a) )(?<!(?i:my) )(?<!(?i:your|this) )"
+                rf"({_NAME_WORD})['’]s[ \t]+(?:(?:home|new|old|current|mobile|cell|work|private|personal|"
+                r"e-?mail)[ \t]+)?(?:address|phone|number|email|birthday|date[ \t]+of[ \t]+birth|wife|husband|"
+                r"partner|son|daughter|mother|father|mom|mum|dad|sister|brother|boss|password|passport|ssn)\b"
+            ),
+            1,
+            0.6,
             "weak",
         ),
         # a sign-off line, then a name alone on the next line
