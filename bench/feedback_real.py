@@ -102,6 +102,8 @@ def arm_config(shared: dict[str, Any], arm: str, seed: int, rounds: int) -> Loop
     if arm == "feedback":
         cfg["curate"]["balance"]["temperature"] = 1000.0
         cfg["rounds"] = rounds
+    else:  # one round: no rule acts, so one uniform dir serves every --rule
+        cfg["feedback"]["rule"] = "marginal"
     return LoopConfig.model_validate(cfg)
 
 
