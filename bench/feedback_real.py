@@ -170,6 +170,19 @@ def _losses(ev: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def predicted_vs_measured(fb: Path, n_rounds: int, evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per round after 0 and category: the loss change the rule's curve predicted (rule worst) and the measured one."""
+    out: dict[str, Any] = {}
+    for r in range(1, n_rounds):
+        detail = json.loads((fb / f"round_{r:02d}" / "selection.json").read_text())["category_detail"]
+        out[str(r)] = {c: {"predicted": d["predicted_loss_after"] - d["predicted_loss_before"]
+                           if d.get("predicted_loss_after") is not None else None,
+                           "measured": evals[r]["per_category"][c]["loss"] - evals[r - 1]["per_category"][c]["loss"],
+                           "tokens_before": d.get("tokens_trained"), "exponent": d.get("exponent")}
+                       for c, d in detail.items() if c in evals[r]["per_category"]}
+    return out
+
+
 def summarize(args: argparse.Namespace) -> dict[str, Any]:
     """Per arm and seed the eval losses; paired differences feedback - static and feedback - uniform."""
     work = Path(args.work)
@@ -192,6 +205,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             "notes": [json.loads((fb / f"round_{r:02d}" / "round.json").read_text()).get("note")
                       for r in range(args.rounds)],
             "paired_final_vs_round0": compare(evals[0], evals[-1], args.noise_z),
+            "predicted_vs_measured": predicted_vs_measured(fb, args.rounds, evals),
             "uniform_weights": json.loads((work / f"seed{seed}" / "uniform" / "round_00" / "round.json")
                                           .read_text())["category_weights"],
             "train": {a: {"rows": m["splits"]["train"]["rows"],
@@ -244,6 +258,11 @@ def print_table(result: dict[str, Any]) -> None:
         parts = [f"{c} {_pm(v)}" for c, v in pv["per_category"].items()]
         parts += [f"macro {_pm(pv['macro'])}", f"worst {_pm(pv['worst'])}"]
         print(f"seed {seed} paired final - round 0: " + ", ".join(parts))
+        for r_idx, cats in r["predicted_vs_measured"].items():
+            if all(v["predicted"] is not None for v in cats.values()):
+                print(f"seed {seed} round {r_idx} predicted -> measured change: " + ", ".join(
+                    f"{c} {v['predicted']:+.4f} -> {v['measured']:+.4f}"
+                    for c, v in cats.items()))
 
 
 def main() -> None:
