@@ -180,3 +180,61 @@ def test_a_category_without_eval_records_counts_as_average() -> None:
     new, detail, held = marginal_update(EQUAL, states, 16000, FeedbackConfig())
     assert "chat" in held and detail["chat"]["eval_loss"] is None
     assert new["instructions"] > new["chat"] > new["tool_use"]
+
+
+# --- the worst rule: the worst category's predicted loss, the predicted macro mean not rising ---
+
+def _predicted_mean(detail: dict, key: str) -> float:
+    return sum(d[key] for d in detail.values()) / len(detail)
+
+
+def test_worst_rule_feeds_a_slow_worst_category_that_marginal_starves() -> None:
+    # shaped like SmolLM2 at 2k tokens a category: instructions is worst and learns slowly, math learns fastest
+    states = {"chat": _state(0.03, 2.05, tokens=2000), "instructions": _state(0.05, 2.45, tokens=2000, loss_se=0.2),
+              "math": _state(0.15, 1.29, tokens=2000), "tool_use": _state(0.08, 1.16, tokens=2000)}
+    marginal, _, _ = marginal_update(EQUAL, states, 8000, FeedbackConfig(floor=0.1))
+    worst, detail, held = marginal_update(EQUAL, states, 8000, FeedbackConfig(rule="worst", floor=0.1))
+    assert held == [] and sum(worst.values()) == pytest.approx(1.0, abs=1e-5)
+    assert max(marginal, key=marginal.get) == "math", "marginal: the fastest learner"
+    assert max(worst, key=worst.get) == "instructions" and worst["instructions"] > marginal["instructions"]
+    assert worst["instructions"] <= 0.5 + 1e-6, "max_change bounds it as it bounds marginal"
+    assert all(d["solver"] == "slsqp" for d in detail.values())
+    before = {c: d["predicted_loss_before"] for c, d in detail.items()}
+    after = {c: d["predicted_loss_after"] for c, d in detail.items()}
+    assert before == {c: s.loss for c, s in states.items()}, "the curve is anchored at the measured loss"
+    assert max(after.values()) < max(before.values())
+    assert _predicted_mean(detail, "predicted_loss_after") <= _predicted_mean(detail, "predicted_loss_before") + 1e-6
+    assert worst["math"] > worst["chat"], "the tokens the worst does not need go where they lower the mean most"
+
+
+def test_worst_rule_stops_where_the_mean_would_rise() -> None:
+    # the worst category barely learns, the others learn fast: feeding it all it could take would cost the mean
+    states = {"chat": _state(0.20, 1.60, tokens=2000), "instructions": _state(0.02, 2.50, tokens=2000, gain_se=0.002,
+              loss_se=0.1), "math": _state(0.25, 1.30, tokens=2000), "tool_use": _state(0.22, 1.20, tokens=2000)}
+    cfg = FeedbackConfig(rule="worst", floor=0.05, max_change=3.5)
+    new, detail, _ = marginal_update(EQUAL, states, 8000, cfg)
+    mean_before = _predicted_mean(detail, "predicted_loss_before")
+    mean_after = _predicted_mean(detail, "predicted_loss_after")
+    assert mean_after == pytest.approx(mean_before, abs=1e-4), "the constraint binds"
+    assert 0.25 < new["instructions"] < 0.85, "more for the worst, but less than its bound"
+    assert detail["instructions"]["predicted_loss_after"] < detail["instructions"]["predicted_loss_before"]
+
+
+def test_worst_rule_holds_still_within_noise_and_writes_a_valid_selection() -> None:
+    states = {c: _state(0.10 + 0.01 * i, 2.0 + 0.02 * i, gain_se=0.05, loss_se=0.2) for i, c in enumerate(EQUAL)}
+    cfg = FeedbackConfig(rule="worst")
+    selection = build_selection(round_index=0, weights=EQUAL, cfg=cfg, states=states, budget=16000)
+    assert selection["category_weights"] == EQUAL and selection["note"].startswith("held still")
+    # a clearly worst, slow category; the others alike (within noise): any token moved to it would raise
+    # the predicted mean, and nothing elsewhere can pay for it
+    states["instructions"] = _state(0.05, 2.6, gain_se=0.005, loss_se=0.05)
+    selection = build_selection(round_index=1, weights=EQUAL, cfg=cfg, states=states, budget=16000)
+    assert selection["category_weights"]["instructions"] == pytest.approx(0.25, abs=1e-4)
+    # once the others' curves differ, moving tokens from chat (slow) to math (fast) pays for the worst
+    states |= {"chat": _state(0.03, 2.0, gain_se=0.005), "math": _state(0.25, 2.02, gain_se=0.005)}
+    selection = build_selection(round_index=1, weights=EQUAL, cfg=cfg, states=states, budget=16000)
+    weights = selection["category_weights"]
+    assert weights["instructions"] > 0.25 and weights["chat"] < 0.25
+    assert schema_errors(selection, "selection.schema.json") == []
+    with pytest.raises(ValueError, match="'worst' needs"):
+        build_selection(round_index=1, weights=EQUAL, cfg=cfg, budget=16000)

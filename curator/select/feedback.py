@@ -1,6 +1,6 @@
 """Turn the evaluations of the rounds so far into the next round's selection: category weights, example weights.
 
-Two category rules (`feedback.rule`):
+Three category rules (`feedback.rule`):
 
 `marginal` (default): allocate the next budget by measured marginal gain per token. Every round
 trains from the same base on a known number of tokens per category t_c, so each round is one point
@@ -19,6 +19,19 @@ never repeats a record; what a category could not take goes to the others and is
 Noise: a category's gain rate a_c (and its loss in p_c) moves the allocation only when it differs
 from the mean of the categories by more than `noise_z` standard errors; otherwise it is set to the
 mean, and when no category passes, the selection holds still (same weights) and says so.
+
+`worst`: the same learning curves, noise handling and bounds as `marginal`, another objective:
+minimise the worst category's predicted eval loss subject to the predicted macro mean not rising.
+Each category's curve predicts its loss after t tokens, L_c(t) = L_c + a_c * (t_c^beta - t^beta),
+anchored at the loss measured after the t_c tokens it trained on last round (noise-gated losses and
+rates, as above). The allocation solves
+    min_t max_c L_c(t_c)  s.t.  mean_c L_c(t_c) <= mean_c L_c,  sum_c t_c = budget,  bounds on t_c
+with scipy's SLSQP (epigraph form: min s, L_c(t_c) <= s), started from the `marginal` allocation,
+then, at that worst loss, for the lowest predicted mean. The mean constraint lets the rule spend
+on the worst category what reallocating predicts to gain elsewhere, and no more. `marginal` leans
+toward a high loss only through a priority weight and sends the budget to fast learners; a worst
+category that learns slowly loses tokens under it (BENCHMARKS.md, "Feedback vs static balancing
+on a real model"). When the solver fails, the `marginal` allocation is used and the detail says so.
 
 `excess` (DoReMi-style multiplicative update, Xie et al. 2023): for each category
     rel(c)    = L_round(c) / L_ref(c)        (L_ref: the base model's eval loss by default)
@@ -60,8 +73,9 @@ class FeedbackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rule: str = Field("marginal", pattern="^(marginal|excess)$",
-                      description="marginal: gain per token from the learning curves; excess: DoReMi-style update.")
+    rule: str = Field("marginal", pattern="^(marginal|worst|excess)$",
+                      description="marginal: gain per token from the learning curves; worst: the worst category's "
+                      "predicted loss, the macro mean not rising; excess: DoReMi-style update.")
     exponent: float = Field(0.5, gt=0, lt=1, description="marginal: learning-curve exponent until it can be fitted.")
     focus: float = Field(1.0, ge=0, description="marginal: lean toward high-loss categories (0: macro mean only).")
     max_change: float = Field(2.0, ge=1, description="marginal: largest factor a share may change by per round.")
@@ -199,10 +213,69 @@ def _box_allocate(raw: dict[str, float], lo: dict[str, float], hi: dict[str, flo
             return fixed
 
 
+def _predicted_loss(loss: float, rate: float, last_tokens: float, tokens: float, beta: float) -> float:
+    """A category's eval loss after `tokens`, from its curve anchored at the loss measured after `last_tokens`."""
+    return loss + rate * (max(last_tokens, 0.0) ** beta - max(tokens, 0.0) ** beta)
+
+
+def _minimax_allocate(
+    start: dict[str, float], curve: dict[str, tuple[float, float, float]], beta: float,
+    lo: dict[str, float], hi: dict[str, float], total: float,
+) -> tuple[dict[str, float], bool]:
+    """Tokens per category minimising the worst predicted loss, the predicted mean not above today's.
+
+    `curve[c]` = (loss now, rate, tokens it was measured at). Solved with scipy's SLSQP in the
+    epigraph form, in units of the total, then again for the lowest mean at that worst loss (once the
+    worst category is at its bound, the others' tokens are otherwise arbitrary); returns (`start`,
+    False) when the solver fails.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    cats = sorted(start)
+    n = len(cats)
+    scale = total if total > 0 else 1.0
+    loss, rate, last = (np.array([curve[c][k] for c in cats]) for k in range(3))
+    mean_now = float(loss.mean())
+
+    def predicted(u: np.ndarray) -> np.ndarray:
+        return loss + rate * (np.maximum(last, 0.0) ** beta - np.maximum(u * scale, 1e-9) ** beta)
+
+    def d_predicted(u: np.ndarray) -> np.ndarray:  # d L_c / d u_c
+        return -rate * beta * scale ** beta * np.maximum(u, 1e-12) ** (beta - 1)
+
+    u0 = np.array([start[c] / scale for c in cats])
+    x0 = np.append(u0, float(predicted(u0).max()))
+    eye = np.eye(n)
+    constraints = [
+        {"type": "ineq", "fun": lambda x: x[n] - predicted(x[:n]),
+         "jac": lambda x: np.hstack([-eye * d_predicted(x[:n]), np.ones((n, 1))])},
+        {"type": "ineq", "fun": lambda x: np.array([mean_now - predicted(x[:n]).mean()]),
+         "jac": lambda x: np.append(-d_predicted(x[:n]) / n, 0.0)[None, :]},
+        {"type": "eq", "fun": lambda x: np.array([x[:n].sum() - 1.0]),
+         "jac": lambda x: np.append(np.ones(n), 0.0)[None, :]},
+    ]
+    bounds = [(lo[c] / scale, hi[c] / scale) for c in cats] + [(None, None)]
+    options = {"maxiter": 200, "ftol": 1e-10}
+    res = minimize(lambda x: x[n], x0, jac=lambda x: np.append(np.zeros(n), 1.0), method="SLSQP",
+                   bounds=bounds, constraints=constraints, options=options)
+    u = res.x[:n] if res.success else None
+    if u is not None:  # once the worst is as low as it goes, the others' tokens lower the mean the most
+        worst = float(res.x[n]) + 1e-9
+        bounds[n] = (worst, worst)
+        res = minimize(lambda x: predicted(x[:n]).mean(), res.x, method="SLSQP", bounds=bounds,
+                       jac=lambda x: np.append(d_predicted(x[:n]) / n, 0.0), constraints=constraints, options=options)
+        u = res.x[:n] if res.success else None
+    if u is None or abs(u.sum() - 1.0) > 1e-6 or predicted(u).mean() > mean_now + 1e-6 or \
+            any(u[i] < bounds[i][0] - 1e-6 or u[i] > bounds[i][1] + 1e-6 for i in range(n)):
+        return start, False
+    return {c: float(u[i]) * scale for i, c in enumerate(cats)}, True
+
+
 def marginal_update(
     weights: dict[str, float], states: dict[str, CategoryState], budget: float, cfg: FeedbackConfig
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]], list[str]]:
-    """New category shares from the categories' learning curves, losses, noise and pools (module docstring).
+    """New category shares from the categories' learning curves, losses, noise and pools (rules `marginal`, `worst`).
 
     Returns the shares, per category the numbers that produced them, and the categories whose
     evidence was within noise (all of them: the selection holds still).
@@ -243,8 +316,16 @@ def marginal_update(
     lo = {c: budget * max(floor, prev[c] / cfg.max_change) for c in cats}
     hi = {c: max(min(budget * prev[c] * cfg.max_change, pools[c]), 0.0) for c in cats}
     lo = {c: min(lo[c], hi[c]) for c in cats}
-    wanted = _box_allocate(raw, lo, {c: budget * prev[c] * cfg.max_change for c in cats}, budget)
+    unpooled = {c: budget * prev[c] * cfg.max_change for c in cats}
+    wanted = _box_allocate(raw, lo, unpooled, budget)
     alloc = _box_allocate(raw, lo, hi, min(budget, sum(hi.values())))
+    solved: bool | None = None
+    if cfg.rule == "worst":
+        # a category without eval records: average loss and rate, measured at its previous share
+        curve = {c: (eff_loss.get(c, mean_loss), eff_rate.get(c, mean_rate),
+                     states[c].points[-1].tokens if c in eff_rate else prev[c] * budget) for c in cats}
+        wanted, _ = _minimax_allocate(wanted, curve, beta, lo, unpooled, budget)
+        alloc, solved = _minimax_allocate(alloc, curve, beta, lo, hi, min(budget, sum(hi.values())))
     total = sum(alloc.values()) or 1.0
     new = {c: round(alloc[c] / total, 6) for c in cats}
     for c in cats:
@@ -271,6 +352,11 @@ def marginal_update(
             "capped_by_pool": bool(wanted[c] > pools[c] + 1e-6),
             "held_still": c in noisy,
         }
+        if solved is not None:
+            used = curve[c]
+            detail[c]["predicted_loss_before"] = round(_predicted_loss(*used, used[2], beta), 6)
+            detail[c]["predicted_loss_after"] = round(_predicted_loss(*used, alloc[c], beta), 6)
+            detail[c]["solver"] = "slsqp" if solved else "failed: marginal allocation"
     return new, detail, noisy
 
 
@@ -315,13 +401,13 @@ def build_selection(
 ) -> dict[str, Any]:
     """The next round's selection document (validated against `schemas/selection.schema.json`).
 
-    The `marginal` rule reads `states` and `budget`; the `excess` rule `loss`, `ref_loss` and `tokens`.
+    The `marginal` and `worst` rules read `states` and `budget`; `excess` reads `loss`, `ref_loss` and `tokens`.
     Example weights come from `scores` unless `examples: none` (or no scores).
     """
     held: list[str] = []
-    if cfg.rule == "marginal":
+    if cfg.rule in ("marginal", "worst"):
         if states is None or budget is None:
-            raise ValueError("feedback rule 'marginal' needs the categories' states and the token budget")
+            raise ValueError(f"feedback rule '{cfg.rule}' needs the categories' states and the token budget")
         cat_weights, detail, held = marginal_update(weights, states, budget, cfg)
     else:
         cat_weights, detail = category_update(weights, loss or {}, ref_loss or {}, tokens or {}, cfg)
@@ -336,7 +422,7 @@ def build_selection(
         "example_reasons": dict(Counter(reasons.values()).most_common()),
         "feedback": cfg.model_dump(),
     }
-    if cfg.rule == "marginal":
+    if cfg.rule in ("marginal", "worst"):
         selection["held_still"] = held
         selection["note"] = _note(held, sorted(weights), cfg)
     problems = schema_errors(selection, "selection.schema.json")

@@ -18,6 +18,14 @@ example weight (weighted sampling without replacement, Efraimidis–Spirakis: ke
 group takes records in key order while they fit its quota. The choice depends only on ids, seed and
 weights, never on input order. Example weights <= 0 exclude a record.
 
+Filling the budget: whole records leave each group short of its quota by up to one record, and
+those remainders add up (four groups of ~300-token records left a 4,096-token budget 15% unspent).
+With a budget, the unspent tokens are then offered to the groups with a positive share: the group
+furthest below its quota (ties: name) takes its next record in key order if it fits what is left,
+until no group's next record fits. So the selection holds the budget to within the shortest next
+record, whatever the weights: rounds and arms at one budget train on the same number of tokens
+(the minimums may still exceed a budget too small to hold them).
+
 Selection file (`balance.weights_file`, written by the feedback loop), JSON:
     {"category_weights": {"math": 2.0, ...}, "example_weights": {"<record id>": 0.5, ...}}
 Both keys are optional; other keys are ignored.
@@ -123,6 +131,38 @@ def _quotas(shares: dict[str, float], avail: dict[str, int], budget: int | None)
     return quota
 
 
+def _fill(
+    lengths: dict[str, list[int]], quotas: dict[str, float], shares: dict[str, float], minimum: int,
+    budget: int | None,
+) -> dict[str, int]:
+    """How many of each group's records (in key order) to take: minimums, then the quota, then the budget's rest.
+
+    A plain loop over the groups' next records: at most one step per record added after the quotas,
+    no library offers this (it is the rounding step of a largest-remainder apportionment).
+    """
+    taken: dict[str, int] = {}
+    filled: dict[str, int] = {}
+    for g, lens in lengths.items():
+        n, total = 0, 0
+        while n < len(lens) and (n < minimum or total + lens[n] <= quotas.get(g, 0.0) + 1e-6):
+            total += lens[n]
+            n += 1
+        taken[g], filled[g] = n, total
+    if budget is None:
+        return taken
+    left = budget - sum(filled.values())
+    while True:
+        fits = [g for g, lens in lengths.items()
+                if shares.get(g, 0.0) > 0 and taken[g] < len(lens) and lens[taken[g]] <= left]
+        if not fits:
+            return taken
+        g = min(fits, key=lambda k: (filled[k] - quotas.get(k, 0.0), k))
+        size = lengths[g][taken[g]]
+        taken[g] += 1
+        filled[g] += size
+        left -= size
+
+
 def balance(
     df: pl.DataFrame,
     cfg: BalanceConfig,
@@ -155,12 +195,11 @@ def balance(
     avail.update(dict(capped.group_by(GROUP).agg(pl.col(token_col).sum()).iter_rows()))
     shares, share_source = _shares({g: v["tokens"] for g, v in before.items()}, cfg, category_weights)
     quotas = _quotas(shares, avail, cfg.token_budget)
-    cum = pl.col(token_col).cum_sum().over(GROUP)
-    quota_col = pl.col(GROUP).replace_strict(
-        {g: float(q) for g, q in quotas.items()}, default=0.0, return_dtype=pl.Float64
-    )
-    kept = capped.with_columns(cum.alias("_cum"), quota_col.alias("_quota"))
-    kept = kept.filter((pl.col("_cum") <= pl.col("_quota") + 1e-6) | (pl.col("_rank") < cfg.min_per_category))
+    lengths = {g: [int(t) for t in ts] for g, ts in
+               capped.group_by(GROUP, maintain_order=True).agg(pl.col(token_col)).iter_rows()}
+    taken = _fill(lengths, quotas, shares, cfg.min_per_category, cfg.token_budget)
+    take_col = pl.col(GROUP).replace_strict(taken, default=0, return_dtype=pl.Int64)
+    kept = capped.filter(pl.col("_rank") < take_col)
     kept_ids = set(kept["id"].to_list())
     capped_ids = set(capped["id"].to_list())
     dropped = (
@@ -176,7 +215,7 @@ def balance(
         .select("id", GROUP, "reason")
         .sort("id")
     )
-    selected = kept.drop("_w", "_key", "_rank", "_cum", "_quota").sort("id")
+    selected = kept.drop("_w", "_key", "_rank").sort("id")
     after = _dist(selected, token_col)
     report = {
         "by": cfg.by,
@@ -187,6 +226,8 @@ def balance(
         "min_per_category": cfg.min_per_category,
         "weights_used": {g: round(shares[g], 6) for g in sorted(shares)},
         "quotas_tokens": {g: int(quotas[g]) for g in sorted(quotas)},
+        "budget_left_tokens": None if cfg.token_budget is None
+        else cfg.token_budget - int(selected[token_col].sum()),
         "example_weights": len(ex_w),
         "before": before,
         "after": {g: after.get(g, {"records": 0, "tokens": 0}) for g in sorted(before)},
