@@ -170,17 +170,22 @@ def shannon_entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-class _RegexRecognizer(LocalRecognizer):
-    """Base: a list of (regex, group, score, check) run over the whole text."""
+class _OwnRecognizer(LocalRecognizer):
+    """Base of our recognizers: one entity type (`ENTITY`), patterns compiled at import, no model."""
 
     ENTITY = ""
-    PATTERNS: tuple[tuple[re.Pattern[str], int, float, str], ...] = ()
 
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
 
     def load(self) -> None:
         """Nothing to load: the patterns are compiled at import."""
+
+
+class _RegexRecognizer(_OwnRecognizer):
+    """Base: a list of (regex, group, score, check) run over the whole text."""
+
+    PATTERNS: tuple[tuple[re.Pattern[str], int, float, str], ...] = ()
 
     def accept(self, value: str, check: str) -> bool:
         """Extra validation for a candidate value; `check` names the rule."""
@@ -322,7 +327,7 @@ def _char_class(c: str) -> int:
     return 0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3
 
 
-class CredentialRecognizer(LocalRecognizer):
+class CredentialRecognizer(_OwnRecognizer):
     """Passwords and PINs near a login word without "password is" (entity `SECRET`).
 
     "The router admin login is admin / Qr7!dke#39", "creds: root Xy9#kq2L", "pw aB3kd9LqP": after a
@@ -334,12 +339,6 @@ class CredentialRecognizer(LocalRecognizer):
     """
 
     ENTITY = SECRET
-
-    def __init__(self, supported_language: str = "en") -> None:
-        super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
-
-    def load(self) -> None:
-        """Nothing to load: the patterns are compiled at import."""
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
@@ -695,7 +694,7 @@ def uncovered_digit_groups(text: str, start: int, end: int, covered: list[tuple[
     return False
 
 
-class ChatPhoneRecognizer(LocalRecognizer):
+class ChatPhoneRecognizer(_OwnRecognizer):
     """Phone numbers as people write them, valid or not (entity `PHONE_NUMBER`).
 
     presidio's PhoneRecognizer keeps only what libphonenumber calls valid in 8 regions, so it
@@ -709,12 +708,6 @@ class ChatPhoneRecognizer(LocalRecognizer):
 
     ENTITY = "PHONE_NUMBER"
     STRONG = frozenset({"international", "parens", "nanp", "pairs", "trunk", "groups", "nanp_bare", "area"})
-
-    def __init__(self, supported_language: str = "en") -> None:
-        super().__init__(supported_entities=[self.ENTITY], supported_language=supported_language)
-
-    def load(self) -> None:
-        """Nothing to load: the patterns are compiled at import."""
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
