@@ -1,22 +1,29 @@
 """Planted-PII chat set: synthetic conversations with planted names, addresses and numbers, run
-through the real `curator curate` (defaults) and `curator pack`, then every output file grepped.
+through the real `curator curate` (defaults) and `curator pack`, then the outputs grepped; plain
+presidio is run on the same turns beside it.
 
 The set (seeded, built in a temp dir, never in the repo): conversations written from templates in
-12 Faker locales, each planting some of: a full name, a first name, a street address (inline, over
-lines, or with "???" where an export lost the line breaks), a card number (12-digit Maestro, 19-digit
-Visa, 2-series Mastercard, 15-digit 2131 JCB, Amex, 16-digit Visa; grouped or not), a phone number
-(local without area code, dash pairs, short bracketed, x-extension, "+41 (0)", dotted US...), an
-email, an IBAN, a passport / tax / licence / account id, a password (with and without ":"). Half
-the conversations are an OpenAI fine-tuning JSONL file, half a ChatGPT data export (custom
-instructions included). Templates alternate between a **tune** half (even template index: used
-while writing the recognizers) and a **held-out** half (odd: only measured); `--split` picks one.
+12 Faker locales, each planting some of: a full name (also lower-cased), a first name, a street
+address (inline, lower-cased, over lines, or with "???" where an export lost the line breaks), a
+card number (12-digit Maestro, 19-digit Visa, 2-series Mastercard, 15-digit 2131 JCB, Amex,
+16-digit Visa; grouped or not), a phone number (local without area code, dash pairs, short
+bracketed, x-extension, "+41 (0)", dotted US...), an email, an IBAN, a passport / tax / licence /
+account id, a password (with and without ":"). Half the conversations are an OpenAI fine-tuning
+JSONL file, half a ChatGPT data export (custom instructions included). `--split tune` uses the
+templates that were looked at while writing the recognizers, `--split held-out` the ones written
+blind on 2026-12-02 (see the comment above TUNE_TEMPLATES).
 
 Surviving: a planted value is found (case-insensitive; digits compared without separators for
-numbers) in anything the user keeps or shares: `kept/` Parquet, `kept.jsonl`, `report.json`,
-`report.html`, the console output, and the text of the packed shards (token ids decoded). A name
-survives when the full name, its surname or the planted first name is left; an address when its
-street part ("12 Main Street") or its postcode is left. `dropped/`, `quarantine.parquet` and the
-work dir hold raw text by design and are checked for owner-only permissions instead.
+numbers) in its own conversation's kept record (`kept.jsonl`, mapped back through `source`), so a
+surname or first name shared by two conversations is counted once each, not by accident. A name
+survives when the full name, its surname or the planted first name is left as a word; an address
+when its street part ("12 Main Street") or its postcode is left. Separately, every other file a
+user keeps or shares (`kept/` Parquet, `report.json`, `report.html`, the console output, the text
+of the packed shards, token ids decoded) is grepped for planted values that no kept record holds:
+`leaked_outside_kept_records` must be empty. `dropped/`, `quarantine.parquet` and the work dir
+hold raw text by design and are checked for owner-only permissions instead. Plain presidio
+(`pii_bench.presidio_baseline`: default recognizers, spaCy sm) replaces every entity it finds
+except DATE_TIME/NRP, and its output is checked by the same rules.
 
 Run: `.venv/bin/python bench/pii_planted.py [--split held-out|tune|all] [--n 300] [--keep DIR]`
 """
@@ -45,9 +52,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "pl_PL", "nl_NL", "cs_CZ", "hu_HU", "pt_BR", "da_DK")
 NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 
-# Templates: a list of (role, text) turns with {slots}. Slot names: name, first, surname, address,
-# card, phone, email, iban, id_kind + id, password. Even index = tune, odd index = held-out.
-TEMPLATES: list[list[tuple[str, str]]] = [
+# Templates: a list of (role, text) turns with {slots}. Slot names: name, name2, first, first2, first3,
+# surname, street, city, post, country, address (+ _lines, _qq, _lower), card, phone, email, iban,
+# id_kind + id, password. TUNE_TEMPLATES were looked at while writing the recognizers (the first 26
+# were split even/odd until 2026-12-02 and both halves have been measured and inspected since);
+# HELD_OUT_TEMPLATES were written on 2026-12-02 before any recognizer change of that day and are
+# only measured, never inspected for tuning.
+TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
         ("assistant", "Thanks {first}. I can't change cards here; please call your bank."),
@@ -124,8 +135,6 @@ TEMPLATES: list[list[tuple[str, str]]] = [
         ("user", "Translate to German: my {id_kind} is {id}, my name is {name}."),
         ("assistant", "Mein Ausweis ist {id}, mein Name ist {name}."),
     ],
-    # added after the first held-out run, which had no card, phone or password among the odd
-    # (held-out) templates: the odd ones below were measured without being run before
     [("user", "charge {card} please"), ("assistant", "I cannot charge cards.")],
     [
         ("user", "Is {card} a valid card number? It belongs to {name}."),
@@ -142,6 +151,90 @@ TEMPLATES: list[list[tuple[str, str]]] = [
         ("assistant", "Change {password} now and give {first} a separate guest network."),
     ],
 ]
+HELD_OUT_TEMPLATES: list[list[tuple[str, str]]] = [
+    [
+        ("user", "hey its {first_lower} here lol. my addy is {address_lower}, can u send the package there"),
+        ("assistant", "I can't ship packages, but double-check {address_lower} with the courier."),
+    ],
+    [
+        ("user", "Draft an email to my landlord {name} about the broken heater at {address}."),
+        ("assistant", "Dear {name},\n\nThe heater at {street} has not worked since Monday.\n\nBest regards,\n{first2}"),
+    ],
+    [
+        ("user", "Here's my CV header, make it look professional:\n\n{name}\n{address_lines}\n{phone} | {email}"),
+        ("assistant", "**{name}**\n{street}, {post} {city}, {country} · {phone} · {email}"),
+    ],
+    [
+        ("user", "My daughter {first} and her friend {first2} are coming over. Suggest games for 8-year-olds."),
+        ("assistant", "Here are some games {first} and {first2} might enjoy: treasure hunt, charades, musical chairs."),
+    ],
+    [
+        ("user", "Please check this invoice:\nBill to: {name}, {address}\nCard: {card}\nTotal: $84.20"),
+        ("assistant", "The invoice is addressed to {name} and charged to {card}; the total looks right."),
+    ],
+    [
+        ("user", "my wifi password is {password} and it stopped working after the update"),
+        ("assistant", "Try forgetting the network and entering {password} again."),
+    ],
+    [
+        ("user", "Write a birthday message for my colleague {name}. She sits next to {first2}."),
+        ("assistant", "Happy birthday, {first}! The whole team, {first2} included, wishes you a great year."),
+    ],
+    [
+        ("user", "Cancel the subscription on my {id_kind} {id}, registered to {email}. Phone on file {phone}."),
+        ("assistant", "I can't cancel it, but support can if you give them {email} and {phone}."),
+    ],
+    [
+        ("user", "Meeting notes. Attendees: {name}, {name2}, {first3}. Action: {first} sends the deck by Friday."),
+        ("assistant", "Summary: {first} sends the deck; {first3} and {name2} review it."),
+    ],
+    [
+        ("user", "Send the contract to {name} at {address_qq}"),
+        ("assistant", "Address the envelope to {name}, {address_qq}."),
+    ],
+    [
+        ("user", "Who lives at {address}? I found a wallet that belongs to {name}."),
+        ("assistant", "I can't look people up. Please hand {name}'s wallet to the police."),
+    ],
+    [
+        ("user", "Is {phone} a real number? Someone called from 'the bank' and read me my card {card}."),
+        ("assistant", "That is a scam. Never confirm {card} to a caller, and report {phone} to your bank."),
+    ],
+    [
+        ("user", "Translate to French: Hello, I am {name} and my number is {phone}."),
+        ("assistant", "Bonjour, je m'appelle {name} et mon numéro est le {phone}."),
+    ],
+    [
+        ("user", "ok so {first} said i should ask u. username {email} pwd {password}"),
+        ("assistant", "Please don't share passwords here, even if {first} suggested it."),
+    ],
+    [
+        ("user", "Is this address format right? {street}, {city} {post}, {country}"),
+        ("assistant", "Usually it is written:\n{street}\n{post} {city}\n{country}"),
+    ],
+    [
+        ("user", "Transfer 200 EUR from {iban} to {name}."),
+        ("assistant", "I can't move money. Ask your bank to send it from {iban} to {name}."),
+    ],
+    [
+        ("system", "You are a helpful assistant for {name} ({email}), who lives at {address}."),
+        ("user", "What's a quick dinner I can cook tonight?"),
+        ("assistant", "A vegetable stir-fry with rice takes about 20 minutes."),
+    ],
+    [
+        ("user", "{name} here. I need a new {id_kind}, the old one ({id}) expired."),
+        ("assistant", "Renew the {id_kind} {id} at the office that issued it, {first}."),
+    ],
+    [
+        ("user", "visa {card} cvv 381 exp 11/27, is this the right format for the form?"),
+        ("assistant", "Never paste {card} and its CVV into a chat."),
+    ],
+    [
+        ("user", "grandma {name_lower} moved to {address_lower}, write her a card from me and {first2}"),
+        ("assistant", "Dear Grandma,\n\nWe hope you love the new place! Love, {first2}"),
+    ],
+]
+TEMPLATES = {"tune": TUNE_TEMPLATES, "held-out": HELD_OUT_TEMPLATES, "all": TUNE_TEMPLATES + HELD_OUT_TEMPLATES}
 ID_KINDS = (
     "passport number",
     "tax id",
@@ -242,13 +335,14 @@ def build(n: int, split: str, seed: int = 11) -> list[dict[str, Any]]:
     fakers = {loc: Faker(loc) for loc in LOCALES}
     for i, f in enumerate(fakers.values()):
         f.seed_instance(seed + i)
-    pool = [i for i in range(len(TEMPLATES)) if split == "all" or (i % 2 == 0) == (split == "tune")]
+    templates = TEMPLATES[split]
     convs = []
     for k in range(n):
-        t = pool[k % len(pool)]
+        t = k % len(templates)
         loc = rng.choice(LOCALES)
         fake = fakers[loc]
         first, surname = fake.first_name(), fake.last_name()
+        first2, surname2 = fake.first_name(), fake.last_name()
         street, city, post = fake.street_address().replace("\n", " "), fake.city(), fake.postcode()
         country = fake.current_country() if hasattr(fake, "current_country") else "France"
         id_kind = rng.choice(ID_KINDS)
@@ -256,9 +350,17 @@ def build(n: int, split: str, seed: int = 11) -> list[dict[str, Any]]:
             "name": f"{first} {surname}",
             "first": first,
             "surname": surname,
-            "first2": fake.first_name(),
+            "name_lower": f"{first} {surname}".lower(),
+            "first_lower": first.lower(),
+            "name2": f"{first2} {surname2}",
+            "first2": first2,
             "first3": fake.first_name(),
+            "street": street,
+            "city": city,
+            "post": post,
+            "country": country,
             "address": f"{street}, {post} {city}",
+            "address_lower": f"{street}, {post} {city}".lower(),
             "address_lines": f"{street}\n{post} {city}\n{country}",
             "address_qq": f"{street}???{post} {city}???{country}",
             "card": make_card(rng),
@@ -269,14 +371,16 @@ def build(n: int, split: str, seed: int = 11) -> list[dict[str, Any]]:
             "id": make_id(rng, id_kind),
             "password": make_password(rng),
         }
-        text = " ".join(x for _, x in TEMPLATES[t])
+        text = " ".join(x for _, x in templates[t])
         planted: list[tuple[str, str]] = []
-        if "{name}" in text or "{surname}" in text:
+        if re.search(r"\{(name|name_lower|surname)\}", text):
             planted.append(("name", f"{first} {surname}"))
+        if "{name2}" in text:
+            planted.append(("name", f"{first2} {surname2}"))
         for key in ("first", "first2", "first3"):
-            if "{" + key + "}" in text:
+            if "{" + key + "}" in text or (key == "first" and "{first_lower}" in text):
                 planted.append(("first_name", slots[key]))
-        if re.search(r"\{address(_lines|_qq)?\}", text):
+        if re.search(r"\{(address(_lines|_qq|_lower)?|street)\}", text):
             planted.append(("address", f"{street}\x00{post}"))
         for kind, key in (
             ("card", "card"),
@@ -288,7 +392,7 @@ def build(n: int, split: str, seed: int = 11) -> list[dict[str, Any]]:
         ):
             if "{" + key + "}" in text:
                 planted.append((kind, slots[key]))
-        turns = [(role, body.format(**slots)) for role, body in TEMPLATES[t]]
+        turns = [(role, body.format(**slots)) for role, body in templates[t]]
         convs.append({"turns": turns, "planted": planted, "template": t, "locale": loc})
     return convs
 
@@ -390,31 +494,100 @@ def shard_text(shards: Path, tokenizer: Path) -> str:
     return "\n".join(texts)
 
 
-def surviving(convs: list[dict[str, Any]], text: str) -> dict[str, list[int]]:
-    """kind -> [planted, surviving] under the rules in the module docstring."""
+def _left(kind: str, value: str, low: str, digits_only: str, words: set[str]) -> bool:
+    """Whether a planted value is left in a text (already folded: `low`, its digits, its words)."""
+    if kind == "name":
+        full = " ".join(value.split()).casefold()
+        surname = value.split()[-1].casefold()
+        return full in low or (len(surname) >= 3 and surname in words)
+    if kind == "first_name":
+        return value.casefold() in words
+    if kind == "address":
+        street, post = value.split("\x00")
+        return " ".join(street.split()).casefold() in low or (len(post) >= 4 and post.casefold() in low)
+    if kind in ("card", "phone", "iban", "id") and sum(ch.isdigit() for ch in value) >= 6:
+        return re.sub(r"[^\d]", "", value) in digits_only or value.casefold() in low
+    return value.casefold() in low
+
+
+def _fold(text: str) -> tuple[str, str, set[str]]:
     low = " ".join(text.split()).casefold()
-    digits_only = re.sub(r"[^\d]", "", text)
-    words = set(re.findall(r"\w+", low))
+    return low, re.sub(r"[^\d]", "", text), set(re.findall(r"\w+", low))
+
+
+def surviving(convs: list[dict[str, Any]], texts: list[str]) -> tuple[dict[str, list[int]], list[str]]:
+    """kind -> [planted, surviving], each value looked for in its own conversation's output text
+    (`texts[i]` for `convs[i]`), under the rules in the module docstring; and the survivors."""
     counts: dict[str, list[int]] = {}
-    for conv in convs:
+    survivors = []
+    for conv, text in zip(convs, texts, strict=True):
+        folded = _fold(text)
         for kind, value in conv["planted"]:
             c = counts.setdefault(kind, [0, 0])
             c[0] += 1
-            if kind == "name":
-                full = " ".join(value.split()).casefold()
-                surname = value.split()[-1].casefold()
-                left = full in low or (len(surname) >= 3 and surname in words)
-            elif kind == "first_name":
-                left = value.casefold() in words
-            elif kind == "address":
-                street, post = value.split("\x00")
-                left = " ".join(street.split()).casefold() in low or (len(post) >= 4 and post.casefold() in low)
-            elif kind in ("card", "phone", "iban", "id") and sum(ch.isdigit() for ch in value) >= 6:
-                left = re.sub(r"[^\d]", "", value) in digits_only or value.casefold() in low
-            else:
-                left = value.casefold() in low
-            c[1] += left
-    return counts
+            if _left(kind, value, *folded):
+                c[1] += 1
+                survivors.append(f"{kind} template {conv['template']} {conv['locale']}: {value!r}")
+    return counts, survivors
+
+
+def kept_texts(out: Path, n: int) -> list[str]:
+    """Each conversation's kept record as JSON text ("" when it was not kept), mapped back through
+    `source`: OpenAI line i is conversation 2i, ChatGPT export conversation i is 2i + 1."""
+    texts = [""] * n
+    for line in (out / "kept.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        src = record["source"]
+        k = 2 * src["index"] + (src["format"] == "chatgpt")
+        texts[k] += line
+    return texts
+
+
+def leaked_outside_kept(convs: list[dict[str, Any]], kept: list[str], shared: str) -> list[str]:
+    """Planted values found in the shared outputs (reports, console, shards, kept Parquet) while absent
+    from every kept record: a leak by another path than the records themselves (must be empty)."""
+    folded_shared, folded_kept = _fold(shared), _fold("\n".join(kept))
+    return [
+        f"{kind}: {value!r}"
+        for conv in convs
+        for kind, value in conv["planted"]
+        if _left(kind, value, *folded_shared) and not _left(kind, value, *folded_kept)
+    ]
+
+
+def presidio_texts(convs: list[dict[str, Any]]) -> tuple[list[str], float]:
+    """Plain presidio (pii_bench's baseline) on the same turns: every entity it finds, except the
+    DATE_TIME/NRP types ours also leaves, replaced by <TYPE>; and the seconds it took."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pii_bench import presidio_baseline
+
+    from curator.steps.pii import DEFAULT_EXCLUDED, PiiConfig
+
+    cfg = PiiConfig()
+    engine = presidio_baseline()
+    turns = [text for conv in convs for _, text in conv["turns"]]
+    engine.analyze_iterator(turns[:8], language="en")  # lazy loading
+    start = time.perf_counter()
+    results = engine.analyze_iterator(
+        turns, language="en", batch_size=cfg.batch_size, score_threshold=cfg.score_threshold
+    )
+    seconds = time.perf_counter() - start
+    scrubbed = iter(
+        _replace_spans(text, [(r.start, r.end, r.entity_type) for r in rs if r.entity_type not in DEFAULT_EXCLUDED])
+        for text, rs in zip(turns, results, strict=True)
+    )
+    return ["\n".join(next(scrubbed) for _ in conv["turns"]) for conv in convs], seconds
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with every span (overlaps merged) replaced by <TYPE>."""
+    out, pos = [], 0
+    for start, end, etype in sorted(spans):
+        if end <= pos:
+            continue
+        out.append(text[pos : max(pos, start)] + f"<{etype}>")
+        pos = end
+    return "".join(out) + text[pos:]
 
 
 def check_private(out: Path) -> list[str]:
@@ -453,20 +626,32 @@ def main() -> None:
         pack_console, _ = run_cli(["pack", str(out), "--out", str(shards), "--tokenizer", str(tokenizer)], env)
     finally:
         os.umask(old_umask)
-    text = shared_text(out, shards, console + pack_console)
-    counts = surviving(convs, text)
+    kept = kept_texts(out, len(convs))
+    counts, survivors = surviving(convs, kept)
+    leaks = leaked_outside_kept(convs, kept, shared_text(out, shards, console + pack_console))
+    plain, plain_seconds = presidio_texts(convs)
+    plain_counts, _ = surviving(convs, plain)
     report = json.loads((out / "report.json").read_text())
-    structured = [sum(counts.get(k, [0, 0])[i] for k in NUMBER_KINDS) for i in (0, 1)]
+
+    def table(c: dict[str, list[int]]) -> dict[str, Any]:
+        rates = {k: {"planted": v[0], "surviving": v[1], "rate": round(v[1] / v[0], 4)} for k, v in sorted(c.items())}
+        rates["structured"] = {
+            "planted": sum(c.get(k, [0, 0])[0] for k in NUMBER_KINDS),
+            "surviving": sum(c.get(k, [0, 0])[1] for k in NUMBER_KINDS),
+        }
+        return rates
+
     result = {
         "split": args.split,
         "conversations": len(convs),
         "curate_seconds": round(seconds, 1),
+        "presidio_analyze_seconds": round(plain_seconds, 1),
         "kept": report["accounting"]["kept"],
         "read": report["accounting"]["read"],
-        "surviving": {
-            k: {"planted": v[0], "surviving": v[1], "rate": round(v[1] / v[0], 4)} for k, v in sorted(counts.items())
-        },
-        "structured": {"planted": structured[0], "surviving": structured[1]},
+        "surviving": table(counts),
+        "surviving_plain_presidio": table(plain_counts),
+        "survivors": survivors,
+        "leaked_outside_kept_records": leaks,
         "work_dir_after_run": sorted(str(p.relative_to(out)) for p in (out / "_work").rglob("*")),
         "readable_by_others": check_private(out),
         "templates": sorted(Counter(c["template"] for c in convs)),

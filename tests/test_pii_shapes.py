@@ -141,3 +141,49 @@ def test_names_keep_their_post_nominals_and_possessions(step: PiiScrub) -> None:
     out = step.scrub_text("Follow up with Ryan Bagy MD in 2 months. Here's Fiammetta's address.")
     assert "MD" not in out and "Fiammetta" not in out, out
     assert step.scrub_text("The Company's address is on the invoice.") == "The Company's address is on the invoice."
+
+
+def test_a_dot_inside_a_sentence_does_not_hide_it_from_the_tagger(step: PiiScrub) -> None:
+    """An email or a version in a sentence used to drop the whole sentence from Rampart's windows."""
+    out = step.scrub_text("Write an out-of-office reply. Urgent matters: Jørgen on 9472 7916, or email jo@firma.dk.")
+    assert "Jørgen" not in out and "9472" not in out and "7916" not in out, out
+
+
+def test_a_surname_named_by_its_cue_joins_the_first_name(step: PiiScrub) -> None:
+    msgs = [
+        {"role": "user", "content": "I'm Sylwia. Deszcz is my last name. Can you spell Sylwia Deszcz in NATO alphabet?"},  # noqa: E501
+        {"role": "assistant", "content": "Sure, Sylwia Deszcz: ..."},
+    ]
+    first, second = (t["content"] for t in scrub_record(step, msgs))
+    assert "Deszcz" not in first + second and "Sylwia" not in first + second
+    assert first == "I'm <PERSON_1>. <PERSON_1> is my last name. Can you spell <PERSON_1> in NATO alphabet?"
+    assert second == "Sure, <PERSON_1>: ..."
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        ("Shipping label: Na Cikánce 58???314 65 Podivín???Czech Republic", ["Cikánce", "314 65", "Podivín"]),
+        ("Shipping label: Bertram-Hentschel-Platz 6/7???34183 Angermünde", ["Hentschel", "6/7", "34183"]),
+        ("Envelope:\nLucas Leão\nFavela Mathias Rocha\n09507185 Azevedo\nBrazil", ["Favela", "09507185"]),
+        ("label: 3603 Laurie Lights???86687 Kristinton???United States", ["Laurie", "86687"]),
+    ],
+)
+def test_address_lines_split_by_question_marks_and_street_types_before_the_name(
+    step: PiiScrub, text: str, gone: list[str]
+) -> None:
+    out = step.scrub_text(text)
+    assert not any(value in out for value in gone), out
+
+
+def test_title_case_headings_with_street_words_are_kept(step: PiiScrub) -> None:
+    text = "In 3 Easy Ways you can learn it. Top 10 Golf Course tips for Spring 2024."
+    assert step.scrub_text(text, mode="patterns") == text
+
+
+def test_a_user_and_secret_pair_after_a_login_word(step: PiiScrub) -> None:
+    out = step.scrub_text("The router admin login is admin / uqJtcEW6 and sign in with root / password123 too")
+    assert "uqJtcEW6" not in out and "password123" not in out, out
+    assert step.scrub_text("Log in at 10:30 with the admin account / settings page") == (
+        "Log in at 10:30 with the admin account / settings page"
+    )

@@ -80,3 +80,19 @@ def test_language_detection_and_selection() -> None:
     assert out["language"].to_list() == ["fr", "en", "zh", None]
     assert out["drop_reason"].to_list() == ["language_not_selected", None, "language_not_selected",
                                             "language_not_selected"]
+
+
+def test_names_and_addresses_do_not_decide_the_language() -> None:
+    """Foreign names made short English turns read as Polish or Danish, which cost them NER in the PII step."""
+    frame = _frame([
+        [("user", "I'm Sylwia. Deszcz is my last name. Can you spell Sylwia Deszcz in NATO alphabet?"),
+         ("assistant", "Sure, Sylwia Deszcz: ...")],
+        [("user", "how do i wire money to DK5000400440116243? recipient Frode Hermansen, "
+                  "Bådehavnsstræde 5, 8752 Asperup"),
+         ("assistant", "Give your bank the IBAN and the name Frode Hermansen.")],
+        [("user", "Ich bin in der Stadt, was machst du so? Der Hund von Peter Müller ist krank."),
+         ("assistant", "Wir fahren nach Berlin, München und Köln.")],
+        [("user", "Magdalena Wiśniewska, Krzysztof Wójcik"), ("assistant", "Grzegorz Szymański")],
+    ])
+    step = Language(QualityConfig())
+    assert step(frame)["language"].to_list() == ["en", "en", "de", "pl"]

@@ -554,7 +554,9 @@ _NO_NAME_WORD = re.compile(
     TECH_NAMES + r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|April|June|July|"
     r"September|October|November|December)|[A-Z0-9]{2,5}s?"
 )
-_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?=\s|$)|\n|$)")
+# a sentence ends at . ! ? before whitespace, or at a line end; a dot inside "a@b.com", "3.5" or the
+# "???" an export left for a line break does not end it
+_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![.!?\s]|$))*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
     r"(?:,|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
@@ -745,9 +747,13 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
     return kept + extra
 
 
-def _tag_ok(text: str, span: Span) -> bool:
+def _tag_ok(text: str, span: Span, tags: list[Span]) -> bool:
     """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
-    they are mostly hashes and timestamps."""
+    they are mostly hashes and timestamps. A bare number it calls part of an address ("2448.5 miles")
+    counts only beside another address or place tag ("86687 Kristinton")."""
+    if span.type == "STREET_ADDRESS" and not any(c.isalpha() for c in text[span.start : span.end]):
+        places = [t for t in tags if t is not span and t.type in ("STREET_ADDRESS", "LOCATION")]
+        return any(t.start - 4 <= span.end and span.start <= t.end + 4 for t in places)
     if span.type != "ID_NUMBER":
         return True
     return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
@@ -1010,7 +1016,8 @@ class PiiScrub:
                 tags.setdefault(k, []).append(Span(t.type, bounds[0], bounds[1], t.score))
         spans: list[list[Span]] = [[] for _ in jobs]
         for k, (i, offset, text, _) in enumerate(pieces):
-            tagged = [t for t in tags.get(k, []) if self._keep(text, t, True) and _tag_ok(text, t)]
+            mine = tags.get(k, [])
+            tagged = [t for t in mine if self._keep(text, t, True) and _tag_ok(text, t, mine)]
             out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
                 if ner_guess and span.type == "PERSON" and k in guesses:
@@ -1264,10 +1271,26 @@ def _propagate(units: list[_Unit]) -> None:
             extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
             unit.spans = merge_spans(unit.spans + extra)
-        unit.spans = [
-            Span("PERSON", s.start, s.end, s.score) if _norm(unit.text[s.start : s.end]) in people else s
-            for s in unit.spans
-        ]
+        unit.spans = _join_people(
+            unit.text,
+            [
+                Span("PERSON", s.start, s.end, s.score) if _norm(unit.text[s.start : s.end]) in people else s
+                for s in unit.spans
+            ],
+        )
+
+
+def _join_people(text: str, spans: list[Span]) -> list[Span]:
+    """Two person spans with only a space or hyphen between are one person ("Sylwia" found by NER,
+    "Deszcz" by its cue): one placeholder, and the full name is what the pseudonymizer learns."""
+    out: list[Span] = []
+    for span in spans:
+        last = out[-1] if out else None
+        if last and last.type == span.type == "PERSON" and text[last.end : span.start] in (" ", "-"):
+            out[-1] = Span("PERSON", last.start, span.end, max(last.score, span.score))
+        else:
+            out.append(span)
+    return out
 
 
 def _spacy_safe(text: str) -> str:

@@ -305,6 +305,11 @@ _NOT_CREDENTIAL = re.compile(
 )
 
 
+# "admin / uqJtcEW6", "root:hunter22": a user and a secret written as a pair, after a login word
+_CRED_PAIR = re.compile(r"(?<![\w/])[\w.@+\-]{2,64}[ \t]*(?:/|:)[ \t]*([^\s\"'`,;()<>\[\]{}:/]{6,64})")
+_NOT_PAIR_SECRET = re.compile(r"^(?:v?\d+(?:\.\d+)+\w*|\d+|[\w.+\-]+@[\w\-]+\.[\w.\-]+|[A-Za-z]+|.*[?&]\w+=.*)$")
+
+
 def looks_like_password(token: str) -> bool:
     """A token that reads as a chosen secret rather than a word, number, version, hash or id: letters
     and digits with a symbol ("Qr7!dke#39"), or mixed case with digits inside ("aB3kd9LqP")."""
@@ -358,6 +363,11 @@ class CredentialRecognizer(_OwnRecognizer):
                 value = tok.group(0).rstrip(".!?:")
                 if looks_like_password(value):
                     out.append(RecognizerResult(self.ENTITY, tok.start(), tok.start() + len(value), 0.7))
+            # in a user/secret pair the secret needs only letters and a digit or symbol ("admin / uqJtcEW6")
+            for pair in _CRED_PAIR.finditer(text, start, end):
+                value = pair.group(1).rstrip(".!?")
+                if any(c.isalpha() for c in value) and not _NOT_PAIR_SECRET.match(value) and len(value) >= 6:
+                    out.append(RecognizerResult(self.ENTITY, pair.start(1), pair.start(1) + len(value), 0.7))
             done = max(done, end)
         return out
 
@@ -397,6 +407,8 @@ _SUFFIX = (  # street types written as a separate word: English (USPS suffixes),
     r"Union|Valleys?|Viaduct|Villages?|Ville|Brooks?|Burgs?|Bypass|Camp|Canyon|Cape|Causeway|Cliffs?|Corners?|"
     r"Cove|Crest|Crossroad|Curve|Dale|Divide|Ferry|Flats?|Forge|Fort|Inlet|Lodge|Neck|Orchard|Overpass|"
     r"Passage|Ramp|Route|Skyway|Stravenue|Throughway|Tunnel|Underpass|Wynd|Esplanade|Promenade|Quay|"
+    r"Branch|Bridge|Centers|Circles|Courts|Coves|Dam|Drives|Extensions?|Forges|Harbors|Junctions|Lights|Loaf|"
+    r"Locks?|Parkways|Ports|Radial|Roads|Squares|Streets|Unions|Wall|"
     r"Straße|Strasse|Allee|Platz|Gasse|Weg|Damm|Ufer|Chaussee|utca|u\.|út|útja|tér|tere|körút|köz|sétány|"
     r"rakpart|náměstí|nám\.|třída|tř\.|nábřeží|ulice|gade|gatan|gata|vägen|veien|torg|plass)\.?(?![\w-])"
 )
@@ -411,7 +423,7 @@ _LOWER_STOP = (
 )
 _COMPOUND = (  # Germanic/Nordic street types, usually glued to the name (Byvej, Hauptstraße)
     r"(?:straße|strasse|str\.|straat|gate|gata|gatan|vej|veien|vägen|weg|gasse|katu|kuja|tie|laan|plein|utca|"
-    r"gracht|kade|singel|dijk|steeg|allee|platz|damm|ufer|gade|torget)"
+    r"gracht|kade|singel|dijk|steeg|dreef|baan|allee|platz|damm|ufer|gade|stræde|torget)"
     r"(?![\w-])"
 )
 _PREFIX = (  # street types written before the name (40 rue Victor Hugo, ul. Asnyka Adama 82)
@@ -430,10 +442,13 @@ _PARTICLE = (
     r"(?:de|da|das|do|dos|del|della|dei|degli|delle|dello|dal|dalla|al|alla|di|du|des|la|le|les|van|von|der|den|el|y|e)"
 )
 _ANY = r"[^\W\d_][\w'.\-]*"  # any word, any case or script (only used where a line is anchored)
-_NUM = r"\d{1,6}[A-Za-z]?"
+_NUM = r"\d{1,6}[A-Za-z]?(?:[/\-]\d{1,4}[A-Za-z]?)?"  # 12, 12a, 6/7, 35-37
 _UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6})"
 _UNIT_END = re.compile(r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|#)\.?\s*#?\w{1,6}$")
-_STREET = rf"(?:(?:{_W}[ \t]+){{0,4}}?(?:{_W}[ \t]+{_SUFFIX}|[A-ZÀ-Þ][\w'À-ÿ\-]*{_COMPOUND}|{_W}[ \t]+{_COMPOUND}))"
+_STREET = (  # "Main Street", "Hauptstraße", "Bertram-Hentschel-Platz", "Ingelbrecht Knudssøns gate"
+    rf"(?:(?:{_W}[ \t]+){{0,4}}?(?:{_W}[ \t]+{_SUFFIX}|[A-ZÀ-Þ][\w'À-ÿ\-]*(?:{_COMPOUND}|-(?i:{_COMPOUND}))|"
+    rf"{_W}[ \t]+{_COMPOUND}))"
+)
 _ADDRESS_PATTERNS = (
     # 12 Main Street [Apt 4]
     re.compile(rf"\b{_NUM},?[ \t]+{_STREET}{_UNIT}?", re.UNICODE),
@@ -488,7 +503,7 @@ _LINE_BREAK = re.compile(r"[ \t]*\.?[ \t]*(?:\r?\n|\?{2,})[ \t]*")
 # postcode and a town (the European order), below a line ending in a street and a house number; a bare
 # 4-digit year ("Python 3\n2024 Edition") is no postcode
 _POSTCODE_LINE = re.compile(
-    r"(?m)^[ \t]*(?:[A-Z]{1,2}-\d{4,5}|\d{5}|\d{4}[ \t]?[A-Z]{2}|\d{3}[ \t]\d{2}|\d{2}-\d{3}|"
+    r"(?m)^[ \t]*(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-?\d{3})?|\d{4}[ \t]?[A-Z]{2}|\d{3}[ \t]\d{2}|\d{2}-\d{3}|"
     r"(?!(?:19|20)\d\d\b)\d{4})[ \t]+"
     r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+(?:[A-ZÀ-ÞĀ-ſ][\w'’\-]*|nad|pod|am|an|im|in|bei|de|la|le|sur|en|di|del|upon))*"
     r"[ \t]*$"
@@ -498,6 +513,11 @@ _STREET_LINE_END = re.compile(
     r"Question|Exercise|Lesson|Unit|Item|Rule|Article|Phase|Stage|Task|Room|Floor|Track|Volume|Vol)\b)"
     r"(?:[^\W\d_][\w'’.\-]*[ \t]+){0,3}[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+\d{1,5}[A-Za-z]?(?:/\d{1,4})?\.?[ \t]*$"
 )
+# or a line that opens with a street type written before the name ("Favela Mathias Rocha", "Rua do Sol")
+_STREET_LINE_START = re.compile(
+    rf"[ \t]*(?:{_PREFIX}|{_PREFIX_NEEDS_NUMBER}|ul\.|al\.)[ \t]+[A-ZÀ-ÞĀ-ſ][^\n.!?:;]{{1,60}}$", re.UNICODE
+)
+_QUESTION_MARKS = re.compile(r"\?{2,}")  # what some exports leave where a line break was
 # ". " before a capitalised word, unless after a street or title abbreviation: where a tail must stop
 _SENTENCE_END = re.compile(
     r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
@@ -537,10 +557,15 @@ class StreetAddressRecognizer(_RegexRecognizer):
                     continue
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
-        for m in _POSTCODE_LINE.finditer(text):
-            above = text.rfind("\n", 0, max(0, m.start() - 1)) + 1
-            street = _STREET_LINE_END.search(text, above, max(above, m.start() - 1))
-            if street and m.start() - street.end() <= 2:
+        # the same offsets, with each "???" made a line break, so both layouts are read as lines
+        lined = _QUESTION_MARKS.sub(lambda q: " " * (len(q.group(0)) - 1) + "\n", text)
+        for m in _POSTCODE_LINE.finditer(lined):
+            above = lined.rfind("\n", 0, max(0, m.start() - 1)) + 1
+            line_end = max(above, m.start() - 1)
+            street = _STREET_LINE_END.search(lined, above, line_end) or _STREET_LINE_START.match(
+                lined, above, line_end
+            )
+            if street and m.start() - street.end() <= 4:
                 out.append(RecognizerResult(self.ENTITY, street.start(), self._extend(text, m.end()), 0.7))
         for m in _POSTCODE_CONTEXT.finditer(text):
             if any(c.isdigit() for c in m.group(1)):
@@ -801,7 +826,7 @@ _NAME_CUES_ANY_CASE = (
 _NAME_CUES_CAPITALISED = (
     r"name\s*:|call\s+me|known\s+as|dear|hi|hello|hey|thanks|thank\s+you|regards,?|cheers,?|sincerely,?|signed,?|"
     r"i'm|i\s+am|mr\.?|mrs\.?|ms\.?|dr\.?|prof\.?|miss|señor|señora|sr\.?|sra\.?|herr|frau|monsieur|madame|mme\.?|"
-    r"signor|signora"
+    r"signor|signora|recipient|payee|beneficiary|addressee|attn\.?|attention|c/o|contact"
 )
 _SIGNOFF = (
     r"best|regards|kind\s+regards|best\s+regards|cheers|thanks|thank\s+you|sincerely|yours|love|saludos|atentamente|"
@@ -962,6 +987,17 @@ class NameCueRecognizer(_RegexRecognizer):
             1,
             0.6,
             "weak",
+        ),
+        # "Deszcz is my last name", "Ola is her first name": the name before the cue, any case
+        (
+            re.compile(
+                rf"(?<![\w'’\-])({_NAME_WORD}|{_LOWER_NAME_WORD})[ \t]+"
+                r"(?i:(?:is|was|'s)[ \t]+(?:my|his|her|their|your|our)[ \t]+"
+                r"(?:(?:last|first|full|family|given|middle|real|legal|maiden|nick)[ \t]?|sur)name)\b"
+            ),
+            1,
+            0.95,
+            "strong",
         ),
         # a sign-off line, then a name alone on the next line
         (
