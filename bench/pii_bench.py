@@ -26,7 +26,9 @@ Systems, one after the other in one process on the same texts:
 Scores per gold label:
 * recall: predictions of a compatible type (`COMPATIBLE`) cover >= 50% of the span's characters;
 * surviving: after scrubbing (every prediction of any type removed), some word of the value (a run
-  of >= 2 letters, or any run of digits) is left: the rate a user cares about;
+  of >= 2 letters, or any run of digits) is left: the rate a user cares about. Connector words that
+  presidio-research's gold address spans include ("the corner of X and Y", "Name and street") and
+  its "nan" filler for a missing state are not value words (`CONNECTORS`; since 2026-12-02);
 * precision per predicted type: a prediction is correct when it overlaps a gold span (WNUT has
   only person/location gold, so only PERSON precision is meaningful there).
 
@@ -287,6 +289,7 @@ def presidio_baseline() -> BatchAnalyzerEngine:
 
 
 _VALUE_WORD = re.compile(r"[^\W\d_]{2,}|\d+")
+CONNECTORS = frozenset({"and", "the", "of", "corner", "nan"})
 
 
 def score(items: list[Item], preds: list[list[tuple[str, int, int]]]) -> dict[str, Any]:
@@ -302,6 +305,7 @@ def score(items: list[Item], preds: list[list[tuple[str, int, int]]]) -> dict[st
             left = any(
                 not any(ps <= gs + w.start() and gs + w.end() <= pe for _, ps, pe in pred)
                 for w in _VALUE_WORD.finditer(text[gs:ge])
+                if w.group(0).lower() not in CONNECTORS
             )
             f = found[label]
             f[0] += cov >= 0.5 * (ge - gs)

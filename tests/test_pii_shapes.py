@@ -187,3 +187,29 @@ def test_a_user_and_secret_pair_after_a_login_word(step: PiiScrub) -> None:
     assert step.scrub_text("Log in at 10:30 with the admin account / settings page") == (
         "Log in at 10:30 with the admin account / settings page"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "gone", "kept"),
+    [
+        ("Ship to:\n 74 Västerviksgatan 2\n??? Suite 052\n??? MORJÄRV\n??? Iceland 18487", ["MORJÄRV", "18487"], ""),
+        (
+            "Taxi to Jäämerentie 89 Bjerke Street\n Apt. 267\n PETÄJÄVESI\n Japan 26218. "
+            "Please call me when you're here.",
+            ["PETÄJÄVESI", "26218"],
+            " Please call me when you're here.",
+        ),
+        ("65 machelsesteenweg 197\n apt. 581\n montzen\n cape verde 30038", ["montzen", "30038"], ""),
+        ("Reginald Gorski\n\n32 2914 184th Street\n Apt. 333\n Edmonton\n\n Saint Lucia 07570", ["07570"], ""),
+    ],
+)
+def test_address_lines_after_units_blank_lines_and_up_to_the_sentence_end(
+    step: PiiScrub, text: str, gone: list[str], kept: str
+) -> None:
+    out = step.scrub_text(text)
+    assert not any(value in out for value in gone) and out.endswith(kept), out
+
+
+def test_tagger_address_guesses_need_a_street_word_a_number_or_a_neighbour(step: PiiScrub) -> None:
+    assert step.scrub_text("Address: 12 Main Street\nSpringfield: call me first").endswith(": call me first")
+    assert "2448.5 miles" in step.scrub_text("The distance from here to Los Angeles is approximately 2448.5 miles.")

@@ -79,6 +79,7 @@ from curator.steps.pii_recognizers import (
     OfflineEmailRecognizer,
     SecretRecognizer,
     StreetAddressRecognizer,
+    has_street_word,
     phone_extent,
     uncovered_digit_groups,
 )
@@ -749,11 +750,16 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
 
 def _tag_ok(text: str, span: Span, tags: list[Span]) -> bool:
     """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
-    they are mostly hashes and timestamps. A bare number it calls part of an address ("2448.5 miles")
-    counts only beside another address or place tag ("86687 Kristinton")."""
-    if span.type == "STREET_ADDRESS" and not any(c.isalpha() for c in text[span.start : span.end]):
+    they are mostly hashes and timestamps. An address part with no street word that is not a house
+    number with a name ("2448" of "2448.5 miles", "me" of "call me first") counts only beside
+    another address or place tag ("86687 Kristinton")."""
+    value = text[span.start : span.end]
+    if span.type == "STREET_ADDRESS" and not (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)):
+        if has_street_word(value):
+            return True
         places = [t for t in tags if t is not span and t.type in ("STREET_ADDRESS", "LOCATION")]
-        return any(t.start - 4 <= span.end and span.start <= t.end + 4 for t in places)
+        near = any(t.start - 4 <= span.end and span.start <= t.end + 4 for t in places)
+        return near and sum(c.isalnum() for c in value) >= 4
     if span.type != "ID_NUMBER":
         return True
     return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))

@@ -410,7 +410,7 @@ _SUFFIX = (  # street types written as a separate word: English (USPS suffixes),
     r"Branch|Bridge|Centers|Circles|Courts|Coves|Dam|Drives|Extensions?|Forges|Harbors|Junctions|Lights|Loaf|"
     r"Locks?|Parkways|Ports|Radial|Roads|Squares|Streets|Unions|Wall|"
     r"Straße|Strasse|Allee|Platz|Gasse|Weg|Damm|Ufer|Chaussee|utca|u\.|út|útja|tér|tere|körút|köz|sétány|"
-    r"rakpart|náměstí|nám\.|třída|tř\.|nábřeží|ulice|gade|gatan|gata|vägen|veien|torg|plass)\.?(?![\w-])"
+    r"rakpart|náměstí|nám\.|třída|tř\.|nábřeží|ulice|gade|gatan|gata|vägen|veien|torg|plass|Allé|allé)\.?(?![\w-])"
 )
 # the same in lower case ("123 main street"), only the unambiguous types
 _LOWER_SUFFIX = (
@@ -423,7 +423,7 @@ _LOWER_STOP = (
 )
 _COMPOUND = (  # Germanic/Nordic street types, usually glued to the name (Byvej, Hauptstraße)
     r"(?:straße|strasse|str\.|straat|gate|gata|gatan|vej|veien|vägen|weg|gasse|katu|kuja|tie|laan|plein|utca|"
-    r"gracht|kade|singel|dijk|steeg|dreef|baan|allee|platz|damm|ufer|gade|stræde|torget)"
+    r"gracht|kade|singel|dijk|steeg|dreef|baan|allee|platz|damm|ufer|gade|stræde|plads|vei|torget)"
     r"(?![\w-])"
 )
 _PREFIX = (  # street types written before the name (40 rue Victor Hugo, ul. Asnyka Adama 82)
@@ -461,7 +461,7 @@ _ADDRESS_PATTERNS = (
     re.compile(rf"\b{_STREET}[ \t]+{_NUM}\b{_UNIT}?", re.UNICODE),
     # 40 rue Victor Hugo / Via Nazario Sauro 112 / ul. Asnyka Adama 82
     re.compile(
-        rf"(?:\b{_NUM},?[ \t]+)?(?<![\w.])(?i:{_PREFIX})[ \t]+(?:(?:{_W}|{_PARTICLE})[ \t]+){{0,4}}{_W}"
+        rf"(?:\b{_NUM},?[ \t]+){{0,2}}(?<![\w.])(?i:{_PREFIX})[ \t]+(?:(?:{_W}|{_PARTICLE})[ \t]+){{0,4}}{_W}"
         rf"(?:[ \t]+{_NUM}\b)?{_UNIT}?",
         re.UNICODE,
     ),
@@ -489,7 +489,7 @@ _ADDRESS_PATTERNS = (
         r"[ \t]+\d{5}\b)"
     ),
     # a unit line on its own (Apt. 363, Suite 594)
-    re.compile(r"\b(?:Apt|Apartment|Suite|Ste)\.?[ \t]*#?\d{1,5}\b"),
+    re.compile(r"(?i:\b(?:Apt|Apartment|Suite|Ste)\.?[ \t]*#?\d{1,5}\b)"),
 )
 # A following line counts as part of the address when it is short and looks like a unit, a city,
 # a region, a postcode or a country (no sentence punctuation, starts with a letter or a digit).
@@ -498,7 +498,8 @@ _ADDRESS_LINE = re.compile(
     r"[\w(][\w .,'()\-/#]{0,45}",
     re.UNICODE,
 )
-_LINE_BREAK = re.compile(r"[ \t]*\.?[ \t]*(?:\r?\n|\?{2,})[ \t]*")
+# a line break (one blank line may follow), the "???" an export left for one, or both ("\n??? ")
+_LINE_BREAK = re.compile(r"[ \t]*\.?[ \t]*(?:(?:\r?\n[ \t]*){1,2}(?:\?{2,}[ \t]*)?|\?{2,}[ \t]*)")
 # "183 58 Nová Bystřice", "H-2125 Nagyhetvenkövesd", "4412IT Finsterwolde", "11567 Erkelenz": a line that is a
 # postcode and a town (the European order), below a line ending in a street and a house number; a bare
 # 4-digit year ("Python 3\n2024 Edition") is no postcode
@@ -598,17 +599,58 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 break
             nxt = _LINE_BREAK.search(text, brk.end())
             stop = nxt.start() if nxt else len(text)
-            line = _ADDRESS_LINE.match(text, brk.end())
+            # "Japan 26218. Please call me": the address ends with the sentence on its last line
+            sentence = _sentence_end(text[brk.end() : stop], upper_next=True)
+            last = sentence is not None
+            if last:
+                stop = brk.end() + sentence
+            line = _ADDRESS_LINE.match(text, brk.end(), stop)
+            comma = text.find(",", brk.end(), stop)
+            if (not line or line.end() != stop) and comma > brk.end():  # "Guinea 42309, and the corner of..."
+                stop, last = comma, True
+                line = _ADDRESS_LINE.match(text, brk.end(), stop)
             candidate = text[brk.end() : stop]
             if (
                 not line
                 or line.end() != stop
-                or re.search(r"[.!?:]\s|@", candidate)
+                or _sentence_end(candidate) is not None
+                or "@" in candidate
                 or sum(c.isdigit() for c in candidate) >= 9  # a phone or account number, not an address line
+                # after a blank line only a postcode line still belongs to the address
+                or (brk.group(0).count("\n") > 1 and not re.search(r"\d{3}", candidate))
             ):
                 break
             end = stop
+            if last:
+                break
         return end
+
+
+_STREET_WORD = re.compile(rf"(?i:(?<!\w)(?:{_SUFFIX}|{_PREFIX}|{_PREFIX_NEEDS_NUMBER})(?!\w)|\w{_COMPOUND})")
+
+
+def has_street_word(value: str) -> bool:
+    """Whether `value` holds a street type in one of the languages we read ("Road", "rue", "-gasse")."""
+    return _STREET_WORD.search(value) is not None
+
+
+_ABBREVIATIONS = frozenset(
+    {"st", "rd", "dr", "ln", "ct", "pl", "av", "ave", "sq", "no", "nr", "mt", "ft", "apt", "ste", "hwy", "blvd"}
+    | {"ul", "al", "u", "nám", "tř", "nábř", "p.o", "o"}
+)
+
+
+def _sentence_end(line: str, upper_next: bool = False) -> int | None:
+    """Where a sentence ends in an address line (". ", "! ", ": "), not counting the dot of an
+    abbreviation ("Apt. 5", "St. Louis", "ul. Karpacka"); with `upper_next`, only before a capital."""
+    for m in re.finditer(r"[.!?:](?=\s)", line):
+        if upper_next and not re.match(r"\s+[A-Z]", line[m.end() :]):
+            continue
+        word = re.search(r"[\w.]*$", line[: m.start()])
+        if m.group(0) == "." and word and word.group(0).lower() in _ABBREVIATIONS:
+            continue
+        return m.start()
+    return None
 
 
 def luhn_ok(digits: str) -> bool:
