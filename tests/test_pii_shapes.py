@@ -213,3 +213,9 @@ def test_address_lines_after_units_blank_lines_and_up_to_the_sentence_end(
 def test_tagger_address_guesses_need_a_street_word_a_number_or_a_neighbour(step: PiiScrub) -> None:
     assert step.scrub_text("Address: 12 Main Street\nSpringfield: call me first").endswith(": call me first")
     assert "2448.5 miles" in step.scrub_text("The distance from here to Los Angeles is approximately 2448.5 miles.")
+
+
+def test_six_digit_local_numbers_only_after_a_phone_word(step: PiiScrub) -> None:
+    assert "93" not in step.scrub_text("How can we reach you? You can call 33 93 31")
+    for text in ("Order 339331 shipped", "I have 123456 points and 33 93 31 votes"):
+        assert step.scrub_text(text) == text

@@ -81,6 +81,7 @@ from curator.steps.pii_recognizers import (
     StreetAddressRecognizer,
     has_street_word,
     phone_extent,
+    phone_word_before,
     uncovered_digit_groups,
 )
 
@@ -721,6 +722,37 @@ def _with_titles(text: str, spans: list[Span]) -> list[Span]:
     return out
 
 
+_NAME_PARTICLE = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
+_NEXT_WORD = re.compile(r"[ \t]([^\W\d_][\w'’\-]*\w)")
+_PREV_WORD = re.compile(r"(?<![\w'’\-])([^\W\d_][\w'’\-]*\w)[ \t]$")
+
+
+def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
+    """A found name grows over the known first names and surnames (`NAME_GAZETTEER`) and the
+    particles beside it: NER's "rangel" of "hannah rangel", "Vaan" of "de Vaan". A name's other half
+    is the same person, and a half left behind is the part a reader needs to re-identify them."""
+    lower_text = not any(c.isupper() for c in text)
+    out = []
+    for span in spans:
+        start, end = span.start, span.end
+        if span.type == "PERSON":
+            while m := _NEXT_WORD.match(text, end):
+                word = m.group(1)
+                if word.lower() in NAME_GAZETTEER and (lower_text or word[0].isupper()):
+                    end = m.end()
+                else:
+                    break
+            while m := _PREV_WORD.search(text, max(0, start - 40), start):
+                word = m.group(1)
+                known = word.lower() in NAME_GAZETTEER and (lower_text or word[0].isupper())
+                if known or word.lower() in _NAME_PARTICLE:
+                    start = m.start()
+                else:
+                    break
+        out.append(span if (start, end) == (span.start, span.end) else Span(span.type, start, end, span.score))
+    return out
+
+
 def _listed_names(text: str, spans: list[Span]) -> list[Span]:
     """Capitalised words listed with a found name are names too: "founders: Kovalev, Lee and Phillips"
     with "Lee" found makes "Kovalev" and "Phillips" (or an NER LOCATION guess among them) people."""
@@ -750,19 +782,31 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
 
 def _tag_ok(text: str, span: Span, tags: list[Span]) -> bool:
     """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
-    they are mostly hashes and timestamps. An address part with no street word that is not a house
-    number with a name ("2448" of "2448.5 miles", "me" of "call me first") counts only beside
-    another address or place tag ("86687 Kristinton")."""
-    value = text[span.start : span.end]
-    if span.type == "STREET_ADDRESS" and not (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)):
-        if has_street_word(value):
+    they are mostly hashes and timestamps. Its address guesses count when they look like a street
+    (`_street_like`) or sit beside one or a place ("86687" of "86687 Kristinton"), not for "port 443",
+    "2448" of "2448.5 miles" or "me" of "call me first"."""
+    if span.type == "STREET_ADDRESS":
+        lower_text = not any(c.isupper() for c in text)
+        if _street_like(text[span.start : span.end], lower_text):
             return True
-        places = [t for t in tags if t is not span and t.type in ("STREET_ADDRESS", "LOCATION")]
-        near = any(t.start - 4 <= span.end and span.start <= t.end + 4 for t in places)
-        return near and sum(c.isalnum() for c in value) >= 4
+        near = [t for t in tags if t is not span and t.start - 4 <= span.end and span.start <= t.end + 4]
+        place = any(
+            t.type == "LOCATION" or (t.type == "STREET_ADDRESS" and _street_like(text[t.start : t.end], lower_text))
+            for t in near
+        )
+        return place and sum(c.isalnum() for c in text[span.start : span.end]) >= 4
     if span.type != "ID_NUMBER":
         return True
     return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
+
+
+def _street_like(value: str, lower_text: bool) -> bool:
+    """A street type word, or a house number with a name that is capitalised unless the whole text
+    is lower case ("12 Main", "Bådehavnsstræde 5"; not "port 443" in cased text)."""
+    if has_street_word(value):
+        return True
+    words = re.findall(r"[^\W\d_]{3,}", value)
+    return any(c.isdigit() for c in value) and bool(words) and (lower_text or any(w[0].isupper() for w in words))
 
 
 def _trimmed(text: str, span: Span) -> Span:
@@ -1034,7 +1078,7 @@ class PiiScrub:
                     continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
             out += _addressee_lines(text, out)
-            out = _whole_handles(text, _with_titles(text, _listed_names(text, out)))
+            out = _whole_handles(text, _with_titles(text, _name_neighbours(text, _listed_names(text, out))))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]
 
@@ -1048,8 +1092,11 @@ class PiiScrub:
             return False
         if span.type == "PERSON":
             return plausible_person(value, any_case)
-        if span.type in ("ID_NUMBER", "PHONE_NUMBER"):
-            return sum(c.isdigit() for c in value) >= (4 if span.type == "ID_NUMBER" else 7)
+        if span.type == "PHONE_NUMBER":
+            digits = sum(c.isdigit() for c in value)
+            return digits >= 7 or (digits == 6 and phone_word_before(text, span.start))
+        if span.type == "ID_NUMBER":
+            return sum(c.isdigit() for c in value) >= 4
         return True
 
     # -- replacement -----------------------------------------------------------------------

@@ -626,7 +626,9 @@ class StreetAddressRecognizer(_RegexRecognizer):
         return end
 
 
-_STREET_WORD = re.compile(rf"(?i:(?<!\w)(?:{_SUFFIX}|{_PREFIX}|{_PREFIX_NEEDS_NUMBER})(?!\w)|\w{_COMPOUND})")
+_STREET_WORD = re.compile(
+    rf"(?<!\w)(?:{_SUFFIX}|{_PREFIX}|{_PREFIX_NEEDS_NUMBER})(?!\w)|(?i:(?<!\w){_LOWER_SUFFIX})|\w{_COMPOUND}"
+)
 
 
 def has_street_word(value: str) -> bool:
@@ -693,6 +695,11 @@ _PHONE_CONTEXT = re.compile(
     r"celular|portable|tlf|телефон|тел)\W{0,3}(?:\w+\W{1,3}){0,6}$"
 )
 _SEP = r"[ \-.]"
+
+
+def phone_word_before(text: str, start: int) -> bool:
+    """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`."""
+    return _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None
 _EXT = r"(?:[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?"
 _PHONE_PATTERNS = (
     # +41 (0)96 123 45 67, +1-903-140-4508x769, 0044 20 7946 0958: a country code makes it a phone
@@ -800,7 +807,8 @@ class ChatPhoneRecognizer(_OwnRecognizer):
                     continue
                 if kind not in self.STRONG:
                     alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
-                    if digits < 7 or not (alone or _PHONE_CONTEXT.search(text[max(0, start - 60) : start])):
+                    # six digits are a local number in small countries ("call 33 93 31"), only after a phone word
+                    if not (alone and digits >= 7) and not (phone_word_before(text, start) and digits >= 6):
                         continue
                     groups = re.findall(r"\d+", value)
                     if len(groups) == 2 and len(groups[0]) == 4 and 1900 <= int(groups[0]) <= 2100:
