@@ -61,7 +61,9 @@ def embed(texts: list[str], *, model: str | None = None, batch_size: int = 64, m
     """Unit-length float32 embeddings (n x dim) of texts cut to `max_chars` characters."""
     encoder = load_encoder(model)
     if not texts:
-        return np.zeros((0, encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        # sentence-transformers 6 renamed the method; >=3 is supported
+        dimension = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+        return np.zeros((0, dimension()), dtype=np.float32)
     vecs = encoder.encode(
         [t[:max_chars] for t in texts], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
     )
