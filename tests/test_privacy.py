@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from curator.cli import main
+from curator.format.chat import load_tokenizer
 from curator.io import DEFAULT_MODE, make_dirs, private_dir, write_json, write_parquet
 
 PLANTED = {
@@ -70,14 +71,16 @@ def test_files_written_below_a_private_dir_are_private_whatever_the_umask(tmp_pa
 
 @pytest.mark.slow
 def test_curate_leaves_no_raw_value_in_shared_outputs_and_nothing_readable_by_others(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, tiny_tokenizer_dir: Path
 ) -> None:
     src = tmp_path / "chats.jsonl"
     src.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in _chats()), encoding="utf-8")
     out = tmp_path / "out"
     old = os.umask(0)
+    shards = tmp_path / "shards"
     try:
         assert main(["curate", str(src), "--out", str(out), "--jsonl", "--workers", "1"]) == 0
+        assert main(["pack", str(out), "--out", str(shards), "--tokenizer", str(tiny_tokenizer_dir)]) == 0
     finally:
         os.umask(old)
     console = capsys.readouterr()
@@ -90,11 +93,19 @@ def test_curate_leaves_no_raw_value_in_shared_outputs_and_nothing_readable_by_ot
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
-    # nothing the user keeps or shares holds a planted value
+    # nothing the user keeps or shares holds a planted value: curate's outputs, the console, the shards
+    # (their manifest, and their token ids decoded back to text: the ids themselves are only numbers)
     shared = [console.out, console.err]
-    for path in out.rglob("*"):
-        if path.is_file() and not path.is_relative_to(out / "dropped") and path.name != "quarantine.parquet":
+    shard_parts = set(shards.rglob("*.parquet"))
+    skipped = {out / "quarantine.parquet", *shard_parts}  # raw by design (owner-only, above) / decoded below
+    for path in [*out.rglob("*"), *shards.rglob("*")]:
+        if path.is_file() and not path.is_relative_to(out / "dropped") and path not in skipped:
             shared.append(pl.read_parquet(path).write_ndjson() if path.suffix == ".parquet" else path.read_text())
+    tok, _ = load_tokenizer(tiny_tokenizer_dir)
+    frames = [pl.read_parquet(part) for part in shard_parts]
+    rows = [tok.decode(ids) for f in frames if "input_ids" in f.columns for ids in f["input_ids"].to_list()]
+    assert rows and any("<PERSON_" in row for row in rows)  # the scrubbed text is what was packed
+    shared += rows
     blob = "\n".join(shared).casefold()
     digits = "".join(c for c in blob if c.isdigit())
     for kind, value in PLANTED.items():
