@@ -219,3 +219,10 @@ def test_six_digit_local_numbers_only_after_a_phone_word(step: PiiScrub) -> None
     assert "93" not in step.scrub_text("How can we reach you? You can call 33 93 31")
     for text in ("Order 339331 shipped", "I have 123456 points and 33 93 31 votes"):
         assert step.scrub_text(text) == text
+
+
+def test_a_request_verb_inside_a_sentence_names_the_person_it_is_about(step: PiiScrub) -> None:
+    turns = scrub_record(step, [{"role": "user", "content": "Text Job at 9472 7916 and tell Job the meeting moved."}])
+    assert turns[0]["content"] == "Text <PERSON_1> at <PHONE_1> and tell <PERSON_1> the meeting moved."
+    text = "Ask Questions early. Tell Python to sort it. Please ask ChatGPT or ask Google Maps. I will message Support."
+    assert step.scrub_text(text) == text

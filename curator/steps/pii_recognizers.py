@@ -884,6 +884,9 @@ _SIGNOFF = (
 )
 
 
+_TECH_NAME = re.compile(TECH_NAMES)
+
+
 class NameCueRecognizer(_RegexRecognizer):
     """Names after words that announce one: "my name is X", "Dear X", "Regards,\\nX" (entity `PERSON`).
 
@@ -1038,6 +1041,17 @@ class NameCueRecognizer(_RegexRecognizer):
             0.6,
             "weak",
         ),
+        # "and tell Job the meeting moved": a request verb inside a sentence (lower case, so not the
+        # title-case "Ask Questions Early"), then capitalised words
+        (
+            re.compile(
+                r"(?<=\w\s|[,;]\s)(?:tell|ask|text|remind|invite|thank|ping|cc|message|congratulate|introduce)"
+                rf"[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})"
+            ),
+            1,
+            0.5,
+            "weak",
+        ),
         # "Deszcz is my last name", "Ola is her first name": the name before the cue, any case
         (
             re.compile(
@@ -1064,7 +1078,7 @@ class NameCueRecognizer(_RegexRecognizer):
     def accept(self, value: str, check: str) -> bool:
         """Drop cue matches that are common words ("I'm sorry", "Hi there", "my name is not")."""
         words = value.split()
-        if words[0].lower().strip("'’") in self.COMMON:
+        if words[0].lower().strip("'’") in self.COMMON or _TECH_NAME.fullmatch(words[0]):
             return False
         return check == "strong" or all(w[:1].isupper() for w in words)
 
