@@ -226,3 +226,8 @@ def test_a_request_verb_inside_a_sentence_names_the_person_it_is_about(step: Pii
     assert turns[0]["content"] == "Text <PERSON_1> at <PHONE_1> and tell <PERSON_1> the meeting moved."
     text = "Ask Questions early. Tell Python to sort it. Please ask ChatGPT or ask Google Maps. I will message Support."
     assert step.scrub_text(text) == text
+
+
+def test_the_line_after_an_address_is_kept_when_it_is_a_sentence(step: PiiScrub) -> None:
+    for after in ("Thanks for the help, I really appreciate everything you did", "Thanks. See you"):
+        assert step.scrub_text(f"Send it to:\n12 Main Street\n{after}").endswith(f"\n{after}")

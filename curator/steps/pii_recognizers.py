@@ -610,6 +610,8 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 stop, last = comma, True
                 line = _ADDRESS_LINE.match(text, brk.end(), stop)
             candidate = text[brk.end() : stop]
+            if last and not _tail_line(candidate):  # "Thanks. See you", "Thanks for that, see you"
+                break
             if (
                 not line
                 or line.end() != stop
@@ -634,6 +636,18 @@ _STREET_WORD = re.compile(
 def has_street_word(value: str) -> bool:
     """Whether `value` holds a street type in one of the languages we read ("Road", "rue", "-gasse")."""
     return _STREET_WORD.search(value) is not None
+
+
+_NOT_A_PLACE = frozenset({"thanks", "thank", "regards", "best", "cheers", "please", "hi", "hello", "dear", "ok"})
+
+
+def _tail_line(line: str) -> bool:
+    """Whether the part of a line before a sentence end or comma can end an address: it holds a
+    postcode-like number, or it is 1-4 capitalised words that are no greeting ("Japan 26218", "Springfield")."""
+    if re.search(r"\d{3}", line):
+        return True
+    words = line.split()
+    return 0 < len(words) <= 4 and all(w[0].isupper() for w in words) and words[0].lower() not in _NOT_A_PLACE
 
 
 _ABBREVIATIONS = frozenset(
