@@ -920,7 +920,7 @@ def _whole_handles(text: str, spans: list[Span]) -> list[Span]:
 def plausible_person(value: str, lower_text: bool) -> bool:
     """Whether an NER PERSON guess can be a name: no code punctuation, digits or line breaks; a
     capitalised word unless the writer types in lower case; not a lone acronym ("JSON")."""
-    if not value.strip() or "\n" in value.strip() or re.search(r"[\d()\[\]{}=<>/\\_;`|@#$%^*+~]", value):
+    if not value.strip() or "\n" in value.strip() or re.search(r"[\d()\[\]{}=<>/\\_;:\"`|@#$%^*+~]", value):
         return False
     words = value.split()
     if len(words) == 1 and len(value) <= 5 and value.isupper():
