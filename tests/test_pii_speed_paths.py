@@ -1,0 +1,62 @@
+"""PII compute shortcuts give presidio's own answers: the array-built NLP artifacts and the
+copy-on-boost context enhancer against presidio's stock code on real-looking chat text."""
+
+from __future__ import annotations
+
+import pytest
+from presidio_analyzer import AnalyzerEngine, RecognizerResult
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+from curator.config import PiiConfig
+from curator.steps.pii import CopyOnBoostEnhancer, build_analyzer
+
+TEXTS = [
+    "My SSN is 078-05-1120 and my driver's license number is D1234567, please keep them safe.",
+    "Hi, I'm Margaret Thornbury; call me at (415) 555-0198 or mail m.thornbury@northwind-mail.com.",
+    "passport: 912803456, bank account 123456789012, routing number 021000021 for the transfer",
+    "we met in Lisbon last may and don't remember the IBAN GB82 WEST 1234 5698 7654 32 anymore",
+    "No PII here: upgrade numpy to 2.1.0 and rerun `pytest -x` on port 8080.",
+    "",
+    "   ",
+    "ÄÖÜ straße 12 — naïve café, “quoted” words… and an emoji 😀 next to 10.0.0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> AnalyzerEngine:
+    """The project's analyzer (loading spaCy is the slow part)."""
+    return build_analyzer(PiiConfig())
+
+
+def test_artifacts_from_arrays_match_token_by_token(analyzer: AnalyzerEngine) -> None:
+    engine = analyzer.nlp_engine
+    for doc in engine.nlp["en"].pipe(TEXTS):
+        art = engine.artifacts(doc)
+        assert art.tokens_indices == [t.idx for t in doc]
+        assert art.lemmas == [t.lemma_ or t.lower_ for t in doc]
+        assert art.keywords == art.set_keywords(engine, [t.lemma_ or t.lower_ for t in doc], "en")
+
+
+def test_copy_on_boost_enhancer_gives_the_stock_enhancers_results(analyzer: AnalyzerEngine) -> None:
+    assert isinstance(analyzer.context_aware_enhancer, CopyOnBoostEnhancer)
+    stock = AnalyzerEngine(
+        registry=analyzer.registry,
+        nlp_engine=analyzer.nlp_engine,
+        supported_languages=["en"],
+        context_aware_enhancer=LemmaContextAwareEnhancer(),
+    )
+    engine = analyzer.nlp_engine
+    boosted = 0
+    for text, doc in zip(TEXTS, engine.nlp["en"].pipe(TEXTS), strict=True):
+        for threshold in (0.0, 0.35):
+            kwargs = {"language": "en", "score_threshold": threshold, "return_decision_process": True}
+            ours = analyzer.analyze(text, nlp_artifacts=engine.artifacts(doc), **kwargs)
+            theirs = stock.analyze(text, nlp_artifacts=engine.artifacts(doc), **kwargs)
+            assert sorted(map(_key, ours)) == sorted(map(_key, theirs)), text
+            boosted += sum(bool(getattr(r.analysis_explanation, "supportive_context_word", "")) for r in ours)
+    assert boosted  # the SSN / licence / passport context words did raise scores
+
+
+def _key(r: RecognizerResult) -> tuple[str, int, int, float, str]:
+    """What a result says: type, span, score and the recognizer that found it."""
+    return (r.entity_type, r.start, r.end, r.score, r.recognition_metadata["recognizer_name"])
