@@ -532,15 +532,27 @@ def surviving(convs: list[dict[str, Any]], texts: list[str]) -> tuple[dict[str, 
 
 
 def kept_texts(out: Path, n: int) -> list[str]:
-    """Each conversation's kept record as JSON text ("" when it was not kept), mapped back through
-    `source`: OpenAI line i is conversation 2i, ChatGPT export conversation i is 2i + 1."""
+    """Each conversation's kept record as text: every string in it, one per line ("" when it was not
+    kept; the JSON itself would hide a word behind an escaped newline), mapped back through `source`:
+    OpenAI line i is conversation 2i, ChatGPT export conversation i is 2i + 1."""
     texts = [""] * n
     for line in (out / "kept.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         src = record["source"]
         k = 2 * src["index"] + (src["format"] == "chatgpt")
-        texts[k] += line
+        texts[k] += "\n".join(_strings(record)) + "\n"
     return texts
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a decoded JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def leaked_outside_kept(convs: list[dict[str, Any]], kept: list[str], shared: str) -> list[str]:
