@@ -236,3 +236,10 @@ def test_the_line_after_an_address_is_kept_when_it_is_a_sentence(step: PiiScrub)
 def test_a_one_word_name_after_a_sign_off_is_removed(step: PiiScrub) -> None:
     """spaCy finds the same span with a higher score; its lone line-initial guess used to be dropped."""
     assert step.scrub_text("Thanks!\n\nBest regards,\nCharlene") == "Thanks!\n\nBest regards,\n<PERSON_1>"
+
+
+def test_an_uncapitalised_personal_sentence_in_cased_text_is_read_whole(step: PiiScrub) -> None:
+    text = "my cousin dorota wisniewska moved to via roma 12, 20121 milano, can you write her a note from me and Kasia?"
+    out = step.scrub_text(text)
+    assert not any(value in out for value in ("dorota", "wisniewska", "roma", "20121", "Kasia")), out
+    assert step.scrub_text("Sure. here is the code: x = compute(a, b) and print it").endswith("print it")

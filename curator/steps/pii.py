@@ -606,6 +606,8 @@ _NO_NAME_WORD = re.compile(
 )
 # a sentence ends at . ! ? before whitespace, or at a line end; a dot inside "a@b.com", "3.5" or the
 # "???" an export left for a line break does not end it
+# first and second person words: an uncapitalised sentence with one is chat about people, not code
+_PERSONAL = re.compile(r"(?<![\w'’])(?:i|i'm|im|my|me|mine|u|you|your|her|his|she|he|we|our|us)(?![\w'’])")
 _SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![.!?\s]|$))*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
@@ -698,8 +700,8 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
     month or short acronym, and not already inside a found entity (a name spaCy missed or labelled
     ORG/GPE); a spaCy entity other than PERSON; a group of 7+ digits no pattern took (a phone
     without a phone word). Of a long sentence it reads the words around those clues
-    (`RAMPART_CONTEXT` characters each side). Text without capitals gives no such clue, so Rampart
-    reads all of it (it lower-cases anyway).
+    (`RAMPART_CONTEXT` characters each side). Text without capitals, or a sentence that does not
+    open with one, gives no such clue, so Rampart reads all of it (it lower-cases anyway).
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
@@ -714,8 +716,12 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
         s, e = m.span()
         if e <= s:
             continue
-        if lower_text:  # no capitals to go by: names, streets and towns can be any word
-            marks = [s, e] if _WORD.search(text, s, e) else []
+        first = _WORD.search(text, s, e)
+        # no capitals to go by (the text, or a personal sentence its writer did not capitalise:
+        # "grandma virgilio taliani moved to ... me"): names, streets and towns can be any word
+        casual = first is not None and first.group(0)[0].islower() and _PERSONAL.search(text, s, e)
+        if lower_text or casual:
+            marks = [s, e] if first else []
         else:
             marks = [p for es, ee in other_ents if es < e and s < ee for p in (max(s, es), min(e, ee))]
             for j, w in enumerate(_WORD.finditer(text, s, e)):
