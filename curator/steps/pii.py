@@ -604,10 +604,10 @@ _NO_NAME_WORD = re.compile(
     TECH_NAMES + r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|April|June|July|"
     r"September|October|November|December)|[A-Z0-9]{2,5}s?"
 )
-# a sentence ends at . ! ? before whitespace, or at a line end; a dot inside "a@b.com", "3.5" or the
-# "???" an export left for a line break does not end it
 # first and second person words: an uncapitalised sentence with one is chat about people, not code
 _PERSONAL = re.compile(r"(?<![\w'’])(?:i|i'm|im|my|me|mine|u|you|your|her|his|she|he|we|our|us)(?![\w'’])")
+# a sentence ends at . ! ? before whitespace, or at a line end; a dot inside "a@b.com", "3.5" or the
+# "???" an export left for a line break does not end it
 _SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![.!?\s]|$))*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
@@ -834,13 +834,12 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
     return kept + extra
 
 
-def _tag_ok(text: str, span: Span, tags: list[Span]) -> bool:
+def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
     """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
     they are mostly hashes and timestamps. Its address guesses count when they look like a street
     (`_street_like`) or sit beside one or a place ("86687" of "86687 Kristinton"), not for "port 443",
     "2448" of "2448.5 miles" or "me" of "call me first"."""
     if span.type == "STREET_ADDRESS":
-        lower_text = not any(c.isupper() for c in text)
         if _street_like(text[span.start : span.end], lower_text):
             return True
         near = [t for t in tags if t is not span and t.start - 4 <= span.end and span.start <= t.end + 4]
@@ -1121,7 +1120,8 @@ class PiiScrub:
         spans: list[list[Span]] = [[] for _ in jobs]
         for k, (i, offset, text, _) in enumerate(pieces):
             mine = tags.get(k, [])
-            tagged = [t for t in mine if self._keep(text, t, True) and _tag_ok(text, t, mine)]
+            lower = not any(c.isupper() for c in text)
+            tagged = [t for t in mine if self._keep(text, t, True) and _tag_ok(text, t, mine, lower)]
             out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
                 if ner_guess and span.type == "PERSON" and k in guesses:

@@ -519,10 +519,6 @@ _STREET_LINE_START = re.compile(
     rf"[ \t]*(?:{_PREFIX}|{_PREFIX_NEEDS_NUMBER}|ul\.|al\.)[ \t]+[A-ZÀ-ÞĀ-ſ][^\n.!?:;]{{1,60}}$", re.UNICODE
 )
 _QUESTION_MARKS = re.compile(r"\?{2,}")  # what some exports leave where a line break was
-# ". " before a capitalised word, unless after a street or title abbreviation: where a tail must stop
-_SENTENCE_END = re.compile(
-    r"(?<!\b(?:St|Rd|Dr|Ln|Ct|Pl|Av|Sq|No|Nr|Mt|Ft))(?<!\b(?:Ave|Apt|Ste|Hwy))(?<!\bBlvd)\.[ \t]+(?=[A-Z][a-z])"
-)
 _TAIL = re.compile(rf"\.?(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
 # "Apt. 584 Ebermannsdorf Belarus": town and country after a unit, without commas, up to 5 capitalised
 # words that do not open a new sentence ("Apt 4 Is that right?"), up to punctuation or a lower-case word
@@ -590,9 +586,9 @@ class StreetAddressRecognizer(_RegexRecognizer):
         rest = _REST_OF_LINE.match(text, end)
         if rest:
             end = rest.end()
-        stop = _SENTENCE_END.search(text, start, end)
-        if stop:
-            return stop.start()
+        stop = _sentence_end(text[start:end], upper_next=True)
+        if stop is not None:
+            return start + stop
         for _ in range(4):
             brk = _LINE_BREAK.match(text, end)
             if not brk:
@@ -709,11 +705,6 @@ _PHONE_CONTEXT = re.compile(
     r"celular|portable|tlf|телефон|тел)\W{0,3}(?:\w+\W{1,3}){0,6}$"
 )
 _SEP = r"[ \-.]"
-
-
-def phone_word_before(text: str, start: int) -> bool:
-    """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`."""
-    return _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None
 _EXT = r"(?:[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?"
 _PHONE_PATTERNS = (
     # +41 (0)96 123 45 67, +1-903-140-4508x769, 0044 20 7946 0958: a country code makes it a phone
@@ -743,6 +734,11 @@ _PHONE_PATTERNS = (
     # 4155550198 / 07700900123: a run of digits, with context only
     (re.compile(r"(?<![\w.\-,+])0?\d{9,11}(?!\w|[.,\-]\d)"), "bare"),
 )
+def phone_word_before(text: str, start: int) -> bool:
+    """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`."""
+    return _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None
+
+
 _DATE_LIKE = re.compile(r"^(?:\d{1,2}[./\-]\d{1,2}[./\-](?:\d{2}|\d{4})|\d{4}[./\-]\d{1,2}[./\-]\d{1,2})$")
 _IPV4_LIKE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 
