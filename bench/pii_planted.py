@@ -504,7 +504,8 @@ def _left(kind: str, value: str, low: str, digits_only: str, words: set[str]) ->
         return value.casefold() in words
     if kind == "address":
         street, post = value.split("\x00")
-        return " ".join(street.split()).casefold() in low or (len(post) >= 4 and post.casefold() in low)
+        whole_post = re.search(rf"(?<![\w-]){re.escape(post.casefold())}(?![\w-])", low)  # not inside another number
+        return " ".join(street.split()).casefold() in low or (len(post) >= 4 and whole_post is not None)
     if kind in ("card", "phone", "iban", "id") and sum(ch.isdigit() for ch in value) >= 6:
         return re.sub(r"[^\d]", "", value) in digits_only or value.casefold() in low
     return value.casefold() in low
@@ -559,12 +560,25 @@ def leaked_outside_kept(convs: list[dict[str, Any]], kept: list[str], shared: st
     """Planted values found in the shared outputs (reports, console, shards, kept Parquet) while absent
     from every kept record: a leak by another path than the records themselves (must be empty)."""
     folded_shared, folded_kept = _fold(shared), _fold("\n".join(kept))
+    cased_words = set(re.findall(r"\w+", shared))
     return [
         f"{kind}: {value!r}"
         for conv in convs
         for kind, value in conv["planted"]
-        if _left(kind, value, *folded_shared) and not _left(kind, value, *folded_kept)
+        if _left(kind, value, *folded_shared)
+        and not _left(kind, value, *folded_kept)
+        and _cased_left(kind, value, folded_shared[0], cased_words)
     ]
+
+
+def _cased_left(kind: str, value: str, low: str, cased_words: set[str]) -> bool:
+    """A surname or first name that is an English word ("May", "Rose") is left only as written, with its
+    capital: the tool's own console text ("excerpts may hold personal data") is not a leak."""
+    if kind == "name":
+        return " ".join(value.split()).casefold() in low or value.split()[-1] in cased_words
+    if kind == "first_name":
+        return value in cased_words
+    return True
 
 
 def presidio_texts(convs: list[dict[str, Any]]) -> tuple[list[str], float]:
@@ -622,12 +636,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=("held-out", "tune", "all"), default="held-out")
     ap.add_argument("--n", type=int, default=300, help="conversations")
+    ap.add_argument("--seed", type=int, default=11, help="picks locales, names and numbers")
     ap.add_argument("--keep", type=Path, default=None, help="keep inputs and outputs in this dir")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "pii_planted.json")
     args = ap.parse_args()
     where = Path(tempfile.mkdtemp(prefix="pii_planted_")) if args.keep is None else args.keep
     where.mkdir(parents=True, exist_ok=True)
-    convs = build(args.n, args.split)
+    convs = build(args.n, args.split, args.seed)
     inputs = write_inputs(convs, where)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     out, shards = where / "curated", where / "shards"
@@ -655,6 +670,7 @@ def main() -> None:
 
     result = {
         "split": args.split,
+        "seed": args.seed,
         "conversations": len(convs),
         "curate_seconds": round(seconds, 1),
         "presidio_analyze_seconds": round(plain_seconds, 1),

@@ -523,6 +523,20 @@ def test_other_languages_get_patterns_not_english_ner(step: PiiScrub) -> None:
     ]
 
 
+def test_an_english_turn_of_a_record_read_as_another_language_gets_ner(step: PiiScrub) -> None:
+    # the record reads as French (the assistant's turn), but the user wrote English: its names need NER
+    msgs = [
+        {"role": "user", "content": "Translate to French: Hello, I am Gabriella Szabó and I work with Przemysław."},
+        {"role": "assistant", "content": "Bonjour, je suis Gabriella Szabó et je travaille avec Przemysław."},
+    ]
+    out = step(frame([record(msgs)]).with_columns(pl.lit("fr").alias("language")))
+    turns = [m["content"] for m in out["messages"][0].to_list()]
+    for raw in ("Gabriella", "Szabó", "Przemysław"):
+        assert raw not in turns[0] + turns[1], raw
+    assert turns[1].startswith("Bonjour, je suis <PERSON_1> et je travaille avec")
+    assert out[PII_SCAN][0] == "ner+patterns"
+
+
 def test_surrogates_keep_a_person_whole_and_speak_the_record_language(analyzer) -> None:  # type: ignore[no-untyped-def]
     msgs = [
         {"role": "user", "content": "Maciej Borkowski wrote the report. Please thank Borkowski for it."},

