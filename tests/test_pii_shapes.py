@@ -289,3 +289,12 @@ def test_a_street_takes_the_postcode_and_town_after_it_and_case_does_not_judge_a
     assert out == "hey its <PERSON_1> here lol. my addy is <ADDRESS_1>, can u send it", out
     out = step.scrub_text("grandma ruggiero polani moved to via ruggero, 721, 16029 in via san nicola, write from me")
     assert not any(v in out for v in ("ruggero", "721", "16029", "nicola")), out
+
+
+def test_a_postcode_found_in_one_layout_is_found_in_another(step: PiiScrub) -> None:
+    msgs = [
+        {"role": "user", "content": "Is this address format right? Olivierpad 746, Zoetermeer 2149FU, Netherlands"},
+        {"role": "assistant", "content": "Usually it is written:\nOlivierpad 746\n2149FU Zoetermeer\nNetherlands"},
+    ]
+    turns = scrub_record(step, msgs)
+    assert "2149FU" not in turns[0]["content"] and "Olivierpad" not in turns[0]["content"], turns[0]["content"]

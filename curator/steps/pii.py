@@ -1326,6 +1326,10 @@ def _rampart(threshold: float) -> Any:
 
 
 _ADDRESS_PARTS = re.compile(r"\n|\?{2,}|,")  # what separates the lines of an address
+# postcodes that are no bare house number: "91012", "2149FU", "H-8715", "05-495", "485 39", "62704-1234"
+_POSTCODE_TOKEN = re.compile(
+    r"(?<![\w-])(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|\d{2}-\d{3}|\d{3}[ \t]\d{2})(?![\w-])"
+)
 
 
 def _propagate(units: list[_Unit]) -> None:
@@ -1335,8 +1339,9 @@ def _propagate(units: list[_Unit]) -> None:
     searched for (case- and space-insensitive, whole words) in every field of the record. Person
     names, however short, and the parts of a person's name ("Thornbury", "Li") are searched for
     case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text. An
-    address's lines that hold a number ("Rýmařovská 607", "485 39 Veltrusy") are searched for too:
-    the street over three lines in one turn is one comma-separated line in the next.
+    address's lines that hold a number ("Rýmařovská 607", "485 39 Veltrusy") and its postcode are
+    searched for too: the street over three lines in one turn is one comma-separated line, or
+    "Town 2149FU", in the next.
     """
     values: dict[str, str] = {}
     people: set[str] = set()  # a value that is a person in one field is a person in all ("ana.support")
@@ -1355,9 +1360,9 @@ def _propagate(units: list[_Unit]) -> None:
                 )
             elif len(value) >= PROPAGATE_MIN_CHARS:
                 values.setdefault(_norm(value), span.type)
-                if span.type == "STREET_ADDRESS":  # its numbered lines, in whatever layout they recur
-                    for line in _ADDRESS_PARTS.split(value):
-                        line = line.strip(" \t.")
+                if span.type == "STREET_ADDRESS":  # its numbered lines and postcodes, in whatever layout they recur
+                    lines = [line.strip(" \t.") for line in _ADDRESS_PARTS.split(value)]
+                    for line in [*lines, *_POSTCODE_TOKEN.findall(value)]:
                         if len(line) >= PROPAGATE_MIN_CHARS and any(c.isdigit() for c in line):
                             values.setdefault(_norm(line), span.type)
     if not values and not exact and not people:

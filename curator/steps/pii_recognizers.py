@@ -437,7 +437,7 @@ _PREFIX_NEEDS_NUMBER = (
     r"Residencial|Conjunto|Condomínio|Chácara|Loteamento|Núcleo|Setor|Vila|Viela|Quadra|Sítio|Passarela|Estrada|"
     r"Fazenda|Jardim|Ladeira|Morro|Parque|Recanto|Vereda|Esplanada|Trecho|Trevo|Vale|Lago|Lagoa|Campo|Colônia|"
     r"Distrito|Aeroporto|Favela|Feira|Rodovia|Urbanización|Glorieta|Callejón|Pasaje|Carretera|Cuesta|Vía|Traversa|"
-    r"Salita|Rotonda|Borgo|Contrà"
+    r"Salita|Rotonda|Borgo|Contrà|Stretto|Incrocio|Canale|Área|Estação|Pátio|Praia|Viaduto|Vial|Cañada|Acceso|Pasadizo"
 )
 _W = r"(?:[A-ZÀ-ÞΑ-Ω][\w'.\-]*|\d{1,5}[A-Za-z]?)"  # a capitalised word or a house number
 _PARTICLE = (
