@@ -10,8 +10,8 @@ card number (12-digit Maestro, 19-digit Visa, 2-series Mastercard, 15-digit 2131
 bracketed, x-extension, "+41 (0)", dotted US...), an email, an IBAN, a passport / tax / licence /
 account id, a password (with and without ":"). Half the conversations are an OpenAI fine-tuning
 JSONL file, half a ChatGPT data export (custom instructions included). `--split tune` uses the
-templates that were looked at while writing the recognizers, `--split held-out` the ones written
-blind on 2026-12-02 (see the comment above TUNE_TEMPLATES).
+templates that were looked at while writing the recognizers, `--split held-out` the ones a helper
+wrote blind on 2026-12-02 without reading the scrubber (see the comment above TUNE_TEMPLATES).
 
 Surviving: a planted value is found (case-insensitive; digits compared without separators for
 numbers) in its own conversation's kept record (`kept.jsonl`, mapped back through `source`), so a
@@ -56,8 +56,10 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # surname, street, city, post, country, address (+ _lines, _qq, _lower), card, phone, email, iban,
 # id_kind + id, password. TUNE_TEMPLATES were looked at while writing the recognizers (the first 26
 # were split even/odd until 2026-12-02 and both halves have been measured and inspected since);
-# HELD_OUT_TEMPLATES were written on 2026-12-02 before any recognizer change of that day and are
-# only measured, never inspected for tuning.
+# HELD_OUT_TEMPLATES were written on 2026-12-02 before any recognizer change of that day, measured
+# once as the held-out split, then inspected: they are tune templates now. HELD_OUT_3_TEMPLATES were
+# written by a helper who never read the scrubber, measured once (12:25 UTC), then inspected: tune now.
+# HELD_OUT_4_TEMPLATES, by a second such helper, are the held-out split (measured, never inspected).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -234,7 +236,600 @@ HELD_OUT_TEMPLATES: list[list[tuple[str, str]]] = [
         ("assistant", "Dear Grandma,\n\nWe hope you love the new place! Love, {first2}"),
     ],
 ]
-TEMPLATES = {"tune": TUNE_TEMPLATES, "held-out": HELD_OUT_TEMPLATES, "all": TUNE_TEMPLATES + HELD_OUT_TEMPLATES}
+# Held-out set 3 for bench/pii_planted.py: written blind on 2026-12-02 by a helper who did not read the scrubber
+# (nothing under curator/, tests/, BENCHMARKS.md or their history was opened; only bench/pii_planted.py was read).
+HELD_OUT_3_TEMPLATES: list[list[tuple[str, str]]] = [
+    [
+        (
+            "user",
+            "can you rewrite this support ticket so it sounds less angry\n\n**Ticket**\nCustomer: {name}\nEmail: {email}\n"
+            "Issue: you charged my card {card} TWICE for the same order and nobody answers, ive called {phone} 4 times!!!",
+        ),
+        (
+            "assistant",
+            "Subject: Duplicate charge on my order\n\nHello,\n\nI noticed two identical charges on my card ({card}) for a single "
+            "order. Could you refund one of them? You can reach me at {email} or on {phone}.\n\nThank you,\n{first}",
+        ),
+    ],
+    [
+        ("user", "convert this to json pls\n\nname,email,phone,city\n{name},{email},{phone},{city}\n{name2},,,{city}"),
+        (
+            "assistant",
+            '```json\n[\n  {{"name": "{name}", "email": "{email}", "phone": "{phone}", "city": "{city}"}},\n'
+            '  {{"name": "{name2}", "email": null, "phone": null, "city": "{city}"}}\n]\n```',
+        ),
+    ],
+    [
+        (
+            "user",
+            'why does this fail validation?\n```json\n{{"customer": {{"full_name": "{name}", "iban": "{iban}", '
+            '"street": "{street}", "zip": "{post}", "city": "{city}"}}, "amount": 120.5}}\n```\nthe api says invalid iban',
+        ),
+        (
+            "assistant",
+            "The JSON itself is valid. Check that `{iban}` is copied without stray spaces or a missing digit and that the "
+            'API expects `zip` as a string ("{post}" is fine). Some APIs also reject a `full_name` like "{name}" '
+            "when it does not match the account holder.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "writing a note for the babysitter, can you make it nicer? kids are {first} (7) and {first2} (4), bedtime 8. "
+            "the code for the wifi is {password}. emergencies call me on {phone} or my sister {first3}. "
+            "if u ever need an ambulance our address is {address_lower}",
+        ),
+        (
+            "assistant",
+            "**Notes for tonight**\n\n- {first} (7) and {first2} (4): bed at 8 pm\n- Wi-Fi: {password}\n"
+            "- Emergencies: call me on {phone}, or {first3}\n- Our address (for an ambulance): {address}",
+        ),
+    ],
+    [
+        (
+            "user",
+            'Kannst du das bitte ins Englische übersetzen? "Sehr geehrte Frau Dr. {surname}, mein Sohn {first} hat seit drei '
+            "Tagen Fieber. Seine Versichertennummer ist {id}. Bitte rufen Sie mich unter {phone} zurück. "
+            'Mit freundlichen Grüßen, {name2}"',
+        ),
+        (
+            "assistant",
+            '"Dear Dr. {surname}, my son {first} has had a fever for three days. His insurance number is {id}. '
+            'Please call me back at {phone}. Kind regards, {name2}"',
+        ),
+    ],
+    [
+        (
+            "user",
+            "mi casero {name} dice que le pague la fianza a esta cuenta {iban}, es normal que el IBAN no sea español?? "
+            "the flat is {street} in {city}",
+        ),
+        (
+            "assistant",
+            "No es necesariamente raro: un IBAN como {iban} puede ser de otro país. Antes de pagar, pide a {first} un "
+            "contrato firmado para el piso de {street} y un recibo de la fianza.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "turn these into clean minutes:\n\n- kickoff w/ {name} + {name2}\n- {first3} out sick, cc her on everything\n"
+            "- budget sign-off by {surname} before 15th\n- {first2} to send vendor list",
+        ),
+        (
+            "assistant",
+            "## Minutes\n\n**Attendees:** {name}, {name2}\n**Absent:** {first3} (cc'd on all follow-ups)\n\n### Actions\n"
+            "1. Budget sign-off by {surname} before the 15th\n2. {first2} sends the vendor list",
+        ),
+    ],
+    [
+        ("user", "the label printer ate the line breaks, what does this say? SHIP TO: {name}???{address_qq} TEL {phone}"),
+        ("assistant", "It reads:\n\nShip to: {name}\n{address_lines}\nTel: {phone}"),
+    ],
+    [
+        (
+            "user",
+            "my dad {name_lower} cant get into his email, i told him to login with {password} but it says wrong password. "
+            "his address is {email}",
+        ),
+        (
+            "assistant",
+            "If {password} is rejected for {email}, use the 'Forgot password' link on the login page. Once {first} is back "
+            "in, he should pick a new password, since this one has now been written down here.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Write a short note to Mrs {surname} that {first3} will miss school on Thursday and Friday (dentist + grandma's "
+            "birthday). From me, {name2}.",
+        ),
+        (
+            "assistant",
+            "Dear Mrs {surname},\n\nPlease excuse {first3} from school on Thursday and Friday: a dentist appointment and a "
+            "family birthday. {first3} will catch up on any missed work.\n\nKind regards,\n{name2}",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Is this filled in right?\n\nFull name: {name}\nDelivery address: {address}\nCard no {card}  exp 09/28\n"
+            "Contact {phone}\n\nthe site keeps saying 'card declined'",
+        ),
+        (
+            "assistant",
+            "The fields look fine. A decline for {card} usually comes from the bank, not the form, so call them. "
+            "The delivery address {address} is formatted correctly.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "przetłumacz na angielski: Nazywam się {name}, mieszkam przy {street} w {city}. Mój numer telefonu to {phone}. "
+            "Hasło do wifi to {password}.",
+        ),
+        ("assistant", "My name is {name}, I live at {street} in {city}. My phone number is {phone}. The wifi password is {password}."),
+    ],
+    [
+        (
+            "user",
+            "Corrige mon mail stp : 'Bonjour {first2}, je t envoie le rib pour le loyer {iban} merci de virer avant le 5. "
+            "Bises, {first}'",
+        ),
+        (
+            "assistant",
+            "Bonjour {first2},\n\nJe t'envoie mon RIB pour le loyer : {iban}. Merci de faire le virement avant le 5.\n\n"
+            "Bises,\n{first}",
+        ),
+    ],
+    [
+        (
+            "user",
+            "summarise this email thread for me\n\nFrom: {name} <{email}>\nTo: me\nSubject: Re: dinner sat\n\n"
+            "hey, booked a table with {first2} and {first3} for 8. lmk if you want to bring anyone. my new number is {phone}",
+        ),
+        (
+            "assistant",
+            "{first} has booked dinner for Saturday at 8 with {first2} and {first3}, asks whether you want to bring anyone, "
+            "and shares a new number: {phone}.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "booking flights, paying with {card}. the airline form asks for a {id_kind}, mine is {id}, expires 2031. "
+            "my wife is {name2} now but her passport still has her maiden name {surname}, which one do I type?",
+        ),
+        (
+            "assistant",
+            "Type exactly what is printed in her passport, so {surname} as the surname until she renews it. "
+            "For you, enter {id} in the {id_kind} field.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "omg my package went to the wrong house AGAIN. tracking says delivered to {address_lower} but thats my neighbour "
+            "{first_lower}'s place not mine. what do i say to the courier",
+        ),
+        (
+            "assistant",
+            'You could write: "Hi, my parcel was marked as delivered to {address_lower}, which is my neighbour\'s house, '
+            'not mine. Please correct the delivery record." Meanwhile it may be worth asking {first} whether it is there.',
+        ),
+    ],
+    [
+        (
+            "user",
+            "{name} worked for me for three years as a sous-chef. Write a reference letter; mention that {first} trained the "
+            "new staff and never missed a shift. My contact: {email}, {phone}.",
+        ),
+        (
+            "assistant",
+            "To whom it may concern,\n\n{name} worked in my kitchen as sous-chef for three years. {first} trained our new "
+            "staff and never missed a shift.\n\nPlease contact me at {email} or {phone} with any questions.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "mums card got blocked at the till. numbers {card}, name on card {name_lower}. should she call the bank or go in",
+        ),
+        (
+            "assistant",
+            "She should call the number on the back of the card straight away. The bank will ask for the name on it "
+            "({name}) and may ask for the card number, {card}, but don't post it anywhere else.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "can you sort this by surname?\n\n| Name | {id_kind} | Phone |\n|---|---|---|\n| {name} | {id} | {phone} |\n"
+            "| {name2} | — | — |\n| {first3} (surname tbc) | — | — |",
+        ),
+        (
+            "assistant",
+            "| Name | {id_kind} | Phone |\n|---|---|---|\n| {name2} | — | — |\n| {name} | {id} | {phone} |\n"
+            "| {first3} | — | — |\n\n{first3} goes last until the surname is known.",
+        ),
+    ],
+    [
+        ("system", "About me: I'm {first}, a freelance translator. Invoices go out from: {name}???{address_qq}??? IBAN {iban}"),
+        ("user", "make me an invoice template for a 1,200-word translation job at 0.09 per word"),
+        (
+            "assistant",
+            "**INVOICE**\n\nFrom:\n{name}\n{address_lines}\n\nBill to: ____\n\n| Item | Qty | Rate | Total |\n|---|---|---|---|\n"
+            "| Translation | 1,200 words | 0.09 | 108.00 |\n\nPlease pay to IBAN {iban} within 14 days.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "ok so i met someone at the climbing gym, his name is {first_lower} {surname}? or smth like that. he gave me "
+            "{phone} and said text him. what should my first message be lol",
+        ),
+        (
+            "assistant",
+            'Keep it light! Something like: "Hey {first}, it\'s the one who kept falling off the blue route. '
+            'Coffee after the next session?"',
+        ),
+    ],
+    [
+        (
+            "user",
+            "IT ticket template:\nUser: {name} ({email})\nLaptop asset tag: 44-118\nProblem: vpn rejects my credentials. "
+            "I reset it yesterday to {password} and it still fails.\nDesk phone ext. 2291, mobile {phone}",
+        ),
+        (
+            "assistant",
+            "**User:** {name} ({email})\n**Asset:** 44-118\n**Problem:** VPN rejects credentials after yesterday's reset.\n"
+            "**Contact:** ext. 2291 / {phone}\n\nNote: leave the password ({password}) out of the ticket; IT can reset it "
+            "without knowing it.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Schrijf een opzegbrief voor mijn sportschool abonnement. Mijn gegevens:\n{name}\n{address_lines}\n"
+            "Lidnummer {id}\nGeboortedatum 12-03-1988",
+        ),
+        (
+            "assistant",
+            "{name}\n{address_lines}\n\nBetreft: opzegging lidmaatschap {id}\n\nGeachte heer/mevrouw,\n\nHierbij zeg ik mijn "
+            "abonnement op per de eerstvolgende mogelijke datum.\n\nMet vriendelijke groet,\n{name}",
+        ),
+    ],
+    [
+        (
+            "user",
+            "guest list for the bbq, write an invite I can bcc to everyone:\n- {name} {email}\n- {first2}\n- {first3} + kids\n"
+            "party is at ours, {address}, sat from 2. everyone chip in 15 to {iban} for meat",
+        ),
+        (
+            "assistant",
+            "Subject: BBQ this Saturday!\n\nHi all,\n\nWe're firing up the grill at {street} ({post} {city}) this Saturday "
+            "from 2 pm. Kids welcome, {first3}! Please chip in 15 for the meat to {iban}.\n\nSee you there!",
+        ),
+    ],
+]
+# Held-out set 4: written blind on 2026-12-02 by a second helper who did not read the scrubber (only
+# bench/pii_planted.py was read; nothing under curator/, tests/, BENCHMARKS.md or their history).
+HELD_OUT_4_TEMPLATES: list[list[tuple[str, str]]] = [
+    [
+        (
+            "user",
+            "help me w the seating chart pls. table 1: {name}, {name2} (they dont get along, seperate them!!). "
+            "table 2: {first3} and her plus one. {first2} has to sit near the exit bc of the wheelchair",
+        ),
+        (
+            "assistant",
+            "Here's a layout that keeps them apart:\n\n**Table 1:** {name}, {first3} (+1)\n"
+            "**Table 2:** {name2}, seat closest to the exit\n\n{first2} gets step-free access and {first} is on the other "
+            "side of the room.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Hilf mir bitte mit einem Kaufvertrag für mein altes Auto. Verkäufer: {name}, {address}, {id_kind} {id}. "
+            "Käufer ist {name2}, zahlt 4.300 € bar. write it in german but explain the clauses in english",
+        ),
+        (
+            "assistant",
+            "**Kaufvertrag über ein gebrauchtes Kraftfahrzeug**\n\nVerkäufer: {name}\nAnschrift: {street}, {post} {city}\n"
+            "Käufer: {name2}\nKaufpreis: 4.300 € (bar)\n\nThe first block names seller and buyer. You don't strictly need "
+            "your {id_kind} ({id}) in the contract, but {first2} may want to see it when paying.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "make a LOST DOG poster. brown lab called Pretzel, ran off near the park in {city} on sunday. "
+            "if found call {phone}, ask for {first}. reward!!",
+        ),
+        (
+            "assistant",
+            "# LOST DOG: PRETZEL\n\nBrown Labrador, last seen near the park in {city} on Sunday.\n\n"
+            "{first} misses him terribly. If you see him, please call **{phone}**.\n\n## REWARD",
+        ),
+    ],
+    [
+        (
+            "user",
+            "why does this throw KeyError?\n```python\nusers = [\n    {{\"name\": \"{name}\", \"mail\": \"{email}\", "
+            "\"pwd\": \"{password}\"}},\n    {{\"name\": \"{name2}\", \"mail\": None}},\n]\nfor u in users:\n"
+            "    send(u[\"mail\"], u[\"pwd\"])\n```",
+        ),
+        (
+            "assistant",
+            "The second dict, for {name2}, has no `\"pwd\"` key, so `u[\"pwd\"]` raises on the second pass. Use "
+            "`u.get(\"pwd\")` and skip users without one. Also, don't keep a real password like `{password}` in source; "
+            "load it from the environment.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "docker compose cant connect to postgres. heres my .env\n\n# maintained by {name}\nPOSTGRES_USER=app\n"
+            "POSTGRES_PASSWORD={password}\nADMIN_EMAIL={email}\nSTRIPE_TEST_CARD={card}\n\n"
+            "error: password authentication failed for user \"app\"",
+        ),
+        (
+            "assistant",
+            "Postgres only reads POSTGRES_PASSWORD when the data volume is first created. If the volume existed before "
+            "you set it to {password}, the old password is still in use: run `docker compose down -v` and start again. "
+            "And ask {first} whether {card} is really a test card before committing this file.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "ayúdame a escribir un mensaje para el grupo de padres: soy la mamá de {first}, la excursión al zoo cuesta 12 €, "
+            "salimos a las 9 desde {street}. se paga por Bizum al {phone} o transferencia a {iban} (titular {name2}). "
+            "plazo el viernes",
+        ),
+        (
+            "assistant",
+            "¡Hola a todos! Soy la mamá de {first} 😊 La excursión al zoo cuesta 12 € y salimos a las 9 desde {street}. "
+            "Podéis pagar por Bizum al {phone} o por transferencia a {iban} (titular: {name2}). El plazo termina el "
+            "viernes. ¡Gracias!",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Can you explain this discharge letter in plain English for my mum?\n\nPATIENT: {name}\n{id_kind}: {id}\n"
+            "ADDRESS:\n{address_lines}\nDx: NSTEMI. PCI to LAD, 1 stent. Commence DAPT 12/12. F/u cardiology 6/52.\n"
+            "GP: Dr. {name2}",
+        ),
+        (
+            "assistant",
+            "In short: {first} had a small heart attack. A tube (stent) was put into one of the heart's arteries to keep "
+            "it open. She needs two blood-thinning tablets for 12 months and a cardiology check-up in 6 weeks. "
+            "Dr. {name2}, her GP, gets a copy of this letter.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "fill in the return form from this pls: order 114-99231, item blender, reason arrived cracked. return from\n"
+            "{name_lower}\n{address_lower}\nrefund to card {card}",
+        ),
+        (
+            "assistant",
+            "**Return request**\n\n- Order: 114-99231\n- Item: blender\n- Reason: arrived cracked\n"
+            "- Return from: {name}, {address}\n- Refund to: original card ({card})",
+        ),
+    ],
+    [
+        (
+            "user",
+            "I'm the treasurer of our chess club. Write a friendly reminder that the annual fee (60 EUR) is due. "
+            "Pay to IBAN {iban}, reference = your member number. Questions to me, {name}, phone {phone}.",
+        ),
+        (
+            "assistant",
+            "Dear members,\n\nA friendly reminder that the annual fee of 60 EUR is now due. Please transfer it to\n\n"
+            "{iban}\n\nwith your member number as the reference. Questions? Ask {first} on {phone}.\n\nCheckmate,\n{name}\n"
+            "Treasurer",
+        ),
+    ],
+    [
+        (
+            "user",
+            "need to write a death notice for the local paper. my grandad {name} died last week, he was 91. "
+            "he leaves his wife {first2} and grandchildren {first3} and me. funeral thursday 11am. condolence cards to "
+            "{address_qq}",
+        ),
+        (
+            "assistant",
+            "It is with great sadness that we announce the death of **{name}**, aged 91. Beloved husband of {first2} and "
+            "devoted grandfather of {first3}. The funeral will take place on Thursday at 11 am.\n\nCards may be sent to:\n"
+            "{address_lines}",
+        ),
+    ],
+    [
+        ("system", "I'm a year 4 teacher. Keep report comments under 60 words."),
+        (
+            "user",
+            "turn my scribbles into a report comment: {first_lower} - great reader, struggles w fractions, chats w {first3} "
+            "too much. mum is mrs {surname}, wants extra hw, email {email}",
+        ),
+        (
+            "assistant",
+            "{first} is an enthusiastic reader with a wide vocabulary. Fractions are still a challenge, and {first} would "
+            "benefit from fewer chats with {first3} during maths.\n\nNote for Mrs {surname} ({email}): extra fraction "
+            "worksheets are attached.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "bike got nicked last night from outside my flat ({street}, {city}). how do i report it? frame no WTU88213K, "
+            "receipt is in my name {name}. tel {phone}",
+        ),
+        (
+            "assistant",
+            "Report it to the police in {city}, online if they allow it. Give them your name ({name}), where it was taken "
+            "({street}), the frame number WTU88213K and a photo of the receipt. They will contact you on {phone}.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "some guy reversed into my car at the supermarket. got his details: {name2}, {id_kind} {id}, mob {phone}. "
+            "he admitted it. how do i write the claim? im {first}, living at\n{address_lines}",
+        ),
+        (
+            "assistant",
+            "Here's a draft statement:\n\n> My parked car was hit by a reversing vehicle in the supermarket car park. "
+            "The driver, {name2} ({id_kind} {id}, phone {phone}), admitted responsibility at the scene.\n\n"
+            "Sign it, {first}, add your address ({street}, {post} {city}) and attach photos.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "find the duplicate rows\n\nemployee;iban;tax_id\n{name};{iban};{id}\n{name2};DE00 0000;-\n{name};{iban};{id}",
+        ),
+        (
+            "assistant",
+            "Rows 1 and 3 are identical: {name}, IBAN {iban}, tax id {id}. Delete one. {name2}'s row has a placeholder "
+            "IBAN (DE00 0000), so {first2} will not be paid until it is fixed.",
+        ),
+    ],
+    [
+        ("system", "User profile: {name}. Prefers short answers."),
+        (
+            "user",
+            "which of these are weak? exported from chrome\n\nurl,username,password\nnetflix.com,{email},{password}\n"
+            "bank.example,{first_lower}.{surname},hunter2\nrouter,admin,{password}",
+        ),
+        (
+            "assistant",
+            "`hunter2` (bank) is very weak, change it first. `{password}` is decent, but you reuse it for Netflix and the "
+            "router; give each its own. Then delete this CSV, {first}.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "mail merge keeps breaking. template: 'Dear {{first_name}}, your parcel to {{address}} ships today.' "
+            "data row: {first},{address_lower}\noutput just shows 'Dear ,'",
+        ),
+        (
+            "assistant",
+            "Your data has no header row, so Word can't map `first_name`. Add `first_name,address` as line 1 and quote the "
+            "address (it contains a comma). Then the row renders as: 'Dear {first}, your parcel to {address} ships today.'",
+        ),
+    ],
+    [
+        (
+            "user",
+            "translate to polish for my cleaner pls: 'Hi {first}, the key is under the blue pot. Alarm code is {password} "
+            "then press OK. Back sunday, text me on {phone} if anything'",
+        ),
+        (
+            "assistant",
+            "Cześć {first}, klucz jest pod niebieską doniczką. Kod alarmu to {password}, potem naciśnij OK. Wracam w "
+            "niedzielę, w razie czego napisz do mnie SMS-a na {phone}.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "group chat exploded while i slept, tldr?\n\n[23:41] {first}: who took my charger\n[23:42] {first2}: not me\n"
+            "[23:50] {first3}: lol it was {first2}\n[00:12] {first}: {first2} i swear to god\n[00:13] {first2}: fine its "
+            "in my bag",
+        ),
+        (
+            "assistant",
+            "TL;DR: {first} lost a charger, {first2} denied it, {first3} said {first2} had it, and {first2} finally "
+            "admitted it's in their bag.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "clean up this voicemail transcript, its for my husband:\n\n\"hi this is smile dental calling for "
+            "{name_lower} uh just to confirm your appointment tuesday at 3 um if you need to reschedule call us back on "
+            "{phone} thats {phone} thanks bye\"",
+        ),
+        (
+            "assistant",
+            "\"Hi, this is Smile Dental calling for {name}. Just confirming your appointment on Tuesday at 3. If you need "
+            "to reschedule, please call us back on {phone}. Thanks, bye!\"",
+        ),
+    ],
+    [
+        (
+            "user",
+            "typed up my nan's recipe card, fix the spelling: 'Sunday Lasagne by {name}. From {first2}s kitchen to yours. "
+            "500g mince, 2 onoins, a tin of tomatos, bake 45 min'",
+        ),
+        (
+            "assistant",
+            "**Sunday Lasagne**\n*by {name}, from {first2}'s kitchen to yours*\n\n- 500 g mince\n- 2 onions\n"
+            "- 1 tin of tomatoes\n\nBake for 45 minutes. {first}'s secret was probably extra cheese.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Write the programme blurb: 'Scaling Postgres at a fintech', a talk by {name} with {name2}, moderated by "
+            "{first3}. Questions in advance to {email}, cc {first3}.",
+        ),
+        (
+            "assistant",
+            "**Scaling Postgres at a Fintech**\n\n{first} and {first2} share what broke, and what didn't, when their "
+            "payments database grew tenfold in a year. Moderated by {first3}.\n\nSend questions in advance to {email}.",
+        ),
+    ],
+    [
+        (
+            "user",
+            "Peux-tu rédiger une attestation d'hébergement ? Je suis {name}, j'habite {address}, et j'héberge mon cousin "
+            "{name2} depuis mars. Mon {id_kind} : {id}.",
+        ),
+        (
+            "assistant",
+            "**Attestation d'hébergement**\n\nJe soussigné(e) {name}, demeurant {address}, certifie sur l'honneur héberger "
+            "à mon domicile M. {name2} depuis le mois de mars.\n\nPièce d'identité : {id_kind} n° {id}\n\n"
+            "Fait à {city}, le ____\n\nSignature",
+        ),
+    ],
+    [
+        (
+            "user",
+            "turn this git log into release notes\n\ncommit 9f2c1e4\nAuthor: {name} <{email}>\n    fix: null check on "
+            "checkout\n\ncommit 77ab02d\nAuthor: {name2} <{first2}@users.noreply.github.com>\n    feat: dark mode\n"
+            "    Co-authored-by: {first3}",
+        ),
+        (
+            "assistant",
+            "## Release notes\n\n### Features\n- Dark mode, by {name2} with {first3}\n\n### Fixes\n- Checkout no longer "
+            "crashes on a missing value (thanks {first}!)",
+        ),
+    ],
+    [
+        (
+            "user",
+            "i think i got phished?? text said royal mail redelivery fee 1.45, i typed in everything: {name}, {address}, "
+            "cc# {card} exp 1/30 cvc 221 and my mobile {phone}. what do i do now",
+        ),
+        (
+            "assistant",
+            "Act now:\n\n1. Call your bank and block the card {card}.\n2. Watch for calls to {phone} pretending to be the "
+            "bank; hang up and call the number on your card.\n3. Scammers may post letters to {street}, so stay alert, "
+            "{first}.",
+        ),
+    ],
+]
+TEMPLATES = {
+    "tune": TUNE_TEMPLATES + HELD_OUT_TEMPLATES + HELD_OUT_3_TEMPLATES,
+    "held-out": HELD_OUT_4_TEMPLATES,
+    "all": TUNE_TEMPLATES + HELD_OUT_TEMPLATES + HELD_OUT_3_TEMPLATES + HELD_OUT_4_TEMPLATES,
+}
 ID_KINDS = (
     "passport number",
     "tax id",

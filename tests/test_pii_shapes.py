@@ -298,3 +298,38 @@ def test_a_postcode_found_in_one_layout_is_found_in_another(step: PiiScrub) -> N
     ]
     turns = scrub_record(step, msgs)
     assert "2149FU" not in turns[0]["content"] and "Olivierpad" not in turns[0]["content"], turns[0]["content"]
+
+
+def test_greetings_and_sign_offs_of_other_languages_name_people(step: PiiScrub) -> None:
+    text = "Corrige mon mail : 'Bonjour Amanda, je t'envoie le RIB pour le loyer. Bises, Cauã'"
+    assert step.scrub_text(text, mode="patterns") == (
+        "Corrige mon mail : 'Bonjour <PERSON_1>, je t'envoie le RIB pour le loyer. Bises, <PERSON_2>'"
+    )
+    assert step.scrub_text("Liebe Gitte,\n\ndanke!\n\nLiebe Grüße,\nSybilla", mode="patterns") == (
+        "Liebe <PERSON_1>,\n\ndanke!\n\nLiebe Grüße,\n<PERSON_2>"
+    )
+    for text in ("Hola a todos, gracias", "Thanks, Python rocks"):
+        assert step.scrub_text(text, mode="patterns") == text
+
+
+def test_member_numbers_of_other_languages_and_a_password_in_brackets(step: PiiScrub) -> None:
+    out = step.scrub_text("Lidnummer A757-8592-2086\nBetreft: opzegging lidmaatschap 785964455255", mode="patterns")
+    assert "A757" not in out and "785964455255" not in out, out
+    out = step.scrub_text("Note: leave the password (dgzuilvwS9) out of the ticket.")
+    assert out == "Note: leave the password (<SECRET_1>) out of the ticket.", out
+
+
+def test_one_name_in_a_bullet_list_makes_the_one_word_items_people(step: PiiScrub) -> None:
+    text = "invite list:\n- Emily Mellor emily.m@example.org\n- Antony\n- Joanne + kids\nparty at ours"
+    out = "invite list:\n- <PERSON_1> <EMAIL_1>\n- <PERSON_2>\n- <PERSON_3> + kids\nparty at ours"
+    assert step.scrub_text(text) == out
+    steps = "Steps:\n- Install Python\n- Open Terminal\n- Run it"
+    assert step.scrub_text(steps) == steps
+
+
+def test_values_under_personal_keys_are_pii_in_code_and_tool_schemas_are_not(step: PiiScrub) -> None:
+    code = '{"full_name": "Sole Barzini", "street": "Contrada Susanna, 4", "zip": "52045", "city": "Garna"}'
+    out = step.scrub_text(code, mode="code")
+    assert out == '{"full_name": "<PERSON_1>", "street": "<ADDRESS_1>", "zip": "<ADDRESS_2>", "city": "Garna"}'
+    schema = '{"name": "get_weather", "parameters": {"city": {"type": "string"}}, "zip": "{zip}", "phone": "string"}'
+    assert step.scrub_text(schema, mode="code") == schema

@@ -84,6 +84,7 @@ from curator.steps.pii_recognizers import (
     SecretRecognizer,
     StreetAddressRecognizer,
     has_street_word,
+    keyed_values,
     phone_extent,
     phone_word_before,
     uncovered_digit_groups,
@@ -793,6 +794,7 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
         else:
             groups.append([w])
     extra = []
+    groups += _bullet_groups(text)
     for group in groups:
         if len(group) < 3 or not any(p.start < g.end() and g.start() < p.end for g in group for p in people):
             continue
@@ -804,6 +806,30 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
         return spans
     kept = [s for s in spans if not (s.type in NER_TYPES and any(e.start < s.end and s.start < e.end for e in extra))]
     return kept + extra
+
+
+# a bullet or numbered item that opens with a capitalised word alone ("- Melania", "2. Gino + kids",
+# "- Emily Mellor emily@x.org"): the first word, and the one after it when capitalised
+_BULLET_ITEM = re.compile(
+    r"(?m)^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+([A-ZÀ-ÞĀ-ſ][\w'’\-]*\w)(?:[ \t]+([A-ZÀ-ÞĀ-ſ][\w'’\-]*\w))?"
+    r"(?=[ \t]*(?:$|[+(,:–<]|[ \t]\S+@))"
+)
+
+
+def _bullet_groups(text: str) -> list[list[re.Match[str]]]:
+    """The opening words of the items of each run of consecutive bullet lines, for `_listed_names`:
+    a guest list with one name found makes every one-name item a person."""
+    groups: list[list[re.Match[str]]] = []
+    last_line = -2
+    for m in _BULLET_ITEM.finditer(text):
+        line = text.count("\n", 0, m.start())
+        words = [w for w in (_CAP_WORD.match(text, m.start(1)), m.group(2) and _CAP_WORD.match(text, m.start(2))) if w]
+        if groups and line == last_line + 1:
+            groups[-1].extend(words)
+        else:
+            groups.append(list(words))
+        last_line = line
+    return [g for g in groups if len(g) >= 3]
 
 
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
@@ -1121,6 +1147,7 @@ class PiiScrub:
                 if ner_guess and span.type in ("LOCATION", "ORGANIZATION") and _named_person(span, tagged):
                     continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
+            out += [Span(kind, a, b, 0.9) for kind, a, b in keyed_values(text) if kind in self.entities]
             out = _postcode_tails(text, out) + _addressee_lines(text, out)
             out = _whole_handles(text, _with_titles(text, _name_neighbours(text, _listed_names(text, out))))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)

@@ -244,7 +244,7 @@ class SecretRecognizer(_RegexRecognizer):
                 r"(?i)\b(?:password|passwd|pwd|passphrase|passcode|pass\s+code|contraseña|contrasena|clave|passwort|"
                 r"kennwort|mot\s+de\s+passe|mdp|senha|wachtwoord|hasło|haslo|heslo|jelszó|jelszo|пароль)\b[\"'`]?"
                 r"(?:\s*(?:[:=]|->|\bis\b|\bwas\b|\bof\b|\bto\b|\bset\s+to\b|\bchanged\s+to\b|\bwill\s+be\b|\bes\b|"
-                r"\bist\b|\best\b|\bé\b|\bè\b|\bjest\b|\bje\b))*\s*[\"'`]?([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
+                r"\bist\b|\best\b|\bé\b|\bè\b|\bjest\b|\bje\b))*\s*[\"'`(]?([^\s\"'`,;)]{5,63}[^\s\"'`,;.!?:)])"
             ),
             1,
             0.8,
@@ -254,8 +254,8 @@ class SecretRecognizer(_RegexRecognizer):
         (
             re.compile(
                 r"(?i)\b(?:password|passwd|passphrase|passcode|contraseña|passwort|mot\s+de\s+passe|senha|wachtwoord|hasło|"
-                r"heslo|jelszó|пароль)\b[^\n.!]{0,30}?(?:\bis\b|:|=|\bes\b|\bist\b|\best\b)\s*[\"'`]?"
-                r"([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
+                r"heslo|jelszó|пароль)\b[^\n.!]{0,30}?(?:\bis\b|:|=|\bes\b|\bist\b|\best\b)\s*[\"'`(]?"
+                r"([^\s\"'`,;)]{5,63}[^\s\"'`,;.!?:)])"
             ),
             1,
             0.75,
@@ -864,7 +864,12 @@ _ID_KEYWORDS = (
     r"personalausweis(?:nummer)?|reisepass(?:nummer)?|bsn|pesel|nip|personnummer|henkilötunnus|cpr|ahv|"
     r"numéro\s+(?:fiscal|de\s+sécurité\s+sociale|d'identification)|insee|aadhaa?r|pan(?:\s+(?:card|no\.?|number))?|sin|"
     r"número\s+de\s+(?:pasaporte|cuenta|identificación|seguro\s+social)|pasaporte|ausweis|rodné\s+číslo|"
-    r"номер\s+паспорта|паспорт|инн|снилс"
+    r"номер\s+паспорта|паспорт|инн|снилс|"
+    # member, customer and insurance numbers in the languages of chat exports ("Lidnummer", "Versichertennummer")
+    r"lidnummer|lidmaatschap(?:snummer)?|klantnummer|mitgliedsnummer|kundennummer|versichertennummer|"
+    r"versicherungsnummer|numéro\s+(?:de\s+client|d'adhérent|d’adhérent|de\s+membre)|"
+    r"número\s+de\s+(?:socio|cliente)|numero\s+(?:cliente|socio|tessera)|numer\s+(?:klienta|członkowski)|"
+    r"členské\s+číslo|kundenummer|medlemsnummer"
 )
 _ID_VALUE = r"(?=[A-Z0-9\- /.]*\d)(?:[A-Z]{1,4}[ \-]?)?\d[\dA-Z]*(?:[ \-/.]\d[\dA-Z]*){0,5}(?:[ \-]?[A-Z]{1,2}\b)?"
 
@@ -972,15 +977,22 @@ _NAME_CUES_ANY_CASE = (
 _NAME_CUES_CAPITALISED = (
     r"name\s*:|call\s+me|known\s+as|dear|hi|hello|hey|thanks|thank\s+you|regards,?|cheers,?|sincerely,?|signed,?|"
     r"i'm|i\s+am|mr\.?|mrs\.?|ms\.?|dr\.?|prof\.?|miss|señor|señora|sr\.?|sra\.?|herr|frau|monsieur|madame|mme\.?|"
-    r"signor|signora|recipient|payee|beneficiary|addressee|attn\.?|attention|c/o|contact"
+    r"signor|signora|recipient|payee|beneficiary|addressee|attn\.?|attention|c/o|contact|"
+    # greetings of the languages of chat exports ("Bonjour Amanda", "Liebe Gitte", "Cześć Piotr")
+    r"bonjour|salut|coucou|cher|chère|hola|querid[oa]|estimad[oa]|hallo|liebe[rs]?|sehr\s+geehrte[rs]?|servus|moin|"
+    r"ciao|salve|caro|cara|gentile|cześć|czesc|drog[ia]|olá|oi|prezad[oa]|hej|hoi|beste|kære|ahoj|szia|kedves"
 )
 _SIGNOFF = (
     r"best|regards|kind\s+regards|best\s+regards|cheers|thanks|thank\s+you|sincerely|yours|love|saludos|atentamente|"
-    r"grüße|gruß|cordialement|cordiali\s+saluti|pozdrawiam|s\s+pozdravem"
+    r"grüße|gruß|cordialement|cordiali\s+saluti|pozdrawiam|s\s+pozdravem|bises|bisous|amitiés|besos|abrazos|"
+    r"un\s+abrazo|un\s+saludo|liebe\s+grüße|viele\s+grüße|lg|mfg|groetjes|groeten|met\s+vriendelijke\s+groet|"
+    r"hilsen|venlig\s+hilsen|mvh|baci|un\s+abbraccio|saluti|abraços|beijos|atenciosamente|pozdrowienia|buziaki|"
+    r"üdvözlettel|puszi"
 )
 
 
 _TECH_NAME = re.compile(TECH_NAMES)
+_SIGNOFF_WORD = re.compile(rf"(?i:{_SIGNOFF}|grüße|grüsse|saludos|groet|regards)")
 
 
 def unknown_word(word: str) -> bool:
@@ -1181,6 +1193,16 @@ class NameCueRecognizer(_RegexRecognizer):
             0.9,
             "introduction",
         ),
+        # a sign-off, a comma and a name closing the text or a quote ("... avant le 5. Bises, Flora'")
+        (
+            re.compile(
+                rf"(?i:\b(?:{_SIGNOFF}))[ \t]*,[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"
+                r"(?=[ \t]*(?:$|[\"'’”.!)\n]))"
+            ),
+            1,
+            0.6,
+            "weak",
+        ),
         # a sign-off line, then a name alone on the next line
         (
             re.compile(
@@ -1199,6 +1221,8 @@ class NameCueRecognizer(_RegexRecognizer):
         words = value.split()
         if words[0].lower().strip("'’") in self.COMMON or _TECH_NAME.fullmatch(words[0]):
             return False
+        if _SIGNOFF_WORD.fullmatch(words[0]):  # "Liebe Grüße", "Bonjour Cordialement"
+            return False
         if check == "introduction":
             return all(w[:1].isupper() or unknown_word(w) for w in words)
         return check == "strong" or all(w[:1].isupper() for w in words)
@@ -1216,3 +1240,40 @@ class NameCueRecognizer(_RegexRecognizer):
                     break
             out.append(RecognizerResult(self.ENTITY, r.start + words[0].start(), r.start + words[-1].end(), r.score))
         return out
+
+
+# keys of structured data (JSON, YAML, Python dicts, query strings) whose value is personal: the value is
+# PII whatever it looks like, in code too ("full_name": "Ana Lee"); a bare "name" is left out (tool and
+# function schemas are full of "name": "get_weather"), and so is a city (tool calls ask for the weather in "Paris")
+_KEYED = {
+    "PERSON": r"full_?name|first_?name|last_?name|given_?name|family_?name|sur_?name|middle_?name|maiden_?name|"
+    r"customer_?name|contact_?name|account_?holder|cardholder(?:_?name)?|holder_?name|recipient(?:_?name)?",
+    STREET_ADDRESS: r"street(?:_?address)?|address(?:_?line_?\d)?|addr\d?|zip(?:_?code)?|postal_?code|post_?code|plz",
+    "PHONE_NUMBER": r"phone(?:_?number)?|mobile|cell|tel|telephone",
+    "EMAIL_ADDRESS": r"e_?mail(?:_?address)?",
+    "IBAN_CODE": r"iban",
+    "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number",
+}
+_KEYED_VALUE = re.compile(
+    r"(?i)(?<![\w-])[\"']?(?:customer_|user_|billing_|shipping_|home_)?(?:"
+    + "|".join(f"(?P<k{i}>{v})" for i, v in enumerate(_KEYED.values()))
+    + r")[\"']?[ \t]*(?::|=|=>)[ \t]*(?P<q>[\"'])(?P<value>[^\"'\n]{2,100})(?P=q)"
+)
+
+
+# a template slot or a type name, not a value: "{zip}", "<name>", "${EMAIL}", "%s", "string"
+_NOT_A_VALUE = re.compile(
+    r"(?i)^\s*(?:\{+[^{}]*\}+|<[^<>]*>|\$\{?\w+\}?|%\w|str(?:ing)?|int(?:eger)?|number|text|null)\s*$"
+)
+
+
+def keyed_values(text: str) -> list[tuple[str, int, int]]:
+    """(type, start, end) of each quoted value under a personal key ("zip": "37786", city='Maribo')."""
+    kinds = list(_KEYED)
+    out = []
+    for m in _KEYED_VALUE.finditer(text):
+        kind = next(kinds[i] for i in range(len(kinds)) if m.group(f"k{i}"))
+        if m.group("value").strip() and not _NOT_A_VALUE.match(m.group("value")):
+            out.append((kind, m.start("value"), m.end("value")))
+    return out
+
