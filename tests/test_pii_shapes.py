@@ -333,3 +333,24 @@ def test_values_under_personal_keys_are_pii_in_code_and_tool_schemas_are_not(ste
     assert out == '{"full_name": "<PERSON_1>", "street": "<ADDRESS_1>", "zip": "<ADDRESS_2>", "city": "Garna"}'
     schema = '{"name": "get_weather", "parameters": {"city": {"type": "string"}}, "zip": "{zip}", "phone": "string"}'
     assert step.scrub_text(schema, mode="code") == schema
+
+
+def test_env_secrets_person_names_in_code_and_alarm_codes(step: PiiScrub) -> None:
+    env = "my .env\n\n# maintained by Sole Barzini\nPOSTGRES_USER=app\nPOSTGRES_PASSWORD=Q7rreb!z\nDB_PASS=${DB_PASS}\n"
+    out = "my .env\n\n# maintained by <PERSON_1>\nPOSTGRES_USER=app\nPOSTGRES_PASSWORD=<SECRET_1>\nDB_PASS=${DB_PASS}\n"
+    assert step.scrub_text(env) == out
+    code = '{"name": "Sole Barzini", "pwd": "dgzuilvwS9"}, {"name": "get_weather"}, {"name": "Save File"}'
+    assert step.scrub_text(code, mode="code") == (
+        '{"name": "<PERSON_1>", "pwd": "<SECRET_1>"}, {"name": "get_weather"}, {"name": "Save File"}'
+    )
+    out = step.scrub_text("Kod alarmu to dgzuilvwS9, potem OK.", mode="patterns")
+    assert out == "Kod alarmu to <SECRET_1>, potem OK."
+    for text in ("the error code is 404 and code to run: main.py", "The alarm code is broken"):
+        assert step.scrub_text(text) == text
+
+
+def test_self_introductions_holders_and_parents_in_other_languages(step: PiiScrub) -> None:
+    text = "Je suis Sole Barzini et j'héberge M. Marc Dupont. soy la mamá de Lucía (titular Marta Gil)."
+    assert step.scrub_text(text, mode="patterns") == (
+        "Je suis <PERSON_1> et j'héberge M. <PERSON_2>. soy la mamá de <PERSON_3> (titular <PERSON_4>)."
+    )

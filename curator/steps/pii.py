@@ -772,7 +772,12 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
             while m := _PREV_WORD.search(text, max(0, start - 40), start):
                 word = m.group(1)
                 known = word.lower() in NAME_GAZETTEER and (lower_text or word[0].isupper())
-                if known or word.lower() in _NAME_PARTICLE:
+                before = _PREV_WORD.search(text, max(0, m.start() - 40), m.start())
+                # a particle inside a name ("Jan de Vaan", "De Vaan"), not a preposition ("la mamá de Lucía")
+                particle = word.lower() in _NAME_PARTICLE and (
+                    word[0].isupper() or (before is not None and before.group(1)[0].isupper())
+                )
+                if known or particle:
                     start = m.start()
                 else:
                     break

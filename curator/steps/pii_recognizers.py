@@ -242,7 +242,10 @@ class SecretRecognizer(_RegexRecognizer):
         (
             re.compile(
                 r"(?i)\b(?:password|passwd|pwd|passphrase|passcode|pass\s+code|contraseña|contrasena|clave|passwort|"
-                r"kennwort|mot\s+de\s+passe|mdp|senha|wachtwoord|hasło|haslo|heslo|jelszó|jelszo|пароль)\b[\"'`]?"
+                r"kennwort|mot\s+de\s+passe|mdp|senha|wachtwoord|hasło|haslo|heslo|jelszó|jelszo|пароль|"
+                r"(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|alarmcode|türcode|"
+                r"kod\s+(?:alarmu|do\s+drzwi|dostępu|do\s+bramy)|código\s+(?:de\s+la\s+alarma|de\s+acceso|del\s+portal)|"
+                r"codice\s+(?:dell'allarme|d'accesso)|code\s+(?:de\s+l'alarme|d'accès))\b[\"'`]?"
                 r"(?:\s*(?:[:=]|->|\bis\b|\bwas\b|\bof\b|\bto\b|\bset\s+to\b|\bchanged\s+to\b|\bwill\s+be\b|\bes\b|"
                 r"\bist\b|\best\b|\bé\b|\bè\b|\bjest\b|\bje\b))*\s*[\"'`(]?([^\s\"'`,;)]{5,63}[^\s\"'`,;.!?:)])"
             ),
@@ -262,6 +265,16 @@ class SecretRecognizer(_RegexRecognizer):
             "password",
         ),
         (re.compile(r"(?i)\bpin(?:\s+(?:code|number))?\b(?:\s*(?:[:=]|\bis\b))?\s*(\d{4,8})\b"), 1, 0.8, ""),
+        # an environment or config variable that holds a secret ("POSTGRES_PASSWORD=...", "API_TOKEN: ...")
+        (
+            re.compile(
+                r"(?im)^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY)"
+                r"[A-Z0-9_]*[ \t]*[=:][ \t]*[\"']?([^\s\"']{4,200})"
+            ),
+            1,
+            0.8,
+            "env",
+        ),
         # key/token/secret assignments: the value must look random (not `token = get_token()`)
         (
             re.compile(
@@ -279,6 +292,10 @@ class SecretRecognizer(_RegexRecognizer):
         password needs a digit, a symbol or mixed case (so "password reset" is no password)."""
         if check == "password":
             return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value[1:])))
+        if check == "env":  # not a reference or a placeholder ("${DB_PASS}", "<your-token>", "changeme")
+            return not re.fullmatch(
+                r"(?i)\$\{?\w+\}?|<[^>]*>|\{+[^}]*\}+|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value
+            )
         if check != "entropy":
             return True
         if re.fullmatch(r"[A-Za-z_]+(?:[._][A-Za-z_]+)+", value):  # ServiceAccountCredentials.from_json_keyfile
@@ -294,7 +311,7 @@ _LOGIN_WORDS = re.compile(
     r"u/p|user/pass(?:word)?|login/pass(?:word)?|admin|root|pw|pwd|pass|passcode|passphrase|passwords?|passwd|pin|"
     r"wi-?fi|ssid|router|ssh|ftp|vpn|contraseña|contrasena|clave|usuario|passwort|kennwort|benutzer(?:name)?|"
     r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
-    r"пароль|логин)(?![\w/?=.-])"
+    r"пароль|логин|(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|kod|código|codice)(?![\w/?=.-])"
 )
 _CRED_SCOPE = re.compile(r"[^\n]{0,80}")
 _CRED_STOP = re.compile(r"[.!?](?:\s|$)|\n")
@@ -980,7 +997,11 @@ _NAME_CUES_CAPITALISED = (
     r"signor|signora|recipient|payee|beneficiary|addressee|attn\.?|attention|c/o|contact|"
     # greetings of the languages of chat exports ("Bonjour Amanda", "Liebe Gitte", "Cześć Piotr")
     r"bonjour|salut|coucou|cher|chère|hola|querid[oa]|estimad[oa]|hallo|liebe[rs]?|sehr\s+geehrte[rs]?|servus|moin|"
-    r"ciao|salve|caro|cara|gentile|cześć|czesc|drog[ia]|olá|oi|prezad[oa]|hej|hoi|beste|kære|ahoj|szia|kedves"
+    r"ciao|salve|caro|cara|gentile|cześć|czesc|drog[ia]|olá|oi|prezad[oa]|hej|hoi|beste|kære|ahoj|szia|kedves|"
+    # "Je suis X", "soy X", titles and account holders in other languages, a child named by a parent
+    r"je\s+suis|soy|ich\s+bin|sono|jestem|sou|ik\s+ben|jsem|m\.|mlle\.?|soussignée?|soussigné\(e\)|"
+    r"titular|titulaire|inhaber(?:in)?|kontoinhaber(?:in)?|intestatario|beneficiario|destinatario|"
+    r"(?:mamá|mama|papá|papa|madre|padre|mère|père|mutter|vater|mamma|papà)\s+(?:de|von|di|do|da)"
 )
 _SIGNOFF = (
     r"best|regards|kind\s+regards|best\s+regards|cheers|thanks|thank\s+you|sincerely|yours|love|saludos|atentamente|"
@@ -1243,8 +1264,9 @@ class NameCueRecognizer(_RegexRecognizer):
 
 
 # keys of structured data (JSON, YAML, Python dicts, query strings) whose value is personal: the value is
-# PII whatever it looks like, in code too ("full_name": "Ana Lee"); a bare "name" is left out (tool and
-# function schemas are full of "name": "get_weather"), and so is a city (tool calls ask for the weather in "Paris")
+# PII whatever it looks like, in code too ("full_name": "Ana Lee"); a bare "name" only when its value
+# reads as a person (tool and function schemas are full of "name": "get_weather"), and a city never
+# (tool calls ask for the weather in "Paris")
 _KEYED = {
     "PERSON": r"full_?name|first_?name|last_?name|given_?name|family_?name|sur_?name|middle_?name|maiden_?name|"
     r"customer_?name|contact_?name|account_?holder|cardholder(?:_?name)?|holder_?name|recipient(?:_?name)?",
@@ -1252,6 +1274,8 @@ _KEYED = {
     "PHONE_NUMBER": r"phone(?:_?number)?|mobile|cell|tel|telephone",
     "EMAIL_ADDRESS": r"e_?mail(?:_?address)?",
     "IBAN_CODE": r"iban",
+    "SECRET": r"password|passwd|pwd|pass|secret|api_?key|token",
+    "NAME": r"name",  # a person only when the value reads as one (`_person_value`)
     "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number",
 }
 _KEYED_VALUE = re.compile(
@@ -1267,12 +1291,27 @@ _NOT_A_VALUE = re.compile(
 )
 
 
+def _person_value(value: str) -> bool:
+    """A "name" value that reads as a person: 2-3 capitalised words, one of them a known name or no
+    common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu")."""
+    words = value.split()
+    return (
+        2 <= len(words) <= 3
+        and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
+        and any(unknown_word(w) for w in words)
+    )
+
+
 def keyed_values(text: str) -> list[tuple[str, int, int]]:
     """(type, start, end) of each quoted value under a personal key ("zip": "37786", city='Maribo')."""
     kinds = list(_KEYED)
     out = []
     for m in _KEYED_VALUE.finditer(text):
         kind = next(kinds[i] for i in range(len(kinds)) if m.group(f"k{i}"))
+        if kind == "NAME":
+            if not _person_value(m.group("value")):
+                continue
+            kind = "PERSON"
         if m.group("value").strip() and not _NOT_A_VALUE.match(m.group("value")):
             out.append((kind, m.start("value"), m.end("value")))
     return out
