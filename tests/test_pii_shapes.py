@@ -345,7 +345,7 @@ def test_env_secrets_person_names_in_code_and_alarm_codes(step: PiiScrub) -> Non
     )
     out = step.scrub_text("Kod alarmu to dgzuilvwS9, potem OK.", mode="patterns")
     assert out == "Kod alarmu to <SECRET_1>, potem OK."
-    for text in ("the error code is 404 and code to run: main.py", "The alarm code is broken"):
+    for text in ("the error code is 404 and code to run: main.py", "The alarm code is off", "api_key = '<your key>'"):
         assert step.scrub_text(text) == text
 
 
@@ -353,4 +353,10 @@ def test_self_introductions_holders_and_parents_in_other_languages(step: PiiScru
     text = "Je suis Sole Barzini et j'héberge M. Marc Dupont. soy la mamá de Lucía (titular Marta Gil)."
     assert step.scrub_text(text, mode="patterns") == (
         "Je suis <PERSON_1> et j'héberge M. <PERSON_2>. soy la mamá de <PERSON_3> (titular <PERSON_4>)."
+    )
+
+
+def test_a_password_holding_a_bracket_is_kept_whole(step: PiiScrub) -> None:
+    assert step.scrub_text("my password: Qr7)dke#39 and nothing else", mode="patterns") == (
+        "my password: <SECRET_1> and nothing else"
     )

@@ -247,7 +247,7 @@ class SecretRecognizer(_RegexRecognizer):
                 r"kod\s+(?:alarmu|do\s+drzwi|dostępu|do\s+bramy)|código\s+(?:de\s+la\s+alarma|de\s+acceso|del\s+portal)|"
                 r"codice\s+(?:dell'allarme|d'accesso)|code\s+(?:de\s+l'alarme|d'accès))\b[\"'`]?"
                 r"(?:\s*(?:[:=]|->|\bis\b|\bwas\b|\bof\b|\bto\b|\bset\s+to\b|\bchanged\s+to\b|\bwill\s+be\b|\bes\b|"
-                r"\bist\b|\best\b|\bé\b|\bè\b|\bjest\b|\bje\b))*\s*[\"'`(]?([^\s\"'`,;)]{5,63}[^\s\"'`,;.!?:)])"
+                r"\bist\b|\best\b|\bé\b|\bè\b|\bjest\b|\bje\b))*\s*[\"'`(]?([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
             ),
             1,
             0.8,
@@ -258,7 +258,7 @@ class SecretRecognizer(_RegexRecognizer):
             re.compile(
                 r"(?i)\b(?:password|passwd|passphrase|passcode|contraseña|passwort|mot\s+de\s+passe|senha|wachtwoord|hasło|"
                 r"heslo|jelszó|пароль)\b[^\n.!]{0,30}?(?:\bis\b|:|=|\bes\b|\bist\b|\best\b)\s*[\"'`(]?"
-                r"([^\s\"'`,;)]{5,63}[^\s\"'`,;.!?:)])"
+                r"([^\s\"'`,;]{5,63}[^\s\"'`,;.!?:)])"
             ),
             1,
             0.75,
@@ -292,9 +292,9 @@ class SecretRecognizer(_RegexRecognizer):
         password needs a digit, a symbol or mixed case (so "password reset" is no password)."""
         if check == "password":
             return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value[1:])))
-        if check == "env":  # not a reference or a placeholder ("${DB_PASS}", "<your-token>", "changeme")
+        if check == "env":  # not a reference or a placeholder ("${DB_PASS}", "<your API key>", "changeme")
             return not re.fullmatch(
-                r"(?i)\$\{?\w+\}?|<[^>]*>|\{+[^}]*\}+|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value
+                r"(?i)[<{$\[].*|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value
             )
         if check != "entropy":
             return True
