@@ -360,3 +360,11 @@ def test_a_password_holding_a_bracket_is_kept_whole(step: PiiScrub) -> None:
     assert step.scrub_text("my password: Qr7)dke#39 and nothing else", mode="patterns") == (
         "my password: <SECRET_1> and nothing else"
     )
+
+
+def test_a_token_is_a_secret_even_where_ner_sees_a_name_or_a_place(step: PiiScrub) -> None:
+    text = "export TOKEN='sk-Nq0fiEmPnUIIEcXcO80OdRNawNnA9mo8Kh4qG2o7JGmLk4jm'\npython app.py"
+    assert step.scrub_text(text) == "export TOKEN='<SECRET_1>'\npython app.py"
+    text = 'requests.get(url, headers={"Authorization": "Bearer AKIAK7861OVT4O88VMIX"})'
+    assert "AKIAK7861OVT4O88VMIX" not in step.scrub_text(text)
+    assert "<SECRET_1>" in step.scrub_text(text)

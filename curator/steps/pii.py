@@ -764,7 +764,7 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 m
                 and (start, end) == (span.start, span.end)
                 and " " not in text[start:end]
-                and m.group(1)[0].isupper()
+                and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][a-zà-ÿā-ž'’\-]+", m.group(1))  # a name, not "AKIAK7861OVT"
                 and not _NO_NAME_WORD.fullmatch(m.group(1))
                 and unknown_word(m.group(1))
             ):
@@ -1153,6 +1153,13 @@ class PiiScrub:
                     continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
             out += [Span(kind, a, b, 0.9) for kind, a, b in keyed_values(text) if kind in self.entities]
+            # a name or place guess around a secret ("TOKEN='sk-...'" as a facility) is the secret
+            secrets = [t for t in out if t.type == "SECRET"]
+            out = [
+                t
+                for t in out
+                if t.type not in NER_TYPES or not any(t.start <= x.start and x.end <= t.end for x in secrets)
+            ]
             out = _postcode_tails(text, out) + _addressee_lines(text, out)
             out = _whole_handles(text, _with_titles(text, _name_neighbours(text, _listed_names(text, out))))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
