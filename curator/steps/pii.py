@@ -637,8 +637,6 @@ _ID_CONTEXT = re.compile(
 )
 
 
-
-
 def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, int, bool]]:
     """The parts of `text` worth Rampart's time (runs of sentences joined), as [start, end, phones only).
 
@@ -888,9 +886,12 @@ def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
     return out
 
 
+# postcodes that are no bare house number: "91012", "2149FU", "H-8715", "05-495", "485 39", "62704-1234"
+_POSTCODE = r"(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|\d{2}-\d{3}|\d{3}[ \t]\d{2})"
 # a postcode (and its town) right after a street: "utca 176., h-8715 ózd,", "Rýmařovská 607, 485 39 Veltrusy,"
+# (there a bare 4-digit number is a postcode too: "Zinnsvej 6, 6301 Anholt")
 _POSTCODE_AFTER = re.compile(
-    r"[ \t]*\.?[ \t]*,?[ \t]*(?:(?:[A-Za-z]{1,2}-)?\d{4,5}|\d{2}-\d{3}|\d{3}[ \t]\d{2})"
+    rf"[ \t]*\.?[ \t]*,?[ \t]*(?i:{_POSTCODE}|\d{{4}})"
     r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?\n]|$))"
 )
 
@@ -1365,10 +1366,7 @@ def _rampart(threshold: float) -> Any:
 
 
 _ADDRESS_PARTS = re.compile(r"\n|\?{2,}|,")  # what separates the lines of an address
-# postcodes that are no bare house number: "91012", "2149FU", "H-8715", "05-495", "485 39", "62704-1234"
-_POSTCODE_TOKEN = re.compile(
-    r"(?<![\w-])(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|\d{2}-\d{3}|\d{3}[ \t]\d{2})(?![\w-])"
-)
+_POSTCODE_TOKEN = re.compile(rf"(?<![\w-]){_POSTCODE}(?![\w-])")
 
 
 def _propagate(units: list[_Unit]) -> None:
