@@ -24,6 +24,7 @@ from typing import Any
 from curator.config import CurateConfig, InputSpec, load_config
 from curator.ingest.base import UnreadableInput
 from curator.ingest.inputs import Skipped, preflight, scan_inputs
+from curator.io import dir_lock
 from curator.select.loop import LoopConfig, load_loop_config
 
 __all__ = [
@@ -154,12 +155,13 @@ def curate(
     preflight(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with RichProgress() if progress else contextlib.nullcontext() as bars:
-        run = _make_engine(engine, cfg, out, workers, ray_address, bars).run(fresh=fresh)
-    report = build_report(run, cfg.model_dump(mode="json"), skipped=skipped)
-    write_report(report, out)
-    if cfg.write_jsonl:
-        _write_kept_jsonl(run.kept_parts, out / "kept.jsonl")
+    with dir_lock(out):
+        with RichProgress() if progress else contextlib.nullcontext() as bars:
+            run = _make_engine(engine, cfg, out, workers, ray_address, bars).run(fresh=fresh)
+        report = build_report(run, cfg.model_dump(mode="json"), skipped=skipped)
+        write_report(report, out)
+        if cfg.write_jsonl:
+            _write_kept_jsonl(run.kept_parts, out / "kept.jsonl")
     return CurateResult(out, cfg, report, tuple(run.kept_parts), dict(getattr(run, "retries", None) or {}),
                         tuple(skipped))
 

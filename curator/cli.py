@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     from curator.format.export import ExportError
     from curator.format.shards import ShardError
     from curator.ingest.base import UnreadableInput
+    from curator.io import DirBusy
     from curator.steps.balance import SelectionFileError
     from trainer.pretrained import PretrainedModelError
 
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, ConfigError, ResumeMismatch, UnreadableInput, ShardError, TokenizerError,
-            SelectionFileError, ExportError, PretrainedModelError) as exc:
+            SelectionFileError, ExportError, PretrainedModelError, DirBusy) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

@@ -7,6 +7,7 @@ files, 0700 dirs), whatever the umask, so every writer of raw text is covered by
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -63,6 +64,30 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     os.chmod(path, PRIVATE_DIR)
     return path
+
+
+class DirBusy(Exception):
+    """Another process is writing the same output directory; the message says what to do."""
+
+
+@contextmanager
+def dir_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on directory `path` while the block runs, or raise DirBusy at once.
+
+    Two runs writing one output dir would delete each other's work files mid-run; the lock is on
+    the directory itself (flock, released when the process dies), so nothing is left behind.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirBusy(
+                f"{path} is being written by another run; wait for it to finish or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager

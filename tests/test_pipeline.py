@@ -166,6 +166,27 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     assert report["accounting"]["read"] == 10_000
 
 
+def test_a_second_run_into_a_busy_out_dir_stops_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _big_input(tmp_path / "big.jsonl", copies=25)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text("pii: {enabled: false}\ndedup: {minhash: {enabled: false}}\ningest: {batch_size: 500}\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "curator.cli", "curate", str(data), "--out", str(out),
+           "--config", str(cfg_path), "--workers", "1"]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "_work" / "ingest").glob("*.parquet")):
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run should still be ingesting"
+    # a second run (even --fresh, which would delete the first one's work) is refused at once
+    code = main(["curate", str(data), "--out", str(out), "--config", str(cfg_path), "--workers", "1", "--fresh"])
+    assert code == 2
+    assert "being written by another run" in " ".join(capsys.readouterr().err.split())
+    assert first.wait(timeout=300) == 0
+    assert json.loads((out / "report.json").read_text())["accounting"]["read"] == 10_000
+    assert main(["curate", str(data), "--out", str(out), "--config", str(cfg_path), "--workers", "1"]) == 0
+
+
 def test_curate_then_pack_from_the_command_line(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     import datasets
 
