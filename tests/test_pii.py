@@ -500,12 +500,12 @@ def test_meta_identifiers_are_kept_and_free_text_scrubbed(step: PiiScrub) -> Non
     assert "Thornbury" not in new["title"]
 
 
-def test_other_languages_get_patterns_not_english_ner(step: PiiScrub) -> None:
+def test_other_languages_get_the_tagger_not_english_ner(step: PiiScrub) -> None:
     msgs = [
         {
             "role": "user",
             "content": "¿Quieres jugo, café, te o mate en el desayuno? Me llamo Lucía Fernández, "
-            "mi teléfono es +34 612 345 678 y mi correo lucia.fdz@correo.es",
+            "mi teléfono es +34 612 345 678 y mi correo lucia.fdz@correo.es. Mañana viene Amanda Andrade.",
         },
         {"role": "assistant", "content": "Claro, Lucía. Prefiero café con leche en el desayuno."},
     ]
@@ -514,13 +514,33 @@ def test_other_languages_get_patterns_not_english_ner(step: PiiScrub) -> None:
     turns = [m["content"] for m in out["messages"][0].to_list()]
     assert "jugo, café, te o mate en el desayuno?" in turns[0]
     assert "Prefiero café con leche en el desayuno." in turns[1]
-    for raw in ("Lucía", "Fernández", "612 345 678", "lucia.fdz"):
+    # a name with no cue before it: Rampart's, not spaCy's English NER
+    for raw in ("Lucía", "Fernández", "612 345 678", "lucia.fdz", "Amanda", "Andrade"):
         assert raw not in turns[0] + turns[1], raw
-    assert out[PII_SCAN][0] == "patterns"
+    assert out[PII_SCAN][0] == "tagger+patterns"
     summary = pii_summary(out)
     assert summary["by_language"] == [
-        {"language": "es", "scan": "patterns", "records": 1, "entities": summary["entities"]}
+        {"language": "es", "scan": "tagger+patterns", "records": 1, "entities": summary["entities"]}
     ]
+
+
+def test_german_nouns_are_not_names_to_the_tagger(step: PiiScrub) -> None:
+    text = "Der Hauptgang war kalt, aber der Service war freundlich. Das Zimmer hatte keinen Blick aufs Meer."
+    msgs = [{"role": "user", "content": text}, {"role": "assistant", "content": "Das tut mir leid."}]
+    out = step(frame([record(msgs)]).with_columns(pl.lit("de").alias("language")))
+    assert out["messages"][0].to_list()[0]["content"] == text
+    assert out[PII_SCAN][0] == "tagger+patterns"
+
+
+def test_without_rampart_other_languages_get_patterns_only(analyzer) -> None:  # type: ignore[no-untyped-def]
+    msgs = [{"role": "user", "content": "¿Quieres jugo, café, te o mate en el desayuno? Me llamo Lucía y mi correo "
+                                        "es lucia.fdz@correo.es"},
+            {"role": "assistant", "content": "Claro, Lucía. Prefiero café con leche en el desayuno."}]
+    step = PiiScrub(PiiConfig(rampart=False), analyzer=analyzer)
+    out = step(frame([record(msgs)]).with_columns(pl.lit("es").alias("language")))
+    turns = [m["content"] for m in out["messages"][0].to_list()]
+    assert "Lucía" not in turns[0] + turns[1] and "lucia.fdz" not in turns[0]
+    assert out[PII_SCAN][0] == "patterns"
 
 
 def test_an_english_turn_of_a_record_read_as_another_language_gets_ner(step: PiiScrub) -> None:

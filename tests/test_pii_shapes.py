@@ -368,3 +368,31 @@ def test_a_token_is_a_secret_even_where_ner_sees_a_name_or_a_place(step: PiiScru
     text = 'requests.get(url, headers={"Authorization": "Bearer AKIAK7861OVT4O88VMIX"})'
     assert "AKIAK7861OVT4O88VMIX" not in step.scrub_text(text)
     assert "<SECRET_1>" in step.scrub_text(text)
+
+
+def test_form_fields_and_postcode_labels_in_other_languages(step: PiiScrub) -> None:
+    text = (
+        "Nombre y apellidos: Janus Köhler\nVerhuurder: Cauã da Luz\nCódigo postal: 67606\n"
+        "PSČ 473 81, kod pocztowy 83-480"
+    )
+    assert step.scrub_text(text, mode="patterns") == (
+        "Nombre y apellidos: <PERSON_1>\nVerhuurder: <PERSON_2>\nCódigo postal: <ADDRESS_1>\nPSČ <ADDRESS_2>, "
+        "kod pocztowy <ADDRESS_3>"
+    )
+    for text in ("Name: the file you want", "The cp command copies 12345 files; cap 2000 rows"):
+        assert step.scrub_text(text, mode="patterns") == text
+
+
+def test_a_name_grows_over_a_particle_and_surname(step: PiiScrub) -> None:
+    assert step.scrub_text("ik ben Cauã da Luz, kamer 3", mode="patterns") == "ik ben <PERSON_1>, kamer 3"
+
+
+def test_a_street_found_in_one_turn_is_found_lower_cased_in_another_with_its_postcode(step: PiiScrub) -> None:
+    msgs = [
+        {"role": "user", "content": "the venue (stretto infantino, 37 piano 2, 65022 lagundo), write the invite?"},
+        {"role": "assistant", "content": "Join us!\n\n📍 Stretto Infantino, 37 Piano 2, Lagundo\n🕗 Saturday, 8 pm"},
+    ]
+    turns = [m["content"] for m in scrub_record(step, msgs)]
+    for raw in ("infantino", "37 piano", "65022"):
+        assert raw not in turns[0].lower() + turns[1].lower(), raw
+    assert "write the invite?" in turns[0] and "Saturday, 8 pm" in turns[1]

@@ -147,7 +147,6 @@ CODE_ENTITIES = frozenset(
         "ID_NUMBER",
     }
 )
-MODES = ("ner", "patterns", "code")
 # meta keys whose values identify records or describe them (ids, languages, hashes, times) and are
 # never personal text; and keys that hold the names of the people in the conversation
 META_SKIP_KEY = re.compile(
@@ -505,7 +504,7 @@ class _Unit:
 
     field: str
     text: str
-    mode: str = "ner"  # "ner" (prose: NER if the language is covered), "patterns" or "code"
+    mode: str = "ner"  # "ner" (prose: NER or the tagger by language, `_prose_mode`), "patterns" or "code"
     spans: list[Span] = field(default_factory=list)
 
 
@@ -736,6 +735,8 @@ def _with_titles(text: str, spans: list[Span]) -> list[Span]:
 
 _NAME_PARTICLE = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 _NEXT_WORD = re.compile(r"[ \t]([^\W\d_][\w'’\-]*\w)")
+# a lower-case particle and a capitalised word after a name: its surname ("Cauã da Luz", "Jan van Dijk")
+_PARTICLE_SURNAME = re.compile(rf"[ \t](?:{'|'.join(sorted(_NAME_PARTICLE))})[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
 _PREV_WORD = re.compile(r"(?<![\w'’\-])([^\W\d_][\w'’\-]*\w)[ \t]$")
 
 
@@ -755,6 +756,8 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                     end = m.end()
                 else:
                     break
+            while m := _PARTICLE_SURNAME.match(text, end):
+                end = m.end()
             # a one-word name and a capitalised word beside it that is no common word: its surname
             # ("Giancarlo Fogazzaro at ..."; not "Maria Python", "Anna Tomorrow")
             m = _NEXT_WORD.match(text, end)
@@ -892,7 +895,7 @@ _POSTCODE = r"(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|\d{2}-\
 # (there a bare 4-digit number is a postcode too: "Zinnsvej 6, 6301 Anholt")
 _POSTCODE_AFTER = re.compile(
     rf"[ \t]*\.?[ \t]*,?[ \t]*(?i:{_POSTCODE}|\d{{4}})"
-    r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?\n]|$))"
+    r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?)\]\"'\n]|$))"
 )
 
 
@@ -1033,6 +1036,7 @@ class PiiScrub:
         self.entities = sorted(wanted)
         self.mode_entities = {
             "ner": self.entities,
+            "tagger": self.entities,
             "patterns": self.entities,
             "code": sorted(set(self.entities) & CODE_ENTITIES),
         }
@@ -1114,7 +1118,7 @@ class PiiScrub:
                 if self._keep(text, span, lower or not ner_guess):
                     kept.append((span, ner_guess))
             found.append([s for s, _ in kept])
-            if self.rampart is None or mode != "ner":
+            if self.rampart is None or mode not in ("ner", "tagger"):
                 continue
             # Rampart reads only the sentences where a name may still hide (`rampart_windows`)
             # a lone sentence-initial spaCy name ("Cook the chicken") is not settled: Rampart must confirm it
@@ -1236,12 +1240,22 @@ class PiiScrub:
                 if is_code:
                     segs.append((u, s, unit.text[s:e], "code"))
                 else:
-                    segs.append((u, s, unit.text[s:e], "ner" if use_ner and unit.mode == "ner" else "patterns"))
+                    segs.append((u, s, unit.text[s:e], self._prose_mode(unit.mode, use_ner)))
         found = self.analyze_texts([t for _, _, t, _ in segs], [m for _, _, _, m in segs]) if segs else []
         out: list[list[Span]] = [[] for _ in units]
         for (u, offset, _, _), spans in zip(segs, found, strict=True):
             out[u].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in spans)
         return [merge_spans(s) for s in out]
+
+    def _prose_mode(self, unit_mode: str, use_ner: bool) -> str:
+        """How prose is scanned: "ner" (spaCy + Rampart + patterns) in a covered language; "tagger"
+        (Rampart + patterns) in the others, where spaCy's English NER over-fires but Rampart's names
+        and streets carry over (bench/pii_multilingual.py); "patterns" when the unit asks for it."""
+        if unit_mode != "ner":
+            return "patterns"
+        if use_ner:
+            return "ner"
+        return "tagger" if self.rampart is not None else "patterns"
 
     # -- records ---------------------------------------------------------------------------
 
@@ -1284,7 +1298,8 @@ class PiiScrub:
         mappings: list[tuple[str, Pseudonymizer]] = []
         for r, (row, plan) in enumerate(zip(rows, plans, strict=True)):
             pseudo = Pseudonymizer(self.cfg.mode, self.seed, row["id"] or "", self._faker(row.get("language")))
-            scans.append("ner+patterns" if r in with_ner or self.ner_for(row.get("language")) else "patterns")
+            ner = r in with_ner or self.ner_for(row.get("language"))
+            scans.append("ner+patterns" if ner else "tagger+patterns" if self.rampart is not None else "patterns")
             try:
                 if plan.too_long:
                     raise TextTooLong
@@ -1376,8 +1391,9 @@ def _propagate(units: list[_Unit]) -> None:
     searched for (case- and space-insensitive, whole words) in every field of the record. Person
     names, however short, and the parts of a person's name ("Thornbury", "Li") are searched for
     case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text. An
-    address's lines that hold a number ("Rýmařovská 607", "485 39 Veltrusy") and its postcode are
-    searched for too: the street over three lines in one turn is one comma-separated line, or
+    address's lines that hold a number or a street type ("Rýmařovská 607", "485 39 Veltrusy",
+    "Stretto Infantino") and its postcode are searched for too, and a postcode after a line found
+    so goes with it: the street over three lines in one turn is one comma-separated line, or
     "Town 2149FU", in the next.
     """
     values: dict[str, str] = {}
@@ -1400,7 +1416,8 @@ def _propagate(units: list[_Unit]) -> None:
                 if span.type == "STREET_ADDRESS":  # its numbered lines and postcodes, in whatever layout they recur
                     lines = [line.strip(" \t.") for line in _ADDRESS_PARTS.split(value)]
                     for line in [*lines, *_POSTCODE_TOKEN.findall(value)]:
-                        if len(line) >= PROPAGATE_MIN_CHARS and any(c.isdigit() for c in line):
+                        numbered = any(c.isdigit() for c in line)
+                        if len(line) >= PROPAGATE_MIN_CHARS and (numbered or has_street_word(line)):
                             values.setdefault(_norm(line), span.type)
     if not values and not exact and not people:
         return
@@ -1431,7 +1448,7 @@ def _propagate(units: list[_Unit]) -> None:
         if part is not None:
             extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
-            unit.spans = merge_spans(unit.spans + extra)
+            unit.spans = _postcode_tails(unit.text, merge_spans(unit.spans + extra))
         unit.spans = _join_people(
             unit.text,
             [
@@ -1655,6 +1672,7 @@ def _failed(row: dict[str, Any]) -> dict[str, Any]:
 
 SCAN_NOTE = (
     "ner+patterns: spaCy NER (pii.spacy_model) + Rampart tagger + pattern recognizers on prose; "
+    "tagger+patterns: Rampart tagger + pattern recognizers (prose in languages outside pii.ner_languages); "
     "patterns: the language-independent recognizers only (cards, phones, emails, IBAN, ids, secrets, street "
     "addresses, name cues, known participant names). Code is scanned for secrets, contacts and numbers only."
 )

@@ -567,9 +567,13 @@ _AFTER_UNIT = re.compile(
     re.UNICODE,
 )
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
+# a postcode after its label, in the languages of chat exports ("Código postal: 67606", "PSČ 473 81")
 _POSTCODE_CONTEXT = re.compile(
-    r"(?i:\b(?:zip ?code|zip|post ?code|postal code)s?\b)\W{0,12}?(?:is\s+|:\s*)?"
-    r"(\d{3,5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}|[A-Z]\d[A-Z] ?\d[A-Z]\d)\b"
+    r"(?i:\b(?:zip ?code|zip|post ?code|postal code|código postal|codigo postal|code postal|cp|c\.p\.|plz|"
+    r"postleitzahl|cap|codice postale|kod pocztowy|psč|irányítószám|postnummer|cep|postcode)s?(?!\w))"
+    r"\W{0,12}?(?:is\s+|es\s+|:\s*)?"
+    r"(\d{5}-?\d{3}|\d{4} ?[A-Z]{2}|\d{3} \d{2}|\d{2}-\d{3}|\d{3,5}(?:-\d{4})?|[A-Z]{1,2}-\d{4,5}|"
+    r"[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}|[A-Z]\d[A-Z] ?\d[A-Z]\d)(?![\w-])"
 )
 
 
@@ -990,6 +994,19 @@ _NAME_CUES_ANY_CASE = (
     r"mijn\s+naam\s+is|ik\s+heet|nazywam\s+się|mam\s+na\s+imię|jmenuji\s+se|a\s+nevem|namn\s+är|hedder|"
     r"user'?s\s+name\s+is|the\s+user\s+is\s+called|you\s+are\s+talking\s+to"
 )
+_PERSON_FIELDS = (
+    r"(?:full|first|last|given|family|contact|customer|client|account|card)[ \t]?(?:holder|name)|surname|holder|"
+    r"nombre(?:[ \t]+(?:y[ \t]+apellidos?|completo))?|apellidos?|"
+    r"nom(?:[ \t]+(?:et[ \t]+prénom|complet|de[ \t]+famille))?|"
+    r"prénom|nome(?:[ \t]+(?:e[ \t]+cognome|completo))?|cognome|naam|voornaam|achternaam|volledige[ \t]+naam|"
+    r"imię(?:[ \t]+i[ \t]+nazwisko)?|nazwisko|jméno(?:[ \t]+a[ \t]+příjmení)?|příjmení|(?:teljes[ \t]+)?név|"
+    r"(?:fulde[ \t]+)?navn|vorname|nachname|(?:vollständiger[ \t]+)?name|"
+    r"tenant|landlord|seller|buyer|vendor|purchaser|patient|guest|applicant|employee|witness|guardian|parent|"
+    r"mieter(?:in)?|vermieter(?:in)?|verkäufer(?:in)?|käufer(?:in)?|inquilino|arrendador|arrendatario|vendedor|comprador|"
+    r"locataire|bailleur|vendeur|acheteur|locatore|conduttore|venditore|acquirente|huurder|verhuurder|onderhuurder|"
+    r"verkoper|koper|najemca|wynajmujący|sprzedający|kupujący|nájemce|pronajímatel|bérlő|bérbeadó|lejer|udlejer|"
+    r"paciente|patiënt|pacjent|solicitante|candidat|bewerber(?:in)?|empleado|mitarbeiter(?:in)?|testigo|zeuge"
+)
 # cues after which only capitalised words count ("Dear Anna", "Mr. Borkowski", "Name: Ola")
 _NAME_CUES_CAPITALISED = (
     r"name\s*:|call\s+me|known\s+as|dear|hi|hello|hey|thanks|thank\s+you|regards,?|cheers,?|sincerely,?|signed,?|"
@@ -1001,7 +1018,9 @@ _NAME_CUES_CAPITALISED = (
     # "Je suis X", "soy X", titles and account holders in other languages, a child named by a parent
     r"je\s+suis|soy|ich\s+bin|sono|jestem|sou|ik\s+ben|jsem|m\.|mlle\.?|soussignée?|soussigné\(e\)|"
     r"titular|titulaire|inhaber(?:in)?|kontoinhaber(?:in)?|intestatario|beneficiario|destinatario|"
-    r"(?:mamá|mama|papá|papa|madre|padre|mère|père|mutter|vater|mamma|papà)\s+(?:de|von|di|do|da)"
+    r"(?:mamá|mama|papá|papa|madre|padre|mère|père|mutter|vater|mamma|papà)\s+(?:de|von|di|do|da)|"
+    # form fields that hold a person, in the languages of chat exports ("Nombre y apellidos: X", "Käufer: X")
+    rf"(?:{_PERSON_FIELDS})[ \t]*:"
 )
 _SIGNOFF = (
     r"best|regards|kind\s+regards|best\s+regards|cheers|thanks|thank\s+you|sincerely|yours|love|saludos|atentamente|"
