@@ -13,7 +13,7 @@ JSONL file, half a ChatGPT data export (custom instructions included). `--split 
 templates that were looked at while writing the recognizers, `--split held-out` the ones a helper
 wrote blind on 2026-12-02 without reading the scrubber (see the comment above TUNE_TEMPLATES).
 
-Surviving: a planted value is found (case-insensitive; digits compared without separators for
+Surviving: a planted value is found (case-insensitive; digits compared without separators, within one number, for
 numbers) in its own conversation's kept record (`kept.jsonl`, mapped back through `source`), so a
 surname or first name shared by two conversations is counted once each, not by accident. A name
 survives when the full name, its surname or the planted first name is left as a word; an address
@@ -25,7 +25,7 @@ hold raw text by design and are checked for owner-only permissions instead. Plai
 (`pii_bench.presidio_baseline`: default recognizers, spaCy sm) replaces every entity it finds
 except DATE_TIME/NRP, and its output is checked by the same rules.
 
-Run: `.venv/bin/python bench/pii_planted.py [--split held-out|tune|all] [--n 300] [--keep DIR]`
+Run: `.venv/bin/python bench/pii_planted.py [--split held-out|tune] [--n 480] [--seed 11] [--keep DIR]`
 """
 
 from __future__ import annotations
@@ -59,7 +59,12 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # HELD_OUT_TEMPLATES were written on 2026-12-02 before any recognizer change of that day, measured
 # once as the held-out split, then inspected: they are tune templates now. HELD_OUT_3_TEMPLATES were
 # written by a helper who never read the scrubber, measured once (12:25 UTC), then inspected: tune now.
-# HELD_OUT_4_TEMPLATES, by a second such helper, are the held-out split (measured, never inspected).
+# HELD_OUT_4_TEMPLATES, by a second such helper, were measured once (12:39 UTC) and then inspected.
+# Sets 5, 6 and 7 were written on the evening of 2026-12-02 by three more helpers, under the prompt in
+# `bench/pii_planted_prompt.md` (they read nothing of this project): set 5 was measured once (18:45
+# UTC) and inspected, set 6 was seen in part while editing this file (tune templates now, as set 7),
+# set 7 was measured once (19:00 UTC; three of its templates had been glimpsed, not tuned on) and then
+# inspected, and HELD_OUT_8_TEMPLATES are the held-out split (measured, never inspected).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -825,10 +830,597 @@ HELD_OUT_4_TEMPLATES: list[list[tuple[str, str]]] = [
         ),
     ],
 ]
+HELD_OUT_5_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 letter to landlord
+    [
+        ("user", "can you write a short letter to my landlord saying the boiler is broken again? my name is {name}, i live at {address}. he can call me on {phone}"),
+        ("assistant", "Of course. Here's a draft:\n\n{name}\n{address_lines}\n\nDear Landlord,\n\nI'm writing to let you know that the boiler at {street} has stopped working again. Could you arrange for an engineer to visit this week? You can reach me on {phone} at any time.\n\nKind regards,\n{name}"),
+        ("user", "perfect thx, maybe sign it just {first}"),
+        ("assistant", "Sure, just replace the last line with \"{first}\" and you're good to go."),
+    ],
+    # 2 German gym cancellation
+    [
+        ("user", "Hallo, ich muss meinen Fitnessstudio-Vertrag kündigen. Kannst du mir ein Schreiben aufsetzen? Ich heiße {name}, wohne in {street}, {post} {city}. Die Beiträge gehen von meinem Konto {iban} ab."),
+        ("assistant", "Gern! Hier ein Entwurf:\n\n{name}\n{street}\n{post} {city}\n\nBetreff: Kündigung meiner Mitgliedschaft\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Bitte stellen Sie die Lastschriften von meinem Konto (IBAN {iban}) ab diesem Zeitpunkt ein und bestätigen Sie mir die Kündigung schriftlich.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "Danke! Meine Mitgliedsnummer fehlt noch, die ist {id}"),
+        ("assistant", "Füge einfach unter den Betreff die Zeile \"Mitgliedsnummer: {id}\" ein, dann kann das Studio dich sofort zuordnen."),
+    ],
+    # 3 Python dict
+    [
+        ("user", "why does this throw a KeyError?\n\n```python\ncustomers = [\n    {{\"name\": \"{name}\", \"email\": \"{email}\", \"phone\": \"{phone}\", \"card\": \"{card}\"}},\n    {{\"name\": \"{name2}\", \"mail\": \"{first_lower}@example.org\"}},\n]\nfor c in customers:\n    print(c[\"name\"], c[\"email\"])\n```"),
+        ("assistant", "The second dict uses the key `mail` instead of `email`, so `c[\"email\"]` fails when it reaches {name2}'s record. Either rename the key or use `c.get(\"email\")`:\n\n```python\nfor c in customers:\n    print(c[\"name\"], c.get(\"email\") or c.get(\"mail\"))\n```\n\nThat will print `{name} {email}` for the first entry and the fallback address for the second."),
+    ],
+    # 4 SQL insert
+    [
+        ("user", "i need an insert for our payouts table, columns are full_name, email, iban, created_at. the guy is {name2}, mail {email}, iban {iban}"),
+        ("assistant", "Here you go:\n\n```sql\nINSERT INTO payouts (full_name, email, iban, created_at)\nVALUES ('{name2}', '{email}', '{iban}', NOW());\n```\n\nIf the name can contain an apostrophe, use a parameterised query instead of string concatenation."),
+        ("user", "and how do i select him back by iban?"),
+        ("assistant", "```sql\nSELECT * FROM payouts WHERE iban = '{iban}';\n```"),
+    ],
+    # 5 casual login reminder
+    [
+        ("user", "ok weird q but can u just remember this for me. netflix is {email} and the pw is {password}   dont judge"),
+        ("assistant", "I can't store information between conversations, so I'd recommend putting it in a password manager instead. For now: login {email}, password {password}. Also consider changing it if you've reused it elsewhere."),
+        ("user", "lol its the same one i use for everything. my sister {first2} keeps asking for it too. shes also got my card saved on her laptop, {card}, prob should remove that huh"),
+    ],
+    # 6 French bank letter
+    [
+        ("user", "Bonjour, pouvez-vous m'aider à rédiger une lettre à ma banque pour contester un prélèvement ? Je m'appelle {name}, mon IBAN est {iban} et j'habite {address}."),
+        ("assistant", "Bien sûr. Voici une proposition :\n\n{name}\n{address_lines}\n\nObjet : Contestation d'un prélèvement\n\nMadame, Monsieur,\n\nJe constate sur mon compte n° {iban} un prélèvement que je n'ai pas autorisé. Je vous demande de bien vouloir procéder à son remboursement conformément à la réglementation SEPA.\n\nVeuillez agréer, Madame, Monsieur, l'expression de mes salutations distinguées.\n\n{name}"),
+        ("user", "merci !! ajoutez aussi mon numéro : {phone}"),
+        ("assistant", "Ajoutez simplement « Tél. : {phone} » sous votre adresse en en-tête."),
+    ],
+    # 7 Spanish form
+    [
+        ("user", "hola, estoy rellenando un formulario para el ayuntamiento y no sé qué poner en cada campo. Nombre: {name}. Mi {id_kind} es {id}. Vivo en {street}, {city}."),
+        ("assistant", "¡Claro! Te lo ordeno así:\n\n- Nombre y apellidos: {name}\n- Documento ({id_kind}): {id}\n- Domicilio: {street}\n- Código postal: {post}\n- Municipio: {city}\n\nRevisa que el número del documento coincida exactamente con el que aparece en tu tarjeta."),
+        ("user", "vale, y el correo es {email}, va en 'datos de contacto' no?"),
+        ("assistant", "Sí, en \"Datos de contacto\" pon {email} y, si lo piden, un teléfono."),
+    ],
+    # 8 forwarded email with signature
+    [
+        ("user", "can you summarise this and tell me what he wants?\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nDate: Mon, 3 Jun\nSubject: Re: invoice 2231\n\nHi {first2},\n\nJust following up on the invoice. We still haven't received payment, could you check with accounts? Happy to jump on a call.\n\nBest,\n{name}\nSenior Account Manager\nM: {phone}\n{address_qq}"),
+        ("assistant", "Summary: {first} from the supplier is chasing payment for invoice 2231, which still hasn't arrived. He asks you to check with accounts and offers a call. If you want to ring him, his mobile is {phone}, or reply to {email}."),
+        ("user", "draft a quick reply saying we paid yesterday"),
+        ("assistant", "Hi {first},\n\nThanks for the nudge. Accounts confirmed the payment for invoice 2231 went out yesterday, so it should show up within 1-2 working days. Let me know if it hasn't arrived by Friday.\n\nBest,\n{first2}"),
+    ],
+    # 9 YAML config
+    [
+        ("user", "my docker compose won't connect to postgres, what's wrong?\n\n```yaml\nservices:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: {first_lower}\n      POSTGRES_PASSWORD: {password}\n  app:\n    build: .\n    environment:\n      DATABASE_URL: postgres://{first_lower}:{password}@localhost:5432/app\n      ADMIN_EMAIL: {email}\n```"),
+        ("assistant", "Inside the `app` container, `localhost` refers to the app container itself, not the database. Use the service name as the host:\n\n```yaml\nDATABASE_URL: postgres://{first_lower}:{password}@db:5432/app\n```\n\nAlso, you probably don't want `{password}` committed in plain text; move it to an `.env` file and reference it with `${{POSTGRES_PASSWORD}}`."),
+    ],
+    # 10 CSV cleanup
+    [
+        ("user", "clean this csv up pls, the columns are all over the place\n\nname;phone;email\n{name};{phone};{email}\n{name2} ; ; {first2}.{surname}@mail.com\n{first3},,\"\""),
+        ("assistant", "Here's a consistent version (comma-separated, empty fields left blank):\n\n```csv\nname,phone,email\n{name},{phone},{email}\n{name2},,{first2}.{surname}@mail.com\n{first3},,\n```\n\nNote that the third row only has a first name ({first3}) and no contact details, so you may want to drop it or fill it in."),
+    ],
+    # 11 markdown table of team
+    [
+        ("user", "make a markdown table of the on-call rota: {name} mon-tue ({phone}), {name2} wed-thu, {first3} fri. {first2}'s email is {email} if ppl need it"),
+        ("assistant", "| Day(s) | On call | Contact |\n|---|---|---|\n| Mon–Tue | {name} | {phone} |\n| Wed–Thu | {name2} | {email} |\n| Fri | {first3} | – |\n\nI've put {email} against {first2} since that's the address you gave; add numbers for the others when you have them."),
+    ],
+    # 12 Polish complaint
+    [
+        ("user", "Cześć, potrzebuję napisać reklamację do sklepu internetowego, buty się rozkleiły po tygodniu. Dane: {name}, {address}, tel. {phone}."),
+        ("assistant", "Jasne, oto propozycja:\n\n{name}\n{street}\n{post} {city}\ntel. {phone}\n\nReklamacja towaru\n\nSzanowni Państwo,\n\nzgłaszam reklamację obuwia zakupionego w Państwa sklepie, które rozkleiło się po tygodniu użytkowania. Proszę o wymianę towaru na nowy lub zwrot pieniędzy.\n\nZ poważaniem\n{name}"),
+        ("user", "a zwrot niech pójdzie na konto {iban}"),
+        ("assistant", "Dopisz wtedy przed podpisem: „W przypadku zwrotu proszę o przelew na rachunek {iban}.”"),
+    ],
+    # 13 Dutch rental
+    [
+        ("user", "hoi, ik ga mijn kamer onderverhuren aan {name2} voor de zomer. kun je een simpel contractje maken? ik ben {name}, adres {address}, huur overmaken naar {iban}"),
+        ("assistant", "Zeker, hier een eenvoudige opzet:\n\nONDERHUUROVEREENKOMST\n\nVerhuurder: {name}, {address}\nOnderhuurder: {name2}\n\n1. De verhuurder verhuurt een kamer aan {street}, {city} van 1 juli t/m 31 augustus.\n2. De huur bedraagt € ___ per maand en wordt vóór de 1e van de maand overgemaakt op rekening {iban} t.n.v. {name}.\n3. ...\n\nLet op: check eerst of je hoofdhuurcontract onderverhuur toestaat."),
+        ("user", "top. {first2} wil ook mijn wifi wachtwoord, dat is {password}, moet dat erin?"),
+        ("assistant", "Nee, dat hoeft niet in het contract. Geef {first2} het wifi-wachtwoord gewoon los door."),
+    ],
+    # 14 Italian card issue
+    [
+        ("user", "Ciao, il pagamento online non va a buon fine. Ho inserito la carta {card} con scadenza 08/27 ma mi dice 'carta non valida'. È sbagliato il numero?"),
+        ("assistant", "Non posso verificare la validità della carta, ma ti consiglio di non condividere il numero completo ({card}) nelle chat. Controlla che la scadenza e il CVV siano corretti e che la carta sia abilitata ai pagamenti online dall'app della banca."),
+        ("user", "ok. la carta è intestata a mia moglie, {name2}, forse devo mettere il suo nome?"),
+        ("assistant", "Sì, il nome del titolare deve essere esattamente quello stampato sulla carta, quindi \"{name2}\"."),
+    ],
+    # 15 phone dictated
+    [
+        ("user", "transcribe this voicemail properly: \"hi it's {first} {surname} calling, please call me back on, uh, {phone}, that's {phone}, or email me at {email}, thanks bye\""),
+        ("assistant", "Voicemail from {name}:\n\n\"Hi, it's {name} calling. Please call me back on {phone}, or email me at {email}. Thanks, bye.\"\n\nCallback number: {phone}"),
+    ],
+    # 16 possessive / birthday party
+    [
+        ("user", "planning {first}'s surprise 30th. {name2}'s place is the venue ({address_lower}), can u write the invite text? rsvp to me at {phone}"),
+        ("assistant", "🎉 Shhh, it's a surprise! 🎉\n\nJoin us to celebrate {first}'s 30th birthday!\n\n📍 {name2}'s place, {street}, {city}\n🕗 Saturday, 8 pm — please arrive by 7:45!\n\nRSVP to {phone}. And whatever you do, don't tell {first}!"),
+        ("user", "aww love it. {first3} is bringing the cake btw"),
+    ],
+    # 17 shell script
+    [
+        ("user", "this script fails with 401, any idea?\n\n```bash\n#!/bin/bash\nexport API_USER=\"{email}\"\nexport API_PASS='{password}'\ncurl -s -X POST https://api.example.com/v1/login \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"user\": \"$API_USER\", \"pass\": \"$API_PASS\"}}'\n```"),
+        ("assistant", "The JSON body is in single quotes, so `$API_USER` and `$API_PASS` are sent literally instead of being expanded. Use double quotes and escape the inner ones:\n\n```bash\ncurl -s -X POST https://api.example.com/v1/login \\\n  -H 'Content-Type: application/json' \\\n  -d \"{{\\\"user\\\": \\\"$API_USER\\\", \\\"pass\\\": \\\"$API_PASS\\\"}}\"\n```\n\nOr use `jq -n --arg u \"$API_USER\" --arg p \"$API_PASS\" '{{user:$u, pass:$p}}'` to build it safely. And since `{password}` is now in this chat, consider rotating it."),
+    ],
+    # 18 JSON API payload
+    [
+        ("user", "what's wrong with my payload? the stripe test returns 400\n\n{{\n  \"customer\": {{\n    \"name\": \"{name}\",\n    \"address\": \"{address}\",\n    \"country\": \"{country}\"\n  }},\n  \"card\": \"{card}\",\n}}"),
+        ("assistant", "Two issues: there's a trailing comma after the `card` field, which is invalid JSON, and you should never send raw card numbers like `{card}` to your own backend — use the client-side tokenisation instead. Fixed structure:\n\n```json\n{{\n  \"customer\": {{\n    \"name\": \"{name}\",\n    \"address\": \"{address}\",\n    \"country\": \"{country}\"\n  }},\n  \"payment_method\": \"pm_card_visa\"\n}}\n```"),
+    ],
+    # 19 system turn, support bot
+    [
+        ("system", "You are a helpful customer-support assistant for an airline. Be concise."),
+        ("user", "Hi, I need to update the passport details on my booking. Passenger is {name}, new {id_kind}: {id}. Booking was made with {email}. Also the refund from last time never came back to my card {card}."),
+        ("assistant", "Thanks, {first}. I can't edit bookings directly, but you can update the document under Manage Booking → Passenger details. Enter {id} as the new {id_kind} and make sure the name matches exactly: {name}."),
+        ("user", "it keeps saying the name doesnt match. on the passport its {name_lower} but all caps obvs"),
+        ("assistant", "Capitalisation doesn't matter. If it still fails, please call our support line and quote the booking email {email}; an agent can correct it manually."),
+    ],
+    # 20 Portuguese
+    [
+        ("user", "Oi! Preciso mandar meus dados pro RH da empresa nova, pode montar um e-mail formal? Nome completo {name}, {id_kind} {id}, endereço {street}, {city}, CEP {post}, celular {phone}"),
+        ("assistant", "Claro! Segue uma sugestão:\n\nAssunto: Envio de dados pessoais para admissão\n\nPrezados,\n\nConforme solicitado, seguem meus dados para o processo de admissão:\n\n- Nome completo: {name}\n- {id_kind}: {id}\n- Endereço: {street}, {city} – CEP {post}\n- Celular: {phone}\n\nFico à disposição para qualquer dúvida.\n\nAtenciosamente,\n{name}"),
+        ("user", "valeu!! manda pra {first2} do RH, o email dela é {email}"),
+    ],
+    # 21 Czech
+    [
+        ("user", "Ahoj, můžeš mi pomoct napsat e-mail sousedovi? Jmenuje se {name2} a bydlí nade mnou na adrese {street}. Už potřetí mi vytopil koupelnu."),
+        ("assistant", "Jasně, tady je návrh:\n\nDobrý den, pane {name2},\n\nrád bych Vás upozornil, že z Vašeho bytu opět protekla voda do mé koupelny, a to již potřetí. Prosím, nechte co nejdříve zkontrolovat instalaci. V případě potřeby mě kontaktujte na {email}.\n\nS pozdravem\n{name}"),
+        ("user", "super, jen tam dej i moje číslo {phone}, a podepiš to jen {first}"),
+        ("assistant", "Upraveno: za e-mail přidej „nebo na telefonu {phone}“ a jako podpis dej jen „{first}“."),
+    ],
+    # 22 Hungarian
+    [
+        ("user", "Szia! Kölcsönadtam pénzt {first2}-nak, és most vissza akarja utalni. Hogyan írjam meg neki a számlaszámomat? {iban}, a nevem {name}."),
+        ("assistant", "Például így:\n\n\"Szia {first2}! Ide tudod utalni: {name}, számlaszám: {iban}. Közleménybe írd be, hogy 'kölcsön'. Köszi!\""),
+        ("user", "és ha kérdése van hívjon a {phone} számon"),
+        ("assistant", "Akkor tedd a végére: \"Ha bármi kérdés van, hívj a {phone} számon.\""),
+    ],
+    # 23 Danish, pasted export without line breaks
+    [
+        ("user", "Hej, jeg har kopieret en adresse fra et gammelt regneark, men linjeskiftene er væk: {address_qq}. Kan du sætte den op korrekt til en pakkelabel til {name}?"),
+        ("assistant", "Selvfølgelig, her er labelen:\n\n{name}\n{address_lines}\n\nDe \"???\" var de tabte linjeskift."),
+        ("user", "tak! og afsender er mig, {name2}, tlf {phone}"),
+        ("assistant", "Afsender:\n{name2}\nTlf. {phone}"),
+    ],
+    # 24 password phrasings, wifi / onboarding
+    [
+        ("user", "writing a welcome note for our airbnb guests. wifi is called {surname}_home and the key is {password}. door code and stuff i'll add later. host is me, {name}, {phone}"),
+        ("assistant", "Welcome to our home! 🏡\n\nWe're so glad you're here. A few things to get you started:\n\n📶 Wi-Fi: {surname}_home\n🔑 Network key: {password}\n\nIf anything comes up, just text {first} on {phone}.\n\nEnjoy your stay!\n{name}"),
+        ("user", "can you also add that the checkout is 11 and they can leave keys with {first3} next door. oh and we changed the wifi thing, it's now {password}2 lol"),
+        ("assistant", "Updated lines:\n\n🔑 Network key: {password}2\n🕚 Checkout is at 11:00 — please leave the keys with {first3} next door."),
+    ],
+]
+HELD_OUT_6_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 casual lower-case, landlord letter
+    [
+        ("user", "hey can u help me write a msg to my landlord. my name is {name_lower}, i live at {address_lower} and the heating has been broken for 2 weeks. he never answers the phone so i want to email him"),
+        ("assistant", "Of course. Here's a draft:\n\nSubject: Heating not working at {address}\n\nDear landlord,\n\nI am writing about the heating in my flat at {address}. It has not worked for two weeks, and I have not been able to reach you by phone. Please let me know when a repair can be arranged.\n\nKind regards,\n{name}"),
+        ("user", "thx. can u add my number so he can text me, its {phone}"),
+        ("assistant", "Sure, add this line before the sign-off:\n\nYou can also text me at {phone} at any time.\n\nKind regards,\n{name}"),
+    ],
+    # 2 German, bank transfer
+    [
+        ("user", "Hallo, ich muss eine Überweisung an meinen Vermieter machen, aber die Bank-App sagt \"IBAN ungültig\". Die IBAN ist {iban}, Empfänger {name2}. Kannst du sehen, was falsch ist?"),
+        ("assistant", "Ich kann die Prüfsumme nicht sicher für dich berechnen, aber prüfe bitte Folgendes: Hast du die IBAN {iban} ohne Leerzeichen eingegeben, und stimmt der Ländercode am Anfang? Oft ist es ein Zahlendreher. Frag am besten {first2} direkt, ob die Nummer stimmt."),
+        ("user", "ok, {first2} hat mir die nummer nochmal per mail geschickt von {email}, jetzt gehts. danke!"),
+    ],
+    # 3 Python code with a dict of customers
+    [
+        ("user", "Why does this crash with KeyError?\n\n```python\ncustomers = {{\n    \"c1\": {{\"name\": \"{name}\", \"email\": \"{email}\", \"phone\": \"{phone}\"}},\n    \"c2\": {{\"name\": \"{name2}\", \"city\": \"{city}\"}},\n}}\nfor cid, c in customers.items():\n    print(c[\"name\"], c[\"email\"])\n```"),
+        ("assistant", "The second customer ({name2}) has no \"email\" key, so `c[\"email\"]` raises KeyError on the second iteration. Use `.get()`:\n\n```python\nfor cid, c in customers.items():\n    print(c[\"name\"], c.get(\"email\", \"-\"))\n```\n\nThat will print `{name} {email}` and then `{name2} -`."),
+    ],
+    # 4 SQL insert
+    [
+        ("user", "write me an sql insert for the users table (id, full_name, email, street, postcode, city, card_number). test row: {name}, {email}, {street}, {post}, {city}, card {card}"),
+        ("assistant", "```sql\nINSERT INTO users (id, full_name, email, street, postcode, city, card_number)\nVALUES (1, '{name}', '{email}', '{street}', '{post}', '{city}', '{card}');\n```\n\nNote: storing raw card numbers like {card} in a plain column is not PCI compliant. Store a token from your payment provider instead."),
+        ("user", "it's just my own card for testing lol, fine"),
+    ],
+    # 5 French, job application letter
+    [
+        ("system", "You are a helpful writing assistant."),
+        ("user", "Bonjour ! Peux-tu m'aider à écrire une lettre de motivation ? Je m'appelle {name}, j'habite {street} à {city} ({post}). Mon téléphone : {phone}, mail {email}."),
+        ("assistant", "Bien sûr ! Voici un début :\n\n{name}\n{address_lines}\n{phone} · {email}\n\nMadame, Monsieur,\n\nC'est avec un grand intérêt que je vous adresse ma candidature...\n\nJe vous prie d'agréer, Madame, Monsieur, l'expression de mes salutations distinguées.\n\n{name}"),
+    ],
+    # 6 password phrasing, wifi share
+    [
+        ("user", "my roommate {first2} keeps asking for the wifi, how do i write it on a card nicely? network is HomeNet_5G and the code is {password}"),
+        ("assistant", "Something like:\n\nWelcome home, {first2}!\nWi-Fi: HomeNet_5G\nKey: {password}\n\nYou could also print a QR code so nobody has to type {password} by hand."),
+        ("user", "perfect. also {first3} is moving in next month, should i change it?"),
+        ("assistant", "It's a good idea to change it whenever people move out, not necessarily when {first3} moves in. If you do change it, just update the card."),
+    ],
+    # 7 Spanish, lost card
+    [
+        ("user", "he perdido mi tarjeta, el número era {card}. ¿qué hago? estoy de viaje en {country}"),
+        ("assistant", "Lo primero es bloquear la tarjeta que termina como {card} llamando al número de emergencias de tu banco o desde la app. Luego denuncia la pérdida a la policía local en {country} si tu banco lo pide."),
+        ("user", "vale. el banco me pide mi {id_kind}, es {id}, y mi nombre completo {name}. lo pongo así en el formulario?"),
+        ("assistant", "Sí: Nombre: {name}; {id_kind}: {id}. Revisa que coincida exactamente con el documento."),
+    ],
+    # 8 forwarded email
+    [
+        ("user", "Can you summarize this email for me?\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nDate: Mon, 3 Jun\nSubject: Re: invoice 2231\nTo: accounts\n\nHi,\n\nplease send the refund to my account {iban} (holder {name}). my new address is {address_qq} in case you need it for the records.\n\nCheers,\n{first}"),
+        ("assistant", "Summary: {first} ({email}) is asking for the refund on invoice 2231 to be sent to IBAN {iban}, in the name {name}, and gives a new address: {address_lines}."),
+    ],
+    # 9 YAML config with password
+    [
+        ("user", "my docker compose won't start postgres, help\n\n```yaml\nservices:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: {first_lower}\n      POSTGRES_PASSWORD: {password}\n      POSTGRES_DB: shop\n    ports:\n      - \"5432:5432\"\n```\nerror: role \"postgres\" does not exist"),
+        ("assistant", "Your container creates the user `{first_lower}` instead of `postgres`, so connect with `psql -U {first_lower} -d shop`. The password is the one you set ({password}). Consider moving it into an `.env` file rather than committing it."),
+    ],
+    # 10 Polish, list of people
+    [
+        ("user", "zrób mi tabelkę w markdown z tymi osobami: {name} tel {phone}, {name2} mail {email}, i jeszcze {first3} bez kontaktu"),
+        ("assistant", "| Imię i nazwisko | Telefon | E-mail |\n|---|---|---|\n| {name} | {phone} | — |\n| {name2} | — | {email} |\n| {first3} | — | — |"),
+    ],
+    # 11 phone dictated in words
+    [
+        ("user", "i'm on the phone with the courier, he said call back on {phone}, ask for {first}. can you remind me what to say? they left my parcel at the wrong house, my address is {address}"),
+        ("assistant", "When you call {phone} and {first} picks up, say: \"Hi {first}, my parcel was delivered to the wrong house. My address is {address}. Could you check the proof-of-delivery photo and arrange a redelivery?\""),
+    ],
+    # 12 Italian, possessive & names after punctuation
+    [
+        ("user", "Ciao! Devo scrivere gli auguri per il matrimonio di {first} e {first2}.{name}'s family is from abroad so maybe mix italian and english? their address for the card: {address_lines}"),
+        ("assistant", "Ecco una proposta:\n\nCari {first} e {first2},\ntanti auguri per il vostro giorno speciale! Wishing you a lifetime of love and laughter.\n\nSulla busta:\n{name}\n{address_lines}"),
+    ],
+    # 13 CSV cleanup
+    [
+        ("user", "clean this csv, the phone column is messy:\n\nname,phone,email,iban\n{name},{phone},{email},{iban}\n\"{surname}, {first2}\",,{email},\n"),
+        ("assistant", "Here's a cleaned version, with the second row's name turned into \"First Surname\" order:\n\n```csv\nname,phone,email,iban\n{name},{phone},{email},{iban}\n{first2} {surname},,{email},\n```\n\nThe second row reuses {email}; is that a duplicate?"),
+    ],
+    # 14 Dutch, bol.com style complaint with card
+    [
+        ("user", "Ik heb twee keer betaald voor dezelfde bestelling!! kaart {card}, op naam van {name}. Kun je een klachtmail schrijven?"),
+        ("assistant", "Natuurlijk:\n\nBeste klantenservice,\n\nOp mijn kaart ({card}) is dezelfde bestelling twee keer afgeschreven. Ik verzoek u het dubbel betaalde bedrag terug te storten.\n\nMet vriendelijke groet,\n{name}"),
+        ("user", "zet ook mijn adres erbij: {address}"),
+        ("assistant", "Voeg onder je naam toe:\n{name}\n{address}"),
+    ],
+    # 15 JSON API payload with id
+    [
+        ("user", "The API returns 422 for this body, what's wrong?\n\n{{\"customer\": {{\"fullName\": \"{name}\", \"documentType\": \"{id_kind}\", \"documentNumber\": {id}, \"email\": \"{email}\"}}}}"),
+        ("assistant", "`documentNumber` is sent as a bare value instead of a string. Quote it:\n\n```json\n{{\"customer\": {{\"fullName\": \"{name}\", \"documentType\": \"{id_kind}\", \"documentNumber\": \"{id}\", \"email\": \"{email}\"}}}}\n```\nMany validators reject ids like {id} as numbers because of leading zeros or letters."),
+    ],
+    # 16 Portuguese, password reset phrasing
+    [
+        ("user", "oi, esqueci qual senha eu coloquei no roteador... acho que era {password} ou algo parecido. como eu reseto?"),
+        ("assistant", "Se {password} não funcionar, segure o botão de reset por uns 10 segundos. Depois entre em 192.168.0.1 com as credenciais de fábrica e defina uma senha nova."),
+        ("user", "funcionou com a antiga mesmo kkk. valeu! ah, e o técnico {name2} deixou o número dele {phone}, devo salvar?"),
+        ("assistant", "Vale a pena salvar o contato de {name2} ({phone}) caso o problema volte."),
+    ],
+    # 17 email signature
+    [
+        ("user", "make my email signature look more professional:\n\n{first} {surname} | sales\nmob. {phone}\n{email}\n{street}, {city}"),
+        ("assistant", "Here's a cleaner layout:\n\n**{name}**\nSales Manager\nM: {phone}\nE: {email}\n{address}\n{country}"),
+    ],
+    # 18 Czech, visa form with id and address
+    [
+        ("user", "ahoj, vyplňuju formulář na vízum. jméno: {name}, {id_kind}: {id}, bydliště {address}, {country}. Jak to mám napsat anglicky do kolonky 'Permanent address'?"),
+        ("assistant", "Do kolonky 'Permanent address' napiš:\n\n{address_lines}\n\nJméno piš přesně jako v dokladu: {name}, a číslo dokladu {id} bez mezer."),
+    ],
+    # 19 shell script with secrets
+    [
+        ("user", "is this safe?\n\n```bash\n#!/bin/bash\nexport SMTP_USER=\"{email}\"\nexport SMTP_PASS='{password}'\ncurl --url smtp://mail.example.com --user \"$SMTP_USER:$SMTP_PASS\" --mail-rcpt \"{email}\"\n```"),
+        ("assistant", "Not really: the password ({password}) is hardcoded and will end up in your shell history and git. Read it from a file instead:\n\n```bash\nSMTP_PASS=$(cat ~/.smtp_pass)\n```\nand make sure the file is `chmod 600`."),
+    ],
+    # 20 Hungarian, birthday party invite list
+    [
+        ("user", "szia! segíts megírni egy meghívót. vendégek: {name}, {name2} és {first3}. a buli nálam lesz: {address}. ha valaki nem találja, hívjon: {phone}"),
+        ("assistant", "Kedves {first}, {first2} és {first3}!\n\nSzeretettel meghívlak titeket a születésnapi bulimra!\nHelyszín: {address}\nHa eltévednétek, hívjatok: {phone}\n\nVárlak titeket!"),
+    ],
+    # 21 Slack-like export, several speakers
+    [
+        ("user", "[10:02] {name}: did anyone get the iban for the venue deposit?\n[10:05] {name2}: yes it's {iban}, ref WEDDING-JUNE\n[10:06] {name}: thx {first2}!\n\ncan you turn this into a short to-do for me"),
+        ("assistant", "To-do:\n1. Pay the venue deposit to {iban} with reference WEDDING-JUNE.\n2. Tell {first2} once it's done.\n3. Keep the receipt for {first}'s records."),
+    ],
+    # 22 Danish, card + phone in a sentence
+    [
+        ("user", "hej, jeg skal ringe til banken om et mistænkeligt køb på mit kort {card}. deres nummer er {phone} right? og hvad skal jeg sige"),
+        ("assistant", "Tjek nummeret på bagsiden af kortet, før du ringer til {phone}. Sig: \"Jeg hedder {name}, og der er et køb på mit kort, der ender på de sidste cifre af {card}, som jeg ikke genkender. Jeg vil gerne spærre kortet.\""),
+        ("user", "mange tak"),
+    ],
+    # 23 markdown table of employees with ids, system turn
+    [
+        ("system", "You are an HR assistant. Be concise."),
+        ("user", "Put these into a markdown table:\n- {name}, {id_kind} {id}, starts Monday\n- {name2}, no docs yet, email {email}"),
+        ("assistant", "| Name | Document | Status |\n|---|---|---|\n| {name} | {id_kind}: {id} | starts Monday |\n| {name2} | missing ({email}) | waiting for docs |\n\nShall I draft a reminder to {first2}?"),
+        ("user", "yes pls, short"),
+        ("assistant", "Hi {first2}, please send your documents before your start date so we can finish onboarding. Thanks!"),
+    ],
+    # 24 typo-heavy, iban + address for a refund form, password in prose
+    [
+        ("user", "helo, i need to fil a refund form for the airline, they want full nmae, adress, and bank acount. mine: {name}, {address_lines}, iban {iban}"),
+        ("assistant", "Here's how to fill it in:\n\nFull name: {name}\nAddress: {address}, {country}\nIBAN: {iban}\n\nDouble-check the IBAN; a single wrong digit will delay the refund."),
+        ("user", "also the portal login keeps failing, i type {password} and it says wrong. the username is {email}"),
+        ("assistant", "If {password} is rejected for {email}, use the \"Forgot password\" link rather than trying repeatedly, since most airline portals lock the account after a few attempts."),
+    ],
+]
+HELD_OUT_7_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 letter to landlord, casual english
+    [
+        ("user", "can u help me write a short email to my landlord? his name is {name2}. the heating in our flat at {address} has been broken since monday and nobody answers the phone. im {name}, been renting there 3 yrs"),
+        ("assistant", "Of course. Here's a draft:\n\nSubject: Heating not working at {street}\n\nDear {name2},\n\nI'm writing to let you know that the heating in my flat at {address} has not been working since Monday. I tried to reach you by phone several times but couldn't get through.\n\nCould you please arrange for a repair as soon as possible? I'm available most afternoons to let a technician in.\n\nKind regards,\n{name}"),
+        ("user", "perfect, maybe add that {first2} promised to fix it last winter already"),
+        ("assistant", "Sure, you can add this line after the first paragraph:\n\n\"This is the same issue that came up last winter, when you kindly promised it would be fixed permanently.\"\n\nI kept it polite rather than naming it as a broken promise, which usually gets a faster response."),
+    ],
+    # 2 german cancellation with iban
+    [
+        ("user", "Kannst du mir eine Kündigung für mein Fitnessstudio schreiben? Mitgliedsname {name}, Adresse:\n{address_lines}\nDie Beiträge werden von meinem Konto {iban} abgebucht, das soll sofort aufhören."),
+        ("assistant", "Gerne, hier ein Entwurf:\n\n{name}\n{address_lines}\n\nKündigung meiner Mitgliedschaft\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Termin. Bitte bestätigen Sie mir die Kündigung schriftlich.\n\nGleichzeitig widerrufe ich das SEPA-Lastschriftmandat für das Konto {iban}. Bitte buchen Sie nach dem Vertragsende keine Beiträge mehr ab.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "danke!! soll ich das per einschreiben schicken?"),
+        ("assistant", "Ja, ein Einschreiben mit Rückschein ist sinnvoll, damit du den Zugang der Kündigung nachweisen kannst."),
+    ],
+    # 3 python dict with customers
+    [
+        ("user", "why does this throw a KeyError?\n\n```python\ncustomers = [\n    {{\"name\": \"{name}\", \"email\": \"{email}\", \"phone\": \"{phone}\", \"card\": \"{card}\"}},\n    {{\"name\": \"{name2}\", \"mail\": \"{first2}@example.org\"}},\n]\nfor c in customers:\n    print(f\"{{c['name']}} <{{c['email']}}>\")\n```"),
+        ("assistant", "The second dictionary uses the key `\"mail\"` instead of `\"email\"`, so `c['email']` fails when the loop reaches {name2}. Either rename the key or use `.get()`:\n\n```python\nfor c in customers:\n    print(f\"{{c['name']}} <{{c.get('email') or c.get('mail')}}>\")\n```\n\nFor the first entry this prints `{name} <{email}>`."),
+    ],
+    # 4 SQL insert
+    [
+        ("user", "postgres says syntax error near \"iban\", what's wrong\n\nINSERT INTO clients (full_name, email, iban, national_id)\nVALUES ('{name}', '{email}', '{iban}', '{id}')\nON CONFLICT (email) DO UPDATE SET iban = EXCLUDED.iban"),
+        ("assistant", "The statement itself looks valid for PostgreSQL 9.5+. The usual causes of that error are:\n\n1. A missing semicolon on the previous statement in your script, so Postgres reads both as one.\n2. An older server version without `ON CONFLICT`.\n\nTry running it alone:\n\n```sql\nINSERT INTO clients (full_name, email, iban, national_id)\nVALUES ('{name}', '{email}', '{iban}', '{id}')\nON CONFLICT (email) DO UPDATE SET iban = EXCLUDED.iban;\n```\n\nAlso make sure there's a unique constraint on `email`, otherwise `ON CONFLICT (email)` raises a different error."),
+    ],
+    # 5 password phrasings, casual
+    [
+        ("user", "my mum keeps forgetting the wifi login lol. i want to print a little card for the fridge. network is {surname}_home and the key is {password}"),
+        ("assistant", "Cute idea! Something like this:\n\n---\nWi-Fi\nNetwork: {surname}_home\nKey: {password}\n---\n\nYou could also generate a QR code with the string `WIFI:T:WPA;S:{surname}_home;P:{password};;` so she can just scan it with her phone."),
+        ("user", "omg the qr thing is genius. also she uses the same one for her email which is {email}, is that bad"),
+        ("assistant", "Yes, reusing it is risky: anyone who sees the fridge card could log into her email. I'd give the email account its own password and turn on two-step verification for {email}."),
+    ],
+    # 6 french complaint
+    [
+        ("user", "Bonjour, j'ai besoin d'une lettre de réclamation pour un colis jamais reçu. Je m'appelle {name}, mon numéro c'est le {phone} et mon mail {email}. Commande passée le 3 mars."),
+        ("assistant", "Bonjour {first},\n\nVoici une proposition :\n\nObjet : Réclamation – colis non reçu (commande du 3 mars)\n\nMadame, Monsieur,\n\nJ'ai passé commande sur votre site le 3 mars et, à ce jour, je n'ai toujours pas reçu mon colis. Je vous remercie de bien vouloir lancer une enquête auprès du transporteur ou procéder au remboursement.\n\nVous pouvez me joindre au {phone} ou par e-mail à {email}.\n\nVeuillez agréer, Madame, Monsieur, l'expression de mes salutations distinguées.\n\n{name}"),
+    ],
+    # 7 spanish form with id
+    [
+        ("user", "Tengo que rellenar un formulario del ayuntamiento y no entiendo qué poner en 'documento'. Mis datos: {name}, {id_kind} {id}, vivo en {street}, {post} {city}."),
+        ("assistant", "En el campo «documento» se pone normalmente el tipo y el número de tu identificación. Quedaría así:\n\n- Nombre y apellidos: {name}\n- Tipo de documento: {id_kind}\n- Número: {id}\n- Domicilio: {street}\n- Código postal: {post}\n- Municipio: {city}\n\nSi el formulario pide DNI/NIE específicamente y tu documento es otro, indícalo en observaciones."),
+    ],
+    # 8 forwarded email with signature, temp password
+    [
+        ("user", "can you summarize this for me, it's from IT:\n\n---------- Forwarded message ---------\nFrom: {name2} <{email}>\nSubject: Your new account\n\nHi {first},\n\nyour account has been created. Log in with your email and the temporary one: {password} (you'll be asked to change it on first login).\n\nIf anything doesn't work just call me.\n\nBest,\n{name2}\nIT Service Desk\nTel. {phone}\n{street} | {post} {city}"),
+        ("assistant", "Summary: {name2} from the IT Service Desk set up your account. You sign in with your email and the temporary password {password}, and you'll have to choose a new one the first time you log in. If there are problems, you can call {first2} at {phone}."),
+    ],
+    # 9 CSV of participants
+    [
+        ("user", "turn this into a markdown table pls\n\nname,email,phone,diet\n{name},{email},{phone},veggie\n{name2},{first2}.{surname}@gmail.com,,none\n{first3},,,vegan"),
+        ("assistant", "| Name | Email | Phone | Diet |\n|---|---|---|---|\n| {name} | {email} | {phone} | veggie |\n| {name2} | {first2}.{surname}@gmail.com | – | none |\n| {first3} | – | – | vegan |\n\nNote that {first3} has no surname or contact details in your data, so you may want to fill those in."),
+    ],
+    # 10 YAML config
+    [
+        ("user", "docker compose won't start the mailer, here's the config\n\n```yaml\nmailer:\n  image: mailer:latest\n  environment:\n    SMTP_USER: {email}\n    SMTP_PASS: {password}\n    FROM_NAME: \"{name}\"\n  volumes:\n    - /home/{first_lower}/mail:/data\n```"),
+        ("assistant", "Nothing in the YAML looks syntactically wrong, so check the logs with `docker compose logs mailer`. Two common issues:\n\n- If the password contains special characters like `:` or `#`, quote it: `SMTP_PASS: \"{password}\"`.\n- Make sure `/home/{first_lower}/mail` exists on the host.\n\nAlso, consider moving credentials into an `.env` file instead of committing them to the compose file."),
+    ],
+    # 11 card dictation casual
+    [
+        ("user", "the hotel wants me to confirm the booking by phone and read my card out, i'm nervous I'll mess up. can you split it into chunks I can read out? it's {card}, exp 08/27, name on card {name}"),
+        ("assistant", "Sure. Read it in groups of four, slowly:\n\n{card}\n\nThen say: \"expiry zero-eight, twenty-seven\", and \"the name on the card is {name}\".\n\nOne tip: a legitimate hotel should never ask for your PIN, only the card number, expiry and maybe the security code."),
+    ],
+    # 12 polish invoice with iban
+    [
+        ("user", "Cześć, potrzebuję wzoru faktury. Sprzedawca: {name}, {address}. Numer konta: {iban}. Nabywca: {name2}."),
+        ("assistant", "Jasne, oto prosty wzór:\n\nFAKTURA nr 1/2024\n\nSprzedawca:\n{name}\n{address}\n\nNabywca:\n{name2}\n\n| Lp. | Nazwa usługi | Ilość | Cena netto | VAT | Wartość brutto |\n|---|---|---|---|---|---|\n| 1 | ... | 1 | ... | 23% | ... |\n\nTermin płatności: 14 dni\nNumer konta: {iban}\n\nPodpis: {name}"),
+        ("user", "a adres nabywcy? {first2} mieszka gdzieś w {city}, nie pamiętam dokładnie"),
+        ("assistant", "Na fakturze potrzebny jest pełny adres nabywcy, więc warto zapytać {first2} o dokładne dane przed wystawieniem."),
+    ],
+    # 13 dutch, address_qq from export
+    [
+        ("user", "Ik heb een export uit ons oude CRM en de adressen zien er zo uit: {address_qq}. Hoe krijg ik die ??? weer terug naar nieuwe regels in Excel?"),
+        ("assistant", "Die ??? zijn waarschijnlijk de oorspronkelijke regeleinden die bij het exporteren verloren zijn gegaan. In Excel kun je ze zo terugzetten:\n\n1. Selecteer de kolom.\n2. Ctrl+H (Zoeken en vervangen).\n3. Zoeken naar: `???` – let op, `?` is een jokerteken, dus typ `~?~?~?`.\n4. Vervangen door: druk op Ctrl+J (regeleinde).\n\nDan wordt het:\n{address_lines}"),
+    ],
+    # 14 slack-like with system
+    [
+        ("system", "You are a helpful assistant inside the team's Slack workspace."),
+        ("user", "@assistant can u remind {first_lower} that the shared drive login changed, new one is {password}, and that he should ping {first2} if it doesn't work"),
+        ("assistant", "Here's a message you can post:\n\n> Hey @{first_lower}, heads-up: the shared drive login changed. The new password is `{password}`. If it doesn't work, ping {first2}. 👍\n\nYou might prefer to send the password in a DM instead of a channel."),
+    ],
+    # 15 phone in words-and-digits, Italian possessive
+    [
+        ("user", "Devo scrivere un messaggio alla maestra di mia figlia. Lei è {name2}. Voglio dirle che il numero di casa è cambiato, adesso è il {phone} (quello vecchio non esiste più), e che la nonna, {name}, la verrà a prendere giovedì."),
+        ("assistant", "Ecco una proposta:\n\nGentile maestra {surname},\n\nLe scrivo per comunicarLe che il nostro numero di casa è cambiato: il nuovo numero è {phone}. Il vecchio numero non è più attivo.\n\nInoltre, giovedì la bambina verrà a prenderla la nonna, {name}.\n\nCordiali saluti"),
+        ("user", "no aspetta, la maestra si chiama {name2}, {surname} è il cognome della nonna"),
+        ("assistant", "Hai ragione, scusa. Allora l'inizio diventa:\n\nGentile maestra {name2},\n\ne il resto rimane uguale, con la nonna {name} che verrà giovedì e il nuovo numero {phone}."),
+    ],
+    # 16 shell curl with json body
+    [
+        ("user", "this curl returns 401, what am I doing wrong?\n\ncurl -X POST https://api.example.com/v1/payments \\\n  -u {email}:{password} \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"card_number\": \"{card}\", \"holder\": \"{name}\", \"amount\": 4200}}'"),
+        ("assistant", "A 401 means the credentials were rejected. Things to check:\n\n1. Most payment APIs expect an API key, not your login email and password. `-u {email}:{password}` sends Basic auth with those exact values.\n2. If the password contains characters like `!` or `$`, the shell may interpret them. Put it in single quotes: `-u '{email}:{password}'`.\n\nAlso, sending a raw card number like `{card}` directly usually requires PCI compliance. Most providers want you to tokenize the card on the client first."),
+    ],
+    # 17 portuguese brazilian
+    [
+        ("user", "oi! preciso mandar uma mensagem pro suporte do banco, alguém fez uma compra no meu cartão {card} que eu não reconheço. meu nome é {name}, celular {phone}"),
+        ("assistant", "Oi, {first}! Segue uma sugestão de mensagem:\n\nOlá, meu nome é {name}. Identifiquei uma compra que não reconheço no meu cartão {card}. Peço o bloqueio imediato do cartão e a contestação da compra. Meu celular para contato é {phone}.\n\nObrigado(a).\n\nDica: ligue também para a central do banco, porque o bloqueio por telefone costuma ser mais rápido."),
+    ],
+    # 18 czech
+    [
+        ("user", "Ahoj, pomůžeš mi napsat žádost o prodloužení nájmu? Jsem {name}, bydlím na adrese {address}, pronajímatelka je paní {name2}. Tel. {phone}."),
+        ("assistant", "Ahoj, tady je návrh:\n\nVážená paní {surname},\n\nobracím se na Vás s žádostí o prodloužení nájemní smlouvy k bytu na adrese {address}, která končí k 30. 6. Byl(a) bych rád(a), kdybychom smlouvu prodloužili o další rok za stávajících podmínek.\n\nV případě dotazů mě můžete kontaktovat na čísle {phone}.\n\nS pozdravem\n{name}"),
+        ("user", "oprav to, paní {name2} je pronajímatelka, ne já"),
+        ("assistant", "Máš pravdu, oslovení má být: \"Vážená paní {name2},\" a podpis zůstává {name}."),
+    ],
+    # 19 hungarian
+    [
+        ("user", "Szia! Le tudnád fordítani angolra? \"Alulírott {name} ({id_kind}: {id}) kérem, hogy a fizetésemet a {iban} számlaszámra utalják.\""),
+        ("assistant", "Of course. In English:\n\n\"I, the undersigned {name} ({id_kind}: {id}), request that my salary be transferred to the account number {iban}.\""),
+        ("user", "köszi! és ha {name2} nevében írom?"),
+        ("assistant", "Then it would be: \"On behalf of {name2}, I request that their salary be transferred to the account number {iban}.\" You'd normally need a signed authorisation from {first2} as well."),
+    ],
+    # 20 danish, lower-case address
+    [
+        ("user", "hej, kan du rette min tekst? \"jeg hedder {name_lower} og jeg er flyttet til {address_lower}. min nye mail er {email}, skriv gerne hvis i har spørgsmål\""),
+        ("assistant", "Her er en rettet version:\n\n\"Jeg hedder {name}, og jeg er flyttet til {address}. Min nye mail er {email}. Skriv gerne, hvis I har spørgsmål.\"\n\nJeg har rettet store bogstaver i navn og adresse og tilføjet kommaer."),
+    ],
+    # 21 typo-ish english, possessive names
+    [
+        ("user", "pls fix the grammer: me and {first} moved into {first2}'s old place at {address_lower} last week, {first}s number is still {phone} tho"),
+        ("assistant", "Here you go:\n\n\"{first} and I moved into {first2}'s old place at {address} last week, but {first}'s number is still {phone}.\"\n\nChanges: \"me and {first}\" → \"{first} and I\" as the subject, added the apostrophe in \"{first}'s\", and replaced \"tho\" with \"but\"."),
+    ],
+    # 22 JSON record
+    [
+        ("user", "validate this json, my parser chokes on it\n\n{{\n  \"customer\": {{\n    \"fullName\": \"{name}\",\n    \"email\": \"{email}\",\n    \"documents\": [{{\"type\": \"{id_kind}\", \"value\": \"{id}\"}}],\n    \"bank\": {{\"iban\": \"{iban}\",}}\n  }}\n}}"),
+        ("assistant", "The problem is the trailing comma after the IBAN: `{{\"iban\": \"{iban}\",}}`. JSON doesn't allow trailing commas. Fixed version:\n\n```json\n{{\n  \"customer\": {{\n    \"fullName\": \"{name}\",\n    \"email\": \"{email}\",\n    \"documents\": [{{\"type\": \"{id_kind}\", \"value\": \"{id}\"}}],\n    \"bank\": {{\"iban\": \"{iban}\"}}\n  }}\n}}\n```"),
+    ],
+    # 23 list of people, reference letter with system turn
+    [
+        ("system", "You are a concise writing assistant."),
+        ("user", "Write a reference for {name}. I'm {name2}, I was her manager for 4 years at the {city} office. Contact me at {email} or {phone} if they want to check."),
+        ("assistant", "To whom it may concern,\n\nI am pleased to recommend {name}, who worked under my supervision for four years at our {city} office. {first} was reliable, well organised and consistently went beyond what was asked of her. Colleagues valued her calm approach, and clients often asked for her by name.\n\nI am happy to provide further details. Please contact me at {email} or {phone}.\n\nSincerely,\n{name2}"),
+        ("user", "Great. Can you make one for {first3} too, same team, but shorter"),
+        ("assistant", "To whom it may concern,\n\n{first3} was a valued member of my team at the {city} office. I can recommend {first3} without reservation. For further information, please contact me at {email}.\n\nSincerely,\n{name2}"),
+    ],
+    # 24 password mentioned without label, mixed german/english, id
+    [
+        ("user", "ich hab vergessen wie ich mich bei der Steuer-App anmelde. ich glaub ich hab damals {password} genommen, kann das sein dass die Großbuchstaben verlangen? meine {id_kind} ist {id} falls das wichtig ist"),
+        ("assistant", "Die genauen Passwortregeln hängen von der App ab, aber viele verlangen mindestens einen Großbuchstaben, eine Zahl und ein Sonderzeichen. Wenn \"{password}\" nicht funktioniert, nutze am besten \"Passwort vergessen\".\n\nDeine {id_kind} ({id}) brauchst du meistens nur zur Registrierung oder Identifizierung, nicht für die Anmeldung selbst. Teile sie am besten nicht unnötig im Chat."),
+        ("user", "ok danke. und mein Mann {name2} hat denselben account? geht das?"),
+        ("assistant", "In der Regel braucht jede Person ein eigenes Konto. {first2} sollte sich also selbst registrieren, auch wenn ihr gemeinsam veranlagt werdet."),
+    ],
+]
+HELD_OUT_8_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 landlord letter, casual lowercase, address in sentence
+    [
+        ("user", "hey can u help me write a letter to my landlord? the heating at {street} has been broken for 2 weeks. my name is {name_lower} and he's called {name2}"),
+        ("assistant", "Of course. Here's a draft:\n\n{name}\n{address_lines}\n\nDear {name2},\n\nI am writing to let you know that the heating at {street} has not worked for two weeks. Please arrange a repair as soon as possible.\n\nKind regards,\n{name}"),
+        ("user", "perfect thx. can u add my number too, its {phone}"),
+        ("assistant", "Sure, just add this under your name at the end:\n\n{name}\nTel: {phone}"),
+    ],
+    # 2 German, IBAN and Vertragskündigung
+    [
+        ("user", "Hallo, ich möchte mein Fitnessstudio kündigen. Kannst du mir ein Schreiben aufsetzen? Ich heiße {name}, wohne in der {street} in {post} {city}. Die Abbuchung läuft über mein Konto {iban}."),
+        ("assistant", "Gerne! Hier ist ein Entwurf:\n\n{name}\n{street}\n{post} {city}\n\nBetreff: Kündigung meiner Mitgliedschaft\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Bitte stellen Sie die Lastschrift von meinem Konto (IBAN {iban}) ein und bestätigen Sie mir die Kündigung schriftlich.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "Danke! Soll ich noch meine Mitgliedsnummer angeben? Weiß ich nicht, aber meine E-Mail ist {email}"),
+        ("assistant", "Das ist sinnvoll, falls vorhanden. Ohne Nummer reicht meist Name und Adresse. Sie können ergänzen: „Bitte senden Sie die Bestätigung an {email}.“"),
+    ],
+    # 3 Python code with dict of customer
+    [
+        ("user", "why does this throw KeyError?\n\n```python\ncustomer = {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"phone\": \"{phone}\",\n}}\nprint(customer[\"Email\"])\n```"),
+        ("assistant", "Dictionary keys are case-sensitive. Your dict has the key `\"email\"` (lower case), but you access `\"Email\"`. Use:\n\n```python\nprint(customer[\"email\"])  # -> {email}\n```\n\nOr use `customer.get(\"Email\")` if you want `None` instead of an exception."),
+    ],
+    # 4 SQL insert with card
+    [
+        ("user", "I'm seeding a test db and got a syntax error near 'VALUES':\n\nINSERT INTO payments (holder, card_no, billing_addr) VALUES\n('{name}', '{card}', '{address}')\n('{name2}', '{card}', '{address}');"),
+        ("assistant", "You're missing a comma between the two row tuples. It should be:\n\n```sql\nINSERT INTO payments (holder, card_no, billing_addr) VALUES\n  ('{name}', '{card}', '{address}'),\n  ('{name2}', '{card}', '{address}');\n```\n\nAlso, a side note: avoid using real card numbers like {card} in test data; use your provider's test numbers instead."),
+    ],
+    # 5 French, possessive name + phone dictated
+    [
+        ("user", "bonjour, je dois envoyer un message à la maîtresse de ma fille. elle s'appelle {name2}. Je veux lui dire que {first3} sera absente vendredi. mon numero c'est le {phone} si besoin"),
+        ("assistant", "Voici une proposition :\n\nBonjour Madame,\n\nJe vous informe que ma fille {first3} sera absente ce vendredi pour raison familiale. N'hésitez pas à me joindre au {phone} si nécessaire.\n\nCordialement,\n{name}"),
+        ("user", "parfait merci, change juste la signature en \"maman de {first3}\""),
+        ("assistant", "Bien sûr :\n\n…N'hésitez pas à me joindre au {phone} si nécessaire.\n\nCordialement,\nMaman de {first3}"),
+    ],
+    # 6 password phrasing without "password:"
+    [
+        ("user", "my wifi keeps dropping. router admin is at 192.168.0.1, i log in with admin and {password} (never changed it lol). what settings should i check?"),
+        ("assistant", "First, please change that admin login: leaving it as {password} means anyone on your network could reconfigure the router. Then check:\n\n1. Wireless channel: switch from Auto to 1, 6 or 11 (2.4 GHz) or a fixed 5 GHz channel.\n2. Firmware: update to the latest version.\n3. Band steering: try disabling it.\n4. DHCP lease time: make sure it isn't set very short."),
+        ("user", "ok changed it. new one is the old one with a 2 on the end so {password}2 haha"),
+        ("assistant", "That's better than the default, but appending a digit to an old one is easy to guess. A random passphrase from a password manager would be much safer."),
+    ],
+    # 7 Slack-like export, forwarded message with signature
+    [
+        ("user", "can you summarize this thread for me?\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nDate: Tue, 4 Mar\nSubject: Re: delivery for {city} office\n\nHi {first2},\n\nthe pallets will go to {address}. Ask for me at the reception, or call {phone}.\n\nBest,\n{first}\n\n--\n{name}\nLogistics Coordinator\nM: {phone}\n{email}"),
+        ("assistant", "Summary: {name} is telling {first2} that the pallets for the {city} office will be delivered to {address}. On arrival, ask for {first} at reception or call {phone}."),
+    ],
+    # 8 Spanish, id and address for a form
+    [
+        ("user", "Hola! Tengo que rellenar un formulario de empadronamiento. Mis datos: {name}, {id_kind} {id}, domicilio {address}. ¿Me ayudas a redactar la solicitud?"),
+        ("assistant", "¡Claro! Aquí tienes un borrador:\n\nD./Dña. {name}, con {id_kind} {id}, y domicilio en {address},\n\nSOLICITA:\nSer inscrito/a en el Padrón Municipal de Habitantes de {city} en el domicilio indicado.\n\nEn {city}, a ___ de ______ de 20__.\n\nFirma: {name}"),
+    ],
+    # 9 CSV list of people
+    [
+        ("user", "convert this to a markdown table pls\n\nname,email,phone\n{name},{email},{phone}\n{name2},{email},{phone}\n{first3} {surname},{email},{phone}"),
+        ("assistant", "| Name | Email | Phone |\n|---|---|---|\n| {name} | {email} | {phone} |\n| {name2} | {email} | {phone} |\n| {first3} {surname} | {email} | {phone} |"),
+    ],
+    # 10 Italian, bank transfer, IBAN
+    [
+        ("user", "ciao, devo mandare un bonifico a mio cugino {name2} ma la banca mi chiede la causale. l'iban che mi ha dato è {iban}. cosa scrivo?"),
+        ("assistant", "Per un bonifico tra familiari puoi usare una causale semplice, ad esempio:\n\n\"Rimborso spese – {name}\"\n\nControlla bene l'IBAN prima di confermare: {iban}, intestato a {name2}."),
+        ("user", "ok grazie. ah, {first2} dice che il conto è cointestato con la moglie, va bene lo stesso?"),
+        ("assistant", "Sì, va bene: basta che {name2} sia uno degli intestatari del conto."),
+    ],
+    # 11 YAML config with password & email
+    [
+        ("user", "my docker-compose won't start postgres, here's the file:\n\n```yaml\nservices:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: {first_lower}\n      POSTGRES_PASSWORD: {password}\n      PGADMIN_DEFAULT_EMAIL: {email}\n    ports:\n      - 5432:5432\n```\nerror says 'database files are incompatible with server'"),
+        ("assistant", "That error means the volume contains data from an older Postgres major version. Either pin the old version (e.g. `postgres:14`) or dump and restore. Also, `PGADMIN_DEFAULT_EMAIL` belongs to the pgadmin service, not postgres. And I'd move `{password}` out of the compose file into an `.env` file:\n\n```yaml\n      POSTGRES_USER: ${{POSTGRES_USER}}\n      POSTGRES_PASSWORD: ${{POSTGRES_PASSWORD}}\n```"),
+    ],
+    # 12 Polish, card blocked
+    [
+        ("user", "Cześć, zgubiłem kartę. Numer to {card}. Jak ją zablokować? Mam konto w banku, telefon podany w banku to {phone}."),
+        ("assistant", "Najszybciej: zadzwoń na infolinię swojego banku lub zablokuj kartę w aplikacji mobilnej (zwykle w zakładce Karty → Zastrzeż). Przygotuj numer karty ({card}) i zadzwoń z numeru {phone}, żeby łatwiej było potwierdzić tożsamość. Możesz też użyć numeru zastrzegania kart +48 828 828 828."),
+        ("user", "dzieki, zablokowane. a jak zamowic nowa na adres {address}?"),
+        ("assistant", "W aplikacji wybierz „Zamów nową kartę” i sprawdź, czy adres korespondencyjny to {address}. Jeśli nie, zaktualizuj go przed zamówieniem."),
+    ],
+    # 13 system turn, customer support bot
+    [
+        ("system", "You are a helpful support assistant for an online shop. Be concise."),
+        ("user", "Order hasn't arrived. It was supposed to go to {address_qq}. Ordered under {name}, {email}."),
+        ("assistant", "Sorry about that, {first}. I've noted the delivery address as:\n\n{address_lines}\n\nCould you confirm the order number? I'll then check the tracking and contact the carrier."),
+    ],
+    # 14 Dutch, typos, name after punctuation
+    [
+        ("user", "hoi!{name} hier. kun je een mailtje schrijven naar mijn buurman,{name2}, dat zijn boom over onze schutting hangt? ik woon op {street} in {city}"),
+        ("assistant", "Natuurlijk! Hier een voorstel:\n\nBeste {first2},\n\nIk wilde even laten weten dat de takken van je boom over onze schutting hangen. Zou je die binnenkort willen snoeien? Als je wilt, kunnen we er samen even naar kijken.\n\nGroetjes,\n{first}\n{street}, {city}"),
+    ],
+    # 15 JSON API payload with iban and id
+    [
+        ("user", "the payout API returns 422. payload:\n\n{{\"beneficiary\": {{\"full_name\": \"{name}\", \"iban\": \"{iban}\", \"document\": {{\"type\": \"{id_kind}\", \"number\": \"{id}\"}}}}, \"amount\": 120.5}}"),
+        ("assistant", "A 422 usually means validation failed. Common causes here:\n\n- `iban` must often be sent without spaces: check that `{iban}` has none.\n- `document.type` is usually an enum (e.g. `PASSPORT`, `TAX_ID`), not free text like `\"{id_kind}\"`.\n\nTry:\n\n```json\n{{\n  \"beneficiary\": {{\n    \"full_name\": \"{name}\",\n    \"iban\": \"{iban}\",\n    \"document\": {{\"type\": \"TAX_ID\", \"number\": \"{id}\"}}\n  }},\n  \"amount\": 120.5\n}}\n```"),
+    ],
+    # 16 Portuguese, reference letter
+    [
+        ("user", "oi, preciso de uma carta de recomendação para a {name2}, que trabalhou comigo 3 anos. sou {name}, gerente. meu email {email} e telefone {phone}"),
+        ("assistant", "Claro! Segue uma sugestão:\n\nA quem possa interessar,\n\nRecomendo {name2}, com quem trabalhei durante três anos. {first2} sempre demonstrou responsabilidade, iniciativa e excelente relacionamento com a equipe.\n\nFico à disposição para mais informações pelo e-mail {email} ou pelo telefone {phone}.\n\nAtenciosamente,\n{name}\nGerente"),
+    ],
+    # 17 phone dictated in words-and-digits, voice transcript cleanup
+    [
+        ("user", "clean up this voicemail transcript: \"hi it's {first} um calling about the flat, you can reach me on uh {phone}, that's {phone} again, and my email is {email}, thanks bye\""),
+        ("assistant", "Hi, it's {first}, calling about the flat. You can reach me on {phone} or by email at {email}. Thanks, bye."),
+    ],
+    # 18 Czech, address and id for parcel
+    [
+        ("user", "Ahoj, potřebuju napsat reklamaci na poškozený balík. Jmenuju se {name}, adresa {address}, číslo zásilky nevím, ale platil jsem kartou {card}."),
+        ("assistant", "Jasně, tady je návrh:\n\nDobrý den,\n\nobdržel jsem poškozenou zásilku na adresu {address}. Objednávku jsem zaplatil kartou končící na čísle uvedeném v příloze. Žádám o výměnu zboží nebo vrácení peněz.\n\nS pozdravem\n{name}\n\nTip: číslo celé karty ({card}) do e-mailu raději nepište, stačí poslední čtyři číslice."),
+    ],
+    # 19 shell script with email/password env
+    [
+        ("user", "bash says 'unexpected EOF while looking for matching quote':\n\n#!/bin/bash\nexport SMTP_USER=\"{email}\nexport SMTP_PASS='{password}'\n./send_report.sh --to {email}"),
+        ("assistant", "The first `export` line is missing its closing double quote. Fix:\n\n```bash\n#!/bin/bash\nexport SMTP_USER=\"{email}\"\nexport SMTP_PASS='{password}'\n./send_report.sh --to \"{email}\"\n```\n\nIf the secret contains a single quote, the single-quoted form will break too; consider reading it from a file instead."),
+    ],
+    # 20 Hungarian, possessive, birthday invite
+    [
+        ("user", "Szia! Segítenél meghívót írni {first2} születésnapjára? A buli nálunk lesz: {address}. Aki nem talál oda, hívjon a {phone} számon. Én {name} vagyok."),
+        ("assistant", "Persze! Íme egy javaslat:\n\nSzeretettel meghívunk {first2} születésnapi bulijára!\n\nHelyszín: {address}\nHa eltévednél, hívj bátran: {phone}\n\nVárunk szeretettel,\n{name}"),
+        ("user", "szuper, és írd bele hogy {first3} hozza a tortát"),
+        ("assistant", "Helyszín: {address}\nHa eltévednél, hívj bátran: {phone}\nA tortáról {first3} gondoskodik!\n\nVárunk szeretettel,\n{name}"),
+    ],
+    # 21 system, HR, list of employees in markdown
+    [
+        ("system", "You are an HR assistant. Format output as markdown."),
+        ("user", "Make an onboarding checklist for our two new hires: {name} (starts Monday, laptop to be shipped to {address}) and {name2} (starts Wednesday, works from the {city} office). {surname}'s contract still needs the {id_kind}: {id}."),
+        ("assistant", "## Onboarding checklist\n\n### {name} (Monday)\n- [ ] Ship laptop to {address}\n- [ ] Record {id_kind} {id} in the HR system\n- [ ] Send welcome email\n\n### {name2} (Wednesday)\n- [ ] Prepare desk in the {city} office\n- [ ] Create accounts\n- [ ] Send welcome email"),
+    ],
+    # 22 Danish, card subscription issue, mixed english
+    [
+        ("user", "Hej, jeg er blevet trukket to gange for mit abonnement. Kortet er {card}, og kontoen står i navnet {name}. Kan du skrive en klage på engelsk?"),
+        ("assistant", "Selvfølgelig. Here's a complaint in English:\n\nDear Support Team,\n\nI have been charged twice this month for my subscription. The charges were made to the card {card}, registered to {name}. Please refund the duplicate payment.\n\nBest regards,\n{name}"),
+        ("user", "tak! tilføj min mail {email}"),
+        ("assistant", "Sure, add this line before the signature:\n\n\"You can reach me at {email}.\""),
+    ],
+    # 23 password in sentence, account recovery
+    [
+        ("user", "i forgot which one i used for my old hotmail ({email}). it's either {password} or the one with my dog's name. how do i recover it?"),
+        ("assistant", "Go to account.live.com/password/reset, enter {email}, and choose a verification method (recovery phone or alternate email). If you no longer have access to either, fill in the account recovery form with as much detail as you can. After you're back in, please don't reuse {password} anywhere."),
+        ("user", "recovery phone was {phone} but that's my old number"),
+        ("assistant", "Then choose \"I don't have any of these\" and use the recovery form. Mention that {phone} was your old recovery number; that detail can help verify you."),
+    ],
+    # 24 system, name as subject, iban + id in invoice markdown
+    [
+        ("system", "You help freelancers write invoices."),
+        ("user", "{name} did 12 hours of design work for us at 60 EUR/h. make an invoice from me, {name2}, {address}. payment to {iban}. my {id_kind} is {id}"),
+        ("assistant", "**INVOICE**\n\nFrom: {name2}\n{address}\n{id_kind}: {id}\n\nBill to: {name}\n\n| Description | Hours | Rate | Amount |\n|---|---|---|---|\n| Design work | 12 | 60 EUR | 720 EUR |\n\n**Total due: 720 EUR**\n\nPlease transfer to IBAN {iban} within 14 days."),
+        ("user", "wait it's the other way around, {first} is sending the invoice to me"),
+        ("assistant", "Got it, swapped:\n\nFrom: {name}\n\nBill to: {name2}\n{address}\n\nPlease transfer to IBAN {iban} within 14 days. (I've removed the {id_kind} line, as {id} is yours, not {first}'s.)"),
+    ],
+]
 TEMPLATES = {
-    "tune": TUNE_TEMPLATES + HELD_OUT_TEMPLATES + HELD_OUT_3_TEMPLATES,
-    "held-out": HELD_OUT_4_TEMPLATES,
-    "all": TUNE_TEMPLATES + HELD_OUT_TEMPLATES + HELD_OUT_3_TEMPLATES + HELD_OUT_4_TEMPLATES,
+    "tune": TUNE_TEMPLATES
+    + HELD_OUT_TEMPLATES
+    + HELD_OUT_3_TEMPLATES
+    + HELD_OUT_4_TEMPLATES
+    + HELD_OUT_5_TEMPLATES
+    + HELD_OUT_6_TEMPLATES
+    + HELD_OUT_7_TEMPLATES,
+    "held-out": HELD_OUT_8_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
@@ -1107,8 +1699,11 @@ def _left(kind: str, value: str, low: str, digits_only: str, words: set[str]) ->
 
 
 def _fold(text: str) -> tuple[str, str, set[str]]:
+    """Lower-cased text, its numbers (each run of digits and separators as its digits, "|" between
+    runs: digits of neighbouring numbers must not join into a planted one), and its words."""
     low = " ".join(text.split()).casefold()
-    return low, re.sub(r"[^\d]", "", text), set(re.findall(r"\w+", low))
+    numbers = "|".join(re.sub(r"\D", "", run) for run in re.findall(r"[\d+(][\d \t\-.()/+x]*", text))
+    return low, numbers, set(re.findall(r"\w+", low))
 
 
 def surviving(convs: list[dict[str, Any]], texts: list[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -1229,8 +1824,8 @@ def check_private(out: Path) -> list[str]:
 def main() -> None:
     """Build the set, curate and pack it with defaults, grep the outputs, print and save the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", choices=("held-out", "tune", "all"), default="held-out")
-    ap.add_argument("--n", type=int, default=300, help="conversations")
+    ap.add_argument("--split", choices=sorted(TEMPLATES), default="held-out")
+    ap.add_argument("--n", type=int, default=480, help="conversations")
     ap.add_argument("--seed", type=int, default=11, help="picks locales, names and numbers")
     ap.add_argument("--keep", type=Path, default=None, help="keep inputs and outputs in this dir")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "pii_planted.json")

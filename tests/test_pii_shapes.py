@@ -396,3 +396,21 @@ def test_a_street_found_in_one_turn_is_found_lower_cased_in_another_with_its_pos
     for raw in ("infantino", "37 piano", "65022"):
         assert raw not in turns[0].lower() + turns[1].lower(), raw
     assert "write the invite?" in turns[0] and "Saturday, 8 pm" in turns[1]
+
+
+def test_passwords_without_a_cue_in_their_sentence_home_dirs_and_prefixed_keys(step: PiiScrub) -> None:
+    msgs = [
+        {"role": "user", "content": "ich hab damals ROLN0U5eYWy genommen, kann das sein?"},
+        {"role": "assistant", "content": 'Wenn "ROLN0U5eYWy" nicht funktioniert, nutze "Passwort vergessen".'},
+    ]
+    turns = [m["content"] for m in scrub_record(step, msgs, "de")]
+    assert "ROLN0U5eYWy" not in turns[0] + turns[1]
+    assert step.scrub_text("network is HomeNet and the key is xOG7vzQcnGX") == (
+        "network is HomeNet and the key is <SECRET_1>"
+    )
+    yaml = 'env:\n  SMTP_PASS: CgCx74$oz*hi0G\n  FROM_NAME: "Judith Taylor"\n  volume: /home/judith/mail:/data\n'
+    out = step.scrub_text(yaml, mode="code")
+    for raw in ("CgCx74", "Judith", "judith"):
+        assert raw not in out, raw
+    for text in ("the key is to practise with v2.3.1 and getUser2Name", "PASSENGERS=1200", "cd /home/ubuntu/app"):
+        assert step.scrub_text(text, mode="code" if "=" in text or "cd" in text else "ner") == text

@@ -84,7 +84,9 @@ from curator.steps.pii_recognizers import (
     SecretRecognizer,
     StreetAddressRecognizer,
     has_street_word,
+    home_users,
     keyed_values,
+    password_tokens,
     phone_extent,
     phone_word_before,
     uncovered_digit_groups,
@@ -859,6 +861,14 @@ def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
     return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
 
 
+def _cased_person(value: str, etype: str) -> bool:
+    """Outside English, a person the tagger finds in capitalised text is capitalised or a known name:
+    its lower-case guesses there are common words ("non", "não", "dar"; bench/pii_multilingual.py)."""
+    if etype != "PERSON":
+        return True
+    return any(w[0].isupper() or w.lower() in NAME_GAZETTEER for w in _WORD.findall(value))
+
+
 def _street_like(value: str, lower_text: bool) -> bool:
     """A street type word, or a house number with a name that is capitalised unless the whole text
     is lower case ("12 Main", "Bådehavnsstræde 5"; not "port 443" in cased text)."""
@@ -1144,10 +1154,16 @@ class PiiScrub:
                         continue
                 tags.setdefault(k, []).append(Span(t.type, bounds[0], bounds[1], t.score))
         spans: list[list[Span]] = [[] for _ in jobs]
-        for k, (i, offset, text, _) in enumerate(pieces):
+        for k, (i, offset, text, mode) in enumerate(pieces):
             mine = tags.get(k, [])
             lower = not any(c.isupper() for c in text) or _casual_writer(text)
-            tagged = [t for t in mine if self._keep(text, t, True) and _tag_ok(text, t, mine, lower)]
+            tagged = [
+                t
+                for t in mine
+                if self._keep(text, t, True)
+                and _tag_ok(text, t, mine, lower)
+                and (mode == "ner" or lower or _cased_person(text[t.start : t.end], t.type))
+            ]
             out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
                 if ner_guess and span.type == "PERSON" and k in guesses:
@@ -1158,6 +1174,10 @@ class PiiScrub:
                     continue  # spaCy's GPE "Nikola Stejskal" is Rampart's person
                 out.append(span)
             out += [Span(kind, a, b, 0.9) for kind, a, b in keyed_values(text) if kind in self.entities]
+            if "PERSON" in self.entities:
+                out += [Span("PERSON", a, b, 0.8) for a, b in home_users(text)]
+            if mode != "code" and "SECRET" in self.entities:  # in code, identifiers look like passwords
+                out += [Span("SECRET", a, b, 0.7) for a, b in password_tokens(text)]
             # a name or place guess around a secret ("TOKEN='sk-...'" as a facility) is the secret
             secrets = [t for t in out if t.type == "SECRET"]
             out = [

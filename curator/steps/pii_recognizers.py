@@ -268,7 +268,8 @@ class SecretRecognizer(_RegexRecognizer):
         # an environment or config variable that holds a secret ("POSTGRES_PASSWORD=...", "API_TOKEN: ...")
         (
             re.compile(
-                r"(?im)^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY)"
+                r"(?im)^[ \t]*(?:export[ \t]+)?[A-Z0-9_]*"
+                r"(?:PASSWORD|PASSWD|PWD|(?<![A-Z0-9])PASS(?![A-Z0-9])|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY)"
                 r"[A-Z0-9_]*[ \t]*[=:][ \t]*[\"']?([^\s\"']{4,200})"
             ),
             1,
@@ -311,7 +312,11 @@ _LOGIN_WORDS = re.compile(
     r"u/p|user/pass(?:word)?|login/pass(?:word)?|admin|root|pw|pwd|pass|passcode|passphrase|passwords?|passwd|pin|"
     r"wi-?fi|ssid|router|ssh|ftp|vpn|contraseña|contrasena|clave|usuario|passwort|kennwort|benutzer(?:name)?|"
     r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
-    r"пароль|логин|(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|kod|código|codice)(?![\w/?=.-])"
+    r"пароль|логин|(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|kod|código|codice|"
+    # a Wi-Fi key; logging in, in the languages of chat exports; curl's user:password option
+    r"(?:wi-?fi[\s-]|wlan[\s-]|network[\s-]|security[\s-])?key|anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|"
+    r"logowani\w*|přihlá\w*|bejelentkez\w*|connexion|se\s+connecter|iniciar\s+sesión|accedi|-u|--user)"
+    r"(?![\w/?=.-])"
 )
 _CRED_SCOPE = re.compile(r"[^\n]{0,80}")
 _CRED_STOP = re.compile(r"[.!?](?:\s|$)|\n")
@@ -320,7 +325,7 @@ _CRED_SYMBOLS = frozenset("!#$%&*?@^+=~|\\")
 _NOT_CREDENTIAL = re.compile(
     r"^(?:v?\d+(?:\.\d+)+\w*|[0-9a-f]+|[A-Z]?[a-z]+\d{1,4}|[\w.+\-]+@[\w\-]+\.[\w.\-]+|\w+://\S*|[~/].*|"
     r"#?[0-9A-Fa-f]{3,8}|\$?\d[\d,.]*[%$€£]?|[A-Za-z]+(?:[-_][A-Za-z0-9]+)+|#?[A-Z]{0,5}-?\d+|[A-Za-z]\+\+\d*|"
-    r".*[?&]\w+=.*)$"
+    r".*[?&]\w+=.*|[A-Za-z][a-z]+(?:[A-Z][a-z]+|\d+)+)$"  # the last: camelCase identifiers ("getUser2Name")
 )
 
 
@@ -349,6 +354,19 @@ def looks_like_password(token: str) -> bool:
 def _char_class(c: str) -> int:
     """0 digit, 1 upper, 2 lower, 3 other (for counting how often a token changes character kind)."""
     return 0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3
+
+
+def password_tokens(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each token of `text` that looks like a chosen secret, wherever it stands: for
+    prose that speaks of logging in or passwords somewhere ("ich hab damals ROLN0U5eYWy genommen")."""
+    if not _LOGIN_WORDS.search(text):
+        return []
+    out = []
+    for tok in _CRED_TOKEN.finditer(text):
+        value = tok.group(0).rstrip(".!?:")
+        if looks_like_password(value):
+            out.append((tok.start(), tok.start() + len(value)))
+    return out
 
 
 class CredentialRecognizer(_OwnRecognizer):
@@ -1298,7 +1316,7 @@ _KEYED = {
     "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number",
 }
 _KEYED_VALUE = re.compile(
-    r"(?i)(?<![\w-])[\"']?(?:customer_|user_|billing_|shipping_|home_)?(?:"
+    r"(?i)(?<![\w-])[\"']?(?:[a-z]+_)*(?:"  # any prefix: customer_, billing_, FROM_NAME, SMTP_
     + "|".join(f"(?P<k{i}>{v})" for i, v in enumerate(_KEYED.values()))
     + r")[\"']?[ \t]*(?::|=|=>)[ \t]*(?P<q>[\"'])(?P<value>[^\"'\n]{2,100})(?P=q)"
 )
@@ -1319,6 +1337,24 @@ def _person_value(value: str) -> bool:
         and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
         and any(unknown_word(w) for w in words)
     )
+
+
+# a home directory names its owner: "/home/judith/mail", "C:\\Users\\jsmith\\Desktop" (not a service account)
+_HOME_USER = re.compile(
+    r"(?:(?<![\w.])/home/|(?<![\w.])/Users/|\b[A-Za-z]:\\+Users\\+)([A-Za-z][\w.\-]{2,31})(?=[/\\])"
+)
+_SERVICE_USERS = frozenset(
+    {
+        "user", "username", "users", "ubuntu", "runner", "root", "admin", "administrator", "app", "node",
+        "pi", "vagrant", "jovyan", "circleci", "travis", "ec2-user", "www-data", "git", "deploy", "docker",
+        "default", "public", "shared", "guest", "me", "you", "name", "your_user", "youruser",
+    }
+)
+
+
+def home_users(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each user name in a home directory path."""
+    return [m.span(1) for m in _HOME_USER.finditer(text) if m.group(1).lower() not in _SERVICE_USERS]
 
 
 def keyed_values(text: str) -> list[tuple[str, int, int]]:
