@@ -1318,8 +1318,8 @@ class PiiScrub:
         mappings: list[tuple[str, Pseudonymizer]] = []
         for r, (row, plan) in enumerate(zip(rows, plans, strict=True)):
             pseudo = Pseudonymizer(self.cfg.mode, self.seed, row["id"] or "", self._faker(row.get("language")))
-            ner = r in with_ner or self.ner_for(row.get("language"))
-            scans.append("ner+patterns" if ner else "tagger+patterns" if self.rampart is not None else "patterns")
+            scan = self._prose_mode("ner", r in with_ner or self.ner_for(row.get("language")))
+            scans.append(scan if scan == "patterns" else f"{scan}+patterns")
             try:
                 if plan.too_long:
                     raise TextTooLong

@@ -356,17 +356,28 @@ def _char_class(c: str) -> int:
     return 0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3
 
 
-def password_tokens(text: str) -> list[tuple[int, int]]:
-    """[start, end) of each token of `text` that looks like a chosen secret, wherever it stands: for
-    prose that speaks of logging in or passwords somewhere ("ich hab damals ROLN0U5eYWy genommen")."""
-    if not _LOGIN_WORDS.search(text):
-        return []
+def _secret_tokens(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) of each token in text[start:end] that looks like a chosen secret."""
     out = []
-    for tok in _CRED_TOKEN.finditer(text):
+    for tok in _CRED_TOKEN.finditer(text, start, end):
         value = tok.group(0).rstrip(".!?:")
         if looks_like_password(value):
             out.append((tok.start(), tok.start() + len(value)))
     return out
+
+
+# what makes a whole text about a password or logging in (not the weak cues "key", "pin", "admin", "-u")
+_PASSWORD_TOPIC = re.compile(
+    r"(?i)(?<!\w)(?:passwords?|passwort\w*|kennwort|contraseña|contrasena|mot\s+de\s+passe|senha|wachtwoord|"
+    r"hasło|haslo|heslo|jelszó|jelszo|пароль|passcode|passphrase|log[\s-]?in|sign[\s-]?in|credentials|"
+    r"anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|přihlá\w*|bejelentkez\w*|iniciar\s+sesión|se\s+connecter)(?!\w)"
+)
+
+
+def password_tokens(text: str) -> list[tuple[int, int]]:
+    """Secret-looking tokens anywhere in prose that speaks of passwords or logging in, the cue in
+    another sentence ("ich hab damals ROLN0U5eYWy genommen" ... "Passwort vergessen")."""
+    return _secret_tokens(text, 0, len(text)) if _PASSWORD_TOPIC.search(text) else []
 
 
 class CredentialRecognizer(_OwnRecognizer):
@@ -396,10 +407,7 @@ class CredentialRecognizer(_OwnRecognizer):
             end = scope.end() if scope else start
             stop = _CRED_STOP.search(text, start, end)
             end = stop.start() if stop else end
-            for tok in _CRED_TOKEN.finditer(text, start, end):
-                value = tok.group(0).rstrip(".!?:")
-                if looks_like_password(value):
-                    out.append(RecognizerResult(self.ENTITY, tok.start(), tok.start() + len(value), 0.7))
+            out += [RecognizerResult(self.ENTITY, a, b, 0.7) for a, b in _secret_tokens(text, start, end)]
             # in a user/secret pair the secret needs only letters and a digit or symbol ("admin / uqJtcEW6")
             for pair in _CRED_PAIR.finditer(text, start, end):
                 value = pair.group(1).rstrip(".!?")
