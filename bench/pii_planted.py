@@ -64,7 +64,10 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # `bench/pii_planted_prompt.md` (they read nothing of this project): set 5 was measured once (18:45
 # UTC) and inspected, set 6 was seen in part while editing this file (tune templates now, as set 7),
 # set 7 was measured once (19:00 UTC; three of its templates had been glimpsed, not tuned on) and then
-# inspected, and HELD_OUT_8_TEMPLATES are the held-out split (measured, never inspected).
+# inspected. Set 8, by a fourth such helper, was measured once (2026-12-02 22:00 UTC) and then
+# inspected; set 9, by a fifth, was seen in part (a formatter's diff printed it) and is tune data;
+# HELD_OUT_10_TEMPLATES, by a sixth, are the held-out split (never inspected). Never print this
+# file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -1412,6 +1415,329 @@ HELD_OUT_8_TEMPLATES: list[list[tuple[str, str]]] = [
         ("assistant", "Got it, swapped:\n\nFrom: {name}\n\nBill to: {name2}\n{address}\n\nPlease transfer to IBAN {iban} within 14 days. (I've removed the {id_kind} line, as {id} is yours, not {first}'s.)"),
     ],
 ]
+HELD_OUT_9_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 casual landlord letter
+    [
+        ("user", "can u help me write a short note to my landlord, the boiler is broken again for the 3rd time this month. im {name}, flat is at {address}. he can reach me on {phone} anytime after 5"),
+        ("assistant", "Of course. Here's a short, polite but firm note:\n\nDear landlord,\n\nI'm writing to let you know that the boiler at {address} has stopped working again, which is the third time this month. Could you please arrange a repair as soon as possible?\n\nI'm available after 5pm on {phone} to arrange access.\n\nKind regards,\n{name}"),
+        ("user", "perfect thx, maybe sign with just {first}? we're on first name terms lol"),
+        ("assistant", "Sure, just swap the last line for:\n\nThanks,\n{first}"),
+    ],
+    # 2 German gym cancellation
+    [
+        ("user", "Hallo, ich möchte meinen Fitnessstudio-Vertrag kündigen. Kannst du mir ein Kündigungsschreiben aufsetzen? Mein Name ist {name}, Adresse:\n{address_lines}\nDie Beiträge werden von meinem Konto {iban} abgebucht, Mitgliedsnummer {id}."),
+        ("assistant", "Gerne! Hier ist ein Entwurf:\n\n{name}\n{address_lines}\n\nBetreff: Kündigung meiner Mitgliedschaft (Mitgliedsnr. {id})\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Bitte bestätigen Sie mir die Kündigung schriftlich und stellen Sie die Lastschriften von meinem Konto {iban} nach Vertragsende ein.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "Danke! Muss ich das per Einschreiben schicken?"),
+        ("assistant", "Es ist nicht zwingend vorgeschrieben, aber ein Einschreiben mit Rückschein ist sehr empfehlenswert, damit du den Zugang der Kündigung nachweisen kannst."),
+    ],
+    # 3 Python code with users dict
+    [
+        ("user", "why does this throw KeyError?\n\n```python\nusers = {{\n    \"{email}\": {{\"name\": \"{name}\", \"phone\": \"{phone}\", \"pw\": \"{password}\"}},\n}}\n\ndef login(email, pw):\n    u = users[email.lower()]\n    return u[\"password\"] == pw\n\nprint(login(\"{email}\", \"{password}\"))\n```"),
+        ("assistant", "The dictionary stores the secret under the key `\"pw\"`, but `login` reads `u[\"password\"]`. Either rename the key or change the lookup:\n\n```python\ndef login(email, pw):\n    u = users.get(email.lower())\n    if u is None:\n        return False\n    return u[\"pw\"] == pw\n```\n\nAlso note that `email.lower()` will only match if the key itself is lower-case. And please don't keep real credentials like `{password}` for {name} in plain text in source code; store a hash (e.g. with `bcrypt`) instead."),
+    ],
+    # 4 SQL insert
+    [
+        ("user", "postgres is complaining about this insert, what's wrong\n\nINSERT INTO customers (full_name, email, card_number, city)\nVALUES ('{name_lower}', '{email}', '{card}', '{city}'\n"),
+        ("assistant", "You're missing the closing parenthesis and the semicolon at the end:\n\n```sql\nINSERT INTO customers (full_name, email, card_number, city)\nVALUES ('{name_lower}', '{email}', '{card}', '{city}');\n```\n\nSide note: storing raw card numbers like `{card}` in your own table puts you in PCI DSS scope. Usually you'd store a token from your payment provider and maybe the last four digits."),
+        ("user", "ok its just a test db. also how do i capitalize the name properly, it came in as {name_lower}"),
+        ("assistant", "You can use `initcap`:\n\n```sql\nUPDATE customers SET full_name = initcap(full_name) WHERE email = '{email}';\n```\n\nThat turns '{name_lower}' into '{name}'. Be aware it can get names with particles or apostrophes wrong."),
+    ],
+    # 5 French lost card
+    [
+        ("user", "Bonjour, j'ai perdu ma carte bancaire hier soir. Pouvez-vous m'aider à rédiger un mail à ma banque ? Le numéro c'est {card}, je m'appelle {name} et mon portable est le {phone}."),
+        ("assistant", "Bonjour, voici une proposition :\n\nObjet : Perte de ma carte bancaire – demande d'opposition\n\nMadame, Monsieur,\n\nJe vous informe de la perte de ma carte bancaire n° {card} survenue hier soir. Je vous remercie de bien vouloir confirmer la mise en opposition et de m'envoyer une nouvelle carte.\n\nVous pouvez me joindre au {phone}.\n\nCordialement,\n{name}\n\nAttention : pour bloquer la carte immédiatement, il vaut mieux appeler le service d'opposition par téléphone plutôt que d'attendre une réponse par mail."),
+    ],
+    # 6 Spanish CV header
+    [
+        ("user", "hola! estoy haciendo mi CV y no sé cómo poner la cabecera. datos: {name}, vivo en {street}, {city} ({post}), correo {email}, tel {phone}"),
+        ("assistant", "¡Claro! Una cabecera limpia podría ser así:\n\n**{name}**\n{street} · {post} {city}\n{email} · {phone}\n\nConsejo: en muchos países ya no es necesario poner la dirección completa; basta con la ciudad ({city}) para proteger un poco tu privacidad."),
+        ("user", "vale pues quito la calle. gracias!!"),
+        ("assistant", "Perfecto, entonces quedaría:\n\n**{name}**\n{city} · {email} · {phone}"),
+    ],
+    # 7 Slack-like forwarded message
+    [
+        ("user", "---------- Forwarded message ---------\nFrom: {name} <{email}>\nDate: Tue, 4 Mar 2025 at 09:12\nSubject: refund\nTo: support\n\nHi, I was charged twice for order 4471. Please refund to {iban}, account holder {name}.\n\nThanks\n{first}\n\n---\n\n@assistant can you draft a reply for me? I'm {name2} from support"),
+        ("assistant", "Here's a draft:\n\nHi {first},\n\nThanks for reaching out, and sorry about the double charge on order 4471. I've checked and can confirm the duplicate payment. We'll refund it to the account ending in the IBAN you provided ({iban}) within 5–7 business days.\n\nIf you have any questions, just reply to this email.\n\nBest regards,\n{name2}\nCustomer Support"),
+        ("user", "nice, maybe dont repeat the whole iban, just last 4"),
+        ("assistant", "Good call. Replace that sentence with: \"We'll refund it to your account on file (IBAN ending in the last four digits you provided) within 5–7 business days.\" And sign off as {first2} if you prefer a friendlier tone."),
+    ],
+    # 8 YAML config
+    [
+        ("user", "my docker-compose won't connect to the db. here's the relevant bit\n\n```yaml\nservices:\n  app:\n    environment:\n      DB_USER: admin\n      DB_PASS: {password}\n      ADMIN_EMAIL: {email}\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_PASSWORD: \"{password}\"\n```"),
+        ("assistant", "Your `db` service never sets `POSTGRES_USER`, so Postgres creates the default user `postgres`, while the app tries to log in as `admin`. Add it:\n\n```yaml\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: admin\n      POSTGRES_PASSWORD: \"{password}\"\n```\n\nAlso quote the value in the app section too; if `{password}` contains characters like `#` or `:` YAML may mangle it. Better yet, move it into an `.env` file that isn't committed."),
+        ("user", "ah yeah. the pass is the same one i use for my mail at {email} lol, should i change it"),
+        ("assistant", "Yes, definitely. Reusing the password of your email account for a database config is risky: anyone who sees the compose file could get into your mailbox. Generate a unique random one for the database and change your email password as well."),
+    ],
+    # 9 CSV list of people
+    [
+        ("user", "turn this into a markdown table pls\n\nname,email,phone,city\n{name},{email},{phone},{city}\n{name2},,,{country}\n{first3},,n/a,{city}"),
+        ("assistant", "| Name | Email | Phone | City |\n|---|---|---|---|\n| {name} | {email} | {phone} | {city} |\n| {name2} | | | {country} |\n| {first3} | | n/a | {city} |\n\nNote: for {name2} the value you gave ({country}) looks like a country rather than a city, so you might want to double-check that row."),
+    ],
+    # 10 Polish application
+    [
+        ("user", "Cześć, muszę wypełnić wniosek o kartę parkingową i nie rozumiem rubryki 'dane wnioskodawcy'. Ja to {name}, mieszkam przy {street}, {post} {city}. Mam podać {id_kind}? U mnie to {id}."),
+        ("assistant", "Cześć! W rubryce „dane wnioskodawcy” zwykle wpisujesz:\n\n- Imię i nazwisko: {name}\n- Adres zamieszkania: {street}, {post} {city}\n- Numer dokumentu: {id} ({id_kind})\n\nJeśli formularz wymaga konkretnie numeru PESEL, a nie innego dokumentu, to wpisz PESEL. Warto sprawdzić instrukcję na odwrocie wniosku."),
+        ("user", "a jak podpisać? pełnym imieniem?"),
+        ("assistant", "Tak, najlepiej czytelnym podpisem: {name}. Samo „{first}” albo parafka może zostać odrzucone."),
+    ],
+    # 11 Dutch rental with address_qq
+    [
+        ("user", "Ik heb dit uit ons verhuurprogramma gekopieerd maar de regels zijn weg:\n\nHuurder: {name}???{address_qq}???Rekening: {iban}\n\nKun je er een nette adresregel van maken voor de huurovereenkomst?"),
+        ("assistant", "Natuurlijk. Zo ziet het er netjes uit:\n\nHuurder: {name}\nAdres:\n{address_lines}\nIBAN: {iban}\n\nDe drie vraagtekens staan waarschijnlijk voor regeleinden die bij het exporteren verloren zijn gegaan."),
+        ("user", "top. en de borg wordt ook op {iban} teruggestort toch?"),
+        ("assistant", "Dat hangt af van wat jullie afspreken, maar gebruikelijk is dat de borg teruggaat naar het rekeningnummer van de huurder, dus {iban} op naam van {surname}. Zet dat er expliciet in, bijvoorbeeld: \"De waarborgsom wordt na afloop teruggestort op rekening {iban} t.n.v. {name}.\""),
+    ],
+    # 12 Italian
+    [
+        ("user", "ciao, devo scrivere una mail al comune per il cambio di residenza. mi chiamo {first} {surname}, la nuova via è {street} a {city}. il mio {id_kind} è {id}, serve?"),
+        ("assistant", "Ciao {first}! Ecco una bozza:\n\nOggetto: Richiesta di cambio di residenza\n\nGentile Ufficio Anagrafe,\n\nil/la sottoscritto/a {name} comunica il trasferimento della propria residenza al nuovo indirizzo: {street}, {post} {city}.\n\nAllego copia del documento d'identità ({id_kind}: {id}).\n\nCordiali saluti,\n{name}\n\nDi solito il comune chiede il codice fiscale e una copia del documento, quindi sì, è utile indicarlo."),
+    ],
+    # 13 markdown table guests with possessives
+    [
+        ("user", "planning a dinner for saturday. {first}'s bringing dessert, {name2} is vegan and {first3} can't do nuts. can u make a little table with who brings what? my number for the group chat is {phone}"),
+        ("assistant", "Here you go:\n\n| Guest | Brings | Dietary notes |\n|---|---|---|\n| {first} | Dessert | – |\n| {name2} | ? | Vegan |\n| {first3} | ? | Nut allergy |\n\nYou could paste this into the group chat and ask people to fill in the gaps. Want me to draft the message, including your number ({phone}) for anyone who isn't in the chat yet?"),
+        ("user", "yes pls, and mention dinner is at mine, {address}"),
+        ("assistant", "Hi all! Dinner is on Saturday at 7pm at {address}. {first} is on dessert 🍰. {first2}, I'll make sure there's a proper vegan main for you, and {first3}, everything will be nut-free. Let me know what else you can bring! Questions? Text me on {phone}."),
+    ],
+    # 14 Portuguese account recovery
+    [
+        ("user", "oi, não consigo entrar no meu email {email}. a senha que eu sempre usei era {password} mas agora diz que tá errada. o número de recuperação é {phone}"),
+        ("assistant", "Oi! Algumas coisas que podem ajudar:\n\n1. Use a opção \"Esqueci minha senha\" na página de login e escolha receber o código no celular {phone}.\n2. Verifique se o Caps Lock está desligado: \"{password}\" diferencia maiúsculas de minúsculas.\n3. Se alguém trocou a senha, entre em contato com o suporte do provedor.\n\nE um conselho: depois de recuperar o acesso, escolha uma senha nova que você não use em nenhum outro lugar, e evite compartilhar a senha em chats como este."),
+        ("user", "ok valeu, vou trocar"),
+    ],
+    # 15 Czech complaint
+    [
+        ("user", "Dobrý den, potřebuju napsat reklamaci na pračku. Jmenuju se {name}, bydlím na adrese {address} a telefon mám {phone}. Pračka teče už po dvou týdnech."),
+        ("assistant", "Dobrý den, tady je návrh reklamace:\n\nVěc: Reklamace pračky\n\nVážení,\n\ndne 3. 2. jsem u vás zakoupil/a pračku, která po dvou týdnech používání začala téct. Žádám o bezplatnou opravu, případně výměnu v rámci zákonné záruky.\n\nKontakt: {name}, {address}, tel. {phone}\n\nS pozdravem\n{name}"),
+        ("user", "super, a můžeš tam dát i e-mail {email}?"),
+        ("assistant", "Jasně, kontaktní řádek by pak byl: {name}, {address}, tel. {phone}, e-mail: {email}"),
+    ],
+    # 16 Hungarian
+    [
+        ("user", "Szia! Segítenél egy hivatalos e-mailt írni a könyvelőmnek? {name} vagyok, a visszatérítést erre a számlára kérem: {iban}. Az adóazonosítóm ({id_kind}) {id}."),
+        ("assistant", "Szia! Íme egy javaslat:\n\nTárgy: Visszatérítés bankszámlaszáma\n\nKedves Könyvelő Úr/Asszony!\n\nKérem, hogy a visszatérítést az alábbi számlára utalják: {iban}.\nAzonosítóm ({id_kind}): {id}.\n\nKöszönettel:\n{name}"),
+        ("user", "köszi! ja és a könyvelő neve {name2}, tegeződünk"),
+        ("assistant", "Akkor legyen közvetlenebb:\n\nKedves {first2}!\n\nA visszatérítést légyszi a {iban} számlára utaljátok. Az azonosítóm: {id}.\n\nKöszi,\n{first}"),
+    ],
+    # 17 Danish with card
+    [
+        ("user", "hej, jeg skal sende en klage til et webshop der har trukket penge to gange på mit kort ({card}). kan du hjælpe? jeg hedder {name}\n{address_lines}"),
+        ("assistant", "Hej {first}! Her er et udkast:\n\nEmne: Dobbelt træk på betalingskort\n\nHej,\n\nJeg har opdaget, at I har trukket det samme beløb to gange på mit betalingskort, der slutter på de sidste fire cifre af {card}. Jeg beder jer venligst refundere det ene beløb hurtigst muligt.\n\nVenlig hilsen\n{name}\n{address_lines}\n\nTip: skriv helst ikke hele kortnummeret i mailen, kun de sidste fire cifre."),
+    ],
+    # 18 system + email signature
+    [
+        ("system", "You are a helpful assistant."),
+        ("user", "Can you make my email signature look more professional? Currently it's:\n\ncheers, {first_lower}\n{name} | {phone} | {email}\n{address}"),
+        ("assistant", "Here's a cleaner version:\n\nBest regards,\n\n{name}\nSenior Account Manager\nT: {phone}\nE: {email}\nA: {address}\n\nYou can drop the job title line if it doesn't apply, and consider leaving out the full street address unless clients need to send you post."),
+        ("user", "i'm not a senior account manager haha, i'm a freelance translator"),
+        ("assistant", "Ha, my mistake! Then:\n\nBest regards,\n\n{name}\nFreelance Translator\nT: {phone} · E: {email}"),
+    ],
+    # 19 dictated numbers
+    [
+        ("user", "ok so the hotel asked me to confirm booking by email and i have to give them my card. it's a visa, the long number is {card}, expiry 08/27. also phone, plus then {phone}, and they want a passphrase for the reservation so i picked {password}. can you write it up"),
+        ("assistant", "Here's a draft, but first a strong word of caution: hotels normally never need your full card number by plain email. Consider calling them instead or using their secure payment link.\n\nIf you still want to write:\n\nDear Reservations Team,\n\nI'd like to confirm my booking. You can reach me on {phone}. The passphrase for the reservation is {password}.\n\nFor the payment details, I'll call you directly.\n\nKind regards"),
+        ("user", "hmm fair. sign it as {name} then"),
+        ("assistant", "Done:\n\nDear Reservations Team,\n\nI'd like to confirm my booking. You can reach me on {phone}. The passphrase for the reservation is {password}.\n\nFor the payment details, I'll call you directly.\n\nKind regards,\n{name}"),
+    ],
+    # 20 JSON payload
+    [
+        ("user", "the API returns 422 for this body, any idea?\n\n{{\n  \"customer\": {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"address\": \"{street}, {city}\",\n    \"postcode\": {post},\n  }},\n  \"payment\": {{ \"card\": \"{card}\" }}\n}}"),
+        ("assistant", "Two problems jump out:\n\n1. There's a trailing comma after `\"postcode\"`, which is invalid JSON.\n2. `postcode` isn't quoted. Postcodes should be strings (many contain letters or leading zeros).\n\nFixed:\n\n```json\n{{\n  \"customer\": {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"address\": \"{street}, {city}\",\n    \"postcode\": \"{post}\"\n  }},\n  \"payment\": {{ \"card\": \"{card}\" }}\n}}\n```"),
+    ],
+    # 21 shell curl with creds
+    [
+        ("user", "running this from my laptop and get 401\n\n```\ncurl -u {email}:{password} https://api.example.com/v1/me\n```\nthe login works fine on the website"),
+        ("assistant", "A few common causes:\n\n- If the password `{password}` contains shell-special characters (`$`, `!`, `&`), the shell may be interpreting them. Wrap the credentials in single quotes:\n\n```bash\ncurl -u '{email}:{password}' https://api.example.com/v1/me\n```\n\n- Many APIs don't accept your website login at all and require an API token instead.\n\nAlso, since you've now shared these credentials here, I'd recommend changing that password."),
+        ("user", "yep it was the ! in it. thanks. my colleague {name2} has the same issue i'll tell him"),
+    ],
+    # 22 names as sentence subjects, after punctuation
+    [
+        ("user", "write a quick reference for my former intern, keep it short. her name is {name}. she worked with us 6 months;{first} was great with clients. contact me at {email} if they need more."),
+        ("assistant", "To whom it may concern,\n\n{name} worked with our team as an intern for six months. During that time, {first} consistently impressed us with her professionalism and her excellent way with clients. {first}'s ability to handle difficult conversations calmly was especially valuable.\n\nI recommend her without reservation. Please feel free to contact me at {email} for further details.\n\nSincerely,"),
+        ("user", "add my name: {name2}, team lead. and mention {surname} also helped onboard {first3}"),
+        ("assistant", "Updated ending:\n\n...In addition, Ms. {surname} played a key role in onboarding our newest team member, {first3}.\n\nI recommend her without reservation. Please feel free to contact me at {email} for further details.\n\nSincerely,\n{name2}\nTeam Lead"),
+    ],
+    # 23 lowercase typos
+    [
+        ("user", "hey its {name_lower} again. i moved, new adress is {address_lower}. do i need to tell the dvla or whatever, my {id_kind} is {id}"),
+        ("assistant", "Welcome to the new place! Yes, if your {id_kind} ({id}) shows your address, you're usually legally required to update it when you move. In most countries you can do it online; you'll typically need the document number and your new address:\n\n{address}\n\nIt's generally free, and your new document will be posted to that address."),
+        ("user", "ok cool. and my bank, they have my old email too, new one is {email}"),
+        ("assistant", "For the bank, log into online banking and update both the postal address ({address}) and the email ({email}) in your profile settings. Some banks will ask you to confirm the change via a code sent to your phone."),
+    ],
+    # 24 Spanish/English mix with CRM export and phone shapes
+    [
+        ("system", "You are an assistant that helps clean up CRM data."),
+        ("user", "Exported contact from our CRM, can you split it into fields?\n\n{name}???{address_qq}???tel: {phone}???{email}"),
+        ("assistant", "Here it is split into fields:\n\n- Full name: {name}\n- First name: {first}\n- Surname: {surname}\n- Street: {street}\n- Postcode: {post}\n- City: {city}\n- Country: {country}\n- Phone: {phone}\n- Email: {email}\n\nThe \"???\" separators look like line breaks that got lost during export."),
+        ("user", "gracias. y este otro? {name2} - misma empresa, mismo teléfono"),
+        ("assistant", "Then the second record would be:\n\n- Full name: {name2}\n- First name: {first2}\n- Street: {street}\n- Postcode: {post}\n- City: {city}\n- Country: {country}\n- Phone: {phone}\n- Email: (not provided)"),
+    ],
+]
+HELD_OUT_10_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 casual lower-case landlord letter
+    [
+        ("user", "hey can u help me write a letter to my landlord. im {name} and i live at {street}, {post} {city}. heating's been broken for like 2 weeks and nobody picks up when i call. my number is {phone} if that matters"),
+        ("assistant", "Of course. Here's a firm but polite letter you can send:\n\n{name}\n{address_lines}\nPhone: {phone}\n\nDear Landlord,\n\nI am writing to report that the heating at {street} has not been working for approximately two weeks. I have tried to reach you by phone several times without success.\n\nPlease arrange a repair as soon as possible. You can reach me at {phone}.\n\nKind regards,\n{name}"),
+        ("user", "thx. can u make it less formal, he's called {first2}"),
+        ("assistant", "Sure:\n\nHi {first2},\n\nJust a quick note that the heating at my place ({street}) has been out for about two weeks now. I've tried calling a few times but couldn't get hold of you. Could you get someone round to fix it this week? Best number for me is {phone}.\n\nThanks,\n{first}"),
+    ],
+    # 2 German bank email with IBAN
+    [
+        ("user", "Kannst du mir helfen, eine kurze Mail an meine Bank zu formulieren? Die Rückbuchung von letzter Woche ist nicht angekommen. Konto läuft auf {name}, IBAN {iban}. Meine Mail ist {email}"),
+        ("assistant", "Gerne, hier ein Vorschlag:\n\nBetreff: Fehlende Rückbuchung\n\nSehr geehrte Damen und Herren,\n\nleider ist die Rückbuchung aus der vergangenen Woche noch nicht auf meinem Konto eingegangen.\n\nKontoinhaber: {name}\nIBAN: {iban}\n\nIch bitte um kurze Prüfung und Rückmeldung an {email}.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "super danke. kannst du noch reinschreiben dass ich unter {phone} erreichbar bin, aber nur nachmittags"),
+        ("assistant", "Klar, ergänze einfach vor der Grußformel:\n\n\"Telefonisch erreichen Sie mich nachmittags unter {phone}.\""),
+    ],
+    # 3 Python dict of users
+    [
+        ("user", "why does this throw KeyError?\n\n```python\nusers = {{\n    \"u1\": {{\"name\": \"{name}\", \"email\": \"{email}\", \"phone\": \"{phone}\"}},\n    \"u2\": {{\"name\": \"{name2}\", \"mail\": \"{first3}@example.org\"}},\n}}\n\nfor uid, u in users.items():\n    print(u[\"name\"], u[\"email\"])\n```"),
+        ("assistant", "The second entry uses the key `\"mail\"` instead of `\"email\"`, so `u[\"email\"]` fails when the loop reaches `u2` ({name2}). Either rename the key or use `.get()`:\n\n```python\nfor uid, u in users.items():\n    print(u[\"name\"], u.get(\"email\") or u.get(\"mail\"))\n```\n\nThat prints `{name} {email}` for the first user and the fallback address for the second."),
+    ],
+    # 4 SQL insert with card
+    [
+        ("user", "getting 'value too long for type character varying(16)' on this insert, postgres:\n\nINSERT INTO customers (full_name, email, card_no, city)\nVALUES ('{name}', '{email}', '{card}', '{city}');"),
+        ("assistant", "The `card_no` column is `varchar(16)`, but the value '{card}' probably includes spaces or dashes, which pushes it over 16 characters. Strip them before inserting:\n\n```sql\nINSERT INTO customers (full_name, email, card_no, city)\nVALUES ('{name}', '{email}', regexp_replace('{card}', '[^0-9]', '', 'g'), '{city}');\n```\n\nAlso, storing full card numbers in plain text is a PCI DSS problem; consider storing only a token or the last four digits."),
+        ("user", "yeah its just a test db, ty"),
+    ],
+    # 5 French password / account recovery
+    [
+        ("user", "bonjour, je n'arrive plus à me connecter à mon compte. l'adresse c'est {email} et je suis presque sûre que le mot de passe était {password} mais ça marche pas. qu'est-ce que je peux faire ?"),
+        ("assistant", "Bonjour ! Je ne peux pas accéder à votre compte, mais voici ce que vous pouvez essayer :\n\n1. Vérifiez que le verrouillage des majuscules est désactivé.\n2. Utilisez « Mot de passe oublié » avec l'adresse {email}.\n3. Une fois connectée, choisissez un nouveau mot de passe : évitez de réutiliser {password}, surtout maintenant qu'il a été partagé ici."),
+        ("user", "ok merci. et si je n'ai plus accès à cette boîte mail ? le compte est au nom de {name}, j'ai aussi mon numéro {phone}"),
+        ("assistant", "Dans ce cas, contactez le support du service et indiquez que le compte est au nom de {name}, avec le numéro {phone} associé. Ils vous demanderont probablement une pièce d'identité pour vérifier."),
+    ],
+    # 6 forwarded message summary
+    [
+        ("user", "can you summarise this and tell me what i need to do\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nDate: Tue, 14 May\nSubject: Re: Booking confirmation\nTo: {name2}\n\nHi {first2},\n\nThanks for confirming. Please send the deposit to {iban} (account holder {name}) by Friday, reference \"FLAT-3B\". The keys can be picked up at {street}, {city}, any time after 4pm.\n\nIf anything comes up, call me on {phone}.\n\nBest,\n{first}"),
+        ("assistant", "Summary: {name} confirmed your booking and needs the deposit.\n\nTo do:\n- Transfer the deposit to IBAN {iban} (holder: {name}) by Friday, reference \"FLAT-3B\".\n- Pick up the keys at {street}, {city} after 4pm.\n- If there's a problem, phone {first} on {phone}."),
+    ],
+    # 7 Spanish form with id
+    [
+        ("user", "Hola, tengo que rellenar un formulario de empadronamiento y no entiendo algunos campos. Te paso mis datos: {name}, {id_kind} {id}, vivo en {address}. Qué pongo en 'domicilio anterior'?"),
+        ("assistant", "En «domicilio anterior» debes indicar la dirección donde estabas empadronado antes de {address}. Si es tu primer empadronamiento en España, déjalo en blanco o escribe el país de origen.\n\nEl resto quedaría así:\n- Nombre y apellidos: {name}\n- Documento ({id_kind}): {id}\n- Domicilio actual: {street}, {post} {city}"),
+        ("user", "vale, antes vivía en {country}. gracias!!"),
+        ("assistant", "Perfecto, entonces en «domicilio anterior» pon simplemente {country}. ¡Suerte con el trámite!"),
+    ],
+    # 8 email signature
+    [
+        ("user", "make my email signature look more professional pls:\n\n{name} | senior analyst | {phone} | {email} | {street}, {city}"),
+        ("assistant", "Here's a cleaner version:\n\n--\n{name}\nSenior Analyst\nT: {phone}\nE: {email}\n{street}\n{post} {city}, {country}"),
+        ("user", "nice. can u do one for my colleague too, {name2}, same office, {first2}'s email is {first3}.{surname}@company.com... no wait thats wrong, just leave email out"),
+        ("assistant", "Sure, without the email:\n\n--\n{name2}\nSenior Analyst\n{street}\n{post} {city}, {country}"),
+    ],
+    # 9 YAML config with password (system turn)
+    [
+        ("system", "You are a helpful DevOps assistant."),
+        ("user", "my docker compose won't start, says 'password authentication failed for user admin'\n\n```yaml\nservices:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: admin\n      POSTGRES_PASSWORD: {password}\n      POSTGRES_DB: shop\n  app:\n    environment:\n      DATABASE_URL: postgres://admin:{password}@db:5432/shop\n      ADMIN_EMAIL: {email}\n```"),
+        ("assistant", "The credentials in both services match, so the usual cause is an existing volume: Postgres only applies `POSTGRES_PASSWORD` on the first initialisation. If the volume was created earlier with a different password, `{password}` is ignored.\n\nFix:\n\n```sh\ndocker compose down -v\ndocker compose up\n```\n\nAlso, if `{password}` contains `@`, `:` or `/`, it must be URL-encoded in `DATABASE_URL`. And you should move it to an `.env` file rather than committing it."),
+    ],
+    # 10 CSV to markdown table
+    [
+        ("user", "turn this into a markdown table\n\nname,email,phone,city\n{name},{email},{phone},{city}\n{name2},{first2}@mail.com,,{city}\n{first3} (intern),,,"),
+        ("assistant", "| Name | Email | Phone | City |\n|---|---|---|---|\n| {name} | {email} | {phone} | {city} |\n| {name2} | {first2}@mail.com | | {city} |\n| {first3} (intern) | | | |"),
+        ("user", "add a first name column, we use it for the mail merge"),
+        ("assistant", "| First name | Name | Email | Phone | City |\n|---|---|---|---|---|\n| {first} | {name} | {email} | {phone} | {city} |\n| {first2} | {name2} | {first2}@mail.com | | {city} |\n| {first3} | {first3} (intern) | | | |"),
+    ],
+    # 11 Polish card blocked
+    [
+        ("user", "Bank zablokował mi kartę i nie wiem dlaczego. Numer karty {card}, właściciel {name}. Jak mam napisać reklamację?"),
+        ("assistant", "Oto przykładowa treść reklamacji:\n\nSzanowni Państwo,\n\nzwracam się z prośbą o wyjaśnienie przyczyny zablokowania mojej karty płatniczej nr {card}. Właściciel karty: {name}.\n\nProszę o odblokowanie karty lub informację, jakie kroki muszę podjąć.\n\nZ poważaniem,\n{name}\n\nZanim wyślesz, rozważ podanie tylko ostatnich 4 cyfr karty zamiast pełnego numeru."),
+        ("user", "dzięki, dopisz jeszcze adres {address} i tel {phone}"),
+        ("assistant", "Jasne, pod podpisem dodaj:\n\n{name}\n{address}\ntel. {phone}"),
+    ],
+    # 12 Dutch rental contract, two people
+    [
+        ("user", "Wij gaan samen een huurcontract tekenen, {name} en {name2}. Het adres is {street} in {city}. Moeten we allebei op het contract staan?"),
+        ("assistant", "Ja, het is verstandig dat jullie allebei als huurder op het contract staan. Dan zijn {first} en {first2} allebei hoofdelijk aansprakelijk, maar hebben ook allebei huurbescherming voor {street}, {post} {city}.\n\nControleer dat op het contract staat:\n- Huurders: {name} en {name2}\n- Adres: {address}"),
+        ("user", "oké en de verhuurder vraagt om een kopie van mijn {id_kind}, nummer {id}. is dat normaal?"),
+        ("assistant", "Een verhuurder mag je identiteit controleren, maar een kopie bewaren is vaak niet nodig. Als je toch een kopie geeft, maak dan de pasfoto en het BSN onleesbaar en zet er \"kopie voor huurcontract {street}\" op. Het nummer {id} hoeft verder nergens in het contract te staan."),
+    ],
+    # 13 Italian resignation letter
+    [
+        ("user", "ciao mi aiuti a scrivere una lettera di dimissioni? mi chiamo {name}, abito in {street}, {post} {city}. il mio responsabile è {name2}"),
+        ("assistant", "Certo! Ecco una bozza:\n\n{name}\n{street}\n{post} {city}\n\nAll'attenzione di {name2}\n\nOggetto: Dimissioni volontarie\n\nGentile {first2},\n\ncon la presente comunico le mie dimissioni volontarie dalla posizione attualmente ricoperta, nel rispetto del periodo di preavviso previsto dal contratto.\n\nRingrazio per l'opportunità e per la collaborazione di questi anni.\n\nCordiali saluti,\n{name}"),
+        ("user", "perfetto. ah la mando via pec da {email}, va bene lo stesso?"),
+        ("assistant", "Sì, in Italia le dimissioni vanno comunque presentate online tramite il portale del Ministero del Lavoro, ma puoi anche inviare una copia a {first2} via PEC da {email} per conoscenza."),
+    ],
+    # 14 dictated numbers
+    [
+        ("user", "ok so im on the phone with the airline and they want my card, i read it out as {card} and then expiry oh-nine slash twenty-seven, they keep saying it's invalid. is there a way to check if the number is even right??"),
+        ("assistant", "You can check it with the Luhn algorithm, which every card number must pass. Quick Python check:\n\n```python\ndef luhn_ok(num: str) -> bool:\n    digits = [int(c) for c in num if c.isdigit()]\n    total = 0\n    for i, d in enumerate(reversed(digits)):\n        if i % 2 == 1:\n            d *= 2\n            if d > 9:\n                d -= 9\n        total += d\n    return total % 10 == 0\n\nprint(luhn_ok(\"{card}\"))\n```\n\nIf it prints `True`, the number itself is fine and the problem is more likely the expiry date, the billing address, or the card being blocked for phone payments."),
+        ("user", "prints true. billing address is {address_lower}, maybe they have the old one. also they want a callback number, mine is {phone} ext two one four"),
+        ("assistant", "Then the billing address is the likely culprit. Ask them to confirm the address on file matches {address}. For the callback, give {phone}, extension 214."),
+    ],
+    # 15 Portuguese registration with id
+    [
+        ("user", "oi! to fazendo cadastro numa loja online e o site pede {id_kind}. o meu é {id}. é seguro colocar? meu email é {email} e celular {phone}"),
+        ("assistant", "Em lojas brasileiras é comum pedirem esse documento para emissão de nota fiscal. Antes de informar {id}, confira:\n\n1. Se o site usa https (cadeado no navegador).\n2. Se a loja tem CNPJ e reputação no Reclame Aqui.\n3. Se a política de privacidade explica o uso dos dados.\n\nO email {email} e o celular {phone} normalmente servem só para confirmação do pedido."),
+        ("user", "blz. e a senha, posso usar a mesma do banco? é {password}"),
+        ("assistant", "Não é recomendado. Se essa loja sofrer um vazamento, quem tiver \"{password}\" poderia tentar entrar no seu banco. Use uma senha diferente, de preferência gerada por um gerenciador de senhas, e troque a do banco, já que você a escreveu aqui."),
+    ],
+    # 16 Czech wedding guest list
+    [
+        ("user", "Ahoj, pomůžeš mi se seznamem hostů na svatbu? Zatím mám: {name}, {name2}, {first3} s partnerem, a ještě teta z {city}. Potřebuju z toho udělat tabulku s adresami na pozvánky. {first} bydlí na {address}."),
+        ("assistant", "Jasně! Tady je tabulka, kterou můžeš doplňovat:\n\n| Host | Adresa | Počet osob |\n|---|---|---|\n| {name} | {address} | 1 |\n| {name2} | | 1 |\n| {first3} + partner | | 2 |\n| teta ({city}) | | 1 |\n\nAž budeš mít další adresy, pošli je a doplním je."),
+        ("user", "{name2} má stejnou adresu jako {first}, jsou spolu. a na přihlášení do svatebního webu jsem dala heslo {password}, pošleš jim to do pozvánky?"),
+        ("assistant", "Upravená tabulka:\n\n| Host | Adresa | Počet osob |\n|---|---|---|\n| {name} a {name2} | {address} | 2 |\n| {first3} + partner | | 2 |\n| teta ({city}) | | 1 |\n\nText do pozvánky: \"Podrobnosti najdete na našem svatebním webu, heslo pro vstup: {password}\"."),
+    ],
+    # 17 Hungarian, address_qq export
+    [
+        ("user", "Szia! Kimentettem a rendeléseket a webshopból és a szállítási cím így néz ki: {address_qq}. Hogy tudom Excelben rendesen szétszedni? A vevő {name}, tel: {phone}"),
+        ("assistant", "A \"???\" jelek valószínűleg elveszett sortörések. Excelben:\n\n1. Jelöld ki az oszlopot.\n2. Adatok → Szövegből oszlopok → Határolójellel tagolt.\n3. Egyéb határoló: `?` és pipáld be az \"Egymást követő határolók egynek számítanak\" opciót.\n\nÍgy ebből: {address_qq}\nez lesz:\n- {street}\n- {post} {city}\n- {country}"),
+        ("user", "köszi! és képlettel?"),
+        ("assistant", "Újabb Excelben: `=SZÖVEGFELOSZTÁS(A2;\"???\")`. Ez {name} címét három cellára bontja: {street} | {post} {city} | {country}."),
+    ],
+    # 18 Danish family passwords
+    [
+        ("user", "hej, jeg skal skrive en seddel til vores babysitter {first3}. den skal indeholde wifi koden, som er {password}, mit nummer {phone} og min mands nummer. han hedder {name2}. kan du skrive den pænt?"),
+        ("assistant", "Selvfølgelig! Her er et forslag:\n\nKære {first3}\n\nVelkommen! Her er det vigtigste:\n\n- Wifi: {password}\n- {first}: {phone}\n- {first2}: (indsæt nummer)\n\nI nødstilfælde ring 112. Adressen er {street}, {post} {city}.\n\nTak for hjælpen!\nHilsen {first} og {first2}"),
+        ("user", "perfekt tak. {first2}s nummer er det samme som mit lige nu, hans telefon er gået i stykker haha"),
+        ("assistant", "Så skriv bare: \"{first} og {first2}: {phone}\". Så er det tydeligt for {first3}."),
+    ],
+    # 19 JSON payload with IBAN
+    [
+        ("user", "API returns 422 on this, what's wrong?\n\n{{\n  \"beneficiary\": {{\n    \"name\": \"{name}\",\n    \"iban\": \"{iban}\",\n    \"email\": \"{email}\"\n  }},\n  \"amount\": \"250,00\",\n  \"currency\": \"EUR\"\n}}"),
+        ("assistant", "Most payment APIs expect `amount` as a number (or a string with a dot), not `\"250,00\"`. Also check that the IBAN has no spaces if the API is strict. Try:\n\n```json\n{{\n  \"beneficiary\": {{\n    \"name\": \"{name}\",\n    \"iban\": \"{iban}\",\n    \"email\": \"{email}\"\n  }},\n  \"amount\": 250.00,\n  \"currency\": \"EUR\"\n}}\n```"),
+        ("user", "still 422. oh the error body says beneficiary.address required"),
+        ("assistant", "Then add an address object for {name}:\n\n```json\n\"address\": {{\n  \"line1\": \"{street}\",\n  \"postal_code\": \"{post}\",\n  \"city\": \"{city}\",\n  \"country\": \"{country}\"\n}}\n```\n\nSome APIs want `country` as an ISO code (e.g. DE) rather than \"{country}\"."),
+    ],
+    # 20 shell curl with credentials
+    [
+        ("user", "this curl gives me 401 but i can log in on the website fine with the same creds\n\ncurl -u {email}:{password} https://api.example.com/v2/me"),
+        ("assistant", "A few common causes:\n\n1. If the password contains shell special characters (`!`, `$`, `&`), the shell may alter it. Quote it:\n\n```sh\ncurl -u '{email}:{password}' https://api.example.com/v2/me\n```\n\n2. Many APIs don't accept your website login; they want an API token instead of `{password}`.\n3. If two-factor authentication is on, basic auth is often disabled.\n\nAfter testing, consider changing that password since it's now in your shell history."),
+        ("user", "quoting fixed it lol. the pw had a $ in it. thanks"),
+    ],
+    # 21 travel agency with system turn, passport
+    [
+        ("system", "You are a booking assistant for a travel agency. Be concise."),
+        ("user", "I need to add passenger details for the Lisbon trip. Lead passenger: {name}, {id_kind} {id}. Second passenger is {name2}, don't have theirs yet. Contact email {email}"),
+        ("assistant", "Thanks. I've noted:\n\n1. {name}: {id_kind} {id}\n2. {name2}: document pending\n\nConfirmation will go to {email}. Please send {first2}'s document details at least 72 hours before departure."),
+        ("user", "great. also invoice should go to my company address: {address_lines}\nand charge the balance to the card ending... actually just use the full one, {card}, exp 11/28"),
+        ("assistant", "Noted. Invoice address:\n\n{name}\n{address_lines}\n\nFor security, please don't send full card numbers in chat. Use the secure payment link we'll email to {email}; the card {card} will not be stored from this conversation."),
+    ],
+    # 22 gift shipping, possessive, lower case
+    [
+        ("user", "{first}'s birthday is next week and i want to send her a surprise. what should i write on the card? we've been friends since school. oh and it has to ship to {address_lower}"),
+        ("assistant", "Here are a few ideas for the card:\n\n- \"Happy birthday, {first}! Twenty-odd years of friendship and you're still stuck with me.\"\n- \"To {first}, who has known me since braces and bad haircuts: happy birthday!\"\n\nFor shipping, write the address as:\n\n{name}\n{address_lines}"),
+        ("user", "lol the first one. sign it from me and {first2}. and put my number {phone} in case courier needs it"),
+        ("assistant", "Card text:\n\n\"Happy birthday, {first}! Twenty-odd years of friendship and you're still stuck with me. Love, {first2} and me\"\n\nFor the courier, add {phone} as the sender's contact number on the shipping form, not on the card itself."),
+    ],
+    # 23 Slack-like thread
+    [
+        ("user", "can you turn this slack thread into a short status update for my manager?\n\n[10:02] {first2}: @{first_lower} did you get {name}'s new address for the contract?\n[10:05] {name_lower}: yes, it's {address}. also my new mobile is {phone}\n[10:06] {first2}: thx! HR also needs your {id_kind}\n[10:09] {name_lower}: {id}\n[10:10] {first3}: contract goes out tomorrow then"),
+        ("assistant", "Status update:\n\n- {name} provided an updated address ({address}) and new mobile number ({phone}) for the contract.\n- {name}'s {id_kind} ({id}) has been shared with HR.\n- {first3} confirmed the contract will be sent out tomorrow.\n\nYou may want to leave the {id_kind} out of the manager update, since HR already has it."),
+        ("user", "yeah drop the id"),
+        ("assistant", "Status update:\n\n- {name} provided an updated address ({address}) and new mobile ({phone}).\n- HR has the required ID details.\n- Contract goes out tomorrow ({first3})."),
+    ],
+    # 24 payroll markdown table with system turn
+    [
+        ("system", "You are an assistant that helps small business owners with bookkeeping."),
+        ("user", "Ich hab die Gehaltsliste für diesen Monat, kannst du prüfen, ob was fehlt?\n\n| Mitarbeiter | Steuer-ID | IBAN | Brutto |\n|---|---|---|---|\n| {name} | {id} | {iban} | 3.200 € |\n| {name2} | | DE | 2.850 € |"),
+        ("assistant", "Bei {name2} fehlen die Steuer-ID und die vollständige IBAN (es steht nur \"DE\"). Ohne diese Angaben kann die Lohnabrechnung für {first2} nicht korrekt erstellt bzw. überwiesen werden.\n\nBei {name} ist alles vollständig: Steuer-ID {id}, IBAN {iban}, Brutto 3.200 €."),
+        ("user", "ok, {first2} schickt mir die Daten morgen an {email}. Kannst du mir eine kurze Erinnerungsmail an sie schreiben?"),
+        ("assistant", "Hallo {first2},\n\nfür die Gehaltsabrechnung diesen Monat fehlen mir noch deine Steuer-ID und deine vollständige IBAN. Schick sie mir bitte bis morgen an {email}.\n\nDanke und viele Grüße\n{first}"),
+    ],
+]
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -1419,8 +1745,10 @@ TEMPLATES = {
     + HELD_OUT_4_TEMPLATES
     + HELD_OUT_5_TEMPLATES
     + HELD_OUT_6_TEMPLATES
-    + HELD_OUT_7_TEMPLATES,
-    "held-out": HELD_OUT_8_TEMPLATES,
+    + HELD_OUT_7_TEMPLATES
+    + HELD_OUT_8_TEMPLATES
+    + HELD_OUT_9_TEMPLATES,
+    "held-out": HELD_OUT_10_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",

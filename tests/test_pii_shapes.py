@@ -152,7 +152,10 @@ def test_a_dot_inside_a_sentence_does_not_hide_it_from_the_tagger(step: PiiScrub
 
 def test_a_surname_named_by_its_cue_joins_the_first_name(step: PiiScrub) -> None:
     msgs = [
-        {"role": "user", "content": "I'm Sylwia. Deszcz is my last name. Can you spell Sylwia Deszcz in NATO alphabet?"},  # noqa: E501
+        {
+            "role": "user",
+            "content": "I'm Sylwia. Deszcz is my last name. Can you spell Sylwia Deszcz in NATO alphabet?",
+        },
         {"role": "assistant", "content": "Sure, Sylwia Deszcz: ..."},
     ]
     first, second = (t["content"] for t in scrub_record(step, msgs))
@@ -414,3 +417,70 @@ def test_passwords_without_a_cue_in_their_sentence_home_dirs_and_prefixed_keys(s
         assert raw not in out, raw
     for text in ("the key is to practise with v2.3.1 and getUser2Name", "PASSENGERS=1200", "cd /home/ubuntu/app"):
         assert step.scrub_text(text, mode="code" if "=" in text or "cd" in text else "ner") == text
+
+
+def test_account_users_sql_rows_and_table_columns(step: PiiScrub) -> None:
+    compose = "services:\n  db:\n    environment:\n      POSTGRES_USER: róża\n      POSTGRES_DB: shop\n"
+    assert step.scrub_text(compose, mode="code") == compose.replace("róża", "<PERSON_1>")
+    for text in ("POSTGRES_USER: postgres\n", "DB_USER=${DB_USER}\n", "user_agent: Mozilla/5.0\n"):
+        assert step.scrub_text(text, mode="code") == text
+    url = step.scrub_text("psql postgres://mkowalski:Xq7rT9pw@db.internal:5432/shop", mode="code")
+    assert "mkowalski" not in url and "Xq7rT9pw" not in url
+    sql = (
+        "INSERT INTO customers (full_name, email, city)\n"
+        "VALUES ('błażej gałaj', 'bg@example.pl', 'Kraków'), ('Ana O''Neil', 'ana@example.ie', 'Cork');"
+    )
+    out = step.scrub_text(sql, mode="code")
+    assert "błażej" not in out and "O''Neil" not in out and "bg@example.pl" not in out
+    assert "INSERT INTO customers (full_name, email, city)" in out
+    table = (
+        "| Name | tax id | Phone | Token |\n|---|---|---|---|\n"
+        "| Johnnie Hansen | 74-9783379 | 5839 9207 | the |\n| Bo Li | — | iPhone 15 | ing |\n"
+    )
+    out = step.scrub_text(table)
+    for raw in ("Johnnie", "9783379", "5839", "Bo Li"):
+        assert raw not in out, raw
+    for kept in ("iPhone 15", "| the |", "| ing |", "| — |"):
+        assert kept in out, kept
+
+
+def test_names_spread_grow_and_are_announced_in_more_ways(step: PiiScrub) -> None:
+    msgs = [
+        {"role": "user", "content": "devo mandare un bonifico a mio cugino Javi Amigó, intestato a lui."},
+        {"role": "assistant", "content": "Sì: basta che Javi sia intestatario. Scrivi 'Rimborso – Javi Amigó'."},
+        {"role": "user", "content": "cheers, javi"},
+    ]
+    turns = [m["content"] for m in scrub_record(step, msgs, "it")]
+    for raw in ("Javi", "javi", "Amigó"):
+        assert all(raw not in t for t in turns), raw
+    for text, raw in (
+        ("hoi!Matthias de Bont hier. kun je een mailtje schrijven?", "Bont"),
+        ("bonjour, elle s'appelle Agapito Prado et elle est malade", "Agapito"),
+        ("Várunk szeretettel,\nMáté Kerekes", "Máté"),
+        ("Groetjes,\nGerhild\nLuis-Freudenberger-Gasse 120, Marktheidenfeld", "Gerhild"),
+        ("Hi all, Anna here, quick question about the rota", "Anna"),
+    ):
+        assert raw not in step.scrub_text(text), text
+    assert step.scrub_text("Click here. Start here: then Sign here.") == "Click here. Start here: then Sign here."
+    german = [{"role": "user", "content": "Das heißt Arbeit für alle, sagt sie."}]
+    assert scrub_record(step, german, "de")[0]["content"] == german[0]["content"]
+
+
+def test_more_numbers_and_secrets_people_write(step: PiiScrub) -> None:
+    for text, raw in (
+        ("mon numero c'est le 4107 3995 si besoin", "4107"),
+        ("he gave me 5839 9207 and said text him", "5839"),
+        ("reach me on uh 001-755-515-7994x7847, thanks", "7994"),
+        ('{"document": {"type": "tax id", "number": "74-9783379"}}', "9783379"),
+        ("network is Rasmussen5G and the key is mzMBEHfqpj9a", "mzMBEHfqpj9a"),
+        ("If the password `A2QM%ec3TOcRq` has a % in it, quote it.", "A2QM"),
+        ("i live at Fürdőfai tér 18. (H-4661), near the lake", "4661"),
+    ):
+        assert raw not in step.scrub_text(text), text
+    assert step.scrub_text("we sold 5839 9207 units, call me later") == "we sold 5839 9207 units, call me later"
+    msgs = [
+        {"role": "user", "content": "i log in with admin and R9Kh5sp*ECm8@E, never changed it"},
+        {"role": "user", "content": "ok changed it. new one is the old one with a 2 on the end: R9Kh5sp*ECm8@E2 haha"},
+    ]
+    turns = [m["content"] for m in scrub_record(step, msgs)]
+    assert all("R9Kh5sp" not in t and "@E2" not in t for t in turns)

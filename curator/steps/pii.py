@@ -83,8 +83,8 @@ from curator.steps.pii_recognizers import (
     OfflineEmailRecognizer,
     SecretRecognizer,
     StreetAddressRecognizer,
+    account_users,
     has_street_word,
-    home_users,
     keyed_values,
     password_tokens,
     phone_extent,
@@ -133,6 +133,7 @@ PRIORITY = {
 }
 RAMPART_SCORE = 0.8  # Rampart's probabilities are near 1: capped so a pattern's own score decides ties
 PROPAGATE_MIN_CHARS = 4  # shorter values of other types are not searched for elsewhere in the record
+SECRET_INSIDE_MIN_CHARS = 6  # a secret this long is also found inside a longer token
 NAME_PART_MIN_CHARS = 2  # "Bo", "Li": parts and short names are searched for case-sensitively
 PRESIDIO_LOGGERS = ("presidio-analyzer", "presidio-anonymizer")
 # what code may hold that is personal: secrets and contact or payment details, never English words
@@ -738,7 +739,10 @@ def _with_titles(text: str, spans: list[Span]) -> list[Span]:
 _NAME_PARTICLE = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 _NEXT_WORD = re.compile(r"[ \t]([^\W\d_][\w'’\-]*\w)")
 # a lower-case particle and a capitalised word after a name: its surname ("Cauã da Luz", "Jan van Dijk")
-_PARTICLE_SURNAME = re.compile(rf"[ \t](?:{'|'.join(sorted(_NAME_PARTICLE))})[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_PARTICLES = "|".join(sorted(_NAME_PARTICLE))
+_PARTICLE_SURNAME = re.compile(rf"(?:[ \t](?:{_PARTICLES})){{1,2}}[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_ENDS_IN_PARTICLE = re.compile(rf"[ \t](?:{_PARTICLES})$")  # "Matthias de" of "Matthias de Bont"
+_CAPITALISED_NEXT = re.compile(r"[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
 _PREV_WORD = re.compile(r"(?<![\w'’\-])([^\W\d_][\w'’\-]*\w)[ \t]$")
 
 
@@ -759,6 +763,8 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 else:
                     break
             while m := _PARTICLE_SURNAME.match(text, end):
+                end = m.end()
+            if _ENDS_IN_PARTICLE.search(text, start, end) and (m := _CAPITALISED_NEXT.match(text, end)):
                 end = m.end()
             # a one-word name and a capitalised word beside it that is no common word: its surname
             # ("Giancarlo Fogazzaro at ..."; not "Maria Python", "Anna Tomorrow")
@@ -904,7 +910,7 @@ _POSTCODE = r"(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|\d{2}-\
 # a postcode (and its town) right after a street: "utca 176., h-8715 ózd,", "Rýmařovská 607, 485 39 Veltrusy,"
 # (there a bare 4-digit number is a postcode too: "Zinnsvej 6, 6301 Anholt")
 _POSTCODE_AFTER = re.compile(
-    rf"[ \t]*\.?[ \t]*,?[ \t]*(?i:{_POSTCODE}|\d{{4}})"
+    rf"[ \t]*\.?[ \t]*,?[ \t]*(?:\((?i:{_POSTCODE}|\d{{4}})\)|(?i:{_POSTCODE}|\d{{4}}))"  # "18. (H-4661)"
     r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?)\]\"'\n]|$))"
 )
 
@@ -1175,7 +1181,7 @@ class PiiScrub:
                 out.append(span)
             out += [Span(kind, a, b, 0.9) for kind, a, b in keyed_values(text) if kind in self.entities]
             if "PERSON" in self.entities:
-                out += [Span("PERSON", a, b, 0.8) for a, b in home_users(text)]
+                out += [Span("PERSON", a, b, 0.8) for a, b in account_users(text)]
             if mode != "code" and "SECRET" in self.entities:  # in code, identifiers look like passwords
                 out += [Span("SECRET", a, b, 0.7) for a, b in password_tokens(text)]
             # a name or place guess around a secret ("TOKEN='sk-...'" as a facility) is the secret
@@ -1252,6 +1258,7 @@ class PiiScrub:
         """Spans of each unit: prose and code segments of a unit are scanned in their own modes."""
         flags = ner if isinstance(ner, list) else [ner] * len(units)
         segs: list[tuple[int, int, str, str]] = []  # (unit index, offset, text, mode)
+        inline: list[tuple[int, Span]] = []  # secrets in inline code, named by the prose around it
         for u, (unit, use_ner) in enumerate(zip(units, flags, strict=True)):
             if unit.mode == "code":
                 segs.append((u, 0, unit.text, "code"))
@@ -1259,12 +1266,16 @@ class PiiScrub:
             for s, e, is_code in code_segments(unit.text):
                 if is_code:
                     segs.append((u, s, unit.text[s:e], "code"))
+                    if "\n" not in unit.text[s:e] and "SECRET" in self.entities:  # inline code in prose
+                        inline += [(u, Span("SECRET", a, b, 0.7)) for a, b in password_tokens(unit.text, (s, e))]
                 else:
                     segs.append((u, s, unit.text[s:e], self._prose_mode(unit.mode, use_ner)))
         found = self.analyze_texts([t for _, _, t, _ in segs], [m for _, _, _, m in segs]) if segs else []
         out: list[list[Span]] = [[] for _ in units]
         for (u, offset, _, _), spans in zip(segs, found, strict=True):
             out[u].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in spans)
+        for u, span in inline:
+            out[u].append(span)
         return [merge_spans(s) for s in out]
 
     def _prose_mode(self, unit_mode: str, use_ner: bool) -> str:
@@ -1404,19 +1415,23 @@ _ADDRESS_PARTS = re.compile(r"\n|\?{2,}|,")  # what separates the lines of an ad
 _POSTCODE_TOKEN = re.compile(rf"(?<![\w-]){_POSTCODE}(?![\w-])")
 
 
-def _propagate(units: list[_Unit]) -> None:
+def _propagate(units: list[_Unit], grow: bool = True) -> None:
     """Mark every other occurrence, in the same record, of a value detected once.
 
     NER finds "Margaret Thornbury" in one turn and misses her in the next; a value seen once is
-    searched for (case- and space-insensitive, whole words) in every field of the record. Person
-    names, however short, and the parts of a person's name ("Thornbury", "Li") are searched for
-    case-sensitively, so "Bo" does not match "bo" inside other words or lower-case text. An
+    searched for (case- and space-insensitive, whole words) in every field of the record, and so
+    are the parts of a person's name that are 4+ letters and no common word ("Thornbury" is
+    "thornbury" in a lower-case turn). Shorter names and parts, and parts that are common words
+    ("Li", "Bo", "Rose"), are searched for case-sensitively, so "bo" and "rose" are left alone. An
     address's lines that hold a number or a street type ("Rýmařovská 607", "485 39 Veltrusy",
     "Stretto Infantino") and its postcode are searched for too, and a postcode after a line found
     so goes with it: the street over three lines in one turn is one comma-separated line, or
-    "Town 2149FU", in the next.
+    "Town 2149FU", in the next. A secret is found inside a longer token too ("...@E2" of a password
+    with a digit added). A name found so grows over its neighbours (`_name_neighbours`: "Javi" found
+    in "Javi dice" makes "Javi Amigó" elsewhere), and what grew is searched for once more (`grow`).
     """
     values: dict[str, str] = {}
+    secrets: set[str] = set()
     people: set[str] = set()  # a value that is a person in one field is a person in all ("ana.support")
     exact: set[str] = set()  # short person names and name parts, matched case-sensitively
     for unit in units:
@@ -1424,15 +1439,21 @@ def _propagate(units: list[_Unit]) -> None:
             value = unit.text[span.start : span.end].strip()
             if span.type == "PERSON":
                 people.add(_norm(value))
+                if value.islower() and " " not in value and not unknown_word(value):
+                    continue  # "POSTGRES_USER: job": replaced there, but "the job failed" is no name
                 if len(value) >= PROPAGATE_MIN_CHARS:
                     values[_norm(value)] = "PERSON"
                 elif len(value) >= NAME_PART_MIN_CHARS:
                     exact.add(value)
-                exact.update(
-                    w for w in re.findall(r"[\w'’\-]+", value) if len(w) >= NAME_PART_MIN_CHARS and w[:1].isupper()
-                )
+                for w in re.findall(r"[\w'’\-]+", value):
+                    if len(w) >= PROPAGATE_MIN_CHARS and unknown_word(w):
+                        values[_norm(w)] = "PERSON"  # "Melina" of "Melina Ricci" is "cheers, melina" too
+                    elif len(w) >= NAME_PART_MIN_CHARS and w[:1].isupper():
+                        exact.add(w)
             elif len(value) >= PROPAGATE_MIN_CHARS:
                 values.setdefault(_norm(value), span.type)
+                if span.type == "SECRET" and len(value) >= SECRET_INSIDE_MIN_CHARS:
+                    secrets.add(value)
                 if span.type == "STREET_ADDRESS":  # its numbered lines and postcodes, in whatever layout they recur
                     lines = [line.strip(" \t.") for line in _ADDRESS_PARTS.split(value)]
                     for line in [*lines, *_POSTCODE_TOKEN.findall(value)]:
@@ -1457,6 +1478,7 @@ def _propagate(units: list[_Unit]) -> None:
         if exact
         else None
     )
+    inside = re.compile("|".join(map(re.escape, sorted(secrets, key=lambda v: (-len(v), v))))) if secrets else None
     for unit in units:
         extra: list[Span] = []
         if full is not None:
@@ -1467,6 +1489,8 @@ def _propagate(units: list[_Unit]) -> None:
             ]
         if part is not None:
             extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
+        if inside is not None:
+            extra += [Span("SECRET", *_whole_token(unit.text, *m.span()), 1.0) for m in inside.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
             unit.spans = _postcode_tails(unit.text, merge_spans(unit.spans + extra))
         unit.spans = _join_people(
@@ -1476,6 +1500,23 @@ def _propagate(units: list[_Unit]) -> None:
                 for s in unit.spans
             ],
         )
+    if grow:
+        grown = False
+        for unit in units:
+            spans = merge_spans(_name_neighbours(unit.text, unit.spans))
+            grown = grown or spans != unit.spans
+            unit.spans = spans
+        if grown:
+            _propagate(units, grow=False)
+
+
+def _whole_token(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) grown over the letters and digits glued to it ("...@E" + "2")."""
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return start, end
 
 
 def _join_people(text: str, spans: list[Span]) -> list[Span]:

@@ -294,9 +294,7 @@ class SecretRecognizer(_RegexRecognizer):
         if check == "password":
             return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value[1:])))
         if check == "env":  # not a reference or a placeholder ("${DB_PASS}", "<your API key>", "changeme")
-            return not re.fullmatch(
-                r"(?i)[<{$\[].*|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value
-            )
+            return not re.fullmatch(r"(?i)[<{$\[].*|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value)
         if check != "entropy":
             return True
         if re.fullmatch(r"[A-Za-z_]+(?:[._][A-Za-z_]+)+", value):  # ServiceAccountCredentials.from_json_keyfile
@@ -346,7 +344,7 @@ def looks_like_password(token: str) -> bool:
     if any(c in _CRED_SYMBOLS for c in token):
         return True
     upper, lower = any(c.isupper() for c in token), any(c.islower() for c in token)
-    inner_digit = any(c.isdigit() for c in token[:-1].rstrip("0123456789"))
+    inner_digit = any(c.isdigit() for c in token.rstrip("0123456789"))  # not only a trailing "1"
     switches = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(token))
     return upper and lower and inner_digit and switches >= 4
 
@@ -374,10 +372,12 @@ _PASSWORD_TOPIC = re.compile(
 )
 
 
-def password_tokens(text: str) -> list[tuple[int, int]]:
+def password_tokens(text: str, within: tuple[int, int] | None = None) -> list[tuple[int, int]]:
     """Secret-looking tokens anywhere in prose that speaks of passwords or logging in, the cue in
-    another sentence ("ich hab damals ROLN0U5eYWy genommen" ... "Passwort vergessen")."""
-    return _secret_tokens(text, 0, len(text)) if _PASSWORD_TOPIC.search(text) else []
+    another sentence ("ich hab damals ROLN0U5eYWy genommen" ... "Passwort vergessen"); `within`
+    limits them to a part of `text` (inline code in such prose: "the password `A2QM%ec3` has a %")."""
+    start, end = within or (0, len(text))
+    return _secret_tokens(text, start, end) if _PASSWORD_TOPIC.search(text) else []
 
 
 class CredentialRecognizer(_OwnRecognizer):
@@ -627,9 +627,7 @@ class StreetAddressRecognizer(_RegexRecognizer):
         for m in _POSTCODE_LINE.finditer(lined):
             above = lined.rfind("\n", 0, max(0, m.start() - 1)) + 1
             line_end = max(above, m.start() - 1)
-            street = _STREET_LINE_END.search(lined, above, line_end) or _STREET_LINE_START.match(
-                lined, above, line_end
-            )
+            street = _STREET_LINE_END.search(lined, above, line_end) or _STREET_LINE_START.match(lined, above, line_end)
             if street and m.start() - street.end() <= 4:
                 start = _street_start(lined, street.start(), street.end())
                 out.append(RecognizerResult(self.ENTITY, start, self._extend(text, m.end()), 0.7))
@@ -771,7 +769,11 @@ class LuhnCardRecognizer(_RegexRecognizer):
 _PHONE_CONTEXT = re.compile(
     r"(?i)(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|signal|fax|contact|reach|"
     r"number|no\.|nr\.?|dial|landline|hotline|extension|teléfono|telefono|téléphone|telefon|handy|móvil|"
-    r"celular|portable|tlf|телефон|тел)\W{0,3}(?:\w+\W{1,3}){0,6}$"
+    r"celular|portable|tlf|телефон|тел|"
+    # "mon numero c'est le", "joindre au", "bel me op", "chiamami al": number and call words of chat exports
+    r"\bnum[eé]ro|\bnúmero|\bnumer\b|\bnummer|\bčíslo|\bszám|\bjoindre|\bappel(?:er|ez|le)\b|\bllám|\bllama|"
+    r"\bchiama|\bligar?\b|\banruf|\berreichbar|\bbel\b|\bbellen|\bzadzwo|\bdzwo|\bzavolej|\bhívj|\bring\w*)"
+    r"\W{0,3}(?:\w+\W{1,3}){0,6}$"
 )
 _SEP = r"[ \-.]"
 _EXT = r"(?:[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?"
@@ -803,9 +805,23 @@ _PHONE_PATTERNS = (
     # 4155550198 / 07700900123: a run of digits, with context only
     (re.compile(r"(?<![\w.\-,+])0?\d{9,11}(?!\w|[.,\-]\d)"), "bare"),
 )
-def phone_word_before(text: str, start: int) -> bool:
-    """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`."""
-    return _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None
+_EXTENSION = re.compile(r"[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6}$")
+
+
+# "gave me 5839 9207 and said text him", "... 0487 23 46 71, ring me": a call request just after the number
+_PHONE_AFTER = re.compile(
+    r"(?i)[ \t,;:–-]*(?:(?:and|&|then|so)[ \t]+)?(?:(?:said|asked|told[ \t]+me)[ \t]+(?:to[ \t]+)?)?"
+    r"(?:text|call|ring|phone|sms|whats ?app|message|bel|appelle|llama|chiama|ruf)\w*"
+    r"[ \t]+(?:me|him|her|them|us|mich|ihn|sie|moi|le|la|mi|lo|hem|haar|mnie)\b"
+)
+
+
+def phone_word_before(text: str, start: int, end: int | None = None) -> bool:
+    """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`, or a call
+    request ("text him") shortly after `end`."""
+    if _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None:
+        return True
+    return end is not None and _PHONE_AFTER.match(text, end) is not None
 
 
 _DATE_LIKE = re.compile(r"^(?:\d{1,2}[./\-]\d{1,2}[./\-](?:\d{2}|\d{4})|\d{4}[./\-]\d{1,2}[./\-]\d{1,2})$")
@@ -874,7 +890,7 @@ class ChatPhoneRecognizer(_OwnRecognizer):
             for m in pattern.finditer(text):
                 start, end = m.span()
                 value = m.group(0)
-                digits = sum(c.isdigit() for c in value)
+                digits = sum(c.isdigit() for c in _EXTENSION.sub("", value))  # "001-755-515-7994x7847"
                 if (
                     any(s < end and start < e for s, e in taken)
                     or not 6 <= digits <= 15
@@ -887,7 +903,7 @@ class ChatPhoneRecognizer(_OwnRecognizer):
                 if kind not in self.STRONG:
                     alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
                     # six digits are a local number in small countries ("call 33 93 31"), only after a phone word
-                    if not (alone and digits >= 7) and not (phone_word_before(text, start) and digits >= 6):
+                    if not (alone and digits >= 7) and not (phone_word_before(text, start, end) and digits >= 6):
                         continue
                     groups = re.findall(r"\d+", value)
                     if len(groups) == 2 and len(groups[0]) == 4 and 1900 <= int(groups[0]) <= 2100:
@@ -932,7 +948,10 @@ class IdNumberRecognizer(_RegexRecognizer):
     PATTERNS = (
         (
             re.compile(
-                rf"(?i:\b(?:{_ID_KEYWORDS}))(?:\s+(?i:is|was|of|es|ist|est|:))?[\s:#=\"'(]*(?:(?i:no\.?|number)\s*)?"
+                rf"(?i:\b(?:{_ID_KEYWORDS}))"
+                # its value under a sibling key of JSON: {"type": "tax id", "number": "74-9783379"}
+                r"(?:[\"']\s*,\s*[\"']?(?i:number|value|no|num|id)[\"']?\s*[:=])?"
+                r"(?:\s+(?i:is|was|of|es|ist|est|:))?[\s:#=\"'(]*(?:(?i:no\.?|number)\s*)?"
                 rf"({_ID_VALUE})"
             ),
             1,
@@ -1042,9 +1061,12 @@ _NAME_CUES_CAPITALISED = (
     r"bonjour|salut|coucou|cher|chère|hola|querid[oa]|estimad[oa]|hallo|liebe[rs]?|sehr\s+geehrte[rs]?|servus|moin|"
     r"ciao|salve|caro|cara|gentile|cześć|czesc|drog[ia]|olá|oi|prezad[oa]|hej|hoi|beste|kære|ahoj|szia|kedves|"
     # "Je suis X", "soy X", titles and account holders in other languages, a child named by a parent
-    r"je\s+suis|soy|ich\s+bin|sono|jestem|sou|ik\s+ben|jsem|m\.|mlle\.?|soussignée?|soussigné\(e\)|"
+    r"je\s+suis|soy|ich\s+bin|sono|jestem|sou|ik\s+ben|jsem|én|jeg\s+er|m\.|mlle\.?|soussignée?|soussigné\(e\)|"
     r"titular|titulaire|inhaber(?:in)?|kontoinhaber(?:in)?|intestatario|beneficiario|destinatario|"
     r"(?:mamá|mama|papá|papa|madre|padre|mère|père|mutter|vater|mamma|papà)\s+(?:de|von|di|do|da)|"
+    # someone else named: "elle s'appelle X", "se llama X", "si chiama X", "hij heet X" (not German
+    # "heißt": "das heißt" is "that is", before a capitalised noun)
+    r"s'appelle|s’appelle|se\s+llama|si\s+chiama|se\s+chama|chama-se|heet|nazywa\s+się|jmenuje\s+se|hedder|"
     # form fields that hold a person, in the languages of chat exports ("Nombre y apellidos: X", "Käufer: X")
     rf"(?:{_PERSON_FIELDS})[ \t]*:"
 )
@@ -1053,7 +1075,7 @@ _SIGNOFF = (
     r"grüße|gruß|cordialement|cordiali\s+saluti|pozdrawiam|s\s+pozdravem|bises|bisous|amitiés|besos|abrazos|"
     r"un\s+abrazo|un\s+saludo|liebe\s+grüße|viele\s+grüße|lg|mfg|groetjes|groeten|met\s+vriendelijke\s+groet|"
     r"hilsen|venlig\s+hilsen|mvh|baci|un\s+abbraccio|saluti|abraços|beijos|atenciosamente|pozdrowienia|buziaki|"
-    r"üdvözlettel|puszi"
+    r"üdvözlettel|puszi|szeretettel|várunk\s+szeretettel|köszi|üdv"
 )
 
 
@@ -1259,6 +1281,17 @@ class NameCueRecognizer(_RegexRecognizer):
             0.9,
             "introduction",
         ),
+        # "Gerhild Eckbauer hier.", "hoi!Anna here,": a name and "here" open a message; each word must
+        # be a known name or no common word ("Click here.", "Start here:" are no names)
+        (
+            re.compile(
+                rf"(?:^|(?<=[!?.,:\n]))[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"
+                r"(?=[ \t]+(?i:here|hier|aquí|ici|qui|tady|itt|her)[ \t]*(?:[.,!:;\n]|$))"
+            ),
+            1,
+            0.9,
+            "here",
+        ),
         # a sign-off, a comma and a name closing the text or a quote ("... avant le 5. Bises, Flora'")
         (
             re.compile(
@@ -1273,7 +1306,7 @@ class NameCueRecognizer(_RegexRecognizer):
         (
             re.compile(
                 rf"(?im:^[ \t]*(?:{_SIGNOFF})[ \t]*[,!.]?[ \t]*\n[ \t]*)"
-                rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*$"
+                rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*(?m:$)"  # an address may follow
             ),
             1,
             0.9,  # above spaCy's 0.85 for the same span, so presidio keeps the cue's result: a lone
@@ -1291,6 +1324,8 @@ class NameCueRecognizer(_RegexRecognizer):
             return False
         if check == "introduction":
             return all(w[:1].isupper() or unknown_word(w) for w in words)
+        if check == "here":
+            return all(unknown_word(w) for w in words)
         return check == "strong" or all(w[:1].isupper() for w in words)
 
     def analyze(
@@ -1347,26 +1382,136 @@ def _person_value(value: str) -> bool:
     )
 
 
-# a home directory names its owner: "/home/judith/mail", "C:\\Users\\jsmith\\Desktop" (not a service account)
+# an account's user name names its owner: a home directory ("/home/judith/mail", "C:\\Users\\jsmith\\"),
+# a user key in a config, env file or call ("POSTGRES_USER: róża", "user='mkowalski'"), the user
+# of a URL's credentials ("postgres://jan:pw@db"); not a service account ("root", "postgres", "${USER}")
 _HOME_USER = re.compile(
     r"(?:(?<![\w.])/home/|(?<![\w.])/Users/|\b[A-Za-z]:\\+Users\\+)([A-Za-z][\w.\-]{2,31})(?=[/\\])"
 )
+_USER_KEY = r"(?:[A-Za-z0-9]+_)*(?:user(?:_?name)?|login|db_?user)"
+_CONFIG_USER = re.compile(
+    # a whole line of YAML, .env or INI: "POSTGRES_USER: róża", "export DB_USER=ana", "- username: ana"
+    rf"(?im)^[ \t]*(?:-[ \t]+)?(?:export[ \t]+)?[\"']?{_USER_KEY}[\"']?[ \t]*[=:][ \t]*[\"']?"
+    r"([^\W\d_][\w.\-@]{1,63})[\"']?[ \t]*(?:#.*)?$"
+    # a quoted value anywhere: "username": "ana", user='mkowalski', {"login": "j.smith"}
+    rf"|(?i:(?<![\w-])[\"']?{_USER_KEY}[\"']?[ \t]*(?::|=|=>)[ \t]*)[\"']([^\W\d_][\w.\-@]{{1,63}})[\"']"
+    # scheme://USER:password@host
+    r"|\b[a-z][a-z0-9+.\-]*://([^\W\d_][\w.\-]{1,63}):[^\s@/]{3,}@"
+)
 _SERVICE_USERS = frozenset(
     {
-        "user", "username", "users", "ubuntu", "runner", "root", "admin", "administrator", "app", "node",
-        "pi", "vagrant", "jovyan", "circleci", "travis", "ec2-user", "www-data", "git", "deploy", "docker",
-        "default", "public", "shared", "guest", "me", "you", "name", "your_user", "youruser",
+        "user",
+        "username",
+        "users",
+        "ubuntu",
+        "runner",
+        "root",
+        "admin",
+        "administrator",
+        "app",
+        "node",
+        "pi",
+        "vagrant",
+        "jovyan",
+        "circleci",
+        "travis",
+        "ec2-user",
+        "www-data",
+        "git",
+        "deploy",
+        "docker",
+        "default",
+        "public",
+        "shared",
+        "guest",
+        "me",
+        "you",
+        "name",
+        "your_user",
+        "youruser",
+        "postgres",
+        "mysql",
+        "mongo",
+        "mongodb",
+        "redis",
+        "rabbitmq",
+        "elastic",
+        "sa",
+        "sys",
+        "system",
+        "nobody",
+        "daemon",
+        "anonymous",
+        "test",
+        "testuser",
+        "demo",
+        "dev",
+        "service",
+        "backup",
+        "replicator",
+        "grafana",
+        "jenkins",
+        "nginx",
+        "apache",
+        "www",
+        "http",
+        "ftp",
+        "true",
+        "false",
+        "none",
+        "null",
+        "changeme",
+        "example",
     }
 )
 
 
-def home_users(text: str) -> list[tuple[int, int]]:
-    """[start, end) of each user name in a home directory path."""
-    return [m.span(1) for m in _HOME_USER.finditer(text) if m.group(1).lower() not in _SERVICE_USERS]
+def account_users(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each personal account user name: in a home directory path, under a user key of
+    a config or call, or in a URL's credentials."""
+    spans = [m.span(1) for m in _HOME_USER.finditer(text)]
+    spans += [m.span(g) for m in _CONFIG_USER.finditer(text) for g in (1, 2, 3) if m.group(g)]
+    return [(a, b) for a, b in spans if text[a:b].lower() not in _SERVICE_USERS]
+
+
+# SQL: INSERT INTO t (full_name, email, ...) VALUES ('błażej gałaj', ...), (...): the column names key the values
+_SQL_INSERT = re.compile(r"(?is)\binsert\s+into\s+[\w.\"`\[\]]+\s*\(([^()]*)\)\s*values\s*((?:\([^()]*\)\s*,?\s*)+)")
+_SQL_ROW = re.compile(r"\(([^()]*)\)")
+_SQL_ITEM = re.compile(r"\s*(?:'((?:[^']|'')*)'|[^,]*)\s*(?:,|$)")
+
+
+# a markdown table: a header row, its |---| rule, then rows; a personal column header keys its cells
+_TABLE = re.compile(r"(?m)^[ \t]*(\|.*\|)[ \t]*\n[ \t]*\|[ \t]*:?-{2,}.*\|[ \t]*\n((?:[ \t]*\|.*\|[ \t]*(?:\n|$))+)")
+_CELL = re.compile(r"\|([^|\n]*)(?=\|)")
+_LINE = re.compile(r"[^\n]+")
+_EMPTY_CELL = re.compile(r"[\s\-—–/?]*|(?i:n/?a|none|tbc|tbd|unknown)")
+
+
+def _key_kind(key: str, value: str) -> str | None:
+    """The entity a table cell or SQL value under column `key` is (`_KEYED`, an id keyword), or None.
+    A column is looser than a JSON key ("Phone" may list "iPhone 15", "Token" word pieces), so the
+    value must also look its part: a phone's digits, an email's "@", a password's mix, a street's number."""
+    key = re.sub(r"[\s\-]+", "_", key.strip())
+    digits = sum(c.isdigit() for c in value)
+    if re.fullmatch(rf"(?i:{_ID_KEYWORDS})", key.replace("_", " ")):
+        return "ID_NUMBER" if digits >= 4 else None
+    kind = next((k for k, p in _KEYED.items() if re.fullmatch(rf"(?i)(?:[a-z]+_)*(?:{p})", key)), None)
+    ok = {
+        "NAME": _person_value(value),
+        "PHONE_NUMBER": digits >= 6 and re.fullmatch(r"[\d\s()+\-./x]+", value) is not None,
+        "EMAIL_ADDRESS": "@" in value,
+        "SECRET": looks_like_password(value),
+        "IBAN_CODE": digits >= 10,
+        STREET_ADDRESS: digits > 0 or has_street_word(value),
+    }.get(kind or "", kind is not None)
+    if not ok:
+        return None
+    return "PERSON" if kind == "NAME" else kind
 
 
 def keyed_values(text: str) -> list[tuple[str, int, int]]:
-    """(type, start, end) of each quoted value under a personal key ("zip": "37786", city='Maribo')."""
+    """(type, start, end) of each quoted value under a personal key ("zip": "37786", city='Maribo'),
+    or in a personal column of an SQL INSERT."""
     kinds = list(_KEYED)
     out = []
     for m in _KEYED_VALUE.finditer(text):
@@ -1377,5 +1522,22 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
             kind = "PERSON"
         if m.group("value").strip() and not _NOT_A_VALUE.match(m.group("value")):
             out.append((kind, m.start("value"), m.end("value")))
+    for m in _TABLE.finditer(text):
+        header = _CELL.findall(m.group(1))
+        for row in _LINE.finditer(text, m.start(2), m.end(2)):
+            for column, cell in zip(header, _CELL.finditer(text, row.start(), row.end()), strict=False):
+                value = cell.group(1).strip()
+                kind = _key_kind(column, value) if value and not _EMPTY_CELL.fullmatch(value) else None
+                if kind:
+                    start = cell.start(1) + cell.group(1).index(value)
+                    out.append((kind, start, start + len(value)))
+    for m in _SQL_INSERT.finditer(text):
+        columns = [c.strip(' \t\n"`[]') for c in m.group(1).split(",")]
+        for row in _SQL_ROW.finditer(text, m.start(2), m.end(2)):
+            items = [i for i in _SQL_ITEM.finditer(text, row.start(1), row.end(1)) if i.group(0)]
+            for column, item in zip(columns, items, strict=False):
+                value = item.group(1)
+                kind = _key_kind(column, value) if value else None
+                if kind and value.strip() and not _NOT_A_VALUE.match(value):
+                    out.append((kind, item.start(1), item.end(1)))
     return out
-
