@@ -484,3 +484,21 @@ def test_more_numbers_and_secrets_people_write(step: PiiScrub) -> None:
     ]
     turns = [m["content"] for m in scrub_record(step, msgs)]
     assert all("R9Kh5sp" not in t and "@E2" not in t for t in turns)
+
+
+def test_json_address_lines_postcode_lines_with_a_country_and_field_names(step: PiiScrub) -> None:
+    """From held-out set 10: a `line1` key is a street, a postcode line may end in ", Country", a
+    closing "thanks" is no address line, and a quoted key Rampart calls a person stays a key."""
+    payload = (
+        '{"beneficiary": {"name": "Signe Holm", "iban": "DK5000400440116243"},\n'
+        ' "address": {"line1": "Tølløsevej 38", "postal_code": "4433"}, "line2": "Hello there"}'
+    )
+    signature = "Clean up my signature:\nJana Dvořáková\nV Poli 469\n505 89 Hradec Králové, Czechia"
+    hungarian = "Signature:\nKiss Eszter\nArany jános utca 136.\nH-9847 Nagykanizsa, Hungary\nthanks"
+    out = [m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in (payload, signature)])]
+    for value in ("Signe Holm", "DK5000400440116243", "Tølløsevej", "4433", "Poli", "505 89", "Czechia"):
+        assert value not in "".join(out)
+    assert '"iban": "<IBAN_1>"' in out[0] and '"line2": "Hello there"' in out[0]
+    scrubbed = scrub_record(step, [{"role": "user", "content": hungarian}])[0]["content"]
+    assert "Arany" not in scrubbed and "H-9847" not in scrubbed and "Hungary" not in scrubbed
+    assert scrubbed.endswith("\nthanks")

@@ -847,10 +847,11 @@ def _bullet_groups(text: str) -> list[list[re.Match[str]]]:
 
 
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
-    """Rampart's id guesses count only after an id word ("account", "passport no."): on their own
-    they are mostly hashes and timestamps. Its address guesses count when they look like a street
-    (`_street_like`) or sit beside one or a place with a number or a capitalised word ("86687" of
-    "86687 Kristinton"), not for "port 443", "2448" of "2448.5 miles" or "call me first"."""
+    """Rampart's person guesses never count on a quoted key. Its id guesses count only after an id
+    word ("account", "passport no."): on their own they are mostly hashes and timestamps. Its address
+    guesses count when they look like a street (`_street_like`) or sit beside one or a place with a
+    number or a capitalised word ("86687" of "86687 Kristinton"), not for "port 443", "2448" of
+    "2448.5 miles" or "call me first"."""
     if span.type == "STREET_ADDRESS":
         if _street_like(text[span.start : span.end], lower_text):
             return True
@@ -862,9 +863,14 @@ def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
         value = text[span.start : span.end]
         named = lower_text or any(c.isdigit() for c in value) or any(w[0].isupper() for w in _WORD.findall(value))
         return place and named and sum(c.isalnum() for c in value) >= 4
+    if span.type == "PERSON":  # a quoted key ("iban": "DK50...") is a field name, its value may be a person
+        return not (_QUOTED_KEY_AFTER.match(text, span.end) and text[max(0, span.start - 1) : span.start] in "\"'")
     if span.type != "ID_NUMBER":
         return True
     return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
+
+
+_QUOTED_KEY_AFTER = re.compile(r"[\"']\s*[:=]")
 
 
 def _cased_person(value: str, etype: str) -> bool:

@@ -552,6 +552,7 @@ _POSTCODE_LINE = re.compile(
     r"(?m)^[ \t]*(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-?\d{3})?|\d{4}[ \t]?[A-Z]{2}|\d{3}[ \t]\d{2}|\d{2}-\d{3}|"
     r"(?!(?:19|20)\d\d\b)\d{4})[ \t]+"
     r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+(?:[A-ZÀ-ÞĀ-ſ][\w'’\-]*|nad|pod|am|an|im|in|bei|de|la|le|sur|en|di|del|upon))*"
+    r"(?:,[ \t]*[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+[A-ZÀ-ÞĀ-ſ][\w'’\-]*){0,2}){0,2}"  # ", Czechia", ", Pest, Hungary"
     r"[ \t]*$"
 )
 _STREET_LINE_END = re.compile(
@@ -680,6 +681,7 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 or line.end() != stop
                 or _sentence_end(candidate) is not None
                 or "@" in candidate
+                or candidate.split()[0].lower().strip(",.!") in _NOT_A_PLACE  # "thanks", "Best,"
                 or sum(c.isdigit() for c in candidate) >= 9  # a phone or account number, not an address line
                 # after a blank line only a postcode line still belongs to the address
                 or (brk.group(0).count("\n") > 1 and not re.search(r"\d{3}", candidate))
@@ -1350,7 +1352,8 @@ class NameCueRecognizer(_RegexRecognizer):
 _KEYED = {
     "PERSON": r"full_?name|first_?name|last_?name|given_?name|family_?name|sur_?name|middle_?name|maiden_?name|"
     r"customer_?name|contact_?name|account_?holder|cardholder(?:_?name)?|holder_?name|recipient(?:_?name)?",
-    STREET_ADDRESS: r"street(?:_?address)?|address(?:_?line_?\d)?|addr\d?|zip(?:_?code)?|postal_?code|post_?code|plz",
+    STREET_ADDRESS: r"street(?:_?address)?(?:_?\d)?|address(?:_?line)?(?:_?\d)?|addr\d?|line_?\d|"
+    r"zip(?:_?code)?|postal_?code|post_?code|plz",
     "PHONE_NUMBER": r"phone(?:_?number)?|mobile|cell|tel|telephone",
     "EMAIL_ADDRESS": r"e_?mail(?:_?address)?",
     "IBAN_CODE": r"iban",
@@ -1520,7 +1523,11 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
             if not _person_value(m.group("value")):
                 continue
             kind = "PERSON"
-        if m.group("value").strip() and not _NOT_A_VALUE.match(m.group("value")):
+        value = m.group("value")
+        generic = re.fullmatch(r"(?i)[\"']?line_?\d[\"']?", m.group(f"k{kinds.index(STREET_ADDRESS)}") or "")
+        if generic and not (any(c.isdigit() for c in value) or has_street_word(value)):  # "line1": "Hello"
+            continue
+        if value.strip() and not _NOT_A_VALUE.match(value):
             out.append((kind, m.start("value"), m.end("value")))
     for m in _TABLE.finditer(text):
         header = _CELL.findall(m.group(1))
