@@ -50,9 +50,10 @@ import os
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import presidio_analyzer
@@ -93,6 +94,9 @@ from curator.steps.pii_recognizers import (
     unknown_word,
 )
 from curator.steps.quality import language_scores
+
+if TYPE_CHECKING:
+    from curator.steps.pii_ner import Tagged
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +434,23 @@ class Span:
     start: int
     end: int
     score: float
+
+
+# texts per pipeline group: small enough that the tagger's thread overlaps most of the work, large
+# enough for full Rampart batches
+PIPELINE_TEXTS = 128
+
+
+@dataclass
+class _Scan:
+    """One group's state between spaCy/presidio and Rampart: its chunks, the windows Rampart reads,
+    spaCy's guesses and the spans found so far (per chunk)."""
+
+    jobs: int
+    pieces: list[tuple[int, int, str, str]]  # (job index, chunk offset, chunk text, mode)
+    windows: list[tuple[int, int, str, bool]]  # (piece, offset, text, phones only)
+    guesses: dict[int, list[tuple[Span, bool]]]  # ner pieces: (span, from spaCy)
+    found: list[list[Span]]
 
 
 def merge_spans(spans: list[Span]) -> list[Span]:
@@ -1104,8 +1125,33 @@ class PiiScrub:
             self._cache.popitem(last=False)
 
     def _analyze_unique(self, jobs: list[tuple[str, str]]) -> list[list[Span]]:
+        """Spans of each job, in groups of `PIPELINE_TEXTS`: Rampart tags a group in one of two tagger
+        threads while spaCy and presidio read the next (onnxruntime releases the GIL, so the work
+        spreads over two cores). Each group's result is the same whatever the timing."""
+        groups = [jobs[g : g + PIPELINE_TEXTS] for g in range(0, len(jobs), PIPELINE_TEXTS)]
+        out: list[list[Span]] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rampart") as tagger:
+            pending: tuple[_Scan, Future[dict[str, list[Tagged]]]] | None = None
+            for group in groups:
+                scan = self._scan(group)
+                submitted = (scan, tagger.submit(self._tag_windows, scan))
+                if pending is not None:
+                    out += self._combine(pending[0], pending[1].result())
+                pending = submitted
+            if pending is not None:
+                out += self._combine(pending[0], pending[1].result())
+        return out
+
+    def _tag_windows(self, scan: _Scan) -> dict[str, list[Tagged]]:
+        """Rampart's entities per distinct window (a quoted line or template sentence is tagged once)."""
+        if self.rampart is None:
+            return {}
+        unique = list(dict.fromkeys(w[2] for w in scan.windows))
+        return dict(zip(unique, self.rampart.tag(unique) if unique else [], strict=True))
+
+    def _scan(self, jobs: list[tuple[str, str]]) -> _Scan:
         """Chunk every text; spaCy (ner chunks, batched) or its tokenizer alone (other modes) gives
-        presidio its artifacts; Rampart tags the ner chunks in length-sorted batches; spans map back."""
+        presidio its artifacts; the sentences Rampart must still read are listed for `_tag_windows`."""
         pieces: list[tuple[int, int, str, str]] = []  # (job index, chunk offset, chunk text, mode)
         windows: list[tuple[int, int, str, bool]] = []  # (piece, offset, text, phones only) for Rampart
         guesses: dict[int, list[tuple[Span, bool]]] = {}  # ner pieces: (span, from spaCy)
@@ -1150,11 +1196,13 @@ class PiiScrub:
                 self.stats["rampart_chars"] += we - ws
             self.stats["ner_chars"] += len(text)
             guesses[k] = [(s, g) for s, g in kept]
+        return _Scan(len(jobs), pieces, windows, guesses, found)
+
+    def _combine(self, scan: _Scan, by_text: dict[str, list[Tagged]]) -> list[list[Span]]:
+        """Rampart's entities joined with spaCy's and the patterns', per job (offsets into the job's text)."""
+        pieces, guesses, found = scan.pieces, scan.guesses, scan.found
         tags: dict[int, list[Span]] = {}
-        # a window repeated across texts (a quoted line, a template sentence) is tagged once
-        unique = list(dict.fromkeys(w[2] for w in windows))
-        by_text = dict(zip(unique, self.rampart.tag(unique) if unique else [], strict=True))
-        for k, offset, window, phones_only in windows:
+        for k, offset, window, phones_only in scan.windows:
             tagged = by_text[window]
             for t in tagged:
                 if t.type not in self.entities or (phones_only and t.type != "PHONE_NUMBER"):
@@ -1165,7 +1213,7 @@ class PiiScrub:
                     if bounds is None:
                         continue
                 tags.setdefault(k, []).append(Span(t.type, bounds[0], bounds[1], t.score))
-        spans: list[list[Span]] = [[] for _ in jobs]
+        spans: list[list[Span]] = [[] for _ in range(scan.jobs)]
         for k, (i, offset, text, mode) in enumerate(pieces):
             mine = tags.get(k, [])
             lower = not any(c.isupper() for c in text) or _casual_writer(text)
