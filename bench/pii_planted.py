@@ -66,7 +66,8 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 7 was measured once (19:00 UTC; three of its templates had been glimpsed, not tuned on) and then
 # inspected. Set 8, by a fourth such helper, was measured once (2026-12-02 22:00 UTC) and then
 # inspected; set 9, by a fifth, was seen in part (a formatter's diff printed it) and is tune data;
-# HELD_OUT_10_TEMPLATES, by a sixth, are the held-out split (never inspected). Never print this
+# set 10, by a sixth, was measured once (2026-12-03 07:37 UTC) and then inspected: tune now.
+# HELD_OUT_11_TEMPLATES, by a seventh, are the held-out split (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -1738,6 +1739,423 @@ HELD_OUT_10_TEMPLATES: list[list[tuple[str, str]]] = [
         ("assistant", "Hallo {first2},\n\nfür die Gehaltsabrechnung diesen Monat fehlen mir noch deine Steuer-ID und deine vollständige IBAN. Schick sie mir bitte bis morgen an {email}.\n\nDanke und viele Grüße\n{first}"),
     ],
 ]
+HELD_OUT_11_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 German landlord letter
+    [
+        ("user", "hallo, kannst du mir helfen einen brief an meinen vermieter zu schreiben? ich bin {name}, wohne in der {street} in {post} {city}. die heizung geht seit zwei wochen nicht und er reagiert nicht auf anrufe"),
+        ("assistant", """Gerne! Hier ein Entwurf:
+
+{name}
+{address_lines}
+
+Betreff: Mängelanzeige – Ausfall der Heizung
+
+Sehr geehrte Damen und Herren,
+
+hiermit zeige ich an, dass die Heizung in meiner Wohnung in der {street} seit zwei Wochen nicht funktioniert. Ich bitte Sie, den Mangel bis spätestens zum Ende dieser Woche zu beheben.
+
+Mit freundlichen Grüßen
+{name}
+
+Soll ich noch eine Frist mit Mietminderung ergänzen?"""),
+        ("user", "ja bitte, und meine handynummer {phone} soll auch rein damit er mich erreicht"),
+        ("assistant", "Klar, ich ergänze unter Ihrem Namen: \"Sie erreichen mich jederzeit unter {phone}.\" Außerdem füge ich hinzu, dass Sie sich eine Minderung der Miete vorbehalten, falls der Mangel nicht fristgerecht behoben wird."),
+    ],
+    # 2 Python dict of customers
+    [
+        ("user", """why does this throw a KeyError??
+
+customers = {{
+    "c001": {{"name": "{name}", "email": "{email}", "phone": "{phone}"}},
+    "c002": {{"name": "{name2}", "email": None}},
+}}
+
+for cid, c in customers.items():
+    print(c["name"], c["phone"])"""),
+        ("assistant", """The second customer, `c002` ({name2}), has no `"phone"` key, so `c["phone"]` fails on that iteration. Only {name}'s record has it. Use `.get()`:
+
+```python
+for cid, c in customers.items():
+    print(c["name"], c.get("phone", "n/a"))
+```
+
+That prints `{name} {phone}` for the first and `{name2} n/a` for the second."""),
+    ],
+    # 3 SQL with IBAN
+    [
+        ("user", """getting a syntax error on this, postgres 15
+
+INSERT INTO payees (full_name, iban, contact_email, created_at)
+VALUES ('{name2}', '{iban}', '{email}' NOW());"""),
+        ("assistant", """You're missing a comma after the email value. Corrected:
+
+```sql
+INSERT INTO payees (full_name, iban, contact_email, created_at)
+VALUES ('{name2}', '{iban}', '{email}', NOW());
+```
+
+Tip: if a name ever contains an apostrophe, use parameterised queries instead of pasting values into the SQL string."""),
+        ("user", "thx. also how do i strip spaces from the iban column for existing rows"),
+        ("assistant", "`UPDATE payees SET iban = REPLACE(iban, ' ', '');` — after that a value like {iban} will be stored without spaces."),
+    ],
+    # 4 casual wifi password
+    [
+        ("user", "ok so my laptop wont connect to the wifi anymore. i changed it yesterday to {password} on the router page and now the laptop just says cant connect. phone works fine tho"),
+        ("assistant", "Your laptop is probably still trying the old saved key. Forget the network (Settings → Wi-Fi → Manage known networks → Forget), then reconnect and type the new one, {password}, carefully — watch upper/lower case."),
+        ("user", "omg that worked. btw my sister {first2} is coming over, is it safe to just text her the wifi thing to {phone}?"),
+        ("assistant", "Texting it to {first2} is fine for a home network. If you want to be tidier, set up a guest network so you don't have to share your main key."),
+    ],
+    # 5 French blocked card
+    [
+        ("user", "Bonjour, ma carte bancaire a été bloquée après un paiement en ligne. Le numéro c'est {card}. Je dois appeler qui ? Ma banque m'a envoyé un SMS au {phone} mais je ne sais pas si c'est une arnaque"),
+        ("assistant", """Bonjour ! Quelques conseils :
+
+1. N'utilisez pas le numéro indiqué dans le SMS. Appelez le numéro au dos de votre carte ou celui de votre espace client.
+2. Ne communiquez jamais le numéro complet de votre carte ({card}) ni votre code par téléphone ou SMS.
+3. Si le SMS reçu au {phone} contient un lien, ne cliquez pas dessus.
+
+Pour l'avenir, évitez de partager votre numéro de carte dans une conversation comme celle-ci."""),
+        ("user", "ah mince ok merci"),
+    ],
+    # 6 forwarded email with signature
+    [
+        ("user", """can you summarise this for me and draft a short reply saying yes to thursday
+
+---------- Forwarded message ---------
+From: {name} <{email}>
+Date: Mon, 3 Mar 2025 at 09:14
+Subject: Re: site visit
+To: {name2}
+
+Hi {first2},
+
+Following up on our call — we could do the site visit on Thursday at 10:00 or Friday after lunch. The address is {address}, parking is at the back.
+
+Best regards,
+{name}
+Project Coordinator
+M: {phone}
+{email}"""),
+        ("assistant", """**Summary:** {first} is proposing a site visit on Thursday at 10:00 or Friday afternoon at {address} (parking at the back).
+
+**Reply draft:**
+
+Hi {first},
+
+Thanks for following up. Thursday at 10:00 works for me — see you at {street}.
+
+Best,
+{first2}"""),
+    ],
+    # 7 Spanish passport renewal
+    [
+        ("user", "hola! tengo que renovar el pasaporte de mi madre, {name}. su {id_kind} es {id} y caduca el mes que viene. qué documentos necesito llevar?"),
+        ("assistant", """¡Hola! Para renovar el documento de {name} normalmente necesitas:
+
+- El documento actual ({id_kind}: {id})
+- Una fotografía reciente en color
+- El pago de la tasa
+- Cita previa
+
+Como {first} tiene que ir en persona para la huella dactilar, conviene pedir la cita cuanto antes."""),
+        ("user", "vale, y si vive en {city} puede ir a cualquier oficina?"),
+        ("assistant", "Sí, puede pedir cita en cualquier oficina de expedición, no tiene que ser la de {city}."),
+    ],
+    # 8 YAML config with credentials
+    [
+        ("user", """my docker compose keeps failing, db container exits immediately
+
+services:
+  db:
+    image: postgres:16
+    environment:
+      POSTGRES_USER: {first_lower}
+      POSTGRES_PASSWORD: {password}
+      POSTGRES_DB: shop
+  app:
+    build: .
+    environment:
+      ADMIN_EMAIL: {email}
+      DATABASE_URL: postgres://{first_lower}:{password}@db:5432/shop"""),
+        ("assistant", """The compose file looks OK syntactically. Check `docker compose logs db` — the usual causes are:
+
+1. An old volume initialised with different credentials: the user `{first_lower}` and the password you set are only applied on first init. Run `docker compose down -v` to reset.
+2. Special characters in `{password}` breaking the `DATABASE_URL`; URL-encode them there.
+
+Also consider moving the secret into an `.env` file rather than committing it with `{email}` in the repo."""),
+    ],
+    # 9 CSV list of people
+    [
+        ("user", """clean this up, the columns are shifted on some rows
+
+name,email,phone,city
+{name},{email},{phone},{city}
+{name2},,{city}
+{first3} ,  ,"""),
+        ("assistant", """Here it is with the columns aligned (missing values left blank):
+
+```csv
+name,email,phone,city
+{name},{email},{phone},{city}
+{name2},,,{city}
+{first3},,,
+```
+
+Row 2 had the city in the phone column, and row 3 only has a first name ({first3}) — you may want to fill in the surname."""),
+    ],
+    # 10 markdown table of team contacts, system turn
+    [
+        ("system", "You are a helpful assistant. Format answers in Markdown."),
+        ("user", "make a table of the on-call rota: me ({name}, {phone}) mon-wed, {name2} thu-fri, {first3} weekends. my email is {email} the others use the shared inbox"),
+        ("assistant", """| Days | Person | Phone | Email |
+|------|--------|-------|-------|
+| Mon–Wed | {name} | {phone} | {email} |
+| Thu–Fri | {name2} | – | shared inbox |
+| Sat–Sun | {first3} | – | shared inbox |
+
+Want me to add the phone numbers for {first2} and {first3} once you have them?"""),
+    ],
+    # 11 Polish bank transfer
+    [
+        ("user", "cześć, muszę zrobić przelew do {name2} za mieszkanie, numer konta {iban}. jak napisać tytuł przelewu żeby było jasne że to czynsz za marzec?"),
+        ("assistant", """Proponuję taki tytuł:
+
+"Czynsz za marzec 2025 – {street}, {city}"
+
+Odbiorca: {name2}
+Rachunek: {iban}
+
+Dzięki adresowi w tytule {first2} od razu będzie wiedział(a), którego mieszkania dotyczy wpłata."""),
+    ],
+    # 12 Dutch moving
+    [
+        ("user", "Hoi, ik ga verhuizen naar {address} en moet dat doorgeven aan de gemeente en mijn zorgverzekeraar. Kun je een kort berichtje schrijven? Mijn naam is {name} en mijn nummer is {phone}. Voor de verzekeraar: mijn rekening blijft {iban}."),
+        ("assistant", """Natuurlijk! Hier een voorbeeld:
+
+Beste heer/mevrouw,
+
+Graag geef ik mijn adreswijziging door. Vanaf 1 april woon ik op het volgende adres:
+
+{address_lines}
+
+U kunt mij bereiken op {phone}. Mijn rekeningnummer ({iban}) blijft ongewijzigd.
+
+Met vriendelijke groet,
+{name}"""),
+        ("user", "top, dank je"),
+    ],
+    # 13 Slack-like export with ??? address
+    [
+        ("user", """[10:02] {name}: hey can someone send the parcel to the new office
+[10:03] {name2}: sure whats the address
+[10:05] {name}: {address_qq}
+[10:05] {name}: attn {first3} at reception
+[10:07] {name2}: 👍 courier wants prepayment, ok to use the company card?
+[10:08] {name}: yep {card} exp 08/27
+[10:08] {name}: and the wifi there is {password} if you need it when you drop by
+
+^ this is from our slack export, the address came out weird. can you fix it into a proper label"""),
+        ("assistant", """The `???` are lost line breaks. Here's the label:
+
+Attn: {first3} (Reception)
+{address_lines}
+
+Sender: {name}
+
+Side note: the export also contains the company card number and the Wi-Fi key in plain text — you may want to remove those before sharing it."""),
+    ],
+    # 14 phone dictated around slot
+    [
+        ("user", "can you write a voicemail greeting for my small cleaning business? name is {first}'s Sparkle Clean, callback number is {phone}, and people can also email me on {email}"),
+        ("assistant", """Sure:
+
+"Hi, you've reached {first}'s Sparkle Clean! Sorry we can't take your call right now. Please leave your name and number after the tone, or call us back on {phone}. You can also email {email} and we'll reply within one working day. Thanks!"
+
+Tip: when recording, read the number slowly in groups — people often jot it down while listening."""),
+        ("user", "perfect. should i say my full name {name} too or is that weird"),
+        ("assistant", "Not weird at all — \"This is {name} from {first}'s Sparkle Clean\" sounds personal and trustworthy."),
+    ],
+    # 15 Italian CV
+    [
+        ("user", "ciao! mi aiuti a sistemare l'intestazione del curriculum? {name}, nato a {city}, residente in {street}, {post} {city}, cell {phone}, mail {email}"),
+        ("assistant", """Certo! Ecco un'intestazione pulita:
+
+**{name}**
+{street} · {post} {city}
+📞 {phone} · ✉️ {email}
+
+Non è necessario indicare il luogo di nascita, a meno che non sia richiesto. Vuoi che aggiunga un link a LinkedIn?"""),
+        ("user", "no va bene cosi, grazie mille"),
+    ],
+    # 16 Portuguese (Brazil) tax / email
+    [
+        ("user", "oi, preciso mandar um email pro contador com meus dados pra declaração do imposto. meu nome é {name}, {id_kind} {id}, email {email}. pode escrever algo formal?"),
+        ("assistant", """Claro! Segue uma sugestão:
+
+Assunto: Documentos para a declaração do IR 2025
+
+Prezado contador,
+
+Segue em anexo a documentação para a declaração do imposto de renda. Meus dados:
+
+Nome: {name}
+{id_kind}: {id}
+E-mail: {email}
+
+Fico à disposição para qualquer dúvida.
+
+Atenciosamente,
+{name}"""),
+    ],
+    # 17 Czech formal request
+    [
+        ("user", "dobrý den, potřebuji napsat žádost o prodloužení nájemní smlouvy. jmenuji se {name}, bydlím na adrese {address}, pronajímatel je {name2}."),
+        ("assistant", """Dobrý den, zde je návrh:
+
+{name}
+{address_lines}
+
+Vážený pane / Vážená paní {name2},
+
+tímto Vás žádám o prodloužení nájemní smlouvy k bytu na adrese {street}, {city}, a to o dalších 12 měsíců.
+
+Děkuji za kladné vyřízení.
+
+S pozdravem
+{name}"""),
+    ],
+    # 18 Hungarian ID / car registration
+    [
+        ("user", "szia! át kell íratnom az autót a nevemre. {name} vagyok, a {id_kind} számom {id}. milyen papírok kellenek még?"),
+        ("assistant", """Szia {first}! Az átíráshoz általában ezek kellenek:
+
+- adásvételi szerződés
+- a forgalmi engedély és a törzskönyv
+- személyazonosító okmány ({id_kind}: {id})
+- a vagyonszerzési illeték befizetése
+
+Ha valaki más intézi helyetted, meghatalmazás is kell."""),
+        ("user", "köszi! a tesóm {first2} intézné, ő is a {city}i kormányablakba menne"),
+    ],
+    # 19 Danish invoice with IBAN
+    [
+        ("user", "hej, kan du lave en simpel faktura? fra {name}, {address}, til {name2}. 8 timers rengøring à 350 kr. betaling til {iban}, tlf {phone}"),
+        ("assistant", """Selvfølgelig! Her er et udkast:
+
+**FAKTURA nr. 2025-014**
+
+Fra: {name}
+{address_lines}
+Tlf.: {phone}
+
+Til: {name2}
+
+| Beskrivelse | Timer | Pris | I alt |
+|---|---|---|---|
+| Rengøring | 8 | 350 kr. | 2.800 kr. |
+
+**Total: 2.800 kr.**
+
+Betales til: {iban}
+Betalingsfrist: 14 dage
+
+Tak for samarbejdet, {first2}!"""),
+    ],
+    # 20 HR JSON record with system turn
+    [
+        ("system", "You are an assistant for the HR team. Answer concisely."),
+        ("user", """validate this employee record against our schema, onboarding tool rejects it
+
+{{
+  "employee": {{
+    "fullName": "{name}",
+    "email": "{email}",
+    "phone": "{phone}",
+    "nationalId": {{"type": "{id_kind}", "value": "{id}"}},
+    "address": {{"street": "{street}", "postcode": "{post}", "city": "{city}", "country": "{country}"}},
+    "manager": "{name2}"
+  }}
+}}"""),
+        ("assistant", """The JSON itself is valid. Likely schema issues:
+
+- `nationalId.value` must match the format for the given type — check that "{id}" is accepted for a {id_kind}.
+- `postcode` "{post}" may need to be a string with the country's format; it already is, so check the country code: many schemas expect ISO codes, not "{country}".
+- `manager` is usually an employee ID, not a name like "{name2}".
+
+Fix the country and manager fields first."""),
+    ],
+    # 21 shell curl with credentials
+    [
+        ("user", """this curl returns 401 and i dont get why, the login works in the browser
+
+curl -X POST https://api.example-shop.io/v2/orders \\
+  -u "{email}:{password}" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"customer": "{name}", "card": "{card}", "qty": 2}}'"""),
+        ("assistant", """A few things:
+
+1. The API probably wants a token, not your login. Browser sessions use cookies, so `-u {email}:...` with basic auth is rejected.
+2. If your password contains `$` or `!`, the shell may mangle it inside double quotes; use single quotes.
+3. Please don't send full card numbers like {card} in raw JSON to an API — use the payment provider's tokenisation.
+
+Also: you've pasted your real credentials here, so I'd change that password now."""),
+        ("user", "ugh yeah ok, changing it. new one will be something like {password}2 lol"),
+    ],
+    # 22 lower-case birthday party, possessive
+    [
+        ("user", "help me write a whatsapp msg inviting ppl to {first_lower}'s surprise 30th. its at our place {address_lower}, saturday 7pm, dont tell {first}!! rsvp to me {name_lower} on {phone}"),
+        ("assistant", """Here you go:
+
+🎉 Shhh! Surprise party! 🎉
+{first} is turning 30 and we're throwing a surprise party on **Saturday at 7pm** at {address}.
+
+Please DON'T tell {first}! 🤫
+RSVP to {name} on {phone} by Thursday.
+
+Bring your best party mood 🥳"""),
+        ("user", "can u make it less cheesy"),
+        ("assistant", "Sure: \"Surprise party for {first}'s 30th — Saturday 7pm at {address}. Keep it secret! RSVP to me on {phone}.\""),
+    ],
+    # 23 names after punctuation, meeting notes
+    [
+        ("user", "turn these notes into minutes pls: met w/ vendor.{name2} said delivery slips to may;{name} (ops) disagreed,wants penalty clause.action:{first3} to send revised contract to {email} by fri.cc:{first2}"),
+        ("assistant", """**Meeting minutes – vendor call**
+
+**Attendees:** {name}, {name2}, {first3}
+
+**Discussion**
+- {name2} reported that delivery will slip to May.
+- {name} (Ops) disagreed and requested a penalty clause in the contract.
+
+**Actions**
+- {first3} to send the revised contract to {email} by Friday.
+
+cc: {first2}"""),
+    ],
+    # 24 reference letter / card dispute mix, possessive and surname
+    [
+        ("user", "I need to dispute a charge on my card, number is {card} — a hotel in {city} charged me twice. Can you write the letter to the bank? I'm {name}, {address}."),
+        ("assistant", """Of course. Here's a draft:
+
+{name}
+{address_lines}
+
+Dear Sir or Madam,
+
+I am writing to dispute a duplicate charge on my card ({card}). A hotel in {city} charged my account twice for the same stay. I have a receipt showing a single payment and request that the duplicate amount be refunded.
+
+Please contact me if you need further information.
+
+Yours faithfully,
+{name}
+
+Tip: banks usually only need the last four digits in writing — you can mask the rest."""),
+        ("user", "good. can you change it to Mr {surname} in the closing and add my email {email}"),
+        ("assistant", "Done — the closing now reads \"Yours faithfully, Mr {surname}\" followed by \"Email: {email}\" underneath {name}'s address block."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -1747,8 +2165,9 @@ TEMPLATES = {
     + HELD_OUT_6_TEMPLATES
     + HELD_OUT_7_TEMPLATES
     + HELD_OUT_8_TEMPLATES
-    + HELD_OUT_9_TEMPLATES,
-    "held-out": HELD_OUT_10_TEMPLATES,
+    + HELD_OUT_9_TEMPLATES
+    + HELD_OUT_10_TEMPLATES,
+    "held-out": HELD_OUT_11_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
