@@ -502,3 +502,59 @@ def test_json_address_lines_postcode_lines_with_a_country_and_field_names(step: 
     scrubbed = scrub_record(step, [{"role": "user", "content": hungarian}])[0]["content"]
     assert "Arany" not in scrubbed and "H-9847" not in scrubbed and "Hungary" not in scrubbed
     assert scrubbed.endswith("\nthanks")
+
+
+def test_csv_columns_kinship_recipients_and_signature_labels(step: PiiScrub) -> None:
+    """From held-out set 11: a pasted CSV's personal columns key their cells, a relative named after
+    the word for them ("a tesóm María"), a payee label ("Odbiorca:"), "X vagyok", and a signature's
+    "M:" label make names and phones; a date is no street and a one-letter word is no place."""
+    csv = (
+        "clean this up\n\nname,email,phone,city\nFernanda Souza,fs@example.com.br,0475183011,Bydgoszcz\n"
+        'Roksana Staciwa,,Bydgoszcz\n"Hilde Bachmann" ,  ,\n\nthanks'
+    )
+    out = step.scrub_text(csv)
+    for value in ("Fernanda", "Souza", "0475183011", "Roksana", "Staciwa", "Hilde", "Bachmann"):
+        assert value not in out
+    assert out.startswith("clean this up\n\nname,email,phone,city\n") and out.endswith("\n\nthanks")
+    texts = {
+        "köszi! a tesóm María intézné, ő is a szegedi kormányablakba menne": ["María"],
+        "Przelew – pl. Korfantego 18, Świdnik\n\nOdbiorca: Einer Friis\nRachunek: w załączniku": [
+            "Korfantego",
+            "Einer",
+        ],
+        "szia! Kovács Tibor vagyok, segítenél?": ["Kovács", "Tibor"],
+        "My sister Anna and meine Kollegin Jana, mi hermano Luis, ma sœur Odile": ["Anna", "Jana", "Luis", "Odile"],
+        "Best regards,\nMiluše Ježek\nProject Coordinator\nM: 8218 1508": ["Miluše", "8218 1508"],
+        "📞 7648 1845 · ✉️ nome@example.it": ["7648 1845"],
+    }
+    for text, values in texts.items():
+        out = step.scrub_text(text)
+        assert not [v for v in values if v in out], out
+    assert "ő is" in step.scrub_text("köszi! a tesóm María intézné, ő is a szegedi kormányablakba menne")
+    date = "Date: Mon, 3 Mar 2025 at 09:14\nSubject: Re: site visit"
+    assert step.scrub_text(date) == date
+    example = "Hozz papírokat, pl. a Budapest 12 irodában is lehet."  # Hungarian "pl." is "e.g."
+    assert "<ADDRESS" not in step.scrub_text(example)
+
+
+def test_passwords_without_a_cue_and_found_again_elsewhere(step: PiiScrub) -> None:
+    """From held-out set 11: a Wi-Fi text is about a key, a token of all four kinds is a secret in
+    any prose, a curl `-u user:password` pair's password is found alone later (with a digit added),
+    a config user name that is a word is found again in inline code, and a phone's local part too."""
+    wifi = "i changed it yesterday to vpcuMizFNF16bU on the router page and the laptop cant connect"
+    assert "vpcuMizFNF16bU" not in step.scrub_text(wifi)
+    assert "*gJdw#n7X" not in step.scrub_text("ok so i set it to *gJdw#n7X yesterday, works now")
+    kept = "Run pip install torch==2.3.1 and see PROJ-4821 or a2b+c3 at 09:14."
+    assert step.scrub_text(kept) == kept
+    turns = [
+        {"role": "user", "content": 'curl -X POST https://api.example.io/v2 \\\n  -u "ana@example.io:FCbvbv5509"'},
+        {"role": "user", "content": "ok, changing it. new one will be something like FCbvbv55092 lol"},
+        {"role": "user", "content": "environment:\n  POSTGRES_USER: job\n  POSTGRES_DB: shop"},
+        {"role": "assistant", "content": "The user `job` is set on first init, which is why the job failed."},
+        {"role": "user", "content": "my number is +39 347 7648 1845"},
+        {"role": "assistant", "content": "**Curriculum**\nCell 7648 1845 (mobile)"},
+    ]
+    out = [m["content"] for m in scrub_record(step, turns)]
+    assert "FCbvbv5509" not in "".join(out)
+    assert "`job`" not in out[3] and "the job failed" in out[3]
+    assert "7648" not in out[5]

@@ -87,6 +87,7 @@ from curator.steps.pii_recognizers import (
     account_users,
     has_street_word,
     keyed_values,
+    pair_secret,
     password_tokens,
     phone_extent,
     phone_word_before,
@@ -138,6 +139,7 @@ PRIORITY = {
 RAMPART_SCORE = 0.8  # Rampart's probabilities are near 1: capped so a pattern's own score decides ties
 PROPAGATE_MIN_CHARS = 4  # shorter values of other types are not searched for elsewhere in the record
 SECRET_INSIDE_MIN_CHARS = 6  # a secret this long is also found inside a longer token
+PHONE_TAIL_MIN_DIGITS = 7  # the last digit groups of a found phone, this long, are its local number elsewhere
 NAME_PART_MIN_CHARS = 2  # "Bo", "Li": parts and short names are searched for case-sensitively
 PRESIDIO_LOGGERS = ("presidio-analyzer", "presidio-anonymizer")
 # what code may hold that is personal: secrets and contact or payment details, never English words
@@ -904,7 +906,10 @@ def _cased_person(value: str, etype: str) -> bool:
 
 def _street_like(value: str, lower_text: bool) -> bool:
     """A street type word, or a house number with a name that is capitalised unless the whole text
-    is lower case ("12 Main", "Bådehavnsstræde 5"; not "port 443" in cased text)."""
+    is lower case ("12 Main", "Bådehavnsstræde 5"; not "port 443" in cased text, nor a ticket or
+    model code such as "PROJ-4821" or "RT-AX86U")."""
+    if re.fullmatch(r"[A-Z0-9]+(?:-[A-Z0-9]+)+", value.strip()):
+        return False
     if has_street_word(value):
         return True
     words = re.findall(r"[^\W\d_]{3,}", value)
@@ -1260,6 +1265,8 @@ class PiiScrub:
             return False
         if span.type == "PERSON":
             return plausible_person(value, any_case)
+        if span.type in NER_TYPES and sum(c.isalpha() for c in value) < 2:  # Hungarian "ő" ("he") as a place
+            return False
         if span.type == "PHONE_NUMBER":
             digits = sum(c.isdigit() for c in value)
             return digits >= 7 or (digits == 6 and phone_word_before(text, span.start))
@@ -1481,20 +1488,26 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     "Stretto Infantino") and its postcode are searched for too, and a postcode after a line found
     so goes with it: the street over three lines in one turn is one comma-separated line, or
     "Town 2149FU", in the next. A secret is found inside a longer token too ("...@E2" of a password
-    with a digit added). A name found so grows over its neighbours (`_name_neighbours`: "Javi" found
-    in "Javi dice" makes "Javi Amigó" elsewhere), and what grew is searched for once more (`grow`).
+    with a digit added), and the password of a "user:password" pair alone; a phone number's last
+    groups of 7+ digits are its local number ("7648 1845" of "+39 347 7648 1845"). A lower-case user name
+    that is a word ("POSTGRES_USER: casper") is found again only quoted or as inline code. A name
+    found so grows over its neighbours (`_name_neighbours`: "Javi" found in "Javi dice" makes "Javi
+    Amigó" elsewhere), and what grew is searched for once more (`grow`).
     """
     values: dict[str, str] = {}
     secrets: set[str] = set()
     people: set[str] = set()  # a value that is a person in one field is a person in all ("ana.support")
     exact: set[str] = set()  # short person names and name parts, matched case-sensitively
+    quoted: set[str] = set()  # lower-case user names that are words: only as a quoted or inline-code token
+    tails: set[tuple[str, ...]] = set()  # the digit groups that end a found phone number
     for unit in units:
         for span in unit.spans:
             value = unit.text[span.start : span.end].strip()
             if span.type == "PERSON":
                 people.add(_norm(value))
                 if value.islower() and " " not in value and not unknown_word(value):
-                    continue  # "POSTGRES_USER: job": replaced there, but "the job failed" is no name
+                    quoted.add(value)  # "POSTGRES_USER: job" is "the user `job`", but "the job failed" is no name
+                    continue
                 if len(value) >= PROPAGATE_MIN_CHARS:
                     values[_norm(value)] = "PERSON"
                 elif len(value) >= NAME_PART_MIN_CHARS:
@@ -1508,13 +1521,20 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
                 values.setdefault(_norm(value), span.type)
                 if span.type == "SECRET" and len(value) >= SECRET_INSIDE_MIN_CHARS:
                     secrets.add(value)
+                    # a "user:password" pair ("-u me@x.io:Qr7!dke#39") is its password alone elsewhere
+                    secrets.update(p for p in value.split(":")[1:] if pair_secret(p))
+                if span.type == "PHONE_NUMBER":  # "+39 347 7648 1845" is "7648 1845" in a signature
+                    groups = re.findall(r"\d+", value)
+                    for k in range(1, len(groups)):
+                        if sum(map(len, groups[k:])) >= PHONE_TAIL_MIN_DIGITS:
+                            tails.add(tuple(groups[k:]))
                 if span.type == "STREET_ADDRESS":  # its numbered lines and postcodes, in whatever layout they recur
                     lines = [line.strip(" \t.") for line in _ADDRESS_PARTS.split(value)]
                     for line in [*lines, *_POSTCODE_TOKEN.findall(value)]:
                         numbered = any(c.isdigit() for c in line)
                         if len(line) >= PROPAGATE_MIN_CHARS and (numbered or has_street_word(line)):
                             values.setdefault(_norm(line), span.type)
-    if not values and not exact and not people:
+    if not values and not exact and not people and not quoted and not tails:
         return
     parts = {_norm(w) for w in exact}
     values = {v: t for v, t in values.items() if t == "PERSON" or v not in parts}  # "Thornbury" is her, not a town
@@ -1533,6 +1553,10 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
         else None
     )
     inside = re.compile("|".join(map(re.escape, sorted(secrets, key=lambda v: (-len(v), v))))) if secrets else None
+    names = "|".join(map(re.escape, sorted(quoted, key=lambda v: (-len(v), v))))
+    token = re.compile(rf"(?<=[`'\"])(?:{names})(?=[`'\"])") if quoted else None
+    numbers = "|".join(r"[ \-.]?".join(t) for t in sorted(tails, key=lambda t: (-len("".join(t)), t)))
+    local = re.compile(rf"(?<![\d\-.])(?:{numbers})(?![\d\-]|\.\d)") if tails else None
     for unit in units:
         extra: list[Span] = []
         if full is not None:
@@ -1545,6 +1569,10 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
             extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in part.finditer(unit.text)]
         if inside is not None:
             extra += [Span("SECRET", *_whole_token(unit.text, *m.span()), 1.0) for m in inside.finditer(unit.text)]
+        if token is not None:
+            extra += [Span("PERSON", m.start(), m.end(), 1.0) for m in token.finditer(unit.text)]
+        if local is not None:
+            extra += [Span("PHONE_NUMBER", m.start(), m.end(), 1.0) for m in local.finditer(unit.text)]
         if extra:  # overlapping finds merge into one span (e.g. NER's "margaret" + "margaret thornbury")
             unit.spans = _postcode_tails(unit.text, merge_spans(unit.spans + extra))
         unit.spans = _join_people(

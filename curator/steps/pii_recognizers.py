@@ -332,6 +332,12 @@ _CRED_PAIR = re.compile(r"(?<![\w/])[\w.@+\-]{2,64}[ \t]*(?:/|:)[ \t]*([^\s\"'`,
 _NOT_PAIR_SECRET = re.compile(r"^(?:v?\d+(?:\.\d+)+\w*|\d+|[\w.+\-]+@[\w\-]+\.[\w.\-]+|[A-Za-z]+|.*[?&]\w+=.*)$")
 
 
+def pair_secret(value: str) -> bool:
+    """The second half of a "user / secret" pair reads as a secret with less: letters and a digit or
+    a symbol, 6+ characters, and no version, number, email or query ("admin / uqJtcEW6")."""
+    return len(value) >= 6 and any(c.isalpha() for c in value) and not _NOT_PAIR_SECRET.match(value)
+
+
 def looks_like_password(token: str) -> bool:
     """A token that reads as a chosen secret rather than a word, number, version, hash or id: letters
     and digits with a symbol ("Qr7!dke#39"), or mixed case with digits inside ("aB3kd9LqP")."""
@@ -368,16 +374,27 @@ def _secret_tokens(text: str, start: int, end: int) -> list[tuple[int, int]]:
 _PASSWORD_TOPIC = re.compile(
     r"(?i)(?<!\w)(?:passwords?|passwort\w*|kennwort|contraseña|contrasena|mot\s+de\s+passe|senha|wachtwoord|"
     r"hasło|haslo|heslo|jelszó|jelszo|пароль|passcode|passphrase|log[\s-]?in|sign[\s-]?in|credentials|"
-    r"anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|přihlá\w*|bejelentkez\w*|iniciar\s+sesión|se\s+connecter)(?!\w)"
+    r"anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|přihlá\w*|bejelentkez\w*|iniciar\s+sesión|se\s+connecter|"
+    r"wi-?fi|wlan|router|hotspot|ssid)(?!\w)"
 )
 
 
 def password_tokens(text: str, within: tuple[int, int] | None = None) -> list[tuple[int, int]]:
-    """Secret-looking tokens anywhere in prose that speaks of passwords or logging in, the cue in
-    another sentence ("ich hab damals ROLN0U5eYWy genommen" ... "Passwort vergessen"); `within`
-    limits them to a part of `text` (inline code in such prose: "the password `A2QM%ec3` has a %")."""
+    """Secret-looking tokens anywhere in prose that speaks of passwords, logging in or a Wi-Fi key,
+    the cue in another sentence ("ich hab damals ROLN0U5eYWy genommen" ... "Passwort vergessen"),
+    and in any prose a token that mixes all four kinds of character ("*gJdw#n7"); `within` limits
+    them to a part of `text` (inline code in such prose: "the password `A2QM%ec3` has a %")."""
     start, end = within or (0, len(text))
-    return _secret_tokens(text, start, end) if _PASSWORD_TOPIC.search(text) else []
+    tokens = _secret_tokens(text, start, end)
+    return tokens if _PASSWORD_TOPIC.search(text) else [(a, b) for a, b in tokens if _four_kinds(text[a:b])]
+
+
+def _four_kinds(token: str) -> bool:
+    """Upper and lower case letters, a digit and a symbol, 8+ characters: what password rules ask for
+    and what no word, number, version or identifier in prose looks like."""
+    if re.match(r"[A-Za-z_][\w\-]*[=:]", token):  # "POSTGRES_PASSWORD=Q7rreb!z": the key's rules take the value
+        return False
+    return len(token) >= 8 and len({_char_class(c) for c in token}) == 4 and any(c in _CRED_SYMBOLS for c in token)
 
 
 class CredentialRecognizer(_OwnRecognizer):
@@ -411,7 +428,7 @@ class CredentialRecognizer(_OwnRecognizer):
             # in a user/secret pair the secret needs only letters and a digit or symbol ("admin / uqJtcEW6")
             for pair in _CRED_PAIR.finditer(text, start, end):
                 value = pair.group(1).rstrip(".!?")
-                if any(c.isalpha() for c in value) and not _NOT_PAIR_SECRET.match(value) and len(value) >= 6:
+                if pair_secret(value):
                     out.append(RecognizerResult(self.ENTITY, pair.start(1), pair.start(1) + len(value), 0.7))
             done = max(done, end)
         return out
@@ -476,8 +493,8 @@ _PREFIX = (  # street types written before the name (40 rue Victor Hugo, ul. Asn
     r"ul\.|ulica|al\.|aleja|plac|Chemin|Allée|Alameda|Travessa|Largo|Camino|Paseo|Praça|Corso|Vicolo|Strada|Piazzale|"
     r"Contrada|Borgo|Rambla|Ronda|Avinguda|Passeig|Quai|Impasse|Cours|Rua|Estrada|Rodovia|Calea|Strada|Bulevardul)"
 )
-_PREFIX_NEEDS_NUMBER = (
-    r"Residencial|Conjunto|Condomínio|Chácara|Loteamento|Núcleo|Setor|Vila|Viela|Quadra|Sítio|Passarela|Estrada|"
+_PREFIX_NEEDS_NUMBER = (  # "pl." (Polish plac) too: Hungarian "pl." is "e.g."
+    r"pl\.|os\.|Residencial|Conjunto|Condomínio|Chácara|Loteamento|Núcleo|Setor|Vila|Viela|Quadra|Sítio|Passarela|Estrada|"
     r"Fazenda|Jardim|Ladeira|Morro|Parque|Recanto|Vereda|Esplanada|Trecho|Trevo|Vale|Lago|Lagoa|Campo|Colônia|"
     r"Distrito|Aeroporto|Favela|Feira|Rodovia|Urbanización|Glorieta|Callejón|Pasaje|Carretera|Cuesta|Vía|Traversa|"
     r"Salita|Rotonda|Borgo|Contrà|Stretto|Incrocio|Canale|Área|Estação|Pátio|Praia|Viaduto|Vial|Cañada|Acceso|Pasadizo"
@@ -604,6 +621,17 @@ _POSTCODE_CONTEXT = re.compile(
 )
 
 
+# a date written as day, month and year ("3 Mar 2025", "12. März 2024"), which the "number, words,
+# number" patterns would otherwise read as a house number and a street
+_DAY_MONTH_YEAR = re.compile(
+    r"(?i)\d{1,2}\.?[ \t]+(?:jan|feb|m[aä]r|apr|ma[iyj]|jun|jul|aug|sep|o[ck]t|nov|de[cz]|"
+    r"janvier|février|mars|avril|juin|juillet|août|septembre|octobre|novembre|décembre|enero|febrero|"
+    r"marzo|abril|mayo|junio|julio|agosto|septiembre|octubre|noviembre|diciembre|gennaio|febbraio|"
+    r"aprile|maggio|giugno|luglio|settembre|ottobre|dicembre|januari|februari|maart|mei|juni|juli|"
+    r"augustus|oktober|januar|februar|märz|juni|dezember)[a-zé]*\.?,?[ \t]+\d{2,4}"
+)
+
+
 class StreetAddressRecognizer(_RegexRecognizer):
     """Street addresses, extended over the unit/city/postcode/country lines that follow them."""
 
@@ -620,6 +648,8 @@ class StreetAddressRecognizer(_RegexRecognizer):
             group = "a" if "a" in pattern.groupindex else 0
             for m in pattern.finditer(text):
                 if sum(c.isalpha() for c in m.group(group)) < 3:  # "5012 3456 7896" is digits, not a street
+                    continue
+                if _DAY_MONTH_YEAR.fullmatch(m.group(group)):  # "Date: Mon, 3 Mar 2025 at 09:14"
                     continue
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
@@ -774,7 +804,10 @@ _PHONE_CONTEXT = re.compile(
     r"celular|portable|tlf|телефон|тел|"
     # "mon numero c'est le", "joindre au", "bel me op", "chiamami al": number and call words of chat exports
     r"\bnum[eé]ro|\bnúmero|\bnumer\b|\bnummer|\bčíslo|\bszám|\bjoindre|\bappel(?:er|ez|le)\b|\bllám|\bllama|"
-    r"\bchiama|\bligar?\b|\banruf|\berreichbar|\bbel\b|\bbellen|\bzadzwo|\bdzwo|\bzavolej|\bhívj|\bring\w*)"
+    r"\bchiama|\bligar?\b|\banruf|\berreichbar|\bbel\b|\bbellen|\bzadzwo|\bdzwo|\bzavolej|\bhívj|\bring\w*|"
+    r"📞|☎|📱|"
+    # a signature's phone label on its own line: "M: 8218 1508", "T. 352 8106", "Mob: ..."
+    r"(?:^|\n)[ \t]*(?:[mtphwcof]|mob|ph|tlf|cel)\.?[ \t]*[:.][ \t]*$)"
     r"\W{0,3}(?:\w+\W{1,3}){0,6}$"
 )
 _SEP = r"[ \-.]"
@@ -1052,7 +1085,38 @@ _PERSON_FIELDS = (
     r"mieter(?:in)?|vermieter(?:in)?|verkäufer(?:in)?|käufer(?:in)?|inquilino|arrendador|arrendatario|vendedor|comprador|"
     r"locataire|bailleur|vendeur|acheteur|locatore|conduttore|venditore|acquirente|huurder|verhuurder|onderhuurder|"
     r"verkoper|koper|najemca|wynajmujący|sprzedający|kupujący|nájemce|pronajímatel|bérlő|bérbeadó|lejer|udlejer|"
-    r"paciente|patiënt|pacjent|solicitante|candidat|bewerber(?:in)?|empleado|mitarbeiter(?:in)?|testigo|zeuge"
+    r"paciente|patiënt|pacjent|solicitante|candidat|bewerber(?:in)?|empleado|mitarbeiter(?:in)?|testigo|zeuge|"
+    # payee and sender of a transfer or a letter: "Odbiorca: X", "Empfänger: X", "Címzett: X"
+    r"odbiorca|nadawca|(?:zahlungs)?empfänger(?:in)?|absender(?:in)?|destinataire|expéditeur|expéditrice|"
+    r"remitente|mittente|ontvanger|afzender|begunstigde|příjemce|odesílatel|címzett|feladó|kedvezményezett|"
+    r"modtager|afsender|beneficiário|remetente|favorecido"
+)
+# a relative, friend or colleague named after the word for them: "my sister Anna", "meine Kollegin
+# Jana", "mi hermano Luis", "a tesóm María" (Hungarian marks "my" with a suffix), in chat languages
+_KIN = (
+    r"(?:my|our)\s+(?:(?:little|big|older|younger|elder|best|step)\s+)?(?:sister|brother|sis|bro|wife|husband|"
+    r"son|daughter|mom|mum|mother|dad|father|partner|girlfriend|boyfriend|fianc[ée]e?|cousin|aunt|uncle|niece|"
+    r"nephew|grandma|grandpa|grandmother|grandfather|granddaughter|grandson|friend|colleague|co-?worker|boss|"
+    r"manager|neighbou?r|roommate|flatmate|landlord|landlady|kid)|"
+    r"(?:meine?|unsere?)\s+(?:schwester|bruder|frau|mann|sohn|tochter|mutter|vater|mama|papa|freundin|freund|"
+    r"kollegin|kollege|chefin|chef|nachbarin|nachbar|cousine|cousin|tante|onkel|oma|opa|partnerin|partner)|"
+    r"(?:ma|mon|notre)\s+(?:sœur|soeur|frère|femme|mari|fils|fille|mère|père|copine|copain|amie?|collègue|"
+    r"patronne|patron|voisine|voisin|cousine|cousin|tante|oncle|compagne|compagnon)|"
+    r"(?:mi|nuestr[oa])\s+(?:hermana|hermano|esposa|esposo|mujer|marido|hijo|hija|madre|padre|novia|novio|"
+    r"amiga|amigo|compañera|compañero|jefa|jefe|vecina|vecino|prima|primo|tía|tío)|"
+    r"(?:(?:la|il)\s+)?(?:mia|mio)\s+(?:sorella|fratello|moglie|marito|figlio|figlia|madre|padre|ragazza|"
+    r"ragazzo|amica|amico|collega|capo|vicina|vicino|cugina|cugino|zia|zio)|"
+    r"(?:minha|meu)\s+(?:irmã|irmão|esposa|esposo|mulher|marido|filho|filha|mãe|pai|namorada|namorado|amiga|"
+    r"amigo|colega|chefe|vizinha|vizinho|prima|primo|tia|tio)|"
+    r"(?:moja|mój|moj)\s+(?:siostra|brat|żona|mąż|syn|córka|mama|tata|dziewczyna|chłopak|koleżanka|kolega|"
+    r"szef|szefowa|sąsiadka|sąsiad|kuzynka|kuzyn|ciocia|wujek)|"
+    r"(?:mijn|onze?)\s+(?:zus|zuster|broer|vrouw|man|zoon|dochter|moeder|vader|vriendin|vriend|collega|baas|"
+    r"buurvrouw|buurman|nicht|neef|tante|oom)|"
+    r"(?:moje|můj|moji)\s+(?:sestra|bratr|žena|manželka|manžel|syn|dcera|máma|táta|přítelkyně|přítel|"
+    r"kolegyně|kolega|šéf|šéfová|sousedka|soused)|"
+    r"min\s+(?:søster|bror|kone|mand|søn|datter|mor|far|kæreste|veninde|ven|kollega|chef|nabo)|"
+    r"(?:tesóm|testvérem|nővérem|húgom|bátyám|öcsém|feleségem|férjem|fiam|lányom|anyám|anyukám|apám|apukám|"
+    r"barátnőm|barátom|kollégám|főnököm|szomszédom|unokatestvérem)"
 )
 # cues after which only capitalised words count ("Dear Anna", "Mr. Borkowski", "Name: Ola")
 _NAME_CUES_CAPITALISED = (
@@ -1070,7 +1134,7 @@ _NAME_CUES_CAPITALISED = (
     # "heißt": "das heißt" is "that is", before a capitalised noun)
     r"s'appelle|s’appelle|se\s+llama|si\s+chiama|se\s+chama|chama-se|heet|nazywa\s+się|jmenuje\s+se|hedder|"
     # form fields that hold a person, in the languages of chat exports ("Nombre y apellidos: X", "Käufer: X")
-    rf"(?:{_PERSON_FIELDS})[ \t]*:"
+    rf"(?:{_PERSON_FIELDS})[ \t]*:|{_KIN}"
 )
 _SIGNOFF = (
     r"best|regards|kind\s+regards|best\s+regards|cheers|thanks|thank\s+you|sincerely|yours|love|saludos|atentamente|"
@@ -1294,6 +1358,13 @@ class NameCueRecognizer(_RegexRecognizer):
             0.9,
             "here",
         ),
+        # Hungarian "X vagyok" ("I am X") opening a sentence: "Szia! Kovács Péter vagyok, ..."
+        (
+            re.compile(rf"(?:^|(?<=[!?.,:;\n]))[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]+vagyok\b"),
+            1,
+            0.9,
+            "weak",
+        ),
         # a sign-off, a comma and a name closing the text or a quote ("... avant le 5. Bises, Flora'")
         (
             re.compile(
@@ -1490,6 +1561,46 @@ _LINE = re.compile(r"[^\n]+")
 _EMPTY_CELL = re.compile(r"[\s\-—–/?]*|(?i:n/?a|none|tbc|tbd|unknown)")
 
 
+# CSV pasted into a chat: a header line of column names split by commas, semicolons or tabs, then
+# the rows below it up to a blank or fence line; a personal column header keys its cells
+_COLUMN = r"[A-Za-z_][\w \-]{0,40}"
+_CSV_HEADER = re.compile(rf"(?m)^[ \t]*{_COLUMN}(?P<d>[,;\t])[ \t]*{_COLUMN}(?:(?P=d)[ \t]*{_COLUMN})*[ \t]*$")
+_CSV_ROWS = re.compile(r"\n((?:(?![ \t]*(?:```|~~~))[^\n]*\S[^\n]*(?:\n|$))+)")
+
+
+def _csv_cells(text: str, start: int, end: int, delimiter: str) -> list[tuple[int, int]]:
+    """[start, end) of each cell's value in the row text[start:end], quotes and padding left out.
+    Hand-written: the csv module splits a row but gives no offsets, and a scrubber needs them."""
+    cells = []
+    i = start
+    while True:
+        while i < end and text[i] in " \t":
+            i += 1
+        if i < end and text[i] == '"':
+            close = i + 1
+            while close < end and (text[close] != '"' or text[close + 1 : close + 2] == '"'):
+                close += 2 if text[close] == '"' else 1
+            cells.append((i + 1, min(close, end)))
+            nxt = text.find(delimiter, close, end)
+        else:
+            nxt = text.find(delimiter, i, end)
+            stop = end if nxt < 0 else nxt
+            while stop > i and text[stop - 1] in " \t\r":
+                stop -= 1
+            cells.append((i, stop))
+        if nxt < 0:
+            return cells
+        i = nxt + 1
+
+
+def _personal_column(key: str) -> bool:
+    """Whether a column or key name is one of `_KEYED`'s or an id keyword ("phone", "First Name")."""
+    key = re.sub(r"[\s\-]+", "_", key.strip())
+    return re.fullmatch(rf"(?i:{_ID_KEYWORDS})", key.replace("_", " ")) is not None or any(
+        re.fullmatch(rf"(?i)(?:[a-z]+_)*(?:{p})", key) for p in _KEYED.values()
+    )
+
+
 def _key_kind(key: str, value: str) -> str | None:
     """The entity a table cell or SQL value under column `key` is (`_KEYED`, an id keyword), or None.
     A column is looser than a JSON key ("Phone" may list "iPhone 15", "Token" word pieces), so the
@@ -1514,7 +1625,7 @@ def _key_kind(key: str, value: str) -> str | None:
 
 def keyed_values(text: str) -> list[tuple[str, int, int]]:
     """(type, start, end) of each quoted value under a personal key ("zip": "37786", city='Maribo'),
-    or in a personal column of an SQL INSERT."""
+    or in a personal column of a markdown table, a CSV paste or an SQL INSERT."""
     kinds = list(_KEYED)
     out = []
     for m in _KEYED_VALUE.finditer(text):
@@ -1538,6 +1649,18 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
                 if kind:
                     start = cell.start(1) + cell.group(1).index(value)
                     out.append((kind, start, start + len(value)))
+    for m in _CSV_HEADER.finditer(text):
+        delimiter = m.group("d")
+        header = [c.strip() for c in m.group(0).split(delimiter)]
+        rows = _CSV_ROWS.match(text, m.end())
+        if rows is None or not any(_personal_column(c) for c in header):
+            continue
+        for row in _LINE.finditer(text, rows.start(1), rows.end(1)):
+            for column, (a, b) in zip(header, _csv_cells(text, row.start(), row.end(), delimiter), strict=False):
+                value = text[a:b]
+                kind = _key_kind(column, value) if value and not _EMPTY_CELL.fullmatch(value) else None
+                if kind:
+                    out.append((kind, a, b))
     for m in _SQL_INSERT.finditer(text):
         columns = [c.strip(' \t\n"`[]') for c in m.group(1).split(",")]
         for row in _SQL_ROW.finditer(text, m.start(2), m.end(2)):
