@@ -558,3 +558,18 @@ def test_passwords_without_a_cue_and_found_again_elsewhere(step: PiiScrub) -> No
     assert "FCbvbv5509" not in "".join(out)
     assert "`job`" not in out[3] and "the job failed" in out[3]
     assert "7648" not in out[5]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "@ClaireMcD22 I honestly don't know, ask @JennyVeronica92 #GoTSeason5 premieres Sunday",
+        "The greatest common factor of the given numbers.\n66 and 44",
+        "The area (in prime numbers) is approximately 314.0185 square units.",
+        "Your package has shipped. The tracking number is 123456789.",
+    ],
+)
+def test_handles_arithmetic_decimals_and_tracking_numbers_are_kept(step: PiiScrub, text: str) -> None:
+    """What the four-kinds secret rule and the phone and street patterns must leave: handles and
+    hashtags (the pii_bench WNUT-17 run), two numbers and a connector, a decimal, a tracking number."""
+    assert step.scrub_text(text) == text

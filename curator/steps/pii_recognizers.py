@@ -394,6 +394,7 @@ def _four_kinds(token: str) -> bool:
     and what no word, number, version or identifier in prose looks like."""
     if re.match(r"[A-Za-z_][\w\-]*[=:]", token):  # "POSTGRES_PASSWORD=Q7rreb!z": the key's rules take the value
         return False
+    token = token.lstrip("@#")  # a handle or hashtag ("@ClaireMcD22", "#GoTSeason5") is no secret by its mark
     return len(token) >= 8 and len({_char_class(c) for c in token}) == 4 and any(c in _CRED_SYMBOLS for c in token)
 
 
@@ -632,6 +633,11 @@ _DAY_MONTH_YEAR = re.compile(
 )
 
 
+# words between two numbers that make arithmetic or a range, not a street ("66 and 44", "3 x 4")
+_CONNECTORS = frozenset({"and", "or", "to", "x", "by", "of", "plus", "minus", "times", "from", "und", "et", "y", "e"})
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
 class StreetAddressRecognizer(_RegexRecognizer):
     """Street addresses, extended over the unit/city/postcode/country lines that follow them."""
 
@@ -650,6 +656,8 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 if sum(c.isalpha() for c in m.group(group)) < 3:  # "5012 3456 7896" is digits, not a street
                     continue
                 if _DAY_MONTH_YEAR.fullmatch(m.group(group)):  # "Date: Mon, 3 Mar 2025 at 09:14"
+                    continue
+                if all(w.lower() in _CONNECTORS for w in _LETTERS.findall(m.group(group))):  # "66 and 44"
                     continue
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
@@ -800,7 +808,9 @@ class LuhnCardRecognizer(_RegexRecognizer):
 
 _PHONE_CONTEXT = re.compile(
     r"(?i)(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|signal|fax|contact|reach|"
-    r"number|no\.|nr\.?|dial|landline|hotline|extension|teléfono|telefono|téléphone|telefon|handy|móvil|"
+    # "number", not a tracking, order or serial number's ("the tracking number is 123456789")
+    r"(?<!tracking\s)(?<!order\s)(?<!invoice\s)(?<!serial\s)(?<!ticket\s)(?<!case\s)(?<!model\s)(?<!part\s)"
+    r"(?<!reference\s)(?<!confirmation\s)(?<!version\s)(?<!build\s)number|no\.|nr\.?|dial|landline|hotline|extension|teléfono|telefono|téléphone|telefon|handy|móvil|"
     r"celular|portable|tlf|телефон|тел|"
     # "mon numero c'est le", "joindre au", "bel me op", "chiamami al": number and call words of chat exports
     r"\bnum[eé]ro|\bnúmero|\bnumer\b|\bnummer|\bčíslo|\bszám|\bjoindre|\bappel(?:er|ez|le)\b|\bllám|\bllama|"
@@ -936,6 +946,8 @@ class ChatPhoneRecognizer(_OwnRecognizer):
                 if (kind == "trunk" and not 9 <= digits <= 13) or (kind == "groups" and digits < 9):
                     continue
                 if kind not in self.STRONG:
+                    if re.fullmatch(r"\d+\.\d+", value):  # "approximately 314.0185" is a decimal
+                        continue
                     alone = text.strip() == value  # a field holding only this number (a JSON leaf, a form cell)
                     # six digits are a local number in small countries ("call 33 93 31"), only after a phone word
                     if not (alone and digits >= 7) and not (phone_word_before(text, start, end) and digits >= 6):
