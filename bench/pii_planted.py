@@ -67,7 +67,8 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # inspected. Set 8, by a fourth such helper, was measured once (2026-12-02 22:00 UTC) and then
 # inspected; set 9, by a fifth, was seen in part (a formatter's diff printed it) and is tune data;
 # set 10, by a sixth, was measured once (2026-12-03 07:37 UTC) and then inspected: tune now.
-# HELD_OUT_11_TEMPLATES, by a seventh, are the held-out split (never inspected). Never print this
+# set 11, by a seventh, was measured once (2026-12-03 10:50 UTC) and then inspected: tune now.
+# HELD_OUT_12_TEMPLATES, by an eighth, are the held-out split (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -2156,6 +2157,169 @@ Tip: banks usually only need the last four digits in writing — you can mask th
 ]
 
 
+HELD_OUT_12_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 landlord letter (EN), assistant reuses values
+    [
+        ("user", "can you write a short letter to my landlord asking for my deposit back? I moved out on the 30th. my details:\n{name}\n{address_lines}\nbank for the refund is {iban}, and he can reach me at {email}"),
+        ("assistant", "Of course. Here's a draft:\n\n{name}\n{address_lines}\n\nDear Landlord,\n\nI vacated the property on the 30th and returned all keys. I would be grateful if you could return my security deposit in full to the following account:\n\nIBAN: {iban}\nAccount holder: {name}\n\nIf there are any questions about the condition of the flat, please contact me at {email}.\n\nKind regards,\n{name}"),
+        ("user", "perfect, maybe sign it just {first}?"),
+        ("assistant", "Sure, just replace the final line with \"Kind regards, {first}\". Everything else can stay the same."),
+    ],
+    # 2 German gym cancellation
+    [
+        ("user", "Hallo, ich muss meinen Vertrag beim Fitnessstudio kündigen. Kannst du mir ein Schreiben aufsetzen? Ich heiße {name}, wohne in der {street}, {post} {city}. Mitgliedsnummer weiß ich nicht, aber meine {id_kind} ist {id}, falls die das brauchen."),
+        ("assistant", "Gerne! Hier ein Vorschlag:\n\n{name}\n{street}\n{post} {city}\n\nBetreff: Kündigung meiner Mitgliedschaft\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Zur Identifikation: {id_kind} {id}.\n\nBitte bestätigen Sie mir die Kündigung schriftlich und stellen Sie die Lastschriften ein.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "danke!! sollen die auch die IBAN haben damit sie nix mehr abbuchen? die ist {iban}"),
+        ("assistant", "Das ist nicht nötig, aber Sie können einen Satz ergänzen: „Bitte widerrufen Sie das SEPA-Lastschriftmandat für das Konto {iban}.“"),
+    ],
+    # 3 python dict with customer record (system turn)
+    [
+        ("system", "You are a helpful coding assistant."),
+        ("user", "why does this throw KeyError?\n\n```python\ncustomer = {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"phone\": \"{phone}\",\n    \"card\": \"{card}\",\n}}\nprint(customer[\"Name\"])\n```"),
+        ("assistant", "Dictionary keys are case-sensitive. You defined `\"name\"` but access `\"Name\"`. Use:\n\n```python\nprint(customer[\"name\"])  # -> {name}\n```\n\nAlso, storing a raw card number like `{card}` in plain code is risky; consider masking it, e.g. `customer[\"card\"][-4:]`."),
+        ("user", "ah ok thx. and how do i print it like \"{first} <{email}>\"?"),
+        ("assistant", "Use an f-string:\n\n```python\nfirst = customer[\"name\"].split()[0]\nprint(f\"{{first}} <{{customer['email']}}>\")\n```\n\nThat prints `{first} <{email}>`."),
+    ],
+    # 4 SQL insert
+    [
+        ("user", "INSERT INTO clients (full_name, email, phone, address) VALUES ('{name2}', '{email}', '{phone}', '{address}');\n\nERROR: value too long for type character varying(20)\n\nwhich column is it"),
+        ("assistant", "Most likely `phone` or `address`. The address '{address}' is definitely longer than 20 characters, and '{phone}' may be too if it includes spaces or a country code. Check with:\n\n```sql\nSELECT column_name, character_maximum_length\nFROM information_schema.columns\nWHERE table_name = 'clients';\n```\n\nThen widen it, e.g. `ALTER TABLE clients ALTER COLUMN address TYPE varchar(255);`"),
+    ],
+    # 5 .env with connection string
+    [
+        ("user", "my app can't connect to postgres, here's my .env\n\n```\nDATABASE_URL=postgres://{first_lower}:{password}@db.internal:5432/shop\nADMIN_EMAIL={email}\nDEBUG=true\n```"),
+        ("assistant", "The URL format looks right. A few things to check:\n\n1. If the password `{password}` contains characters like `@`, `:` or `/`, it must be URL-encoded in `DATABASE_URL`.\n2. Make sure the role `{first_lower}` exists: `psql -U postgres -c \"\\du\"`.\n3. Confirm `db.internal` resolves from the app container.\n\nAnd since this file has real credentials, don't commit it - add `.env` to `.gitignore`."),
+        ("user", "it has a ! in it, does that matter"),
+        ("assistant", "`!` is safe in a URL, so that's not the issue. It can matter in your shell though: if you export it manually, quote it in single quotes: `export DATABASE_URL='postgres://{first_lower}:{password}@db.internal:5432/shop'`."),
+    ],
+    # 6 docker-compose
+    [
+        ("user", "review my docker-compose pls\n\n```yaml\nservices:\n  db:\n    image: mysql:8\n    environment:\n      MYSQL_ROOT_PASSWORD: {password}\n      MYSQL_USER: {first_lower}\n  mail:\n    image: mailhog/mailhog\n    environment:\n      - ADMIN_CONTACT={email}\n```"),
+        ("assistant", "It works, but I'd suggest moving secrets out of the file:\n\n```yaml\nservices:\n  db:\n    image: mysql:8\n    environment:\n      MYSQL_ROOT_PASSWORD: ${{MYSQL_ROOT_PASSWORD}}\n      MYSQL_USER: {first_lower}\n```\n\nand put `MYSQL_ROOT_PASSWORD={password}` in a `.env` next to it. The `ADMIN_CONTACT={email}` line is fine as is."),
+    ],
+    # 7 French airbnb welcome note with wifi key
+    [
+        ("user", "Salut ! Je loue mon appart sur Airbnb, tu peux m'écrire un petit mot d'accueil ? L'adresse c'est {street}, {post} {city}, le wifi s'appelle Livebox-7A2 et la clé c'est {password}. Pour les urgences, mon numéro : {phone}"),
+        ("assistant", "Avec plaisir ! Voici une proposition :\n\nBienvenue chez moi !\n\nVous êtes au {street}, {post} {city}. J'espère que vous vous sentirez comme à la maison.\n\n📶 Wifi : Livebox-7A2\n🔑 Clé : {password}\n\nEn cas de souci, appelez-moi au {phone}.\n\nBon séjour,\n{first}"),
+        ("user", "top, signe plutôt {name} stp"),
+        ("assistant", "Bien sûr : remplacez simplement la signature par « Bon séjour, {name} »."),
+    ],
+    # 8 forwarded email with signature and address_qq
+    [
+        ("user", "can you summarize this for me\n\n---------- Forwarded message ---------\nFrom: {name2} <{email}>\nSubject: Re: invoice 2291\n\nHi,\nwe still haven't received payment. Please transfer to {iban} by Friday.\n\nBest,\n{name2}\nAccounts Receivable\n{address_qq}\nTel. {phone}"),
+        ("assistant", "Summary: {name2} from Accounts Receivable says invoice 2291 is still unpaid and asks you to transfer the amount to {iban} by Friday. You can reply to {email} or call {phone}."),
+        ("user", "whats their postal address? it came out weird"),
+        ("assistant", "The line breaks were lost in the export. It reads:\n\n{address_lines}"),
+    ],
+    # 9 CSV of people
+    [
+        ("user", "turn this into a markdown table\n\nname,email,phone\n{name},{email},{phone}\n{name2},,\n{first3},,"),
+        ("assistant", "| Name | Email | Phone |\n|---|---|---|\n| {name} | {email} | {phone} |\n| {name2} | | |\n| {first3} | | |\n\nThe last two rows are missing contact details, and {first3} has no surname."),
+        ("user", "{first3}'s surname is the same as {first}'s, fix that"),
+        ("assistant", "| Name | Email | Phone |\n|---|---|---|\n| {name} | {email} | {phone} |\n| {name2} | | |\n| {first3} {surname} | | |"),
+    ],
+    # 10 Spanish reimbursement form
+    [
+        ("user", "hola, tengo que rellenar un formulario de reembolso del seguro y no entiendo qué poner en 'titular'. mis datos: {name}, {id_kind} {id}, cuenta {iban}"),
+        ("assistant", "¡Hola! «Titular» es la persona a cuyo nombre está la cuenta donde quieres recibir el dinero. Si la cuenta es tuya, quedaría así:\n\n- Titular: {name}\n- Documento ({id_kind}): {id}\n- IBAN: {iban}\n\nAsegúrate de que el nombre coincide exactamente con el que aparece en el banco."),
+        ("user", "la cuenta es de mi marido, {name2}"),
+        ("assistant", "Entonces en «Titular» pon {name2}, y el IBAN {iban} se mantiene. Es posible que te pidan una autorización firmada por {first2}."),
+    ],
+    # 11 Polish cover letter
+    [
+        ("user", "Cześć, pomóż mi napisać nagłówek do listu motywacyjnego. Nazywam się {name}, mieszkam: {address}, tel. {phone}, mail {email}"),
+        ("assistant", "Jasne! Proponuję taki nagłówek:\n\n{name}\n{address}\ntel.: {phone}\ne-mail: {email}\n\n{city}, dnia ..........\n\nSzanowni Państwo,\n\nz dużym zainteresowaniem przeczytałem/am Państwa ogłoszenie..."),
+        ("user", "super, a numer telefonu mam podać z +48?"),
+        ("assistant", "Jeśli aplikujesz w Polsce, nie jest to konieczne, ale nie zaszkodzi. Ważne, żeby {phone} był zapisany czytelnie, np. w grupach po trzy cyfry."),
+    ],
+    # 12 Italian hotel booking
+    [
+        ("user", "ciao! devo scrivere una mail all'hotel a {city} per garantire la prenotazione con la carta. nome {name}, carta {card} scad. 08/27"),
+        ("assistant", "Ecco una bozza:\n\nGentile Staff,\n\nvi scrivo per garantire la prenotazione a nome di {name} per le notti dal 12 al 15 giugno. I dati della carta sono:\n\nTitolare: {name}\nNumero: {card}\nScadenza: 08/27\n\nVi prego di confermare la ricezione.\n\nCordiali saluti,\n{name}\n\nUn consiglio: se possibile, evita di inviare il numero completo della carta via e-mail e usa il link di pagamento dell'hotel."),
+        ("user", "giusto, allora metto solo le ultime 4 cifre"),
+    ],
+    # 13 curl command
+    [
+        ("user", "curl -X POST https://api.example-crm.io/v2/login -H \"Content-Type: application/json\" -d '{{\"username\": \"{email}\", \"password\": \"{password}\"}}'\n\ngetting 415 unsupported media type??"),
+        ("assistant", "A 415 usually means the server didn't see the `Content-Type` header you intended. On Windows `cmd` single quotes aren't supported, so the body gets mangled. Try:\n\n```\ncurl -X POST https://api.example-crm.io/v2/login ^\n  -H \"Content-Type: application/json\" ^\n  -d \"{{\\\"username\\\": \\\"{email}\\\", \\\"password\\\": \\\"{password}\\\"}}\"\n```\n\nOr put the JSON in a file and use `-d @body.json`."),
+    ],
+    # 14 casual lowercase, dictated number
+    [
+        ("user", "ok so the pharmacy needs my contact info for the delivery. name is {name_lower}, number is {phone} (thats my mobile, not landline), and they deliver to {address_lower}. can u make it into a short msg i can paste"),
+        ("assistant", "Here you go:\n\n\"Hello, this is {name}. Please deliver my prescription to {address}. You can reach me on my mobile at {phone}. Thank you!\""),
+        ("user", "they said over the phone my number is wrong, i read it out as {phone} - plus the zero at the start?"),
+        ("assistant", "If the number starts with a country code like +44 or +49, you usually drop the leading 0. Otherwise, dial {phone} exactly as written. You could also ask them to read it back to you digit by digit."),
+    ],
+    # 15 markdown table team roster, names after punctuation
+    [
+        ("user", "who's on call this week? here's the rota:\n\n| Week | Primary | Backup | Phone |\n|---|---|---|---|\n| 14 | {name} | {name2} | {phone} |\n| 15 | {name2} | {first3} | |\n\nbtw: {first2} swapped with {first3} for wk 15"),
+        ("assistant", "For week 14, {name} is primary and {name2} is backup; you can reach the primary at {phone}. For week 15, after the swap, {first3} is primary and {first2} is backup."),
+        ("user", "and whose phone is that number, {first}'s?"),
+        ("assistant", "Yes, the number {phone} is in {name}'s row, so it's {first}'s."),
+    ],
+    # 16 Dutch rental contract
+    [
+        ("user", "Hoi, kun je checken of dit klopt voor het huurcontract?\n\nHuurder: {name}\nAdres gehuurde woning: {street}, {post} {city}\nHuur wordt maandelijks overgemaakt naar {iban}\nLegitimatie: {id_kind} {id}"),
+        ("assistant", "Het ziet er compleet uit. Let op een paar dingen:\n\n- Controleer of de naam {name} precies overeenkomt met je {id_kind} ({id}).\n- Bij het adres ({street}, {post} {city}) mag de postcode niet ontbreken; dat is goed.\n- Zorg dat duidelijk is dat {iban} de rekening van de verhuurder is, niet die van jou.\n\nVerder mis ik de ingangsdatum en de hoogte van de borg."),
+    ],
+    # 17 Portuguese (BR) with CPF-like id and phone
+    [
+        ("user", "oi! preciso mandar meus dados pro RH por whatsapp, me ajuda a organizar? nome completo {name}, {id_kind}: {id}, celular {phone}, email {email}"),
+        ("assistant", "Claro! Pode mandar assim:\n\n*Dados para cadastro*\nNome: {name}\n{id_kind}: {id}\nCelular: {phone}\nE-mail: {email}\n\nSe o RH pedir comprovante de residência, já deixe separado também."),
+        ("user", "e o endereço? é {address}"),
+        ("assistant", "Acrescente uma linha: Endereço: {address}, {country}."),
+    ],
+    # 18 Czech router PIN
+    [
+        ("user", "Ahoj, nemůžu se přihlásit do routeru. Na štítku je PIN {password}, ale píše to chybu. Síť nastavoval můj bratr {first2}."),
+        ("assistant", "Zkus tohle:\n\n1. Otevři v prohlížeči 192.168.0.1 nebo 192.168.1.1.\n2. Jako uživatele zadej `admin` a jako heslo PIN ze štítku: {password}.\n3. Pokud to nejde, {first2} nejspíš heslo změnil - zeptej se ho, nebo router resetuj (podržet tlačítko RESET 10 s)."),
+        ("user", "{first2} říká že to přepsal na tohle: {password}, takže je to stejný..."),
+        ("assistant", "Pak může jít o velká a malá písmena nebo o mezeru navíc na konci. Zkus to napsat ručně, ne zkopírovat."),
+    ],
+    # 19 Hungarian bank email
+    [
+        ("user", "Szia! Írj egy rövid e-mailt a bankomnak, hogy letiltottam a kártyámat ({card}), és kérem az új kártyát. Név: {name}, számlaszám: {iban}"),
+        ("assistant", "Természetesen, itt egy javaslat:\n\nTisztelt Ügyfélszolgálat!\n\nTájékoztatom Önöket, hogy a(z) {card} számú bankkártyámat letiltottam, mivel elveszett. Kérem, küldjenek új kártyát a(z) {iban} számlához tartozóan.\n\nKöszönettel:\n{name}"),
+        ("user", "a postacímet is írd bele: {address}"),
+        ("assistant", "Az aláírás elé beszúrhatja: „Az új kártyát kérem a következő címre postázni: {address}.”"),
+    ],
+    # 20 Danish address change
+    [
+        ("user", "Hej! Vi er flyttet og skal sende besked til familien. Kan du skrive en kort besked? Den nye adresse er:\n{address_lines}\nVi er {first} og {first2}"),
+        ("assistant", "Selvfølgelig! Her er et forslag:\n\nKære alle,\n\nVi er flyttet! Fremover kan I finde os på:\n\n{address_lines}\n\nI er altid velkomne til en kop kaffe.\n\nKærlig hilsen\n{first} og {first2}"),
+        ("user", "tak! skal vi skrive efternavn? {surname}"),
+        ("assistant", "Det er ikke nødvendigt til familien, men til postkassen bør der stå \"{first} og {first2} {surname}\" på skiltet."),
+    ],
+    # 21 shared vault entry (system turn)
+    [
+        ("system", "You are an assistant for the IT team. Be concise."),
+        ("user", "new hire starts monday. write her a welcome note with how to log in. the shared vault entry for the office printer is admin / {password}, and her account is {email}. her name is {name}."),
+        ("assistant", "Hi {first},\n\nWelcome aboard! Your account is {email}; you'll set your own password at first sign-in.\n\nFor the office printer, use `admin` with {password} to sign in (it's also in the shared vault under \"Printer - 2nd floor\").\n\nAny problems, just ping IT.\n\nCheers,\nIT Team"),
+        ("user", "don't put the printer one in the note, just tell her it's in the vault"),
+        ("assistant", "Updated:\n\nHi {first},\n\nWelcome aboard! Your account is {email}; you'll set your own password at first sign-in. The printer login is in the shared vault under \"Printer - 2nd floor\".\n\nCheers,\nIT Team"),
+    ],
+    # 22 slack-like possessives and card
+    [
+        ("user", "[10:42] {name}: @{first_lower} can you book the flights for the offsite? use {name2}'s corporate card, {card}, exp 11/26\n[10:44] {name2}: yep that's fine, receipts to {email} pls\n\ncan you draft my reply confirming"),
+        ("assistant", "Sure:\n\n\"On it! I'll book the flights using {first2}'s corporate card ending in the last four digits of {card}, and send all receipts to {email}. Will confirm once tickets are issued.\""),
+        ("user", "also put {first}'s phone on the booking, {phone}"),
+        ("assistant", "Add: \"Contact number on the booking will be {first}'s: {phone}.\""),
+    ],
+    # 23 typo-filled casual
+    [
+        ("user", "hey so my sisters name is {name2} and she lives at {address_lower}, i want to send her a birtday parcel but the courier form wants her {id_kind}?? its {id} but is that normal"),
+        ("assistant", "Some couriers ask for an ID number for customs when the parcel crosses a border, especially outside the EU. If you're sending to {city} in {country} from abroad, that's probably why. It's normal, but only enter {first2}'s {id_kind} ({id}) on the courier's official site, not in emails."),
+        ("user", "ok makes sense. and its fine to write the adress like that, all lowercase?"),
+        ("assistant", "Yes, couriers normalise it. Written properly it would be:\n\n{name2}\n{address_lines}"),
+    ],
+    # 24 JSON payload
+    [
+        ("user", "my API returns 422 when I send this, what's wrong?\n\n```json\n{{\n  \"customer\": {{\n    \"full_name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"billing_address\": \"{address}\",\n    \"document\": {{\"type\": \"{id_kind}\", \"number\": \"{id}\"}}\n  }},\n  \"payment\": {{\"card_number\": \"{card}\", \"cvc\": 123,}}\n}}\n```"),
+        ("assistant", "There's a trailing comma after `\"cvc\": 123`, which makes the JSON invalid. Remove it:\n\n```json\n\"payment\": {{\"card_number\": \"{card}\", \"cvc\": \"123\"}}\n```\n\nAlso many APIs expect `cvc` as a string. If it still fails, check whether `billing_address` should be an object, e.g. `{{\"line1\": \"{street}\", \"postal_code\": \"{post}\", \"city\": \"{city}\"}}`."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -2166,8 +2330,9 @@ TEMPLATES = {
     + HELD_OUT_7_TEMPLATES
     + HELD_OUT_8_TEMPLATES
     + HELD_OUT_9_TEMPLATES
-    + HELD_OUT_10_TEMPLATES,
-    "held-out": HELD_OUT_11_TEMPLATES,
+    + HELD_OUT_10_TEMPLATES
+    + HELD_OUT_11_TEMPLATES,
+    "held-out": HELD_OUT_12_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
