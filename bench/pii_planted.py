@@ -2603,7 +2603,8 @@ def _left(kind: str, value: str, low: str, digits_only: str, words: set[str]) ->
         return value.casefold() in words
     if kind == "address":
         street, post = value.split("\x00")
-        whole_post = re.search(rf"(?<![\w-]){re.escape(post.casefold())}(?![\w-])", low)  # not inside another number
+        # not inside another number, nor a decimal ("quality_score": 0.8764 is no postcode 8764)
+        whole_post = re.search(rf"(?<![\w-])(?<!\d[.,]){re.escape(post.casefold())}(?![\w-])(?![.,]\d)", low)
         return " ".join(street.split()).casefold() in low or (len(post) >= 4 and whole_post is not None)
     if kind in ("card", "phone", "iban", "id") and sum(ch.isdigit() for ch in value) >= 6:
         return re.sub(r"[^\d]", "", value) in digits_only or value.casefold() in low

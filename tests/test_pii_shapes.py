@@ -573,3 +573,31 @@ def test_handles_arithmetic_decimals_and_tracking_numbers_are_kept(step: PiiScru
     """What the four-kinds secret rule and the phone and street patterns must leave: handles and
     hashtags (the pii_bench WNUT-17 run), two numbers and a connector, a decimal, a tracking number."""
     assert step.scrub_text(text) == text
+
+
+def test_keys_urls_chat_logs_and_keys_in_other_languages(step: PiiScrub) -> None:
+    """From blind set 12: "full_name" is its own key (not "full_" and "name"), a URL password may hold
+    an "@", "ADMIN_EMAIL=" stays a key, a pasted chat log's speakers and a "X's corporate card" are
+    people, "la clé c'est X" and "admin / X" are secrets, a house-number range ends a street line."""
+    code = (
+        "my API returns 422\n\n```json\n{\n  \"customer\": {\n    \"full_name\": \"Naomi Sam\",\n"
+        '    "email": "naomi@example.nl"\n  }\n}\n```'
+    )
+    env = "```\nDATABASE_URL=postgres://thomas:x@uiUYm7YMY!2@db.internal:5432/shop\nADMIN_EMAIL=t@example.de\n```"
+    turns = [
+        {"role": "user", "content": code},
+        {"role": "user", "content": env},
+        {"role": "assistant", "content": "Make sure the role `thomas` exists."},
+        {"role": "user", "content": "my details:\nAnna Kuhn\nKochring 80-29\n49961 Wolfsburg"},
+        {"role": "user", "content": "[10:42] Ruth Brandt: use África Gómez's corporate card\n[10:44] África Gómez: ok"},
+        {"role": "assistant", "content": "I'll book it using África's corporate card."},
+        {"role": "user", "content": "le wifi s'appelle Livebox-1234 et la clé c'est xkGwnDTK2."},
+        {"role": "user", "content": "the shared vault entry for the office printer is admin / FCbvbv5509, ok"},
+    ]
+    out = [m["content"] for m in scrub_record(step, turns)]
+    gone = ("Naomi", "thomas", "uiUYm7YMY", "Kochring", "49961", "Ruth", "África", "Gómez", "xkGwnDTK2", "FCbvbv5509")
+    for value in gone:
+        assert value not in "".join(out), value
+    assert "ADMIN_EMAIL=<EMAIL_" in out[1] and out[7].endswith(", ok")
+    assert looks_like_password("xkGwnDTK2")
+    assert not any(map(looks_like_password, ("PlayStation5", "McDonalds2", "iPhone15")))

@@ -73,6 +73,7 @@ from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
     NAME_GAZETTEER,
+    NOT_A_PLACE,
     TECH_NAMES,
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
@@ -1265,8 +1266,8 @@ class PiiScrub:
             return False
         if span.type == "PERSON":
             return plausible_person(value, any_case)
-        if span.type in NER_TYPES and sum(c.isalpha() for c in value) < 2:  # Hungarian "ő" ("he") as a place
-            return False
+        if span.type in NER_TYPES and (sum(c.isalpha() for c in value) < 2 or value.lower() in NOT_A_PLACE):
+            return False  # Hungarian "ő" ("he"), ", ok" as a place
         if span.type == "PHONE_NUMBER":
             digits = sum(c.isdigit() for c in value)
             return digits >= 7 or (digits == 6 and phone_word_before(text, span.start))

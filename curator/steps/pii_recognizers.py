@@ -70,6 +70,18 @@ class OfflineEmailRecognizer(EmailRecognizer):
         """True when the part after '@' ends in a known public suffix."""
         return self._EXTRACT(pattern_text).fqdn != ""
 
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None, regex_flags: int | None = None
+    ) -> list[RecognizerResult]:
+        """presidio's matches, each starting after the last "=" of its local part: "=" is legal there,
+        so "ADMIN_EMAIL=ana@x.io" is one match, but the key before it is no part of the address."""
+        out = super().analyze(text, entities, nlp_artifacts, regex_flags)
+        for r in out:
+            local = text[r.start : r.end].split("@")[0]
+            if "=" in local:
+                r.start += local.rindex("=") + 1
+        return out
+
 
 class DigitGatedPhoneRecognizer(PhoneRecognizer):
     """presidio's PhoneRecognizer, skipped on texts with fewer than 7 digits (no phone number fits).
@@ -235,7 +247,7 @@ class SecretRecognizer(_RegexRecognizer):
             "",
         ),
         # credentials inside a URL: scheme://user:PASSWORD@host
-        (re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s@/]{3,})@"), 1, 0.9, ""),
+        (re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s/]{1,}?)@(?=[\w.\-]+(?::\d+)?(?:[/\s'\"]|$))"), 1, 0.9, ""),
         (re.compile(r"(?i)\bbearer\s+([A-Za-z0-9_\-.=~+/]{16,})"), 1, 0.85, "entropy"),
         # passwords, with or without ":", "=" or "is" ("with password Qr7!dke#39"), in the languages of
         # chat exports; the value must not be a plain word ("password reset link")
@@ -312,7 +324,8 @@ _LOGIN_WORDS = re.compile(
     r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
     r"пароль|логин|(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|kod|código|codice|"
     # a Wi-Fi key; logging in, in the languages of chat exports; curl's user:password option
-    r"(?:wi-?fi[\s-]|wlan[\s-]|network[\s-]|security[\s-])?key|anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|"
+    r"(?:wi-?fi[\s-]|wlan[\s-]|network[\s-]|security[\s-])?key|clé|clef|schlüssel|chiave|llave|klucz|klíč|kulcs|"
+    r"nøgle|sleutel|chave|anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|"
     r"logowani\w*|přihlá\w*|bejelentkez\w*|connexion|se\s+connecter|iniciar\s+sesión|accedi|-u|--user)"
     r"(?![\w/?=.-])"
 )
@@ -352,7 +365,11 @@ def looks_like_password(token: str) -> bool:
     upper, lower = any(c.isupper() for c in token), any(c.islower() for c in token)
     inner_digit = any(c.isdigit() for c in token.rstrip("0123456789"))  # not only a trailing "1"
     switches = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(token))
-    return upper and lower and inner_digit and switches >= 4
+    # digits only at the end: random case ("xkGwnDTK2"), not camel-case words ("PlayStation5", "McDonalds2")
+    return upper and lower and switches >= 4 and (inner_digit or not _CAMEL_WORDS.fullmatch(token))
+
+
+_CAMEL_WORDS = re.compile(r"[a-z]*(?:[A-Z]{1,2}[a-z]+)+\d*")
 
 
 def _char_class(c: str) -> int:
@@ -427,7 +444,7 @@ class CredentialRecognizer(_OwnRecognizer):
             end = stop.start() if stop else end
             out += [RecognizerResult(self.ENTITY, a, b, 0.7) for a, b in _secret_tokens(text, start, end)]
             # in a user/secret pair the secret needs only letters and a digit or symbol ("admin / uqJtcEW6")
-            for pair in _CRED_PAIR.finditer(text, start, end):
+            for pair in _CRED_PAIR.finditer(text, cue.start(), end):  # the cue may be the user ("admin / X")
                 value = pair.group(1).rstrip(".!?")
                 if pair_secret(value):
                     out.append(RecognizerResult(self.ENTITY, pair.start(1), pair.start(1) + len(value), 0.7))
@@ -576,8 +593,8 @@ _POSTCODE_LINE = re.compile(
 _STREET_LINE_END = re.compile(
     r"(?!(?:Chapter|Page|Section|Step|Part|Figure|Table|Version|Level|Season|Episode|Round|Week|Day|Year|Grade|"
     r"Question|Exercise|Lesson|Unit|Item|Rule|Article|Phase|Stage|Task|Room|Floor|Track|Volume|Vol)\b)"
-    rf"(?:[^\W\d_][\w'’.\-]*[ \t]+){{0,3}}(?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*|{_SUFFIX})[ \t]+\d{{1,5}}[A-Za-z]?(?:/\d{{1,4}})?\.?"
-    r"[ \t]*$"
+    rf"(?:[^\W\d_][\w'’.\-]*[ \t]+){{0,3}}(?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*|{_SUFFIX})[ \t]+"
+    r"\d{1,5}[A-Za-z]?(?:[/\-]\d{1,4})?\.?[ \t]*$"
 )
 # or a line that opens with a street type written before the name ("Favela Mathias Rocha", "Rua do Sol")
 _STREET_LINE_START = re.compile(
@@ -719,7 +736,7 @@ class StreetAddressRecognizer(_RegexRecognizer):
                 or line.end() != stop
                 or _sentence_end(candidate) is not None
                 or "@" in candidate
-                or candidate.split()[0].lower().strip(",.!") in _NOT_A_PLACE  # "thanks", "Best,"
+                or candidate.split()[0].lower().strip(",.!") in NOT_A_PLACE  # "thanks", "Best,"
                 or sum(c.isdigit() for c in candidate) >= 9  # a phone or account number, not an address line
                 # after a blank line only a postcode line still belongs to the address
                 or (brk.group(0).count("\n") > 1 and not re.search(r"\d{3}", candidate))
@@ -741,7 +758,7 @@ def has_street_word(value: str) -> bool:
     return _STREET_WORD.search(value) is not None
 
 
-_NOT_A_PLACE = frozenset({"thanks", "thank", "regards", "best", "cheers", "please", "hi", "hello", "dear", "ok"})
+NOT_A_PLACE = frozenset({"thanks", "thank", "regards", "best", "cheers", "please", "hi", "hello", "dear", "ok", "okay"})
 
 
 def _tail_line(line: str) -> bool:
@@ -750,7 +767,7 @@ def _tail_line(line: str) -> bool:
     if re.search(r"\d{3}", line):
         return True
     words = line.split()
-    return 0 < len(words) <= 4 and all(w[0].isupper() for w in words) and words[0].lower() not in _NOT_A_PLACE
+    return 0 < len(words) <= 4 and all(w[0].isupper() for w in words) and words[0].lower() not in NOT_A_PLACE
 
 
 _ABBREVIATIONS = frozenset(
@@ -1317,8 +1334,9 @@ class NameCueRecognizer(_RegexRecognizer):
         (
             re.compile(
                 r"(?<![\w.])(?<!(?i:the|our|his|her) )(?<!(?i:a) )(?<!(?i:my) )(?<!(?i:your|this) )"
-                rf"({_NAME_WORD})['’]s[ \t]+(?:(?:home|new|old|current|mobile|cell|work|private|personal|"
-                r"e-?mail)[ \t]+)?(?:address|phone|number|email|birthday|date[ \t]+of[ \t]+birth|wife|husband|"
+                rf"({_NAME_WORD})['’]s[ \t]+(?:(?:home|new|old|current|mobile|cell|work|private|personal|corporate|"
+                r"company|credit|debit|bank|e-?mail)[ \t]+)?(?:address|phone|number|email|birthday|"
+                r"card|account|date[ \t]+of[ \t]+birth|wife|husband|"
                 r"partner|son|daughter|mother|father|mom|mum|dad|sister|brother|boss|password|passport|ssn)\b"
             ),
             1,
@@ -1369,6 +1387,16 @@ class NameCueRecognizer(_RegexRecognizer):
             1,
             0.9,
             "here",
+        ),
+        # a pasted chat log's speaker: "[10:42] Ruth Brandt: ...", "12/03/24, 10:44 - Ana Gil: ..."
+        (
+            re.compile(
+                r"(?m)^[ \t]*\[?(?:\d{1,4}[./\-]\d{1,2}[./\-]\d{1,4},?[ \t]+)?\d{1,2}:\d{2}(?::\d{2})?"
+                rf"(?:[ \t]?[AaPp][Mm])?\]?[ \t]*(?:-[ \t]*)?({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}}):"
+            ),
+            1,
+            0.9,
+            "weak",
         ),
         # Hungarian "X vagyok" ("I am X") opening a sentence: "Szia! Kovács Péter vagyok, ..."
         (
@@ -1445,7 +1473,7 @@ _KEYED = {
     "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number",
 }
 _KEYED_VALUE = re.compile(
-    r"(?i)(?<![\w-])[\"']?(?:[a-z]+_)*(?:"  # any prefix: customer_, billing_, FROM_NAME, SMTP_
+    r"(?i)(?<![\w-])[\"']?(?:[a-z]+_)*?(?:"  # any prefix (customer_, billing_, SMTP_), the shortest first
     + "|".join(f"(?P<k{i}>{v})" for i, v in enumerate(_KEYED.values()))
     + r")[\"']?[ \t]*(?::|=|=>)[ \t]*(?P<q>[\"'])(?P<value>[^\"'\n]{2,100})(?P=q)"
 )
@@ -1482,7 +1510,7 @@ _CONFIG_USER = re.compile(
     # a quoted value anywhere: "username": "ana", user='mkowalski', {"login": "j.smith"}
     rf"|(?i:(?<![\w-])[\"']?{_USER_KEY}[\"']?[ \t]*(?::|=|=>)[ \t]*)[\"']([^\W\d_][\w.\-@]{{1,63}})[\"']"
     # scheme://USER:password@host
-    r"|\b[a-z][a-z0-9+.\-]*://([^\W\d_][\w.\-]{1,63}):[^\s@/]{3,}@"
+    r"|\b[a-z][a-z0-9+.\-]*://([^\W\d_][\w.\-]{1,63}):[^\s/]+@"
 )
 _SERVICE_USERS = frozenset(
     {
