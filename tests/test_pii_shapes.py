@@ -599,5 +599,9 @@ def test_keys_urls_chat_logs_and_keys_in_other_languages(step: PiiScrub) -> None
     for value in gone:
         assert value not in "".join(out), value
     assert "ADMIN_EMAIL=<EMAIL_" in out[1] and out[7].endswith(", ok")
+    compose = "environment:\n  MYSQL_ROOT_PASSWORD: $PIAD@dM2JkG\n  DB_PASS: ${DB_PASS}\n  PASS2: $DB_PASS\n"
+    assert step.scrub_text(compose, mode="code") == (
+        "environment:\n  MYSQL_ROOT_PASSWORD: <SECRET_1>\n  DB_PASS: ${DB_PASS}\n  PASS2: $DB_PASS\n"
+    )
     assert looks_like_password("xkGwnDTK2")
     assert not any(map(looks_like_password, ("PlayStation5", "McDonalds2", "iPhone15")))

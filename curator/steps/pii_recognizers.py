@@ -306,7 +306,9 @@ class SecretRecognizer(_RegexRecognizer):
         if check == "password":
             return bool(re.search(r"[\d\W_]", value) or (re.search(r"[a-z]", value) and re.search(r"[A-Z]", value[1:])))
         if check == "env":  # not a reference or a placeholder ("${DB_PASS}", "<your API key>", "changeme")
-            return not re.fullmatch(r"(?i)[<{$\[].*|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value)
+            return not re.fullmatch(  # "$PIAD@dM2JkG" is a password that starts with "$", not a reference
+                r"(?i)[<{\[].*|\$\{.*|\$\w+|\$\(.*|[*x.]+|changeme|your[_-]?\w*|none|null|true|false|\w+\(.*", value
+            )
         if check != "entropy":
             return True
         if re.fullmatch(r"[A-Za-z_]+(?:[._][A-Za-z_]+)+", value):  # ServiceAccountCredentials.from_json_keyfile
