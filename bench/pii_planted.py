@@ -68,7 +68,8 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # inspected; set 9, by a fifth, was seen in part (a formatter's diff printed it) and is tune data;
 # set 10, by a sixth, was measured once (2026-12-03 07:37 UTC) and then inspected: tune now.
 # set 11, by a seventh, was measured once (2026-12-03 10:50 UTC) and then inspected: tune now.
-# HELD_OUT_12_TEMPLATES, by an eighth, are the held-out split (never inspected). Never print this
+# set 12, by an eighth, was measured once (2026-12-03 11:50 UTC) and then inspected: tune now.
+# HELD_OUT_13_TEMPLATES, by a ninth, are the held-out split (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -2320,6 +2321,147 @@ HELD_OUT_12_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_13_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 landlord deposit letter, casual
+    [
+        ("user", "hey can u help me write a letter to my landlord asking for my deposit back?? moved out 3 weeks ago and nothing. im {name}, the flat was {address}. he can send it to my account {iban}"),
+        ("assistant", "Of course. Here's a firm but polite draft:\n\n{name}\n{address_lines}\n\nDear Mr {surname},\n\nRe: Return of tenancy deposit\n\nI vacated the property at {street}, {city} three weeks ago and returned all keys. I kindly ask that the deposit be transferred to my account, IBAN {iban}, within 14 days.\n\nKind regards,\n{name}\n\nWant me to add the move-out date or mention the inventory check?"),
+        ("user", "wait his surname isnt {surname} thats MY surname lol. his name is {name2}"),
+        ("assistant", "Ha, my mistake! Swap the greeting to \"Dear {name2},\" and keep your own name, {name}, at the bottom. Everything else stays the same."),
+    ],
+    # 2 German gym cancellation
+    [
+        ("user", "Hallo! Ich will meinen Fitnessstudio-Vertrag kündigen, kannst du mir ein Schreiben aufsetzen? Ich heiße {name}, wohne in der {street}, {post} {city}. Mitgliedsnummer ist {id}. Die wollen das schriftlich per Mail an kuendigung@fitwerk.example"),
+        ("assistant", "Gern, hier ein Entwurf:\n\nBetreff: Kündigung meiner Mitgliedschaft – Mitgliedsnr. {id}\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meinen Vertrag fristgerecht zum nächstmöglichen Zeitpunkt. Bitte bestätigen Sie mir die Kündigung schriftlich an {email}.\n\nMit freundlichen Grüßen\n{name}\n{address_lines}"),
+        ("user", "perfekt danke, aber schreib bitte noch rein dass sie mich unter {phone} erreichen können, falls was ist"),
+        ("assistant", "Klar – füge vor dem Gruß einfach ein: „Für Rückfragen erreichen Sie mich telefonisch unter {phone}.“"),
+    ],
+    # 3 python + .env
+    [
+        ("user", "why does this keep saying auth failed?? \n\n.env:\n```\nDB_HOST=localhost\nDB_USER={first_lower}\nDB_PASSWORD={password}\nSMTP_USER={email}\n```\n\n```python\nimport os\nfrom dotenv import load_dotenv\nimport psycopg2\n\nload_dotenv()\nconn = psycopg2.connect(host=os.getenv('DB_HOST'), user=os.getenv('DB_USER'), password=os.getenv('DB_PASS'))\nprint(f\"connected as {{conn.info.user}}\")\n```"),
+        ("assistant", "Your `.env` defines `DB_PASSWORD`, but the code reads `os.getenv('DB_PASS')`, so it gets `None`. Change it to:\n\n```python\npassword=os.getenv('DB_PASSWORD')\n```\n\nAlso: you just pasted the real value `{password}` for user `{first_lower}`, so I'd rotate that password and make sure `.env` is in your `.gitignore`."),
+        ("user", "ugh ok. its only local but fine, changed it"),
+    ],
+    # 4 slack transcript summary
+    [
+        ("user", "summarize this thread for me pls, i was out\n\n[09:14] {name}: morning all, who has the guest wifi pw for the offsite?\n[09:15] {name2}: it's {password} , same as last year lol\n[09:15] {first3}: pls don't post that here 🙃\n[09:17] {name}: too late, thx {first2}!\n[09:31] {name2}: also whoever booked the venue, invoice goes to {email}\n[09:40] {first3}: ill call them, number is {phone}"),
+        ("assistant", "Quick summary:\n- {first} asked for the offsite guest Wi-Fi password; {first2} posted it in the channel (and {first3} pointed out it shouldn't be shared there).\n- The venue invoice should be sent to {email}.\n- {first3} will call the venue at {phone}.\n\nMight be worth changing the Wi-Fi password since it's now in the channel history."),
+    ],
+    # 5 French CV
+    [
+        ("user", "Salut, tu peux améliorer mon CV ? c'est pour un poste de chargée de projet\n\n# {name}\n{street} – {post} {city}\n📞 {phone} | ✉️ {email}\n\n## Expérience\n- 2019-2023 : assistante de projet chez Lumen SAS, {city}\n- 2017-2019 : stage, mairie de {city}\n\n## Langues\nfrançais, anglais (B2), espagnol"),
+        ("assistant", "Voici une version plus percutante :\n\n# {name}\n**Chargée de projet** · {address} · {phone} · {email}\n\n## Expérience professionnelle\n**Assistante de projet — Lumen SAS, {city}** (2019–2023)\n- Coordination de 6 projets simultanés, suivi budgétaire et reporting\n\n**Stagiaire — Mairie de {city}** (2017–2019)\n\n## Langues\nFrançais (natif) · Anglais (B2) · Espagnol (intermédiaire)\n\nTu veux que j'ajoute une accroche en haut ?"),
+    ],
+    # 6 SQL insert error
+    [
+        ("user", "getting ERROR: syntax error at or near \"Connor\" on this, whats wrong\n\n```sql\nINSERT INTO customers (id, full_name, email, card_number, phone)\nVALUES\n  (101, '{name}', '{email}', '{card}', '{phone}'),\n  (102, 'Ciara O'Connor', 'ciara.oc@example.com', NULL, NULL);\n```"),
+        ("assistant", "The apostrophe in O'Connor closes the string early. Escape it by doubling it:\n\n```sql\nINSERT INTO customers (id, full_name, email, card_number, phone)\nVALUES\n  (101, '{name}', '{email}', '{card}', '{phone}'),\n  (102, 'Ciara O''Connor', 'ciara.oc@example.com', NULL, NULL);\n```\n\nSide note: storing raw card numbers like `{card}` in a plain column is a PCI-DSS problem — better to store only a token from your payment provider plus the last 4 digits."),
+    ],
+    # 7 Spanish form, dictated numbers
+    [
+        ("user", "oye necesito rellenar un formulario del ayuntamiento y no entiendo qué poner en cada campo. me llamo {name}, mi número es el {phone} (el móvil, no el fijo), y el {id_kind} es {id}. vivo en {address}"),
+        ("assistant", "¡Claro! Según lo que me dices, quedaría así:\n\n- Nombre y apellidos: {name}\n- Domicilio: {street}\n- Código postal / Municipio: {post} {city}\n- Teléfono de contacto: {phone}\n- Documento ({id_kind}): {id}\n\n¿El formulario te pide también correo electrónico?"),
+        ("user", "si, pon {email}. y gracias!!"),
+    ],
+    # 8 Polish minutes -> English
+    [
+        ("user", "Przetłumacz proszę na angielski:\n\nProtokół ze spotkania zespołu, 14.03\nObecni: {name}, {name2}, {first3}\n1. {first} przedstawił harmonogram wdrożenia.\n2. {first2} zgłosiła, że klient ({email}) czeka na ofertę do piątku.\n3. Następne spotkanie u {first2} w biurze: {street}, {city}.\nProtokołował(a): {first3}"),
+        ("assistant", "Team meeting minutes, 14 March\nPresent: {name}, {name2}, {first3}\n1. {first} presented the rollout schedule.\n2. {first2} reported that the client ({email}) is expecting the quote by Friday.\n3. Next meeting at {first2}'s office: {street}, {city}.\nMinutes taken by: {first3}"),
+    ],
+    # 9 Kubernetes secret
+    [
+        ("user", "is this k8s secret right? pod says CreateContainerConfigError\n\n```yaml\napiVersion: v1\nkind: Secret\nmetadata:\n  name: smtp-creds\n  labels:\n    owner: {first_lower}\ntype: Opaque\nstringData:\n  SMTP_USERNAME: {email}\n  SMTP_PASSWORD: {password}\n---\n# deployment snippet\nenv:\n  - name: SMTP_PASSWORD\n    valueFrom:\n      secretKeyRef:\n        name: smtp-credentials\n        key: SMTP_PASSWORD\n```"),
+        ("assistant", "The Secret is named `smtp-creds` but the deployment references `smtp-credentials`, so the kubelet can't find it. Make the names match:\n\n```yaml\n      secretKeyRef:\n        name: smtp-creds\n        key: SMTP_PASSWORD\n```\n\nThe `stringData` part with `{email}` / `{password}` is fine syntactically, but don't commit that file to git — use sealed-secrets or an external secret store instead."),
+    ],
+    # 10 forwarded email
+    [
+        ("user", "how should i reply to this? short and polite\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nDate: Tue, 5 Mar 2024 at 16:02\nSubject: Re: sofa delivery\nTo: {name2}\n\nHi {first2},\nthe courier tried twice and nobody was home. Can you confirm the address again and a phone number the driver can call?\n\nBest,\n{first}\n--\n{name} | Customer Care\nT: {phone}\n{address_qq}"),
+        ("assistant", "Here's a short reply:\n\nHi {first},\n\nSorry about the missed deliveries! The address is correct as on the order. The driver can reach me on my mobile — I'll be home all day Thursday if that works for another attempt.\n\nThanks,\n{first2}\n\nJust add your own mobile number where I mentioned it."),
+        ("user", "thx. btw whats with the ??? in their signature"),
+        ("assistant", "That's just how your mail client rendered the line breaks from their signature — \"{address_qq}\" is their office address spread over three lines that got flattened on export."),
+    ],
+    # 11 Italian bank transfer
+    [
+        ("user", "ciao, devo fare un bonifico a {name2} per l'affitto di marzo, IBAN {iban}. se lo faccio oggi arriva entro venerdì? e cosa scrivo nella causale"),
+        ("assistant", "Un bonifico SEPA ordinario disposto oggi di solito arriva entro 1 giorno lavorativo, quindi dovrebbe essere accreditato entro venerdì. Se vuoi essere sicuro, usa il bonifico istantaneo.\n\nPer la causale puoi scrivere ad esempio:\n\"Canone di locazione marzo 2024 – {street}, {city} – {name}\"\n\nControlla bene che l'IBAN {iban} sia intestato proprio a {name2}."),
+        ("user", "ok grazie, metto il mio nome {name} sì"),
+    ],
+    # 12 Dutch router, password phrased indirectly
+    [
+        ("user", "hoi, mijn laptop wil niet meer verbinden met de wifi sinds ik het wachtwoord heb veranderd. ik heb het ingesteld op {password} via de app van ziggo, ingelogd met {email}. wat kan ik doen?"),
+        ("assistant", "Dat komt vaak doordat je laptop nog het oude wachtwoord onthoudt. Probeer dit:\n\n1. Ga naar Instellingen → Netwerk → Wifi → Bekende netwerken beheren.\n2. Kies je netwerk en klik op **Vergeten**.\n3. Verbind opnieuw en voer `{password}` in (let op hoofdletters).\n\nWerkt het nog steeds niet, herstart dan de router via de app met je account {email}."),
+        ("user", "het werkt!! dankjewel"),
+    ],
+    # 13 CSV dedupe
+    [
+        ("user", "can you dedupe this list and fix the capitalisation? it's exported from our signup form\n\n```csv\nname,email,phone,city\n{name},{email},{phone},{city}\n{name_lower},{email},{phone},{city}\n{name2},,\"{phone}\",\n{first3} ,info@example.org,,{city}\n```"),
+        ("assistant", "Here's the cleaned version — rows 1 and 2 were the same person ({name}), so I merged them:\n\n```csv\nname,email,phone,city\n{name},{email},{phone},{city}\n{name2},,{phone},\n{first3},info@example.org,,{city}\n```\n\nNote that {name2}'s row has the same phone number as {first} — might be a typo in the form."),
+    ],
+    # 14 Portuguese card declined
+    [
+        ("system", "You are a helpful assistant for a Brazilian online store. Answer in the customer's language."),
+        ("user", "oi, tentei comprar o fone e meu cartão {card} foi recusado 3 vezes!! o CPF que usei foi {id}, nome {name}. o que tá acontecendo?"),
+        ("assistant", "Oi, {first}! Sinto muito pelo transtorno. Por segurança, não compartilhe o número completo do cartão aqui no chat. As causas mais comuns de recusa são: limite insuficiente, dados do titular diferentes dos cadastrados no banco, ou bloqueio preventivo para compras online. Recomendo ligar para o banco emissor e confirmar se a compra foi bloqueada. Quer que eu gere um link de pagamento via Pix enquanto isso?"),
+        ("user", "quero sim, manda pro meu email {email}"),
+    ],
+    # 15 Czech complaint
+    [
+        ("user", "Ahoj, potřebuju napsat reklamaci. Bydlím na adrese {address} a už dva týdny mi nejde internet. Smlouva je na jméno {name}, číslo zákaznického účtu {id}. Volala jsem jim z čísla {phone} asi pětkrát."),
+        ("assistant", "Jasně, tady je návrh:\n\nVěc: Reklamace nefunkčního připojení – zákaznický účet {id}\n\nVážení,\n\nod 1. 3. nefunguje na adrese {street}, {post} {city} internetové připojení. Závadu jsem opakovaně nahlásila telefonicky z čísla {phone}, dosud bez výsledku. Žádám o okamžité odstranění závady a poměrné snížení měsíčního poplatku.\n\nS pozdravem\n{name}"),
+    ],
+    # 16 Hungarian, id expired
+    [
+        ("user", "szia! lejárt az {id_kind}-om ({id}), és jövő hónapban utazom. {name} vagyok, a {city}i kormányablakba kell mennem? email címem {email}, ha időpontot kell foglalni"),
+        ("assistant", "Szia {first}! Igen, a lejárt okmány ({id_kind}, {id}) cseréjét bármelyik kormányablakban intézheted, nem csak {city}ban. Időpontot az online időpontfoglalóban tudsz kérni, a visszaigazolás a megadott címre ({email}) érkezik. Vidd magaddal a régi okmányt és a lakcímkártyádat is."),
+    ],
+    # 17 Danish moving
+    [
+        ("user", "hej, jeg flytter til {street} i {city} d. 1. maj. kan du hjælpe mig med en besked til min nye nabo? jeg hedder {first} og mit nummer er {phone}"),
+        ("assistant", "Selvfølgelig! Her er et forslag:\n\nHej nabo 👋\n\nJeg hedder {first} og flytter ind på {street} den 1. maj. Der kommer nok lidt larm og en flyttebil den dag – undskyld på forhånd! Skriv endelig, hvis der er noget: {phone}.\n\nVenlig hilsen\n{first}"),
+        ("user", "super. skal jeg skrive mit efternavn {surname} også?"),
+        ("assistant", "Det er helt op til dig — \"{first} {surname}\" virker lidt mere formelt, men fornavnet er fint til en nabohilsen."),
+    ],
+    # 18 Terraform
+    [
+        ("user", "terraform plan complains `Invalid default value for variable`. what's up\n\n```hcl\nvariable \"db_password\" {{\n  type      = string\n  default   = {password}\n  sensitive = true\n}}\n\nresource \"aws_db_instance\" \"main\" {{\n  identifier = \"app-db\"\n  username   = \"admin\"\n  password   = var.db_password\n  tags = {{\n    Owner   = \"{email}\"\n    Contact = \"{name}\"\n  }}\n}}\n```"),
+        ("assistant", "String defaults in HCL must be quoted. Change it to:\n\n```hcl\nvariable \"db_password\" {{\n  type      = string\n  default   = \"{password}\"\n  sensitive = true\n}}\n```\n\nBetter still, drop the default entirely and pass it via `TF_VAR_db_password` or a secrets manager, so the password never sits in your repo next to the `Owner = \"{email}\"` tag."),
+    ],
+    # 19 git config
+    [
+        ("user", "my commits show up as the wrong person on github, my gitconfig says\n\n```\n[user]\n\tname = {name}\n\temail = {email}\n[credential]\n\thelper = store\n```\nbut it shows {name2}??"),
+        ("assistant", "The global config looks right, so the repo probably has a local override. Check with:\n\n```bash\ngit config --show-origin --get-all user.name\n```\n\nIf it shows {name2} from `.git/config`, fix it with:\n\n```bash\ngit config user.name \"{name}\"\ngit config user.email \"{email}\"\n```\n\nAlso make sure {email} is added and verified under GitHub → Settings → Emails, otherwise the commits won't be linked to your account."),
+    ],
+    # 20 crontab + shell
+    [
+        ("user", "my backup cron never runs, can you check?\n\n```\n# m h dom mon dow command\n30 2 * * * /home/{first_lower}/bin/backup.sh >> /var/log/backup.log 2>&1\n```\n\nbackup.sh:\n```bash\n#!/bin/bash\nDATE=$(date +%F)\ntar czf /tmp/backup-${{DATE}}.tgz ~/docs\ncurl -u {first_lower}:{password} -T /tmp/backup-${{DATE}}.tgz https://nas.local/upload/\necho \"backup done\" | mail -s \"backup ${{DATE}}\" {email}\n```"),
+        ("assistant", "Two likely culprits:\n\n1. The script probably isn't executable: `chmod +x /home/{first_lower}/bin/backup.sh`\n2. `~` inside cron may not expand as you expect — use the absolute path `/home/{first_lower}/docs`.\n\nAlso, having `{password}` in plain text on the curl line means it shows up in `ps` output. Put it in `~/.netrc` (chmod 600) and use `curl --netrc` instead."),
+    ],
+    # 21 log lines
+    [
+        ("user", "our payment logs look like this, is this a problem for compliance?\n\n```\n2024-03-12T10:22:01.114Z INFO  [checkout] payment accepted user={email} card={card} amount=49.90 EUR\n2024-03-12T10:22:01.120Z DEBUG [checkout] billing_address=\"{address}\" phone={phone}\n2024-03-12T10:23:47.009Z WARN  [refund] iban={iban} holder=\"{name}\" status=PENDING\n```"),
+        ("assistant", "Yes — that's a real problem. Full PANs like `{card}` must never be written to logs under PCI-DSS, and under GDPR the email, phone, address and IBAN are personal data that shouldn't sit in DEBUG logs either.\n\nSuggested fix: mask before logging, e.g. `card=****{{last4}}`, hash the user id instead of logging `{email}`, and drop `billing_address`/`iban` from log lines entirely. Then purge the existing log files that contain them."),
+    ],
+    # 22 party planning, possessives
+    [
+        ("user", "ok so {first}'s 30th is next saturday and {first2}'s is the week after — should we just do one party?? we could do it at {name}'s place, {address}, it's big enough. {first3} said she'd bring the cake"),
+        ("assistant", "A joint party sounds fun and saves everyone a weekend! A few ideas:\n- Pick the Saturday in between so neither {first} nor {first2} feels their birthday got moved.\n- Confirm with {name} that hosting at {street} is okay for ~20 people.\n- Ask {first3} to get one cake with both names on it.\n\nWant me to draft a group invite?"),
+        ("user", "yes pls, and put that ppl can text me at {phone} to rsvp"),
+        ("assistant", "Here you go:\n\n🎉 Double birthday! {first} & {first2} are turning 30 🎉\nSaturday, 8 pm at {address}\nCake courtesy of {first3} 🎂\nRSVP by text to {phone}"),
+    ],
+    # 23 phone/card dictated, voicemail script
+    [
+        ("system", "You are a concise writing assistant."),
+        ("user", "need a voicemail script for calling my bank back. they said to quote the card (it's {card}, exp 08/27) and leave a callback number. my number's {phone} – thats zero first, not the letter o. also my name {name}"),
+        ("assistant", "Here's a short script:\n\n\"Hello, this is {name} returning your call about a possible fraud alert on my card. Please call me back on {phone} — again, {phone}. Thank you.\"\n\nI'd leave out the full card number ({card}) from a voicemail; the bank will verify you when they call back. If they insist, the last four digits are enough."),
+    ],
+    # 24 order JSON + export with ??? address
+    [
+        ("user", "ich muss diese bestellung per API nachbauen, kannst du mir das JSON machen? aus dem shop-export:\n\nKunde: {name}\nLieferadresse: {address_qq}\nE-Mail: {email} / Tel. {phone}\nZahlung: Lastschrift, IBAN {iban}"),
+        ("assistant", "Klar, so sähe der Request-Body aus:\n\n```json\n{{\n  \"customer\": {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"phone\": \"{phone}\"\n  }},\n  \"shipping_address\": {{\n    \"street\": \"{street}\",\n    \"postal_code\": \"{post}\",\n    \"city\": \"{city}\",\n    \"country\": \"{country}\"\n  }},\n  \"payment\": {{\n    \"method\": \"sepa_debit\",\n    \"iban\": \"{iban}\",\n    \"account_holder\": \"{name}\"\n  }}\n}}\n```\n\nDie \"???\" im Export sind übrigens nur verlorene Zeilenumbrüche – ich habe die Adresse in Straße, PLZ, Ort und Land aufgeteilt."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -2331,8 +2473,9 @@ TEMPLATES = {
     + HELD_OUT_8_TEMPLATES
     + HELD_OUT_9_TEMPLATES
     + HELD_OUT_10_TEMPLATES
-    + HELD_OUT_11_TEMPLATES,
-    "held-out": HELD_OUT_12_TEMPLATES,
+    + HELD_OUT_11_TEMPLATES
+    + HELD_OUT_12_TEMPLATES,
+    "held-out": HELD_OUT_13_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
