@@ -605,3 +605,30 @@ def test_keys_urls_chat_logs_and_keys_in_other_languages(step: PiiScrub) -> None
     )
     assert looks_like_password("xkGwnDTK2")
     assert not any(map(looks_like_password, ("PlayStation5", "McDonalds2", "iPhone15")))
+
+
+def test_config_lines_git_names_logs_literals_ids_and_transfers(step: PiiScrub) -> None:
+    """From blind set 13 (code, configs, logs): unquoted config values under person keys
+    (gitconfig "name = X", a log's holder="X", HCL Contact = "X"), git's user.name, a string literal
+    of all four character kinds, a lone first name in a CSV column of people, ids after filler words
+    in other languages, a transfer's payee, a random-case password with one inner digit, a home
+    directory that starts with an accent; a workflow's "name: Build and Test" and a format stay."""
+    turns = [
+        '```hcl\nvariable "db_password" {\n  default = 4cLT3gjbM@vU\n}\ntags = {\n  Contact = "Gunar Bohnbach"\n}\n```',
+        'Change it to `default = "4cLT3gjbM@vU"`',
+        "```\n[user]\n\tname = Alfred Fischer\n```\nfix with `git config user.name \"Alfred Fischer\"`",
+        '```\n2024-03-12T10:23:47Z WARN [refund] iban=DE89370400440532013000 holder="Nicole Boulay" status=OK\n```',
+        "```csv\nname,email,phone,city\nAna Lee,a@example.io,,Porto\nLeandro ,b@example.io,,Porto\n```",
+        "oi, o CPF que usei foi EF9752358. Smlouva je na mě, číslo zákaznického účtu V55384953.",
+        "ciao, devo fare un bonifico a Einer Friis per l'affitto.",
+        "ik heb het wachtwoord veranderd, ik heb het ingesteld op biAUN0zsj via de app",
+        "30 2 * * * /home/ísis/bin/backup.sh",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    gone = ("4cLT3gjbM", "Gunar", "Bohnbach", "Alfred", "Fischer", "Nicole", "Boulay", "Leandro", "EF9752358")
+    assert not [v for v in (*gone, "V55384953", "Einer Friis", "biAUN0zsj", "ísis") if v in out], out
+    workflow = (
+        '```yaml\nname: Build and Test\nsteps:\n  - name: Main Menu\n'
+        'format: "%Y-%m-%dT%H:%M:%S"\nv: "v1.2.3-RC4"\n```'
+    )
+    assert scrub_record(step, [{"role": "user", "content": workflow}])[0]["content"] == workflow

@@ -367,8 +367,13 @@ def looks_like_password(token: str) -> bool:
     upper, lower = any(c.isupper() for c in token), any(c.islower() for c in token)
     inner_digit = any(c.isdigit() for c in token.rstrip("0123456789"))  # not only a trailing "1"
     switches = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(token))
-    # digits only at the end: random case ("xkGwnDTK2"), not camel-case words ("PlayStation5", "McDonalds2")
-    return upper and lower and switches >= 4 and (inner_digit or not _CAMEL_WORDS.fullmatch(token))
+    if not (upper and lower):
+        return False
+    if inner_digit and switches >= 4:
+        return True
+    # fewer switches or digits only at the end: random case ("biAUN0zsj", "xkGwnDTK2"), not camel-case
+    # words ("PlayStation5", "McDonalds2")
+    return not _CAMEL_WORDS.fullmatch(token) and (switches >= 4 or (inner_digit and switches >= 3))
 
 
 _CAMEL_WORDS = re.compile(r"[a-z]*(?:[A-Z]{1,2}[a-z]+)+\d*")
@@ -998,7 +1003,17 @@ _ID_KEYWORDS = (
     r"lidnummer|lidmaatschap(?:snummer)?|klantnummer|mitgliedsnummer|kundennummer|versichertennummer|"
     r"versicherungsnummer|numéro\s+(?:de\s+client|d'adhérent|d’adhérent|de\s+membre)|"
     r"número\s+de\s+(?:socio|cliente)|numero\s+(?:cliente|socio|tessera)|numer\s+(?:klienta|członkowski)|"
-    r"členské\s+číslo|kundenummer|medlemsnummer"
+    r"členské\s+číslo|kundenummer|medlemsnummer|"
+    # account, customer and contract numbers and tax ids of chat exports ("číslo zákaznického účtu")
+    r"číslo\s+(?:zákaznického\s+)?účtu|zákaznické\s+číslo|číslo\s+smlouvy|numer\s+(?:konta|rachunku|umowy)|"
+    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:\s*szám)?|"
+    r"vertragsnummer|kontonummer|kontonr\.?|numéro\s+de\s+contrat|número\s+de\s+contrato|numero\s+di\s+contratto|"
+    r"contractnummer|aftalenummer|cpr-nummer|rg"
+)
+# words that may stand between an id's keyword and its value ("o CPF que usei foi X", "mein Ausweis ist X")
+_ID_FILLER = (
+    r"que|usei|foi|é|era|is|was|i|used|mine|my|the|es|ist|est|c'est|jest|to|je|mi|mio|il|la|el|le|der|die|"
+    r"das|utilisé|usado|genutzt|használt|az|a"
 )
 _ID_VALUE = r"(?=[A-Z0-9\- /.]*\d)(?:[A-Z]{1,4}[ \-]?)?\d[\dA-Z]*(?:[ \-/.]\d[\dA-Z]*){0,5}(?:[ \-]?[A-Z]{1,2}\b)?"
 
@@ -1017,7 +1032,7 @@ class IdNumberRecognizer(_RegexRecognizer):
                 rf"(?i:\b(?:{_ID_KEYWORDS}))"
                 # its value under a sibling key of JSON: {"type": "tax id", "number": "74-9783379"}
                 r"(?:[\"']\s*,\s*[\"']?(?i:number|value|no|num|id)[\"']?\s*[:=])?"
-                r"(?:\s+(?i:is|was|of|es|ist|est|:))?[\s:#=\"'(]*(?:(?i:no\.?|number)\s*)?"
+                rf"(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)){{0,3}}[\s:#=\"'(]*(?:(?i:no\.?|number)\s*)?"
                 rf"({_ID_VALUE})"
             ),
             1,
@@ -1154,6 +1169,10 @@ _NAME_CUES_CAPITALISED = (
     r"name\s*:|call\s+me|known\s+as|dear|hi|hello|hey|thanks|thank\s+you|regards,?|cheers,?|sincerely,?|signed,?|"
     r"i'm|i\s+am|mr\.?|mrs\.?|ms\.?|dr\.?|prof\.?|miss|señor|señora|sr\.?|sra\.?|herr|frau|monsieur|madame|mme\.?|"
     r"signor|signora|recipient|payee|beneficiary|addressee|attn\.?|attention|c/o|contact|"
+    # a transfer to someone: "un bonifico a X", "przelew do X", "Überweisung an X", "intestato a X"
+    r"(?:bonifico|pagamento)\s+a|intestat[oa]\s+(?:proprio\s+)?a|przelew\s+(?:do|dla)|überweisung\s+an|"
+    r"virement\s+(?:à|a)|transferencia\s+a|overboeking\s+(?:naar|aan)|převod\s+(?:na|pro)|"
+    r"overførsel\s+til|transferência\s+para|"
     # greetings of the languages of chat exports ("Bonjour Amanda", "Liebe Gitte", "Cześć Piotr")
     r"bonjour|salut|coucou|cher|chère|hola|querid[oa]|estimad[oa]|hallo|liebe[rs]?|sehr\s+geehrte[rs]?|servus|moin|"
     r"ciao|salve|caro|cara|gentile|cześć|czesc|drog[ia]|olá|oi|prezad[oa]|hej|hoi|beste|kære|ahoj|szia|kedves|"
@@ -1471,7 +1490,8 @@ _KEYED = {
     "EMAIL_ADDRESS": r"e_?mail(?:_?address)?",
     "IBAN_CODE": r"iban",
     "SECRET": r"password|passwd|pwd|pass|secret|api_?key|token",
-    "NAME": r"name",  # a person only when the value reads as one (`_person_value`)
+    # a person only when the value reads as one (`_person_value`): "name", "Contact", "holder", "owner"
+    "NAME": r"name|contact|holder|owner|author|maintainer|assignee|reporter|payee|beneficiary|signatory",
     "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number",
 }
 _KEYED_VALUE = re.compile(
@@ -1479,6 +1499,18 @@ _KEYED_VALUE = re.compile(
     + "|".join(f"(?P<k{i}>{v})" for i, v in enumerate(_KEYED.values()))
     + r")[\"']?[ \t]*(?::|=|=>)[ \t]*(?P<q>[\"'])(?P<value>[^\"'\n]{2,100})(?P=q)"
 )
+
+
+# the same keys with an unquoted value filling the rest of a config line: gitconfig/INI/HCL
+# "name = Ana Lee", YAML "holder: Ana Lee", log fields "holder=Ana" are read by `_key_kind`'s value checks
+_KEYED_LINE = re.compile(
+    r"(?im)^[ \t]*(?:-[ \t]+)?(?P<key>(?:[a-z]+_)*?(?:" + "|".join(_KEYED.values()) + r"))[ \t]*[:=][ \t]*"
+    r"(?P<value>[^\s\"'#{}\[\]][^\"'#\n{}]{0,99}?)[ \t]*(?:#.*)?$"
+)
+# git's author name on the command line: git config user.name "Ana Lee", --author="Ana Lee <a@b.c>"
+_GIT_NAME = re.compile(r"(?i)(?:\buser\.name|--author)[ \t=]+[\"']([^\"'\n<]{2,80}?)[ \t]*(?:<[^>\n]*>)?[\"']")
+# a string literal in code that mixes all four kinds of character ("4cLT3gjbM@vU"): a secret
+_LITERAL = re.compile(r"([\"'])([^\s\"'\\/%{}]{8,64})\1")
 
 
 # a template slot or a type name, not a value: "{zip}", "<name>", "${EMAIL}", "%s", "string"
@@ -1502,7 +1534,7 @@ def _person_value(value: str) -> bool:
 # a user key in a config, env file or call ("POSTGRES_USER: róża", "user='mkowalski'"), the user
 # of a URL's credentials ("postgres://jan:pw@db"); not a service account ("root", "postgres", "${USER}")
 _HOME_USER = re.compile(
-    r"(?:(?<![\w.])/home/|(?<![\w.])/Users/|\b[A-Za-z]:\\+Users\\+)([A-Za-z][\w.\-]{2,31})(?=[/\\])"
+    r"(?:(?<![\w.])/home/|(?<![\w.])/Users/|\b[A-Za-z]:\\+Users\\+)([^\W\d_][\w.\-]{2,31})(?=[/\\])"
 )
 _USER_KEY = r"(?:[A-Za-z0-9]+_)*(?:user(?:_?name)?|login|db_?user)"
 _CONFIG_USER = re.compile(
@@ -1682,27 +1714,44 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
             continue
         if value.strip() and not _NOT_A_VALUE.match(value):
             out.append((kind, m.start("value"), m.end("value")))
+    for m in _KEYED_LINE.finditer(text):
+        value = m.group("value")
+        kind = _key_kind(m.group("key"), value) if not _NOT_A_VALUE.match(value) else None
+        if kind:
+            out.append((kind, m.start("value"), m.end("value")))
+    out += [("PERSON", m.start(1), m.end(1)) for m in _GIT_NAME.finditer(text) if not _NOT_A_VALUE.match(m.group(1))]
+    out += [("SECRET", m.start(2), m.end(2)) for m in _LITERAL.finditer(text) if _four_kinds(m.group(2))]
+    grid: list[tuple[str, list[tuple[int, int]]]] = []  # (column, cells) of markdown tables and CSV pastes
     for m in _TABLE.finditer(text):
         header = _CELL.findall(m.group(1))
-        for row in _LINE.finditer(text, m.start(2), m.end(2)):
-            for column, cell in zip(header, _CELL.finditer(text, row.start(), row.end()), strict=False):
-                value = cell.group(1).strip()
-                kind = _key_kind(column, value) if value and not _EMPTY_CELL.fullmatch(value) else None
-                if kind:
-                    start = cell.start(1) + cell.group(1).index(value)
-                    out.append((kind, start, start + len(value)))
+        lines = _LINE.finditer(text, m.start(2), m.end(2))
+        rows = [list(_CELL.finditer(text, row.start(), row.end())) for row in lines]
+        for j, column in enumerate(header):
+            cells = []
+            for row in rows:
+                if j < len(row):
+                    raw = row[j].group(1)
+                    value = raw.strip()
+                    start = row[j].start(1) + (raw.index(value) if value else 0)
+                    cells.append((start, start + len(value)))
+            grid.append((column, cells))
     for m in _CSV_HEADER.finditer(text):
         delimiter = m.group("d")
         header = [c.strip() for c in m.group(0).split(delimiter)]
         rows = _CSV_ROWS.match(text, m.end())
         if rows is None or not any(_personal_column(c) for c in header):
             continue
-        for row in _LINE.finditer(text, rows.start(1), rows.end(1)):
-            for column, (a, b) in zip(header, _csv_cells(text, row.start(), row.end(), delimiter), strict=False):
-                value = text[a:b]
-                kind = _key_kind(column, value) if value and not _EMPTY_CELL.fullmatch(value) else None
-                if kind:
-                    out.append((kind, a, b))
+        lines = _LINE.finditer(text, rows.start(1), rows.end(1))
+        cells = [_csv_cells(text, row.start(), row.end(), delimiter) for row in lines]
+        grid += [(column, [row[j] for row in cells if j < len(row)]) for j, column in enumerate(header)]
+    for column, cells in grid:
+        kinds = [_key_kind(column, text[a:b]) if not _EMPTY_CELL.fullmatch(text[a:b]) else None for a, b in cells]
+        people = "PERSON" in kinds and re.fullmatch(r"(?i)name", column.strip()) is not None
+        for (a, b), kind in zip(cells, kinds, strict=True):
+            if kind is None and people and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]+", text[a:b]):
+                kind = "PERSON"  # a lone first name in a column of people ("Leandro" below "Ana Lee")
+            if kind:
+                out.append((kind, a, b))
     for m in _SQL_INSERT.finditer(text):
         columns = [c.strip(' \t\n"`[]') for c in m.group(1).split(",")]
         for row in _SQL_ROW.finditer(text, m.start(2), m.end(2)):
