@@ -632,3 +632,24 @@ def test_config_lines_git_names_logs_literals_ids_and_transfers(step: PiiScrub) 
         'format: "%Y-%m-%dT%H:%M:%S"\nv: "v1.2.3-RC4"\n```'
     )
     assert scrub_record(step, [{"role": "user", "content": workflow}])[0]["content"] == workflow
+
+
+def test_sql_rows_with_brackets_log_fields_owners_and_terraform_defaults(step: PiiScrub) -> None:
+    """From blind set 13, second look: an SQL row whose phone holds brackets, a log line's key=value
+    fields (an IBAN, a holder with particles, an address), an owner label that is a known first
+    name, and a Terraform secret variable's unquoted default; a team owner stays."""
+    sql = (
+        "```sql\nINSERT INTO customers (id, full_name, email, phone)\nVALUES\n"
+        "  (101, 'Alice Gautier', 'ag@example.fr', '(26) 815-672'),\n  (102, 'Ana Lee', NULL, NULL);\n```"
+    )
+    log = (
+        '```\n2024-03-12T10:23:47Z WARN [refund] iban=CZ3157586677119552342548 holder="Victor van de Elzas"\n'
+        '2024-03-12T10:22:01Z DEBUG billing_address="Stretto Chigi, 43, 23865 Sant\'Angelo Le Fratte" status=OK\n```'
+    )
+    k8s = "```yaml\nmetadata:\n  labels:\n    owner: kathleen\n    team-owner: sre\n```"
+    hcl = '```hcl\nvariable "db_password" {\n  type    = string\n  default = 3dAAoIAlRv1\n}\n```'
+    turns = [{"role": "user", "content": t} for t in (sql, log, k8s, hcl)]
+    out = "\n".join(m["content"] for m in scrub_record(step, turns))
+    gone = ("Gautier", "815-672", "CZ3157586677119552342548", "Victor", "Elzas", "Chigi", "23865", "kathleen", "3dAAo")
+    assert not [v for v in gone if v in out], out
+    assert "team-owner: sre" in out

@@ -288,6 +288,16 @@ class SecretRecognizer(_RegexRecognizer):
             0.8,
             "env",
         ),
+        # a Terraform variable named for a secret: its default is one, quoted or not
+        (
+            re.compile(
+                r"(?is)\bvariable\s+\"[^\"\n]*(?:password|passwd|secret|token|api_?key)[^\"\n]*\"\s*\{[^{}]*?"
+                r"\bdefault\s*=\s*\"?([^\s\"{}]{4,200})"
+            ),
+            1,
+            0.8,
+            "env",
+        ),
         # key/token/secret assignments: the value must look random (not `token = get_token()`)
         (
             re.compile(
@@ -1507,6 +1517,11 @@ _KEYED_LINE = re.compile(
     r"(?im)^[ \t]*(?:-[ \t]+)?(?P<key>(?:[a-z]+_)*?(?:" + "|".join(_KEYED.values()) + r"))[ \t]*[:=][ \t]*"
     r"(?P<value>[^\s\"'#{}\[\]][^\"'#\n{}]{0,99}?)[ \t]*(?:#.*)?$"
 )
+# a log line's key=value fields: "iban=CZ3157...", holder="Ana Lee", billing_address="12 Main St, ..."
+_LOG_FIELD = re.compile(
+    r"(?i)(?<![\w.\-])(?P<key>(?:[a-z]+_)*?(?:" + "|".join(_KEYED.values()) + r"))="
+    r"(?:\"(?P<quoted>[^\"\n]{2,100})\"|(?P<value>[^\s\"',;&]{2,100}))"
+)
 # git's author name on the command line: git config user.name "Ana Lee", --author="Ana Lee <a@b.c>"
 _GIT_NAME = re.compile(r"(?i)(?:\buser\.name|--author)[ \t=]+[\"']([^\"'\n<]{2,80}?)[ \t]*(?:<[^>\n]*>)?[\"']")
 # a string literal in code that mixes all four kinds of character ("4cLT3gjbM@vU"): a secret
@@ -1522,12 +1537,15 @@ _NOT_A_VALUE = re.compile(
 def _person_value(value: str) -> bool:
     """A "name" value that reads as a person: 2-3 capitalised words, one of them a known name or no
     common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu")."""
-    words = value.split()
+    words = [w for w in value.split() if w not in _VALUE_PARTICLES]  # "Victor van de Elzas"
     return (
         2 <= len(words) <= 3
         and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
         and any(unknown_word(w) for w in words)
     )
+
+
+_VALUE_PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 
 
 # an account's user name names its owner: a home directory ("/home/judith/mail", "C:\\Users\\jsmith\\"),
@@ -1623,8 +1641,12 @@ def account_users(text: str) -> list[tuple[int, int]]:
 
 
 # SQL: INSERT INTO t (full_name, email, ...) VALUES ('błażej gałaj', ...), (...): the column names key the values
-_SQL_INSERT = re.compile(r"(?is)\binsert\s+into\s+[\w.\"`\[\]]+\s*\(([^()]*)\)\s*values\s*((?:\([^()]*\)\s*,?\s*)+)")
-_SQL_ROW = re.compile(r"\(([^()]*)\)")
+# a VALUES row: quoted strings may hold brackets ("'(26) 815-672'"), so they are read as a whole
+_SQL_ROW_BODY = r"(?:'(?:[^']|'')*'|[^()'])*"
+_SQL_INSERT = re.compile(
+    rf"(?is)\binsert\s+into\s+[\w.\"`\[\]]+\s*\(([^()]*)\)\s*values\s*((?:\({_SQL_ROW_BODY}\)\s*,?\s*)+)"
+)
+_SQL_ROW = re.compile(rf"\(({_SQL_ROW_BODY})\)")
 _SQL_ITEM = re.compile(r"\s*(?:'((?:[^']|'')*)'|[^,]*)\s*(?:,|$)")
 
 
@@ -1684,8 +1706,10 @@ def _key_kind(key: str, value: str) -> str | None:
     if re.fullmatch(rf"(?i:{_ID_KEYWORDS})", key.replace("_", " ")):
         return "ID_NUMBER" if digits >= 4 else None
     kind = next((k for k, p in _KEYED.items() if re.fullmatch(rf"(?i)(?:[a-z]+_)*(?:{p})", key)), None)
+    owner = re.fullmatch(r"(?i)(?:[a-z]+_)*(?:owner|author|maintainer|assignee|reporter)", key) is not None
     ok = {
-        "NAME": _person_value(value),
+        # "owner: kathleen": a lone known first name under an owner key (not "owner: sre", "owner: backend")
+        "NAME": _person_value(value) or (owner and value.lower() in NAME_GAZETTEER),
         "PHONE_NUMBER": digits >= 6 and re.fullmatch(r"[\d\s()+\-./x]+", value) is not None,
         "EMAIL_ADDRESS": "@" in value,
         "SECRET": looks_like_password(value),
@@ -1719,6 +1743,11 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
         kind = _key_kind(m.group("key"), value) if not _NOT_A_VALUE.match(value) else None
         if kind:
             out.append((kind, m.start("value"), m.end("value")))
+    for m in _LOG_FIELD.finditer(text):
+        group = "quoted" if m.group("quoted") is not None else "value"
+        kind = _key_kind(m.group("key"), m.group(group)) if not _NOT_A_VALUE.match(m.group(group)) else None
+        if kind:
+            out.append((kind, m.start(group), m.end(group)))
     out += [("PERSON", m.start(1), m.end(1)) for m in _GIT_NAME.finditer(text) if not _NOT_A_VALUE.match(m.group(1))]
     out += [("SECRET", m.start(2), m.end(2)) for m in _LITERAL.finditer(text) if _four_kinds(m.group(2))]
     grid: list[tuple[str, list[tuple[int, int]]]] = []  # (column, cells) of markdown tables and CSV pastes
