@@ -69,7 +69,8 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 10, by a sixth, was measured once (2026-12-03 07:37 UTC) and then inspected: tune now.
 # set 11, by a seventh, was measured once (2026-12-03 10:50 UTC) and then inspected: tune now.
 # set 12, by an eighth, was measured once (2026-12-03 11:50 UTC) and then inspected: tune now.
-# HELD_OUT_13_TEMPLATES, by a ninth, are the held-out split (never inspected). Never print this
+# set 13, by a ninth, was measured once (2026-12-03 12:07 UTC) and then inspected: tune now.
+# HELD_OUT_14_TEMPLATES, by a tenth, are the held-out split (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -2462,6 +2463,159 @@ HELD_OUT_13_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_14_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 landlord, casual
+    [
+        ("user", "hey can u help me write a msg to my landlord, boiler broke again. im {name}, flat is at {street}, {city}. he never answers email so ill text him, my number if he wants to call back is {phone}"),
+        ("assistant", "Sure! Here's a short text you can send:\n\n\"Hi, this is {name} from {street}. The boiler has stopped working again and there's no hot water. Could you arrange a repair this week? You can reach me on {phone} any time. Thanks!\""),
+        ("user", "perfect. also remind him rent goes from my account {iban} on the 1st so he cant say i didnt pay lol"),
+        ("assistant", "Add this line at the end: \"Just a reminder that rent is paid by standing order from {iban} on the 1st of each month, so that's all up to date.\""),
+    ],
+    # 2 German complaint
+    [
+        ("user", "Kannst du mir eine Beschwerde an meinen Internetanbieter formulieren? Seit drei Wochen kein Internet. Kundennummer {id}, Absender:\n{name}\n{address_lines}\nAntwort bitte an {email}"),
+        ("assistant", "Gerne, hier ein Entwurf:\n\n{name}\n{address_lines}\n\nBetreff: Störung seit drei Wochen – Kundennummer {id}\n\nSehr geehrte Damen und Herren,\n\nseit nunmehr drei Wochen ist mein Internetanschluss nicht nutzbar. Trotz mehrerer Anrufe wurde die Störung nicht behoben. Ich fordere Sie auf, den Fehler bis spätestens zum Monatsende zu beseitigen, und behalte mir eine Minderung der Grundgebühr vor.\n\nBitte antworten Sie schriftlich an {email}.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "Danke! Kann man noch erwähnen, dass {first2} von der Hotline mir die Gutschrift versprochen hat?"),
+        ("assistant", "Klar, füge nach dem ersten Absatz ein: \"Ihr Mitarbeiter, Herr/Frau {first2}, hat mir am Telefon bereits eine Gutschrift zugesagt.\""),
+    ],
+    # 3 Python code
+    [
+        ("user", "why does this throw KeyError?\n\n```python\nuser = {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"phone\": \"{phone}\",\n}}\nprint(f\"{{user['Name']}} <{{user['email']}}>\")\n```"),
+        ("assistant", "Dictionary keys are case-sensitive. You defined `\"name\"` but access `user['Name']`. Fix:\n\n```python\nprint(f\"{{user['name']}} <{{user['email']}}>\")\n```\n\nThat prints `{name} <{email}>`."),
+        ("user", "ah ok. and if i want to mask the card too, like user['card'] = '{card}' -> only last 4?"),
+        ("assistant", "Use slicing:\n\n```python\ncard = '{card}'.replace(' ', '')\nmasked = '*' * (len(card) - 4) + card[-4:]\n```"),
+    ],
+    # 4 Spanish travel booking
+    [
+        ("user", "Hola, necesito rellenar el formulario de la aerolínea para dos pasajeros: yo, {name}, y mi pareja {name2}. Mi número de pasaporte es {id}. ¿Qué pongo en \"contacto de emergencia\"?"),
+        ("assistant", "En \"contacto de emergencia\" debes poner a alguien que no viaje con vosotros. Para el resto:\n\n- Pasajero 1: {name}, pasaporte {id}\n- Pasajero 2: {name2}\n\n¿Quieres que prepare el texto para el contacto?"),
+        ("user", "si, pon a mi madre, el tel es el {phone}, se llama igual de apellido, {surname}"),
+        ("assistant", "Contacto de emergencia: Sra. {surname}, teléfono {phone}, relación: madre."),
+    ],
+    # 5 family group chat export
+    [
+        ("user", "summarise this family chat for me pls, i missed everything\n\n[18:02] {first}: who's bringing the cake sunday\n[18:03] {first2}: me!! also party is at {first3}'s now not ours\n[18:03] {first2}: {address}\n[18:05] {first}: wifi there?\n[18:06] {first3}: yes it's {password} lol dont judge\n[18:10] {first}: 👍"),
+        ("assistant", "Summary:\n- {first2} is bringing the cake on Sunday.\n- The party moved to {first3}'s place: {address}.\n- {first3} shared the wifi password ({password}).\n- {first} confirmed."),
+    ],
+    # 6 job application
+    [
+        ("user", "Write a cover letter header for me. {name}, {address_lines}, {email}, mobile {phone}. Applying for junior data analyst at a logistics firm in {city}."),
+        ("assistant", "{name}\n{address_lines}\n{email} · {phone}\n\nDear Hiring Manager,\n\nI am writing to apply for the Junior Data Analyst position at your {city} office. With a strong foundation in SQL and Python and a genuine interest in supply-chain optimisation, I believe I can contribute from day one...\n\nKind regards,\n{name}"),
+        ("user", "can you sign it just with first name? they're informal apparently"),
+        ("assistant", "Sure — replace the sign-off with:\n\nBest,\n{first}"),
+    ],
+    # 7 CSV cleaning
+    [
+        ("user", "this export from our old CRM is a mess, the address column has ??? everywhere. how do i fix in excel?\n\nname;email;iban;address\n{name};{email};{iban};{address_qq}\n{name2};;;"),
+        ("assistant", "The `???` are lost line breaks. In Excel: select the address column, Ctrl+H, find `???`, replace with Ctrl+J (line break) or with \", \" for a single line. Row 1 would become:\n\n{address_lines}\n\nNote row 2 ({name2}) has no email or IBAN — you may want to flag it."),
+        ("user", "thx. and {name}'s iban has spaces in some rows, is that fine for import?"),
+        ("assistant", "Most banking imports expect no spaces. Use `=SUBSTITUTE(C2;\" \";\"\")` so {iban} is stored in its compact form."),
+    ],
+    # 8 French medical admin
+    [
+        ("user", "Bonjour, je dois écrire à la CPAM pour un remboursement oublié. Je m'appelle {name}, numéro de sécu {id}, j'habite {address}. Tu peux m'aider ?"),
+        ("assistant", "Bien sûr. Voici un modèle :\n\n{name}\n{address}\nN° de sécurité sociale : {id}\n\nObjet : Demande de remboursement\n\nMadame, Monsieur,\n\nJe me permets de vous signaler que ma consultation du mois dernier n'a pas encore été remboursée. Vous trouverez ci-joint la feuille de soins.\n\nJe reste joignable au besoin.\n\nCordialement,\n{name}"),
+        ("user", "ajoute mon tel stp : {phone}"),
+        ("assistant", "Remplace « Je reste joignable au besoin » par « Je reste joignable au {phone} si besoin. »"),
+    ],
+    # 9 wedding planning
+    [
+        ("user", "{first2} and I are getting married in june!! need help with the RSVP card text. replies should go to {email} or by post to my mum, {name2}, {address}"),
+        ("assistant", "Congratulations to you and {first2}! Here's a draft:\n\n\"Kindly reply by 1 May\nemail {email}\nor write to {name2}, {address}\nWe can't wait to celebrate with you!\""),
+        ("user", "lovely. can u add that {first3} is doing the playlist so send song requests to them"),
+        ("assistant", "Add at the bottom: \"Got a song that'll get you dancing? Send your request to {first3}, our DJ for the night!\""),
+    ],
+    # 10 YAML config
+    [
+        ("user", "my docker compose won't connect to postgres, what's wrong\n\n```yaml\nservices:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: {first_lower}\n      POSTGRES_PASSWORD: {password}\n  app:\n    environment:\n      DATABASE_URL: postgres://{first_lower}:{password}@localhost:5432/app\n      ADMIN_EMAIL: {email}\n```"),
+        ("assistant", "Inside the `app` container, `localhost` refers to the app itself, not the database. Use the service name:\n\n```yaml\nDATABASE_URL: postgres://{first_lower}:{password}@db:5432/app\n```\n\nAlso consider moving the password into an `.env` file rather than committing it."),
+    ],
+    # 11 Polish school admin
+    [
+        ("user", "Pomóż mi napisać wiadomość do wychowawczyni. Mój syn {first} jutro nie przyjdzie do szkoły, ma gorączkę. Podpis: {name}, tel. {phone}"),
+        ("assistant", "Szanowna Pani,\n\nuprzejmie informuję, że mój syn {first} jutro nie będzie obecny w szkole z powodu gorączki. Proszę o usprawiedliwienie nieobecności.\n\nW razie pytań proszę o kontakt pod numerem {phone}.\n\nZ poważaniem\n{name}"),
+        ("user", "super, dopisz jeszcze maila {email} bo rzadko odbieram"),
+        ("assistant", "Zmień ostatnie zdanie na: „W razie pytań proszę o kontakt mailowy ({email}) lub pod numerem {phone}.”"),
+    ],
+    # 12 Italian card refund
+    [
+        ("user", "Ciao, ho pagato due volte lo stesso ordine con la carta {card}. Mi scrivi una mail al negozio? Sono {name}, la mia mail è {email}"),
+        ("assistant", "Certo:\n\nOggetto: Doppio addebito ordine\n\nGentile servizio clienti,\n\nvi scrivo perché il mio ordine è stato addebitato due volte sulla carta che termina con le ultime quattro cifre di {card}. Vi chiedo cortesemente di rimborsare l'importo duplicato.\n\nPotete contattarmi a {email}.\n\nCordiali saluti,\n{name}"),
+    ],
+    # 13 logs
+    [
+        ("user", "payment webhook keeps failing, here's the log:\n\n2024-03-11T09:14:22Z INFO  checkout start user_email={email} phone=\"{phone}\"\n2024-03-11T09:14:23Z DEBUG tokenize pan={card}\n2024-03-11T09:14:23Z ERROR 402 card_declined customer_ref={id}\n\nwhy declined?"),
+        ("assistant", "The 402 `card_declined` comes from the issuer, not your code — the customer {email} needs to contact their bank or use another card. More urgently: you're logging the full card number ({card}) at DEBUG level. That's a PCI-DSS violation; mask it before logging and rotate those logs."),
+    ],
+    # 14 Dutch tenant
+    [
+        ("user", "Hoi, kun je een berichtje aan mijn huurder schrijven? De borg komt terug op zijn rekening {iban}. Hij heet {name} en woonde op {address}. Graag wel vriendelijk"),
+        ("assistant", "Natuurlijk:\n\nBeste {first},\n\nBedankt voor de prettige huurperiode op {address}. De borg wordt deze week teruggestort op je rekening {iban}. Laat het gerust weten als er nog iets is.\n\nMet vriendelijke groet"),
+        ("user", "en zet erbij dat de code van het sleutelkastje {password} is zodat hij de laatste sleutel kan terugleggen"),
+        ("assistant", "Voeg toe: \"De laatste sleutel kun je in het sleutelkastje naast de voordeur leggen; de code is {password}.\""),
+    ],
+    # 15 card dictated, voice-typed
+    [
+        ("user", "voice typing sorry. the hotel wants my card to hold the room can you format this nicely for the form. card number is {card} expiry oh nine slash twenty seven name on card {name_lower}"),
+        ("assistant", "Here's how to fill it in:\n\nCardholder name: {name}\nCard number: {card}\nExpiry: 09/27\n\nDouble-check the number before submitting — voice typing can mishear digits. And only enter it on the hotel's secure booking page, not by email."),
+        ("user", "ok and phone is plus... {phone}"),
+        ("assistant", "Phone: {phone}"),
+    ],
+    # 16 Portuguese BR
+    [
+        ("user", "Oi! Preciso de um e-mail pro condomínio avisando que vou me mudar. Meu nome é {name}, CPF {id}, apartamento na {street}, {city}. Meu zap é {phone}"),
+        ("assistant", "Claro! Segue uma sugestão:\n\nAssunto: Aviso de mudança\n\nPrezado síndico,\n\nEu, {name}, CPF {id}, moradora/morador da {street}, informo que deixarei o imóvel no fim do mês. Peço que me indiquem os procedimentos para a vistoria e a entrega das chaves.\n\nFico à disposição pelo WhatsApp {phone}.\n\nAtenciosamente,\n{name}"),
+    ],
+    # 17 Czech account
+    [
+        ("user", "Ahoj, potřebuju napsat kolegovi, jak se přihlásit do sdíleného účtu. Účet je na {email} a heslo je {password}. Kolega se jmenuje {name2}."),
+        ("assistant", "Ahoj {first2},\n\nposílám přístup ke sdílenému účtu:\n- přihlašovací e-mail: {email}\n- heslo: {password}\n\nPo přihlášení si prosím zapni dvoufázové ověření.\n\nDíky,\n{first}\n\n(Tip: heslo raději pošli jiným kanálem než e-mail.)"),
+    ],
+    # 18 Hungarian bank transfer
+    [
+        ("user", "Szia! Segítenél megfogalmazni egy üzenetet? A lakbért erre a számlára kell utalni: {iban}, kedvezményezett {name}. A lakás címe {address}, {country}."),
+        ("assistant", "Persze:\n\nKedves Bérlő!\n\nA havi lakbért kérem a következő számlára utalni:\nKedvezményezett: {name}\nSzámlaszám: {iban}\nKözlemény: {address} – bérleti díj\n\nKöszönöm!\n{name}"),
+        ("user", "és a telefonszámom: {phone}, azt is írd bele"),
+        ("assistant", "A végére: \"Kérdés esetén hívjon nyugodtan: {phone}.\""),
+    ],
+    # 19 Danish
+    [
+        ("user", "Hej, kan du skrive en kort besked til naboerne om vores sommerfest? Den holdes hos {first} og {first2} på {street}. Tilmelding til {name} på {phone}."),
+        ("assistant", "Selvfølgelig:\n\nKære naboer!\n\nVi holder sommerfest lørdag kl. 15 hos {first} og {first2}, {street}. Tag gerne en ret med til fællesbordet.\n\nTilmelding til {name} på {phone} senest fredag.\n\nVi glæder os til at se jer!"),
+    ],
+    # 20 SQL
+    [
+        ("user", "getting a syntax error on this insert, postgres:\n\nINSERT INTO customers (full_name, email, phone, iban)\nVALUES ('{name}', '{email}', {phone}, '{iban}');"),
+        ("assistant", "The phone value isn't quoted. Phone numbers contain `+`, spaces or dashes, so store them as text:\n\n```sql\nINSERT INTO customers (full_name, email, phone, iban)\nVALUES ('{name}', '{email}', '{phone}', '{iban}');\n```\n\nAlso, if a surname like {surname} ever contains an apostrophe, use parameterised queries instead of string literals."),
+    ],
+    # 21 JSON API
+    [
+        ("user", "the api returns 422 for this body, what field is wrong?\n\n{{\n  \"customer\": {{\"name\": \"{name}\", \"email\": \"{email}\"}},\n  \"billing_address\": \"{address}\",\n  \"payment\": {{\"card_number\": \"{card}\", \"cvc\": 123}}\n}}"),
+        ("assistant", "Most payment APIs expect `billing_address` as an object, not a string, and `cvc` as a string. Try:\n\n```json\n{{\n  \"customer\": {{\"name\": \"{name}\", \"email\": \"{email}\"}},\n  \"billing_address\": {{\"line1\": \"{street}\", \"postal_code\": \"{post}\", \"city\": \"{city}\", \"country\": \"{country}\"}},\n  \"payment\": {{\"card_number\": \"{card}\", \"cvc\": \"123\"}}\n}}\n```"),
+    ],
+    # 22 system + support
+    [
+        ("system", "You are a helpful assistant for a small insurance broker. Be concise and polite."),
+        ("user", "Client {name} called, lost their wallet. Need to update their file: new {id_kind} is {id}, new email {email}. Draft a confirmation to send them."),
+        ("assistant", "Dear {name},\n\nThank you for your call today. We have updated your file as follows:\n\n- {id_kind}: {id}\n- Email: {email}\n\nIf any of these details are incorrect, please let us know. We're sorry to hear about your wallet.\n\nKind regards"),
+        ("user", "add that {first2} {surname}, their spouse, is still listed as second policyholder"),
+        ("assistant", "Add before the sign-off: \"{first2} {surname} remains listed as the second policyholder on your policy.\""),
+    ],
+    # 23 lower-case password reset
+    [
+        ("user", "i cant log into my uni portal. username is {first_lower}.{surname} and i tried {password} like 5 times now its locked. what do i tell IT"),
+        ("assistant", "Send IT something like:\n\n\"Hi, my student account ({first_lower}.{surname}) got locked after several failed logins. Could you unlock it and send a reset link to {email}? Thanks, {name}\"\n\nDon't include your old password in the email — IT will never need it."),
+        ("user", "oh wait {email} is right yes. also my student id is {id} if they need it"),
+        ("assistant", "Good idea — add \"My student ID is {id}.\" right after your username."),
+    ],
+    # 24 party list
+    [
+        ("user", "make a nice checklist for {first3}'s 40th surprise party:\n- venue: the back room at the pub, {address_lower}\n- {name} does decorations\n- {name2} handles the cake, call her {phone}\n- guests arrive 7pm"),
+        ("assistant", "🎉 {first3}'s 40th – Surprise Party Checklist\n\n☐ Venue confirmed: back room, {address}\n☐ Decorations – {name}\n☐ Cake – {name2} ({phone})\n☐ Guests arrive 7:00 pm sharp\n☐ Someone keeps {first3} busy until 7:30!"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -2474,8 +2628,9 @@ TEMPLATES = {
     + HELD_OUT_9_TEMPLATES
     + HELD_OUT_10_TEMPLATES
     + HELD_OUT_11_TEMPLATES
-    + HELD_OUT_12_TEMPLATES,
-    "held-out": HELD_OUT_13_TEMPLATES,
+    + HELD_OUT_12_TEMPLATES
+    + HELD_OUT_13_TEMPLATES,
+    "held-out": HELD_OUT_14_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
