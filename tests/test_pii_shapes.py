@@ -653,3 +653,18 @@ def test_sql_rows_with_brackets_log_fields_owners_and_terraform_defaults(step: P
     gone = ("Gautier", "815-672", "CZ3157586677119552342548", "Victor", "Elzas", "Chigi", "23865", "kathleen", "3dAAo")
     assert not [v for v in gone if v in out], out
     assert "team-owner: sre" in out
+
+
+def test_czech_sign_offs_streets_customer_refs_and_log_times(step: PiiScrub) -> None:
+    """From blind set 14: "Díky,\nRyan" closes a Czech message, "Hostivařské Nám. 3" is a street
+    with its abbreviation capitalised, a log's customer_ref is an id, and a log's time and level
+    ("09:14:23Z ERROR 402") are no street."""
+    turns = [
+        "Ahoj, kolega se jmenuje Ryan Cole.",
+        "Ahoj,\n\nposílám přístup.\n\nDíky,\nRyan\n\n(Tip: heslo pošli jinak.)",
+        "Den holdes hos os på Hostivařské Nám. 3. Tilmelding senest fredag.",
+        "2024-03-11T09:14:23Z ERROR 402 card_declined customer_ref=52-4144200\n\nwhy declined?",
+    ]
+    out = [m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns])]
+    assert "Ryan" not in out[1] and "Hostivařské" not in out[2] and "52-4144200" not in out[3]
+    assert out[3].startswith("2024-03-11T09:14:23Z ERROR 402 card_declined customer_ref=<ID_")

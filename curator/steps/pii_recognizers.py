@@ -507,7 +507,7 @@ _SUFFIX = (  # street types written as a separate word: English (USPS suffixes),
     r"Branch|Bridge|Centers|Circles|Courts|Coves|Dam|Drives|Extensions?|Forges|Harbors|Junctions|Lights|Loaf|"
     r"Locks?|Parkways|Ports|Radial|Roads|Squares|Streets|Unions|Wall|"
     r"Straße|Strasse|Allee|Platz|Gasse|Weg|Damm|Ufer|Chaussee|utca|u\.|út|útja|tér|tere|körút|köz|sétány|"
-    r"rakpart|náměstí|nám\.|třída|tř\.|nábřeží|ulice|gade|gatan|gata|vägen|veien|torg|plass|Allé|allé)\.?(?![\w-])"
+    r"rakpart|náměstí|nám\.|Náměstí|Nám\.|třída|Třída|tř\.|nábřeží|Nábřeží|ulice|gade|gatan|gata|vägen|veien|torg|plass|Allé|allé)\.?(?![\w-])"
 )
 # the same in lower case ("123 main street"), only the unambiguous types
 _LOWER_SUFFIX = (
@@ -667,6 +667,7 @@ _DAY_MONTH_YEAR = re.compile(
 )
 
 
+_LOG_LEVEL = re.compile(r"\b(?:ERROR|WARN(?:ING)?|INFO|DEBUG|TRACE|FATAL|CRITICAL)\b")
 # words between two numbers that make arithmetic or a range, not a street ("66 and 44", "3 x 4")
 _CONNECTORS = frozenset({"and", "or", "to", "x", "by", "of", "plus", "minus", "times", "from", "und", "et", "y", "e"})
 _LETTERS = re.compile(r"[^\W\d_]+")
@@ -693,6 +694,8 @@ class StreetAddressRecognizer(_RegexRecognizer):
                     continue
                 if all(w.lower() in _CONNECTORS for w in _LETTERS.findall(m.group(group))):  # "66 and 44"
                     continue
+                if text[max(0, m.start(group) - 1) : m.start(group)] == ":" or _LOG_LEVEL.search(m.group(group)):
+                    continue  # a log line's time and level: "2024-03-11T09:14:23Z ERROR 402"
                 end = self._extend(text, m.end(group))
                 out.append(RecognizerResult(self.ENTITY, m.start(group), end, 0.7))
         # the same offsets, with each "???" made a line break, so both layouts are read as lines
@@ -1201,7 +1204,10 @@ _SIGNOFF = (
     r"grüße|gruß|cordialement|cordiali\s+saluti|pozdrawiam|s\s+pozdravem|bises|bisous|amitiés|besos|abrazos|"
     r"un\s+abrazo|un\s+saludo|liebe\s+grüße|viele\s+grüße|lg|mfg|groetjes|groeten|met\s+vriendelijke\s+groet|"
     r"hilsen|venlig\s+hilsen|mvh|baci|un\s+abbraccio|saluti|abraços|beijos|atenciosamente|pozdrowienia|buziaki|"
-    r"üdvözlettel|puszi|szeretettel|várunk\s+szeretettel|köszi|üdv"
+    r"üdvözlettel|puszi|szeretettel|várunk\s+szeretettel|köszi|üdv|"
+    # thanks closing a message in the languages of chat exports ("Díky,\nRyan", "Dzięki,\nOla")
+    r"díky|děkuji|dík|zdravím|dzięki|dziękuję|danke|merci|gracias|grazie|obrigad[oa]|bedankt|dank\s+je(?:\s+wel)?|"
+    r"mange\s+tak|tak|köszönöm|kösz"
 )
 
 
@@ -1502,7 +1508,8 @@ _KEYED = {
     "SECRET": r"password|passwd|pwd|pass|secret|api_?key|token",
     # a person only when the value reads as one (`_person_value`): "name", "Contact", "holder", "owner"
     "NAME": r"name|contact|holder|owner|author|maintainer|assignee|reporter|payee|beneficiary|signatory",
-    "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number",
+    "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number|"
+    r"(?:customer|client|member|patient)_?(?:ref|reference|no|number)",
 }
 _KEYED_VALUE = re.compile(
     r"(?i)(?<![\w-])[\"']?(?:[a-z]+_)*?(?:"  # any prefix (customer_, billing_, SMTP_), the shortest first
@@ -1714,6 +1721,7 @@ def _key_kind(key: str, value: str) -> str | None:
         "EMAIL_ADDRESS": "@" in value,
         "SECRET": looks_like_password(value),
         "IBAN_CODE": digits >= 10,
+        "ID_NUMBER": digits >= 4,
         STREET_ADDRESS: digits > 0 or has_street_word(value),
     }.get(kind or "", kind is not None)
     if not ok:
