@@ -567,6 +567,7 @@ def test_passwords_without_a_cue_and_found_again_elsewhere(step: PiiScrub) -> No
         "The greatest common factor of the given numbers.\n66 and 44",
         "The area (in prime numbers) is approximately 314.0185 square units.",
         "Your package has shipped. The tracking number is 123456789.",
+        "It builds with C++17/Python3.11 and Node.js, see the Q3/FY2024 plan.",
     ],
 )
 def test_handles_arithmetic_decimals_and_tracking_numbers_are_kept(step: PiiScrub, text: str) -> None:

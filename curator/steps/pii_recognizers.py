@@ -429,6 +429,8 @@ def _four_kinds(token: str) -> bool:
     if re.match(r"[A-Za-z_][\w\-]*[=:]", token):  # "POSTGRES_PASSWORD=Q7rreb!z": the key's rules take the value
         return False
     token = token.lstrip("@#")  # a handle or hashtag ("@ClaireMcD22", "#GoTSeason5") is no secret by its mark
+    if "/" in token:  # "C++17/Python3.11", "Q3/FY2024-EU!": lists and paths, not one chosen secret
+        return False
     return len(token) >= 8 and len({_char_class(c) for c in token}) == 4 and any(c in _CRED_SYMBOLS for c in token)
 
 
