@@ -70,7 +70,8 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 11, by a seventh, was measured once (2026-12-03 10:50 UTC) and then inspected: tune now.
 # set 12, by an eighth, was measured once (2026-12-03 11:50 UTC) and then inspected: tune now.
 # set 13, by a ninth, was measured once (2026-12-03 12:07 UTC) and then inspected: tune now.
-# HELD_OUT_14_TEMPLATES, by a tenth, are the held-out split (never inspected). Never print this
+# set 14, by a tenth, was measured once (2026-12-03 12:36 UTC) and then inspected: tune now.
+# HELD_OUT_15_TEMPLATES, by an eleventh, are the held-out split (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -2616,6 +2617,170 @@ HELD_OUT_14_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+# Held-out chat templates (written blind). str.format slots; literal braces doubled.
+
+HELD_OUT_15_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 insurance claim, English prose
+    [
+        ("user", "hi, can you help me write an email to my home insurer? a pipe burst in the kitchen on saturday night. policy is in my name, {name}, and the house is at {address}. they'll probably want a number to call, mine is {phone}"),
+        ("assistant", "Of course. Here's a draft you can adapt:\n\nSubject: Claim notification – water damage at {street}\n\nDear Claims Team,\n\nI am writing to report water damage at my property, {address}, caused by a burst pipe in the kitchen on Saturday night. The policy holder is {name}.\n\nPlease contact me on {phone} to arrange an assessor's visit.\n\nKind regards,\n{name}"),
+        ("user", "perfect. can you add that my neighbour {name2} saw the water coming through the wall and can confirm the time"),
+        ("assistant", "Sure, add this paragraph after the first one:\n\n\"My neighbour, {name2}, noticed water coming through the shared wall at around 11 pm and is happy to confirm this if needed.\""),
+    ],
+    # 2 bank dispute, German
+    [
+        ("user", "Hallo! Ich habe eine Abbuchung über 249,99 € auf meiner Kreditkarte gefunden, die ich nicht gemacht habe. Die Karte ist {card}, das Konto läuft über {iban}. Kannst du mir einen Widerspruch an die Bank formulieren? Ich heiße {name}."),
+        ("assistant", "Gerne, hier ein Entwurf:\n\nSehr geehrte Damen und Herren,\n\nhiermit widerspreche ich der Belastung in Höhe von 249,99 € auf meiner Kreditkarte mit der Nummer {card}. Ich habe diese Zahlung weder veranlasst noch autorisiert. Bitte erstatten Sie den Betrag auf mein Konto {iban} zurück und sperren Sie die Karte vorsorglich.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "danke!! soll ich die kartennummer wirklich komplett reinschreiben oder nur die letzten 4?"),
+        ("assistant", "Viele Banken empfehlen, in E-Mails nur die letzten vier Ziffern zu nennen. Wenn du den Brief per Post oder über das Online-Banking-Postfach schickst, ist die volle Nummer aber in Ordnung."),
+    ],
+    # 3 visa form, French
+    [
+        ("user", "Bonjour, je remplis le formulaire de visa pour le Canada et je ne sais pas quoi mettre dans « adresse de résidence actuelle ». J'habite {street}, {post} {city}, {country}. Mon numéro de passeport c'est le {id}."),
+        ("assistant", "Bonjour ! Dans ce champ, indiquez simplement votre adresse complète telle qu'elle figure sur vos justificatifs :\n\n{address_lines}\n\nPour le champ « numéro de passeport », recopiez exactement {id}, sans espaces ni tirets supplémentaires."),
+        ("user", "ok et pour le contact d'urgence je mets ma sœur {name2}, tel {phone}, ça marche?"),
+        ("assistant", "Oui, c'est parfait : Contact d'urgence – {name2}, téléphone {phone}. Vérifiez juste que le numéro inclut l'indicatif du pays."),
+    ],
+    # 4 python code with config dict
+    [
+        ("user", "why does this fail with SMTPAuthenticationError?\n\n```python\nimport smtplib\n\nCONFIG = {{\n    \"host\": \"smtp.gmail.com\",\n    \"port\": 587,\n    \"user\": \"{email}\",\n    \"pass\": \"{password}\",\n}}\n\nwith smtplib.SMTP(CONFIG[\"host\"], CONFIG[\"port\"]) as s:\n    s.login(CONFIG[\"user\"], CONFIG[\"pass\"])\n```"),
+        ("assistant", "You're never calling `starttls()` before `login()`, and Gmail also rejects your normal account password for SMTP. Try:\n\n```python\nwith smtplib.SMTP(CONFIG[\"host\"], CONFIG[\"port\"]) as s:\n    s.starttls()\n    s.login(CONFIG[\"user\"], CONFIG[\"pass\"])\n```\n\nAnd replace `{password}` with an App Password generated in your Google account for `{email}`. Also, don't keep the secret in source — read it from an environment variable instead."),
+    ],
+    # 5 Slack-like export with address_qq
+    [
+        ("user", "[10:42] {first}: can someone check where the courier should deliver the monitors?\n[10:43] {first2}: from the order sheet: {address_qq}\n[10:43] {first2}: contact {name}, {phone}\n\nsummarize this thread for the ops channel pls"),
+        ("assistant", "Summary: {first} asked for the delivery location of the monitors. {first2} confirmed the address from the order sheet:\n\n{address_lines}\n\nOn-site contact: {name}, {phone}."),
+    ],
+    # 6 school enrolment, Spanish
+    [
+        ("user", "hola, tengo que rellenar la matrícula del colegio de mi hijo y me piden los datos del tutor legal. ¿me ayudas a ordenarlos? soy {name}, vivimos en {address}, mi correo es {email} y el móvil {phone}"),
+        ("assistant", "¡Claro! Así quedaría la sección del tutor legal:\n\n- Nombre y apellidos: {name}\n- Domicilio: {address}\n- Correo electrónico: {email}\n- Teléfono móvil: {phone}\n\n¿Quieres que prepare también los datos del alumno?"),
+        ("user", "si, se llama {first3} {surname}, y el dni mio es {id} por si lo piden"),
+        ("assistant", "Perfecto. Datos del alumno: {first3} {surname}, con domicilio en {address}. En el apartado del tutor añade el DNI: {id}."),
+    ],
+    # 7 doctor appointment, Italian
+    [
+        ("user", "Ciao, devo scrivere allo studio medico per spostare la visita di mia madre. Lei si chiama {name}, il codice fiscale è {id}. Il mio numero è {phone}, se serve."),
+        ("assistant", "Ecco una proposta:\n\nGentile segreteria,\n\nvi scrivo per chiedere di spostare la visita prenotata a nome di {name} (codice fiscale {id}). Siamo disponibili qualsiasi mattina della prossima settimana. Potete contattarmi al {phone}.\n\nGrazie e cordiali saluti,\n{first2}"),
+        ("user", "grazie, mettici anche la mail {email} che la controllo più spesso"),
+        ("assistant", "Certo, aggiungi alla fine: \"In alternativa potete scrivermi a {email}.\""),
+    ],
+    # 8 car sale, Polish
+    [
+        ("user", "Cześć, sprzedaję auto i potrzebuję umowy kupna-sprzedaży. Sprzedający: {name}, zam. {address}. Kupujący: {name2}. Płatność przelewem na konto {iban}."),
+        ("assistant", "Jasne, oto szkic:\n\nUMOWA KUPNA-SPRZEDAŻY SAMOCHODU\n\nSprzedający: {name}, zamieszkały/a: {address}\nKupujący: {name2}\n\n§1 Sprzedający oświadcza, że jest właścicielem pojazdu...\n§3 Kupujący zapłaci cenę przelewem na rachunek nr {iban} w terminie 3 dni od podpisania umowy.\n\nPodpisy: ____________ ({name})   ____________ ({name2})"),
+        ("user", "a gdzie wpisać numer dowodu osobistego? mój to {id}"),
+        ("assistant", "Dopisz go przy danych sprzedającego: \"{name}, legitymujący/a się dowodem osobistym nr {id}\"."),
+    ],
+    # 9 rental listing, Dutch
+    [
+        ("user", "Kun je een advertentie schrijven voor mijn appartement? Het is een tweekamerappartement aan de {street} in {city}, 65 m2, €1.250 per maand. Geïnteresseerden mogen mailen naar {email} of bellen naar {phone}."),
+        ("assistant", "Natuurlijk! Hier is een voorstel:\n\nTe huur: licht tweekamerappartement in {city}\n\nAan de {street} ({post} {city}) komt per 1 maart een ruim appartement van 65 m² vrij. Huurprijs €1.250 per maand, exclusief G/W/E.\n\nInteresse? Mail naar {email} of bel {phone} voor een bezichtiging."),
+        ("user", "top, maar zet er maar bij dat je naar {first} moet vragen"),
+        ("assistant", "Aangepast: \"Interesse? Mail naar {email} of bel {phone} en vraag naar {first}.\""),
+    ],
+    # 10 recruiting message
+    [
+        ("user", "I'm a recruiter. Help me write a LinkedIn message to {name} — they're a backend engineer at a fintech in {city}. Our hiring manager is {name2}. Keep it short and not cringe."),
+        ("assistant", "Hi {first},\n\nI came across your work on backend systems in {city} and thought you might be interested in a Senior Backend Engineer role on {first2}'s team. It's a small team, remote-friendly, and very focused on payments infrastructure.\n\nWould you be open to a 15-minute chat this week?\n\nBest,\n[Your name]"),
+        ("user", "nice. they replied and gave me their personal email {email}, can you write a follow-up that cc's {first2}?"),
+        ("assistant", "To: {email}\nCc: {name2}\n\nHi {first},\n\nThanks for getting back to me! I've copied {first2}, who leads the team, so you can find a time that works for both of you.\n\nLooking forward to it,\n[Your name]"),
+    ],
+    # 11 customer support, phone dictated, password phrasing
+    [
+        ("system", "You are a helpful support assistant for an internet provider. Be concise."),
+        ("user", "my router keeps dropping and the tech who came said to call back. my contract is under {name}, the number on file is {phone} (that's the landline, not my mobile)"),
+        ("assistant", "Sorry to hear that, {first}. I've noted the contract holder {name} and the landline {phone}. Can you tell me whether the lights on the router turn red when it drops?"),
+        ("user", "yeah red. also i changed the wifi key to {password} yesterday, could that be it?"),
+        ("assistant", "Changing the Wi‑Fi key to {password} only affects which devices can join, not the line itself, so it shouldn't cause red lights. A red light usually means the line signal is lost — I'll book a line test for the number {phone}."),
+    ],
+    # 12 group trip planning, card split
+    [
+        ("user", "ok so for lisbon: me, {first2} and {first3} are flying friday, {first} joins saturday. I booked the airbnb with my card ({card}) so everyone owes me 312€. can you write a message for the group chat?"),
+        ("assistant", "Here you go:\n\n\"Hey all! Lisbon is booked 🎉 {first2}, {first3} and I fly Friday, {first} joins Saturday. The Airbnb came to 1,248€ total, which I paid on my card, so that's 312€ each. Please send it whenever you can!\""),
+        ("user", "can you add my iban so they can transfer, it's {iban}. and remove the card thing, no one needs that lol"),
+        ("assistant", "\"Hey all! Lisbon is booked 🎉 {first2}, {first3} and I fly Friday, {first} joins Saturday. The Airbnb is 312€ each — please transfer to {iban} (name: {name}). Thanks!\""),
+    ],
+    # 13 obituary
+    [
+        ("user", "My grandfather passed away last week. His name was {name}, he lived in {city} his whole life and worked as a carpenter. Survived by his wife {first2} and grandchildren. Can you help me write a short obituary for the local paper?"),
+        ("assistant", "I'm so sorry for your loss. Here is a draft:\n\n{name}, a lifelong resident of {city}, passed away peacefully last week. A carpenter by trade, {first} was known for his patience, his workshop full of half-finished projects, and his generosity to anyone who needed a hand.\n\nHe is survived by his beloved wife, {first2}, and his grandchildren. {first}'s family invites friends to a memorial service at {street}, {city}.\n\nIn lieu of flowers, donations may be made to a local charity of your choice."),
+        ("user", "that's lovely. could you mention that condolences can be sent to the family at {address_lower}"),
+        ("assistant", "Of course. Add at the end: \"Condolences may be sent to the {surname} family at {address}.\""),
+    ],
+    # 14 wedding invitation, Portuguese
+    [
+        ("user", "oi! to fazendo os convites do meu casamento, pode me ajudar com o texto? os noivos sao {name} e {name2}, a festa vai ser no salão em {address}. rsvp pelo whats {phone}"),
+        ("assistant", "Que alegria! Segue uma sugestão:\n\nCom muita alegria,\n{name}\ne\n{name2}\n\nconvidam você para celebrar o seu casamento no dia 14 de setembro, às 16h, em:\n\n{address_lines}\n\nConfirme sua presença até 15 de agosto pelo WhatsApp {phone}."),
+        ("user", "amei!! troca pra só os primeiros nomes, {first} e {first2}, fica mais fofo"),
+        ("assistant", "Claro:\n\nCom muita alegria,\n{first} & {first2}\nconvidam você para celebrar o seu casamento..."),
+    ],
+    # 15 log file analysis
+    [
+        ("user", "what's going on in these logs?\n\n2024-03-11T08:14:02Z INFO  auth: login attempt user={email} ip=10.2.4.17\n2024-03-11T08:14:02Z WARN  auth: invalid credentials for {email} (attempt 3/5)\n2024-03-11T08:14:09Z INFO  kyc: lookup customer_name=\"{name}\" {id_kind}={id}\n2024-03-11T08:14:10Z ERROR kyc: document mismatch for {id}: expected holder \"{name}\", got \"{name2}\""),
+        ("assistant", "Two separate things are happening:\n\n1. `{email}` failed to log in three times in a row — likely a mistyped password, but worth watching if it hits 5/5 and locks.\n2. The KYC service looked up {name} by {id_kind} `{id}`, and the document on file belongs to {name2} instead. That's either a data-entry error when the document was uploaded, or someone submitted another person's ID. I'd flag that record for manual review."),
+    ],
+    # 16 spreadsheet / CSV
+    [
+        ("user", "I have this CSV of new hires, can you turn it into a markdown table and sort by surname?\n\nname,email,phone,iban\n{name},{email},{phone},{iban}\n{name2},{first2}.hr@example.com,,\n"),
+        ("assistant", "Here it is (sorted by surname):\n\n| Name | Email | Phone | IBAN |\n|---|---|---|---|\n| {name} | {email} | {phone} | {iban} |\n| {name2} | {first2}.hr@example.com | – | – |\n\nNote that {name2} is missing a phone number and IBAN, so payroll won't be able to pay them yet."),
+    ],
+    # 17 API call, JSON with card
+    [
+        ("user", "getting a 402 from the payments sandbox, body looks like this:\n\n```\ncurl -X POST https://api.sandbox.example.com/v1/charges \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"amount\": 1999, \"currency\": \"eur\", \"card\": {{\"number\": \"{card}\", \"exp\": \"09/27\", \"cvc\": \"123\"}}, \"billing\": {{\"name\": \"{name}\", \"email\": \"{email}\"}}}}'\n```"),
+        ("assistant", "A 402 in the sandbox usually means the card number isn't one of the provider's test numbers. `{card}` looks like a real card — please don't send real card data to a sandbox, and consider rotating it if it's yours. Use a test number instead:\n\n```json\n{{\n  \"amount\": 1999,\n  \"currency\": \"eur\",\n  \"card\": {{\"number\": \"4242424242424242\", \"exp\": \"09/27\", \"cvc\": \"123\"}},\n  \"billing\": {{\"name\": \"{name}\", \"email\": \"{email}\"}}\n}}\n```"),
+    ],
+    # 18 Czech tax form
+    [
+        ("user", "Ahoj, vyplňuju daňové přiznání a nevím, kam napsat adresu. Bydlím na adrese {address}. Moje rodné číslo je {id}. Jmenuju se {name}."),
+        ("assistant", "Ahoj {first}! Do oddílu „Údaje o poplatníkovi“ napiš:\n\n- Příjmení: {surname}\n- Jméno: {first}\n- Rodné číslo: {id}\n- Adresa bydliště: {address}\n\nPokud máš datovou schránku, můžeš přiznání podat elektronicky."),
+        ("user", "a přeplatek mi mají poslat na účet {iban}, to se píše kam?"),
+        ("assistant", "To patří do přílohy „Žádost o vrácení přeplatku“ – uveď tam číslo účtu {iban} a jako majitele účtu {name}."),
+    ],
+    # 19 Hungarian, password phrasing
+    [
+        ("user", "szia, elfelejtettem a jelszavamat a bankos apphoz, de azt hiszem {password} volt vagy valami hasonló. a regisztrált email címem {email}. mit csináljak?"),
+        ("assistant", "Szia! Ne próbálgasd túl sokszor, mert zárolhatják a fiókot. Inkább kattints az „Elfelejtett jelszó” gombra, és a visszaállító linket a {email} címre fogják küldeni. Új jelszónak ne a {password} valamilyen változatát válaszd, hanem valami teljesen újat."),
+        ("user", "ok és ha telefonon hívom őket, mit kérdeznek? a számom {phone}"),
+        ("assistant", "Valószínűleg a nevedet, születési dátumodat, és hogy melyik telefonszámról hívsz – érdemes a regisztrált {phone} számról telefonálni. Jelszót soha ne mondj be telefonon."),
+    ],
+    # 20 Danish, moving notification
+    [
+        ("user", "Hej, jeg skal flytte og vil skrive til min udlejer om opsigelse. Jeg hedder {name} og bor på {street}, {post} {city}. Min nye adresse bliver sendt senere. Kan du skrive det på dansk?"),
+        ("assistant", "Selvfølgelig:\n\nKære udlejer,\n\nHermed opsiger jeg mit lejemål på {street}, {post} {city}, med den aftalte opsigelsesvarsel på tre måneder.\n\nDepositum bedes overført til min konto [kontonummer]. Du kan kontakte mig på [telefon] eller [e-mail].\n\nVenlig hilsen\n{name}"),
+        ("user", "super tak – kontonummeret er {iban}, mobilen er {phone} og mailen {email}"),
+        ("assistant", "Så bliver linjerne: »Depositum bedes overført til min konto {iban}. Du kan kontakte mig på {phone} eller {email}.« Resten af brevet kan stå som det er."),
+    ],
+    # 21 system prompt + identity verification support
+    [
+        ("system", "You are an assistant for a travel agency. Help customers with bookings. Never store payment details."),
+        ("user", "Hi, I need to change the name on a flight booking, the airline misspelled it. It should be {name} but the ticket says {name_lower}-something weird. My {id_kind} is {id} if that helps."),
+        ("assistant", "I can help with that. To request a name correction, the airline will need the name exactly as on your travel document: {name}, {id_kind} {id}. Minor spelling corrections are usually free. Could you share the booking reference?"),
+        ("user", "ABX92Q. and they want a card on file for any fees, use {card} exp 11/26"),
+        ("assistant", "Thanks — I've sent the correction request for booking ABX92Q to {name}. For the fee, please enter the card directly on the airline's secure payment page rather than in this chat; I won't keep the number you posted."),
+    ],
+    # 22 casual typos, lowercase
+    [
+        ("user", "ugh my landlord wants a refernce letter from my old landlord. can u write one from {name2} saying i ({name_lower}) lived at {address_lower} for 3 yrs and always paid on time"),
+        ("assistant", "Sure! Here's a draft for {name2} to sign:\n\nTo whom it may concern,\n\nI confirm that {name} rented the property at {address} from me for three years. During that time rent was always paid on time and the property was kept in excellent condition.\n\nPlease feel free to contact me at [phone number].\n\nSincerely,\n{name2}"),
+        ("user", "omg thx. {first2}s number is {phone} btw, and sign my part as {first_lower} lol no wait use my full name"),
+        ("assistant", "Updated with {first2}'s number: \"Please feel free to contact me at {phone}.\""),
+    ],
+    # 23 YAML config
+    [
+        ("user", "can you convert this to YAML for our billing service?\n\n{{\"merchant\": {{\"legal_name\": \"{name}\", \"iban\": \"{iban}\", \"support_email\": \"{email}\"}}, \"smtp\": {{\"user\": \"{email}\", \"secret\": \"{password}\"}}}}"),
+        ("assistant", "```yaml\nmerchant:\n  legal_name: \"{name}\"\n  iban: \"{iban}\"\n  support_email: \"{email}\"\nsmtp:\n  user: \"{email}\"\n  secret: \"{password}\"\n```\n\nI'd move `smtp.secret` out of the file into an environment variable (e.g. `SMTP_SECRET`) so `{password}` doesn't end up in version control."),
+    ],
+    # 24 dictated numbers, words-and-digits
+    [
+        ("user", "i'm on the phone with the hotel and they need my card, can you just keep track while i read it out. it's four... no wait, reading from the card: {card}, expiry oh-nine twenty-seven"),
+        ("assistant", "Got it: card {card}, expiry 09/27. Anything else they need?"),
+        ("user", "they want a callback number, it's plus, then {phone}. and the reservation is under {surname}, first name {first}. also they asked for the wifi code for the business centre and said it's {password}, write that down too"),
+        ("assistant", "Noted:\n- Card: {card} (exp 09/27)\n- Callback: {phone}\n- Reservation name: {first} {surname}\n- Business centre Wi‑Fi: {password}\n\nOnce the booking is confirmed you may want to delete the card number from this chat."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -2629,8 +2794,9 @@ TEMPLATES = {
     + HELD_OUT_10_TEMPLATES
     + HELD_OUT_11_TEMPLATES
     + HELD_OUT_12_TEMPLATES
-    + HELD_OUT_13_TEMPLATES,
-    "held-out": HELD_OUT_14_TEMPLATES,
+    + HELD_OUT_13_TEMPLATES
+    + HELD_OUT_14_TEMPLATES,
+    "held-out": HELD_OUT_15_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
