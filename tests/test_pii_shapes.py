@@ -669,3 +669,17 @@ def test_czech_sign_offs_streets_customer_refs_and_log_times(step: PiiScrub) -> 
     out = [m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns])]
     assert "Ryan" not in out[1] and "Hostivařské" not in out[2] and "52-4144200" not in out[3]
     assert out[3].startswith("2024-03-11T09:14:23Z ERROR 402 card_declined customer_ref=<ID_")
+
+
+def test_passport_words_joined_sign_offs_and_ids_in_inline_code(step: PiiScrub) -> None:
+    """From blind set 15: passports and identity cards named in French and Polish ("c'est le X",
+    "dowodu osobistego? mój to X"), and "Grazie e cordiali saluti,\nValerij"."""
+    turns = [
+        "Mon numéro de passeport c'est le K67851369.",
+        "a gdzie wpisać numer dowodu osobistego? mój to VT7277114",
+        "Gentile segreteria,\n\nvi scrivo per la visita.\n\nGrazie e cordiali saluti,\nValerij",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    assert not [v for v in ("K67851369", "VT7277114", "Valerij") if v in out], out
+    kept = "je ne sais pas 2024, et mon passeport expire bientôt"
+    assert step.scrub_text(kept, mode="patterns") == kept

@@ -1023,12 +1023,17 @@ _ID_KEYWORDS = (
     r"číslo\s+(?:zákaznického\s+)?účtu|zákaznické\s+číslo|číslo\s+smlouvy|numer\s+(?:konta|rachunku|umowy)|"
     r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:\s*szám)?|"
     r"vertragsnummer|kontonummer|kontonr\.?|numéro\s+de\s+contrat|número\s+de\s+contrato|numero\s+di\s+contratto|"
-    r"contractnummer|aftalenummer|cpr-nummer|rg"
+    r"contractnummer|aftalenummer|cpr-nummer|rg|"
+    # passports and identity cards in the languages of chat exports ("numéro de passeport", "dowód osobisty")
+    r"(?:numéro\s+de\s+)?passeport|(?:numer\s+)?dowodu(?:\s+osobistego)?|dowód\s+osobisty|numer\s+paszportu|"
+    r"číslo\s+(?:pasu|op|občanky|občanského\s+průkazu)|útlevél(?:szám)?|személyi(?:\s+igazolvány)?|paspoort(?:nummer)?|"
+    r"pasnummer|passnummer|(?:número\s+do\s+)?passaporte|(?:numero\s+di\s+)?passaporto|carta\s+d'identità|"
+    r"documento\s+(?:de\s+identidad|d'identità)"
 )
 # words that may stand between an id's keyword and its value ("o CPF que usei foi X", "mein Ausweis ist X")
 _ID_FILLER = (
     r"que|usei|foi|é|era|is|was|i|used|mine|my|the|es|ist|est|c'est|jest|to|je|mi|mio|il|la|el|le|der|die|"
-    r"das|utilisé|usado|genutzt|használt|az|a"
+    r"das|utilisé|usado|genutzt|használt|az|a|mój|moje|mein|meine|mon|ma"
 )
 _ID_VALUE = r"(?=[A-Z0-9\- /.]*\d)(?:[A-Z]{1,4}[ \-]?)?\d[\dA-Z]*(?:[ \-/.]\d[\dA-Z]*){0,5}(?:[ \-]?[A-Z]{1,2}\b)?"
 
@@ -1047,7 +1052,7 @@ class IdNumberRecognizer(_RegexRecognizer):
                 rf"(?i:\b(?:{_ID_KEYWORDS}))"
                 # its value under a sibling key of JSON: {"type": "tax id", "number": "74-9783379"}
                 r"(?:[\"']\s*,\s*[\"']?(?i:number|value|no|num|id)[\"']?\s*[:=])?"
-                rf"(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)){{0,3}}[\s:#=\"'(]*(?:(?i:no\.?|number)\s*)?"
+                rf"\??(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)){{0,3}}[\s:#=\"'`(]*(?:(?i:no\.?|number)\s*)?"
                 rf"({_ID_VALUE})"
             ),
             1,
@@ -1457,7 +1462,9 @@ class NameCueRecognizer(_RegexRecognizer):
         # a sign-off line, then a name alone on the next line
         (
             re.compile(
-                rf"(?im:^[ \t]*(?:{_SIGNOFF})[ \t]*[,!.]?[ \t]*\n[ \t]*)"
+                # "Grazie e cordiali saluti,": two sign-offs joined by "and" in the languages of chat exports
+                rf"(?im:^[ \t]*(?:(?:{_SIGNOFF})[ \t]+(?:and|e|y|und|et|en|i|og|és|a)[ \t]+)?(?:{_SIGNOFF})"
+                r"[ \t]*[,!.]?[ \t]*\n[ \t]*)"
                 rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*(?m:$)"  # an address may follow
             ),
             1,
