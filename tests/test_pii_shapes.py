@@ -10,7 +10,7 @@ import pytest
 from curator.config import PiiConfig
 from curator.record import make_record, to_table
 from curator.steps.pii import PiiScrub, build_analyzer
-from curator.steps.pii_recognizers import looks_like_password
+from curator.steps.pii_recognizers import keyed_values, looks_like_password
 
 
 @pytest.fixture(scope="module")
@@ -683,3 +683,10 @@ def test_passport_words_joined_sign_offs_and_ids_in_inline_code(step: PiiScrub) 
     assert not [v for v in ("K67851369", "VT7277114", "Valerij") if v in out], out
     kept = "je ne sais pas 2024, et mon passeport expire bientôt"
     assert step.scrub_text(kept, mode="patterns") == kept
+
+
+def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
+    """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
+    over every way to split its quotes: the row pattern is possessive."""
+    text = "INSERT INTO t (full_name, email) VALUES (1, '" + "O''Brien " * 40 + "and nothing closes"
+    assert keyed_values(text) == []

@@ -73,6 +73,7 @@ from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
     NAME_GAZETTEER,
+    NAME_PARTICLES,
     NOT_A_PLACE,
     TECH_NAMES,
     ChatPhoneRecognizer,
@@ -760,10 +761,9 @@ def _with_titles(text: str, spans: list[Span]) -> list[Span]:
     return out
 
 
-_NAME_PARTICLE = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 _NEXT_WORD = re.compile(r"[ \t]([^\W\d_][\w'’\-]*\w)")
 # a lower-case particle and a capitalised word after a name: its surname ("Cauã da Luz", "Jan van Dijk")
-_PARTICLES = "|".join(sorted(_NAME_PARTICLE))
+_PARTICLES = "|".join(sorted(NAME_PARTICLES))
 _PARTICLE_SURNAME = re.compile(rf"(?:[ \t](?:{_PARTICLES})){{1,2}}[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
 _ENDS_IN_PARTICLE = re.compile(rf"[ \t](?:{_PARTICLES})$")  # "Matthias de" of "Matthias de Bont"
 _CAPITALISED_NEXT = re.compile(r"[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
@@ -807,7 +807,7 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 known = word.lower() in NAME_GAZETTEER and (lower_text or word[0].isupper())
                 before = _PREV_WORD.search(text, max(0, m.start() - 40), m.start())
                 # a particle inside a name ("Jan de Vaan", "De Vaan"), not a preposition ("la mamá de Lucía")
-                particle = word.lower() in _NAME_PARTICLE and (
+                particle = word.lower() in NAME_PARTICLES and (
                     word[0].isupper() or (before is not None and before.group(1)[0].isupper())
                 )
                 if known or particle:

@@ -1128,6 +1128,8 @@ def _first_names() -> frozenset[str]:
 
 
 NAME_GAZETTEER = _first_names()
+# the lower-case words inside a person's name ("Matthias de Bont", "Victor van de Elzas")
+NAME_PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 
 
 _NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[A-ZÀ-ÞĀ-ſА-ЯΑ-Ω][\w'’\-]*\w"
@@ -1553,15 +1555,12 @@ _NOT_A_VALUE = re.compile(
 def _person_value(value: str) -> bool:
     """A "name" value that reads as a person: 2-3 capitalised words, one of them a known name or no
     common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu")."""
-    words = [w for w in value.split() if w not in _VALUE_PARTICLES]  # "Victor van de Elzas"
+    words = [w for w in value.split() if w not in NAME_PARTICLES]  # "Victor van de Elzas"
     return (
         2 <= len(words) <= 3
         and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
         and any(unknown_word(w) for w in words)
     )
-
-
-_VALUE_PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 
 
 # an account's user name names its owner: a home directory ("/home/judith/mail", "C:\\Users\\jsmith\\"),
@@ -1657,8 +1656,9 @@ def account_users(text: str) -> list[tuple[int, int]]:
 
 
 # SQL: INSERT INTO t (full_name, email, ...) VALUES ('błażej gałaj', ...), (...): the column names key the values
-# a VALUES row: quoted strings may hold brackets ("'(26) 815-672'"), so they are read as a whole
-_SQL_ROW_BODY = r"(?:'(?:[^']|'')*'|[^()'])*"
+# a VALUES row: quoted strings may hold brackets ("'(26) 815-672'"), so they are read as a whole;
+# possessive, so an unclosed row fails at once instead of backtracking over every "''" split
+_SQL_ROW_BODY = r"(?:'(?:[^']|'')*+'|[^()'])*+"
 _SQL_INSERT = re.compile(
     rf"(?is)\binsert\s+into\s+[\w.\"`\[\]]+\s*\(([^()]*)\)\s*values\s*((?:\({_SQL_ROW_BODY}\)\s*,?\s*)+)"
 )
@@ -1781,12 +1781,16 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
                     start = row[j].start(1) + (raw.index(value) if value else 0)
                     cells.append((start, start + len(value)))
             grid.append((column, cells))
+    read = 0  # a header inside rows already read is a row, not a new table
     for m in _CSV_HEADER.finditer(text):
         delimiter = m.group("d")
         header = [c.strip() for c in m.group(0).split(delimiter)]
-        rows = _CSV_ROWS.match(text, m.end())
-        if rows is None or not any(_personal_column(c) for c in header):
+        if m.start() < read or not any(_personal_column(c) for c in header):
             continue
+        rows = _CSV_ROWS.match(text, m.end())
+        if rows is None:
+            continue
+        read = rows.end(1)
         lines = _LINE.finditer(text, rows.start(1), rows.end(1))
         cells = [_csv_cells(text, row.start(), row.end(), delimiter) for row in lines]
         grid += [(column, [row[j] for row in cells if j < len(row)]) for j, column in enumerate(header)]
