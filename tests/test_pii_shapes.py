@@ -685,6 +685,28 @@ def test_passport_words_joined_sign_offs_and_ids_in_inline_code(step: PiiScrub) 
     assert step.scrub_text(kept, mode="patterns") == kept
 
 
+def test_login_log_fields_whom_to_ask_for_genitive_names_and_signed_names(step: PiiScrub) -> None:
+    """From set 15's rerun: in a login log an id after "account number=" is an id, not a password
+    with its key (so it is found again in inline code), and "ip=" stays an IP; the name to ask for
+    ("vraag naar Job", "naar Jurre moet vragen", "ask for Evi"), a genitive without apostrophe
+    ("Dinas number") and the name a letter is signed with are names; "ask for Help" is no name."""
+    log = (
+        "2024-03-11T08:14:02Z INFO  auth: login attempt user=anna.k@example.org ip=10.2.4.17\n"
+        '2024-03-11T08:14:09Z INFO  kyc: lookup customer_name="Lucia Bianchi" account number=478030234588'
+    )
+    turns = [
+        ("user", log),
+        ("assistant", "The KYC service looked up Lucia by account number `478030234588`."),
+        ("user", "zet er bij dat je naar Jurre moet vragen, of vraag naar Job. Or ask for Evi."),
+        ("user", "a letter from Dina Schulz please. Dinas number is 0151 2345678, and sign my part as juliana"),
+        ("user", "you should ask for Help from Support"),
+    ]
+    out = [m["content"] for m in scrub_record(step, [{"role": r, "content": t} for r, t in turns])]
+    text = "\n".join(out)
+    assert not [v for v in ("478030234588", "Jurre", "Job", "Evi", "Dina", "juliana") if v in text], text
+    assert "ip=<IP_" in out[0] and out[4] == "you should ask for Help from Support"
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -1542,14 +1542,21 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     alternatives = sorted(values, key=lambda v: (-len(v), v))
     full = (
         re.compile(
-            r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, v.split())) for v in alternatives) + r")(?!\w)",
+            r"(?<!\w)(?:"
+            + "|".join(r"\s+".join(map(re.escape, v.split())) + _word_end(values[v]) for v in alternatives)
+            + ")",
             re.IGNORECASE,
         )
         if alternatives
         else None
     )
     part = (
-        re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v)))) + r")(?!\w)")
+        re.compile(
+            r"(?<!\w)(?:"
+            + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v))))
+            + ")"
+            + _word_end("PERSON")
+        )
         if exact
         else None
     )
@@ -1591,6 +1598,12 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
             unit.spans = spans
         if grown:
             _propagate(units, grow=False)
+
+
+def _word_end(etype: str) -> str:
+    """Where a propagated value ends: at a word's end, and for a person also before a genitive "s"
+    glued to the name ("Dinas Nummer", "Jurres number"), as German, Dutch and Nordic write it."""
+    return r"(?=s?(?!\w))" if etype == "PERSON" else r"(?!\w)"
 
 
 def _whole_token(text: str, start: int, end: int) -> tuple[int, int]:

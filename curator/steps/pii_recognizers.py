@@ -399,9 +399,14 @@ def _secret_tokens(text: str, start: int, end: int) -> list[tuple[int, int]]:
     out = []
     for tok in _CRED_TOKEN.finditer(text, start, end):
         value = tok.group(0).rstrip(".!?:")
-        if looks_like_password(value):
-            out.append((tok.start(), tok.start() + len(value)))
+        key = _FIELD_KEY.match(value)  # "ip=10.2.4.17" in a login log line: the value alone is judged
+        offset = key.end() if key else 0
+        if looks_like_password(value[offset:]):
+            out.append((tok.start() + offset, tok.start() + len(value)))
     return out
+
+
+_FIELD_KEY = re.compile(r"[A-Za-z_][\w.\-]*=")
 
 
 # what makes a whole text about a password or logging in (not the weak cues "key", "pin", "admin", "-u")
@@ -1395,6 +1400,48 @@ class NameCueRecognizer(_RegexRecognizer):
             re.compile(
                 r"(?<=\w\s|[,;]\s)(?:tell|ask|text|remind|invite|thank|ping|cc|message|congratulate|introduce)"
                 rf"[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})"
+            ),
+            1,
+            0.5,
+            "weak",
+        ),
+        # "ask for Evi", "vraag naar Job", "pregunta por Ana": whom to ask for. In English a capitalised
+        # word after the cue is often a noun ("ask for Help"): there it must be no common word; in the
+        # other languages of chat exports a capitalised word there is a name (German, which capitalises
+        # nouns, is left out)
+        (
+            re.compile(rf"(?<![\w'’])ask(?:ed)?[ \t]+for[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"),
+            1,
+            0.5,
+            "here",
+        ),
+        (
+            re.compile(
+                r"(?<![\w'’])(?:vraag(?:[ \t]+dan)?[ \t]+naar|vragen[ \t]+naar|demande[rz]|chiedi(?:ete)?[ \t]+di|"
+                r"chiedere[ \t]+di|pregunt(?:a|e|ad|ar)[ \t]+por|pergunt(?:a|e|ar)[ \t]+por|zeptejte[ \t]+se[ \t]+na|"
+                r"zapytaj(?:cie)?[ \t]+o|spørg[ \t]+efter|kérdezd?[ \t]+meg)"
+                rf"[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})"
+            ),
+            1,
+            0.5,
+            "weak",
+        ),
+        # "sign my part as juliana", "signed it as Tom": the name a letter is signed with, any case (one
+        # word when lower-case; "sign in as root" has no such cue)
+        (
+            re.compile(
+                r"(?i:\bsign(?:ed)?(?:[ \t]+(?:it|this|that|my[ \t]+part|the[ \t]+letter|off))?[ \t]+as)[ \t]+"
+                rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?|{_LOWER_NAME_WORD})"
+            ),
+            1,
+            0.6,
+            "strong",
+        ),
+        # "naar Jurre vragen": the Dutch word order
+        (
+            re.compile(
+                rf"(?<![\w'’])naar[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"
+                r"[ \t]+(?:(?:moet|moeten|kunt|kan|te)[ \t]+)?vragen\b"
             ),
             1,
             0.5,
