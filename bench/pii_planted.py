@@ -71,7 +71,8 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 12, by an eighth, was measured once (2026-12-03 11:50 UTC) and then inspected: tune now.
 # set 13, by a ninth, was measured once (2026-12-03 12:07 UTC) and then inspected: tune now.
 # set 14, by a tenth, was measured once (2026-12-03 12:36 UTC) and then inspected: tune now.
-# HELD_OUT_15_TEMPLATES, by an eleventh, are the held-out split (never inspected). Never print this
+# set 15, by an eleventh, was measured once (2026-12-03 12:57 UTC) and then inspected: tune now.
+# HELD_OUT_16_TEMPLATES, by a twelfth, are the held-out split (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -2781,6 +2782,166 @@ HELD_OUT_15_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_16_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 cover letter, casual lowercase
+    [
+        ("user", "can u write me a short cover letter for a warehouse job. my name is {name_lower}, i live at {address_lower}, phone {phone}. keep it simple pls"),
+        ("assistant", "Sure! Here's a short draft:\n\n{name}\n{address}\n{phone}\n\nDear Hiring Manager,\n\nI am writing to apply for the warehouse position advertised in {city}. I am reliable, physically fit and happy to work shifts.\n\nKind regards,\n{name}"),
+        ("user", "thx, add my email too its {email}"),
+        ("assistant", "Done. Just add this line under your phone number:\n\n{email}"),
+    ],
+    # 2 German landlord letter
+    [
+        ("user", "Hallo, kannst du mir helfen einen Brief an meinen Vermieter zu schreiben? Die Heizung geht seit 2 Wochen nicht. Ich bin {name}, Wohnung in der {street}, {post} {city}. Vermieter heißt {name2}."),
+        ("assistant", "Gerne. Hier ein Entwurf:\n\n{name}\n{street}\n{post} {city}\n\nSehr geehrte/r {name2},\n\nhiermit teile ich Ihnen mit, dass die Heizung in meiner Wohnung seit zwei Wochen ausgefallen ist. Ich bitte Sie, den Schaden bis spätestens Freitag beheben zu lassen.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "super, kannst du noch meine Nummer {phone} reinschreiben, damit er mich erreicht"),
+        ("assistant", "Natürlich, ergänze einfach vor dem Gruß: „Sie erreichen mich telefonisch unter {phone}.“"),
+    ],
+    # 3 Python code with a dict of customers
+    [
+        ("user", "why does this throw KeyError?\n\n```python\ncustomers = [\n    {{\"name\": \"{name}\", \"email\": \"{email}\", \"card\": \"{card}\"}},\n    {{\"name\": \"{name2}\", \"mail\": \"unknown\"}},\n]\nfor c in customers:\n    print(c[\"name\"], c[\"email\"])\n```"),
+        ("assistant", "The second dict uses the key `\"mail\"` instead of `\"email\"`, so `c[\"email\"]` fails for {name2}. Use `c.get(\"email\", \"\")`:\n\n```python\nfor c in customers:\n    print(c[\"name\"], c.get(\"email\", \"\"))\n```\n\nThis prints `{name} {email}` for the first entry and an empty email for the second. Also, storing a raw card number like {card} in plain code is a bad idea."),
+    ],
+    # 4 French, id document renewal
+    [
+        ("user", "Bonjour, je dois renouveler mon document. Mon {id_kind} c'est le {id}, au nom de {name}. Tu peux m'écrire un mail pour la mairie de {city} ?"),
+        ("assistant", "Bonjour,\n\nVoici une proposition :\n\nObjet : Demande de renouvellement\n\nMadame, Monsieur,\n\nJe soussigné(e) {name}, souhaite renouveler mon document ({id_kind} n° {id}). Pourriez-vous m'indiquer les pièces à fournir et les créneaux disponibles ?\n\nCordialement,\n{name}\n{email}"),
+        ("user", "merci ! mon mail c'est {email} oui c'est bon"),
+    ],
+    # 5 SQL insert
+    [
+        ("user", "write an INSERT for postgres, table users(full_name, email, phone, iban). values: {name}, {email}, {phone}, {iban}"),
+        ("assistant", "```sql\nINSERT INTO users (full_name, email, phone, iban)\nVALUES ('{name}', '{email}', '{phone}', '{iban}');\n```\n\nIf the name contains an apostrophe, double it (`''`) or better, use a parameterized query."),
+        ("user", "and one more row for {name2} same phone"),
+        ("assistant", "```sql\nINSERT INTO users (full_name, email, phone, iban)\nVALUES ('{name2}', NULL, '{phone}', NULL);\n```"),
+    ],
+    # 6 wifi password, no "password:" label
+    [
+        ("user", "my mum keeps forgetting the wifi, can you make a cute little card text I can print for the fridge? network is {surname}_home and the key is {password}"),
+        ("assistant", "Of course! Here's something fun:\n\n🏠 Welcome to the {surname} house! 🏠\n\nWi-Fi: {surname}_home\nThe magic word: {password}\n\nLove, {first}"),
+        ("user", "lol perfect, sign it from me and {first2}"),
+        ("assistant", "🏠 Welcome to the {surname} house! 🏠\n\nWi-Fi: {surname}_home\nThe magic word: {password}\n\nLove, {first} & {first2} ❤️"),
+    ],
+    # 7 system + YAML config
+    [
+        ("system", "You are a helpful DevOps assistant."),
+        ("user", "is this yaml valid?\n\n```yaml\nsmtp:\n  host: mail.example.org\n  user: {email}\n  pass: \"{password}\"\nowner:\n  name: {name}\n  phone: {phone}\n```"),
+        ("assistant", "Yes, it parses fine. A couple of notes:\n\n- `pass: \"{password}\"` is quoted, which is good if it contains special characters.\n- Consider moving the secret out of the file into an environment variable, e.g. `SMTP_PASS`.\n- `phone: {phone}` may be read as a number by some parsers if it has no `+` or spaces; quote it to be safe: `phone: \"{phone}\"`."),
+    ],
+    # 8 Spanish bank transfer
+    [
+        ("user", "hola! tengo que mandar dinero a mi hermana {name2} para el alquiler, me pasó su IBAN {iban}. como le escribo un mensaje formal al banco si la transferencia no llegó?"),
+        ("assistant", "¡Claro! Aquí tienes un ejemplo:\n\nEstimados señores:\n\nEl pasado lunes realicé una transferencia a favor de {name2}, con IBAN {iban}, que todavía no ha sido abonada. Les ruego que revisen la operación.\n\nAtentamente,\n{name}"),
+        ("user", "gracias, mi teléfono por si acaso es el {phone}"),
+        ("assistant", "Perfecto, añade al final: «Pueden contactarme en el {phone}.»"),
+    ],
+    # 9 Slack-like export, forwarded message
+    [
+        ("user", "can you summarize this thread from slack\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nTo: ops-team\n\nhey all, {first2} from finance asked me to send the corporate card for the offsite booking: {card}. exp 09/27. pls delete after use!!\n\n{first}"),
+        ("assistant", "Summary: {name} forwarded a request from {first2} (finance) and shared the corporate card number ({card}, exp 09/27) for the offsite booking, asking everyone to delete it afterwards. You may want to remove the card number from the channel entirely."),
+    ],
+    # 10 Polish, address on lines
+    [
+        ("user", "Cześć, muszę wysłać paczkę do babci. Czy dobrze napisałem adres?\n\n{name2}\n{address_lines}"),
+        ("assistant", "Wygląda poprawnie. Na paczce napisz:\n\nOdbiorca:\n{name2}\n{address_lines}\n\nPamiętaj też o nadawcy i numerze telefonu odbiorcy, jeśli kurier go wymaga."),
+        ("user", "ok, nadawca to ja {name}, tel {phone}"),
+        ("assistant", "Świetnie. Nadawca: {name}, tel. {phone}."),
+    ],
+    # 11 CSV cleanup with address_qq
+    [
+        ("user", "my export from the crm came out weird, addresses have ??? everywhere. how do i fix in excel?\n\nname,address,email\n{name},\"{address_qq}\",{email}\n{name2},\"{address_qq}\","),
+        ("assistant", "The `???` are lost line breaks. In Excel, select the column and use Find & Replace: find `???`, replace with `Ctrl+J` (a line break) or with `, ` if you want one line. For the first row you'd get:\n\n{address_lines}\n\nfor {name}, with email {email}."),
+    ],
+    # 12 dictated card number in words and digits
+    [
+        ("user", "i'm on the phone with the airline and they want my card, my daughter read it to me as four five... ugh, it's {card}, can you split it into groups of four so i can read it out"),
+        ("assistant", "Sure, just read it slowly, group by group. The number you gave is {card}. Read each block of four digits, pausing between them, then give the expiry date and the CVC only when asked. Don't share the CVC in chat."),
+        ("user", "thanks. name on card is {name} btw, all caps?"),
+        ("assistant", "Yes, airlines usually want it exactly as printed on the card, so: {name}, often in capitals."),
+    ],
+    # 13 Italian, possessive names and email signature
+    [
+        ("user", "Ciao! Mi scrivi una firma email professionale? Nome {name}, ufficio in {street}, {post} {city}, {country}. Cellulare {phone}, mail {email}"),
+        ("assistant", "Ecco una proposta:\n\n--\n{name}\nResponsabile Amministrativo\n{street}\n{post} {city} – {country}\nCell. {phone}\n{email}"),
+        ("user", "perfetto. mettiamo anche la collega, {name2}, sotto"),
+        ("assistant", "--\n{name} | {name2}\nUfficio Amministrativo\n{street}, {post} {city} – {country}\nCell. {phone} · {email}"),
+    ],
+    # 14 JSON API payload
+    [
+        ("user", "the api returns 422 with this body, what's wrong?\n\n```json\n{{\n  \"customer\": {{\n    \"first_name\": \"{first}\",\n    \"last_name\": \"{surname}\",\n    \"email\": \"{email}\",\n    \"iban\": \"{iban} \"\n  }}\n}}\n```"),
+        ("assistant", "There's a trailing space in the IBAN: `\"{iban} \"`. Many validators reject that. Try:\n\n```json\n{{\n  \"customer\": {{\n    \"first_name\": \"{first}\",\n    \"last_name\": \"{surname}\",\n    \"email\": \"{email}\",\n    \"iban\": \"{iban}\"\n  }}\n}}\n```"),
+    ],
+    # 15 Dutch, list of people
+    [
+        ("user", "Kun je deze lijst van vrijwilligers alfabetisch zetten?\n- {name}\n- {name2}\n- {first3} (achternaam weet ik niet)\n- {first2}"),
+        ("assistant", "Natuurlijk, hier is de lijst (op voornaam waar de achternaam ontbreekt):\n\n- {first2}\n- {first3}\n- {name}\n- {name2}\n\nLet op: ik heb dit snel gedaan; controleer even of de volgorde klopt voor jouw alfabet."),
+        ("user", "top. {first} coördineert, zet haar nummer erbij: {phone}"),
+        ("assistant", "Coördinator: {name} – {phone}"),
+    ],
+    # 16 password reset help, password phrasing
+    [
+        ("user", "I locked myself out of my laptop. I'm pretty sure I set it to {password} but it says wrong. could caps lock matter?"),
+        ("assistant", "Yes, passwords are case-sensitive, so caps lock definitely matters. Try typing {password} with caps lock off, and check the keyboard layout (e.g. German QWERTZ swaps Y and Z). Also, since you've now shared it here, it's worth changing it once you're back in."),
+        ("user", "it worked!!! layout was on english. my account is {email} if i need to reset tho right?"),
+        ("assistant", "Great! Yes, if it's a Microsoft account, the reset would go through {email}."),
+    ],
+    # 17 Portuguese, formulário
+    [
+        ("user", "oi, preciso preencher um formulário de matrícula pro meu filho. me ajuda a organizar? responsável: {name}, {id_kind} {id}, endereço {address}, telefone {phone}"),
+        ("assistant", "Claro! Fica assim:\n\n| Campo | Valor |\n|---|---|\n| Responsável | {name} |\n| Documento ({id_kind}) | {id} |\n| Endereço | {address} |\n| Telefone | {phone} |\n\nÉ só copiar para o formulário."),
+    ],
+    # 18 shell script with env vars
+    [
+        ("user", "bash script keeps failing at login:\n\n```bash\n#!/bin/bash\nexport DB_USER={first_lower}\nexport DB_PASS={password}\npsql -U $DB_USER -h db.local -c \"select * from orders where email='{email}'\"\n```"),
+        ("assistant", "If the password contains characters like `$`, `!` or `&`, the shell interprets them. Quote it:\n\n```bash\nexport DB_PASS='{password}'\nexport PGPASSWORD=\"$DB_PASS\"\npsql -U \"$DB_USER\" -h db.local -c \"select * from orders where email='{email}'\"\n```\n\n`psql` reads `PGPASSWORD`, not `DB_PASS`, which is likely why it prompts or fails for user `{first_lower}`."),
+    ],
+    # 19 Czech, typos, name after punctuation
+    [
+        ("user", "ahoj, potrebuju napsat omluvenku do skoly.syn se jmenuje {first} {surname}, byl nemocny od pondeli. podepsat:{name2}"),
+        ("assistant", "Ahoj, tady je návrh:\n\nVážená paní učitelko,\n\nomlouvám svého syna {first} {surname} z výuky od pondělí z důvodu nemoci.\n\nDěkuji za pochopení.\n\n{name2}"),
+        ("user", "dik. a kdyby chteli kontakt tak {phone} nebo {email}"),
+        ("assistant", "Přidej pod podpis: Kontakt: {phone}, {email}"),
+    ],
+    # 20 Hungarian, IBAN and invoice
+    [
+        ("user", "Szia! Számlát kell küldenem egy ügyfélnek. Az én adataim: {name}, {address}, bankszámla {iban}. Az ügyfél {name2}. Írnál egy rövid kísérőlevelet?"),
+        ("assistant", "Szia! Íme egy javaslat:\n\nKedves {name2}!\n\nMellékelten küldöm a múlt havi munkáról szóló számlát. Kérem, az összeget 8 napon belül utalja a következő számlaszámra: {iban}.\n\nÜdvözlettel:\n{name}\n{address}"),
+    ],
+    # 21 system + Danish, support chat
+    [
+        ("system", "Du er en venlig kundeservice-assistent for en webshop."),
+        ("user", "hej, min ordre er ikke kommet. den skulle sendes til {street}, {post} {city}. ordren står på {name}"),
+        ("assistant", "Hej {first}, det er jeg ked af at høre. Jeg kan se, at pakken er sendt til {street}, {post} {city}. Kan du bekræfte din e-mail, så jeg kan finde ordren?"),
+        ("user", "ja det er {email}. og betalte med kortet der ender på... nej vent, hele nummeret er {card}"),
+        ("assistant", "Tak, {first}. Du behøver ikke dele hele kortnummeret her – jeg har fundet ordren via {email}. Vi sender en ny pakke i dag."),
+    ],
+    # 22 markdown table of team / id numbers, HR
+    [
+        ("user", "Turn this into a markdown table for the onboarding doc:\n{name} - {email} - {id_kind}: {id}\n{name2} - no email yet - starts monday\n{first3} - intern, ask {first2}"),
+        ("assistant", "| Name | Email | Notes |\n|---|---|---|\n| {name} | {email} | {id_kind}: {id} |\n| {name2} | – | Starts Monday |\n| {first3} | – | Intern, ask {first2} |"),
+        ("user", "hmm maybe drop the {id_kind} column, it's a shared doc"),
+        ("assistant", "Good call. Updated:\n\n| Name | Email | Notes |\n|---|---|---|\n| {name} | {email} | |\n| {name2} | – | Starts Monday |\n| {first3} | – | Intern, ask {first2} |"),
+    ],
+    # 23 German/English mix, travel form, address lines and phone dictated
+    [
+        ("user", "Ich fülle ein Visa-Formular aus, die wollen die Adresse in Englisch. Meine ist:\n{address_lines}\nWie schreib ich das?"),
+        ("assistant", "In English forms you can usually keep it as is:\n\nStreet: {street}\nPostcode/City: {post} {city}\nCountry: {country}"),
+        ("user", "und telefon ist null... also {phone}, mit ländervorwahl?"),
+        ("assistant", "Ja, gib sie international an, also mit „+“ und Ländervorwahl statt der führenden Null. Deine Nummer {phone} sollte entsprechend umgeschrieben werden."),
+        ("user", "ok und {id_kind} {id} trag ich bei document number ein?"),
+        ("assistant", "Genau: „Document number: {id}“, und als Dokumenttyp wählst du {id_kind}."),
+    ],
+    # 24 system + refund email with card, iban
+    [
+        ("system", "You are a concise writing assistant."),
+        ("user", "need an email to the gym to cancel and get a refund. membership under {name}. they charged my card {card} twice. refund should go to my account {iban} not the card. my member no is {id}"),
+        ("assistant", "Subject: Membership cancellation and refund request\n\nHello,\n\nI would like to cancel my membership (member no. {id}, account holder {name}) effective immediately.\n\nMy card {card} was charged twice this month. Please refund the duplicate payment to my bank account: {iban}.\n\nThank you,\n{name}"),
+        ("user", "good. {first}'s fine as sign-off, they know me"),
+        ("assistant", "Sure, just end it with:\n\nThanks,\n{first}"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -2795,8 +2956,9 @@ TEMPLATES = {
     + HELD_OUT_11_TEMPLATES
     + HELD_OUT_12_TEMPLATES
     + HELD_OUT_13_TEMPLATES
-    + HELD_OUT_14_TEMPLATES,
-    "held-out": HELD_OUT_15_TEMPLATES,
+    + HELD_OUT_14_TEMPLATES
+    + HELD_OUT_15_TEMPLATES,
+    "held-out": HELD_OUT_16_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
