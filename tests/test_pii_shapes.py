@@ -707,6 +707,23 @@ def test_login_log_fields_whom_to_ask_for_genitive_names_and_signed_names(step: 
     assert "ip=<IP_" in out[0] and out[4] == "you should ask for Help from Support"
 
 
+def test_a_family_by_its_surname_a_name_inside_an_ssid_and_greetings_and_sign_offs(step: PiiScrub) -> None:
+    """From blind set 16: "the Karalus house" names a family and its Wi-Fi "Karalus_home" names it
+    again; a lower-case writer's "ordren står på Uwe Beer" has a surname that is a word; "Hej Uwe"
+    is Uwe (not a name "Hej Uwe"), and "Love," before the names is no name. The White House stays."""
+    turns = [
+        ("user", "can you make a card for the fridge? network is Karalus_home and the key is Xk9!pw22qq"),
+        ("assistant", "🏠 Welcome to the Karalus house! 🏠\n\nWi-Fi: Karalus_home\n\nLove, Lidia & Olaf ❤️"),
+        ("user", "hej, min ordre er ikke kommet. ordren står på Uwe Beer"),
+        ("assistant", "Hej Uwe, det er jeg ked af at høre."),
+        ("user", "We toured the White House and the Opera House."),
+    ]
+    out = [m["content"] for m in scrub_record(step, [{"role": r, "content": t} for r, t in turns])]
+    assert not [v for v in ("Karalus", "Lidia", "Olaf", "Uwe", "Beer") if v in "\n".join(out)], out
+    assert "Love, <PERSON_" in out[1] and out[3].startswith("Hej <PERSON_")
+    assert out[4] == "We toured the White House and the Opera House."
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

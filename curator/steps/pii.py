@@ -93,6 +93,7 @@ from curator.steps.pii_recognizers import (
     password_tokens,
     phone_extent,
     phone_word_before,
+    signoff_word,
     uncovered_digit_groups,
     unknown_word,
 )
@@ -776,6 +777,8 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
     also over an uncommon capitalised word after it. A name's other half is the same person, and a
     half left behind is the part a reader needs to re-identify them."""
     lower_text = not any(c.isupper() for c in text)
+    opening = _WORD.search(text)
+    lower_writer = opening is not None and opening.group(0).islower()
     out = []
     for span in spans:
         start, end = span.start, span.end
@@ -791,7 +794,8 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
             if _ENDS_IN_PARTICLE.search(text, start, end) and (m := _CAPITALISED_NEXT.match(text, end)):
                 end = m.end()
             # a one-word name and a capitalised word beside it that is no common word: its surname
-            # ("Giancarlo Fogazzaro at ..."; not "Maria Python", "Anna Tomorrow")
+            # ("Giancarlo Fogazzaro at ..."; not "Maria Python", "Anna Tomorrow"); from a writer who
+            # does not capitalise, any capitalised word there ("ordren står på Uwe Beer")
             m = _NEXT_WORD.match(text, end)
             if (
                 m
@@ -799,7 +803,7 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 and " " not in text[start:end]
                 and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][a-zà-ÿā-ž'’\-]+", m.group(1))  # a name, not "AKIAK7861OVT"
                 and not _NO_NAME_WORD.fullmatch(m.group(1))
-                and unknown_word(m.group(1))
+                and (unknown_word(m.group(1)) or lower_writer)
             ):
                 end = m.end()
             while m := _PREV_WORD.search(text, max(0, start - 40), start):
@@ -838,7 +842,7 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
             continue
         for g in group:
             typed = [s for s in spans if s.start < g.end() and g.start() < s.end]
-            if all(s.type in NER_TYPES for s in typed):
+            if all(s.type in NER_TYPES for s in typed) and not signoff_word(g.group(0)):  # "Love, Lidia & Olaf"
                 extra.append(Span("PERSON", g.start(), g.end(), 0.9))
     if not extra:
         return spans
@@ -917,10 +921,20 @@ def _street_like(value: str, lower_text: bool) -> bool:
     return any(c.isdigit() for c in value) and bool(words) and (lower_text or any(w[0].isupper() for w in words))
 
 
+_GREETING_HEAD = re.compile(
+    r"(?i)(?:hi|hello|hey|dear|hej|hallo|hola|bonjour|salut|ciao|cześć|czesc|ahoj|szia|hoi|olá|oi|moin|servus|"
+    r"kære|liebe[rs]?|caro|cara|querid[oa])[ \t,]+(?=\S)"
+)
+
+
 def _trimmed(text: str, span: Span) -> Span:
-    """The span without the whitespace spaCy sometimes includes at its ends ("Anna Nowak\n")."""
+    """The span without the whitespace spaCy sometimes includes at its ends ("Anna Nowak\n"), and
+    a person without the greeting NER reads as part of the name ("Hej Uwe"): the name alone is
+    what is searched for elsewhere in the record."""
     value = text[span.start : span.end]
     start = span.start + len(value) - len(value.lstrip())
+    if span.type == "PERSON" and (head := _GREETING_HEAD.match(text, start, span.end)):
+        start = head.end()
     return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
 
 
@@ -1051,6 +1065,8 @@ def plausible_person(value: str, lower_text: bool) -> bool:
         return False
     words = value.split()
     if len(words) == 1 and len(value) <= 5 and value.isupper():
+        return False
+    if signoff_word(value):  # "Love,\nLidia": the sign-off is no name
         return False
     return lower_text or any(w[:1].isupper() for w in words)
 
@@ -1542,9 +1558,7 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     alternatives = sorted(values, key=lambda v: (-len(v), v))
     full = (
         re.compile(
-            r"(?<!\w)(?:"
-            + "|".join(r"\s+".join(map(re.escape, v.split())) + _word_end(values[v]) for v in alternatives)
-            + ")",
+            "|".join(_bounded(values[v], r"\s+".join(map(re.escape, v.split()))) for v in alternatives),
             re.IGNORECASE,
         )
         if alternatives
@@ -1552,10 +1566,7 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     )
     part = (
         re.compile(
-            r"(?<!\w)(?:"
-            + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v))))
-            + ")"
-            + _word_end("PERSON")
+            _bounded("PERSON", "(?:" + "|".join(map(re.escape, sorted(exact, key=lambda v: (-len(v), v)))) + ")")
         )
         if exact
         else None
@@ -1600,10 +1611,13 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
             _propagate(units, grow=False)
 
 
-def _word_end(etype: str) -> str:
-    """Where a propagated value ends: at a word's end, and for a person also before a genitive "s"
-    glued to the name ("Dinas Nummer", "Jurres number"), as German, Dutch and Nordic write it."""
-    return r"(?=s?(?!\w))" if etype == "PERSON" else r"(?!\w)"
+def _bounded(etype: str, pattern: str) -> str:
+    """A propagated value as a whole word; a person's name also inside an identifier ("Karalus_home"
+    of a Wi-Fi network) and before a genitive "s" glued to it ("Dinas Nummer", "Jurres number"), as
+    German, Dutch and Nordic write it."""
+    if etype == "PERSON":
+        return rf"(?<![^\W_]){pattern}(?=s?(?![^\W_]))"
+    return rf"(?<!\w){pattern}(?!\w)"
 
 
 def _whole_token(text: str, start: int, end: int) -> tuple[int, int]:

@@ -1229,6 +1229,11 @@ _TECH_NAME = re.compile(TECH_NAMES)
 _SIGNOFF_WORD = re.compile(rf"(?i:{_SIGNOFF}|grüße|grüsse|saludos|groet|regards)")
 
 
+def signoff_word(value: str) -> bool:
+    """A sign-off such as "Love", "Cheers" or "Pozdrawiam": NER reads one opening a line as a name."""
+    return _SIGNOFF_WORD.fullmatch(value.strip()) is not None
+
+
 def unknown_word(word: str) -> bool:
     """A lower-case word that can be a name: a known one (`NAME_GAZETTEER`), or none of the common
     words of Rampart's vocabulary and no "-ing"/"-ly"/"-ed" form ("raining", "chilly")."""
@@ -1436,6 +1441,26 @@ class NameCueRecognizer(_RegexRecognizer):
             1,
             0.6,
             "strong",
+        ),
+        # a family by its surname: "Welcome to the Karalus house", "the Fábián family" (no common word:
+        # not "the White House", "the Royal Family"), "Familie Beer", "la famille Gautier"
+        (
+            re.compile(
+                rf"(?<![\w'’])(?i:the)[ \t]+({_NAME_WORD})[ \t]+"
+                r"(?i:house(?:hold)?|family|residence|home|kids|twins)\b"
+            ),
+            1,
+            0.5,
+            "here",
+        ),
+        (
+            re.compile(
+                r"(?<![\w'’])(?:[Ff]amilie|[Ff]amille|[Ff]amilia|[Ff]amiglia|[Ff]amília|[Rr]odzin[aey]|[Rr]odin[ay]|"
+                rf"[Ff]amilien|[Gg]ezin)[ \t]+({_NAME_WORD})"
+            ),
+            1,
+            0.5,
+            "weak",
         ),
         # "naar Jurre vragen": the Dutch word order
         (
