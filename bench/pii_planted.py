@@ -72,7 +72,9 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 13, by a ninth, was measured once (2026-12-03 12:07 UTC) and then inspected: tune now.
 # set 14, by a tenth, was measured once (2026-12-03 12:36 UTC) and then inspected: tune now.
 # set 15, by an eleventh, was measured once (2026-12-03 12:57 UTC) and then inspected: tune now.
-# HELD_OUT_16_TEMPLATES, by a twelfth, are the held-out split (never inspected). Never print this
+# set 16, by a twelfth, was measured once (2026-12-03 13:48 UTC) and then inspected: tune now.
+# HELD_OUT_17_TEMPLATES, by a thirteenth (asked for everyday-life topics), are the held-out split
+# (never inspected). Never print this
 # file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -2942,6 +2944,163 @@ HELD_OUT_16_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_17_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 travel booking, casual
+    [
+        ("user", "ok so the hotel site keeps timing out at the payment step. can you just tell me if this looks right before i try again? guest: {name}, card {card}, mobile {phone}. check in 14th, 3 nights"),
+        ("assistant", "That looks fine. Double-check these fields before you resubmit:\n\n- Guest name: {name} (must match the name on the card)\n- Card number: {card}\n- Mobile: {phone}\n- Dates: check-in on the 14th, 3 nights, so check-out on the 17th\n\nIf it times out again, try another browser, or ring the hotel and give them the card over the phone."),
+        ("user", "thx. also should i put {first2}'s name as second guest or not needed"),
+        ("assistant", "Add {name2} as the second guest if the booking form lets you. Some hotels ask for every guest's name when you check in."),
+    ],
+    # 2 medical appointment, German
+    [
+        ("user", "Kannst du mir helfen eine kurze Mail an die Hausarztpraxis zu schreiben? Ich brauche einen Termin wegen Rückenschmerzen, am liebsten nächste Woche vormittags. Ich bin {name}, Versichertennummer {id}, erreichbar unter {phone}."),
+        ("assistant", "Gerne, hier ein Vorschlag:\n\nBetreff: Terminanfrage – {name}\n\nSehr geehrtes Praxisteam,\n\nich möchte gern einen Termin wegen anhaltender Rückenschmerzen vereinbaren, wenn möglich nächste Woche am Vormittag.\n\nMeine Versichertennummer lautet {id}. Sie erreichen mich telefonisch unter {phone}.\n\nVielen Dank und freundliche Grüße\n{name}"),
+        ("user", "super, kannst du noch reinschreiben dass ich neu umgezogen bin, neue adresse {address}"),
+        ("assistant", "Klar, vor dem Gruß einfach ergänzen:\n\n„Bitte beachten Sie außerdem meine neue Anschrift: {address}.“"),
+    ],
+    # 3 wedding guest list CSV with ??? export
+    [
+        ("user", "exported our guest list from the wedding spreadsheet and the addresses came out weird, can you fix the format?\n\nname,email,address\n{name},{email},{address_qq}\n{name2},,\"{street}???{post} {city}\"\n"),
+        ("assistant", "The line breaks inside the address cells were turned into \"???\" when you exported. Here it is cleaned up, with the address split into columns:\n\n```csv\nname,email,street,postcode,city,country\n{name},{email},{street},{post},{city},{country}\n{name2},,{street},{post},{city},\n```\n\nBoth rows seem to have the same street. Is {first2} living with {first}, or did a copy-paste go wrong?"),
+        ("user", "oh yeah they live together lol. {first3} and her kids still missing, ill add later"),
+    ],
+    # 4 CV in French, markdown
+    [
+        ("user", "Je postule pour un poste d'assistante administrative. Tu peux me faire l'en-tête de mon CV en markdown ? Nom : {name}, adresse :\n{address_lines}\ntél {phone}, mail {email}"),
+        ("assistant", "Voici une proposition d'en-tête :\n\n```markdown\n# {name}\n**Assistante administrative**\n\n{street}  \n{post} {city}  \n{country}\n\n📞 {phone} · ✉️ {email}\n```\n\nAjoute dessous une courte accroche de deux lignes sur ton expérience, puis tes postes du plus récent au plus ancien."),
+        ("user", "Merci ! Est-ce que je mets mon {id_kind} aussi ? c'est {id}"),
+        ("assistant", "Non, pas besoin. Un CV n'a pas à contenir de {id_kind}. L'employeur le demandera au moment de l'embauche s'il en a besoin. Garde seulement nom, adresse, téléphone et mail."),
+    ],
+    # 5 moving house, Dutch, bank letter with IBAN
+    [
+        ("user", "We zijn verhuisd. Kun je een korte brief maken voor mijn bank om mijn adres te wijzigen? Rekening {iban}, op naam van {name}. Nieuw adres: {address}."),
+        ("assistant", "Natuurlijk:\n\n{name}\n{street}\n{post} {city}\n\nBetreft: adreswijziging rekening {iban}\n\nGeachte heer/mevrouw,\n\nHierbij laat ik u weten dat mijn adres is gewijzigd. Vanaf nu is mijn adres {street}, {post} {city}. Wilt u dit aanpassen voor mijn rekening {iban}?\n\nMet vriendelijke groet,\n\n{name}"),
+        ("user", "top. moet mijn vrouw {name2} ook tekenen? het is een en/of rekening"),
+        ("assistant", "Bij een en/of-rekening willen de meeste banken dat beide rekeninghouders tekenen. Zet daarom onder je eigen naam ook \"{name2}\" met ruimte voor een handtekening."),
+    ],
+    # 6 school trip, Polish
+    [
+        ("user", "potrzebuję napisać zgodę na wycieczkę szkolną dla syna, {first2} chodzi do 3b. ja jestem {name}, tel. {phone}"),
+        ("assistant", "Proszę bardzo:\n\nZGODA RODZICA\n\nWyrażam zgodę na udział mojego syna {first2} {surname}, ucznia klasy 3b, w wycieczce szkolnej.\n\nW razie potrzeby proszę o kontakt pod numerem {phone}.\n\n……………………………\n(podpis rodzica: {name})"),
+        ("user", "dzięki. a gdyby mnie nie było, to druga osoba to babcia, {name2}, numer ma ten sam co ja prawie tylko ostatnia cyfra inna"),
+        ("assistant", "Możesz dopisać: „Osoba kontaktowa zastępczo: {name2} (babcia)”. Wpisz jednak jej pełny numer telefonu, bo nauczyciel nie będzie zgadywał ostatniej cyfry."),
+    ],
+    # 7 sports club SEPA, Spanish
+    [
+        ("user", "Hola, mi hija se apunta al club de natación y me piden rellenar la domiciliación bancaria. Titular {name}, IBAN {iban}, domicilio {address}. ¿Me ayudas a redactar el texto?"),
+        ("assistant", "Claro. Un texto típico sería:\n\nOrden de domiciliación SEPA\n\nTitular de la cuenta: {name}\nIBAN: {iban}\nDirección: {street}, {post} {city}, {country}\n\nMediante la firma de esta orden, {name} autoriza al Club de Natación a cargar en la cuenta {iban} las cuotas mensuales de la socia {first3} {surname}.\n\nFecha y firma: ____________"),
+        ("user", "perfecto, y el email para los recibos es {email}"),
+        ("assistant", "Añádelo justo debajo de la dirección: «Correo electrónico para recibos: {email}»."),
+    ],
+    # 8 marketplace sale, Italian
+    [
+        ("user", "ho venduto una bici su subito, il compratore vuole pagare con bonifico. gli mando il mio iban {iban} intestato a {name}? è sicuro?"),
+        ("assistant", "Di solito sì: con l'IBAN si possono solo ricevere soldi, non prelevarli. Puoi scrivergli così:\n\n\"Ciao, per il pagamento puoi fare un bonifico a:\nIntestatario: {name}\nIBAN: {iban}\nCausale: bici usata\nQuando vedo l'accredito ti spedisco la bici.\"\n\nNon mandargli altro, e soprattutto nessun codice che ti arriva via SMS."),
+        ("user", "lui mi ha dato il suo indirizzo per la spedizione: {name2}, {address}. e il cell {phone}"),
+        ("assistant", "Bene. Sull'etichetta scrivi:\n\n{name2}\n{street}\n{post} {city}\nTel. {phone}\n\nSpedisci solo dopo che il bonifico risulta accreditato, non quando ti manda lo \"screenshot\"."),
+    ],
+    # 9 neighbour / landlord complaint, English
+    [
+        ("user", "Need a polite but firm email to my landlord, {name2}. The boiler at {street} has been broken for 9 days and nobody came. I've called {first2} twice. My email is {email} if it needs to be in there"),
+        ("assistant", "Subject: Boiler repair at {street} – still outstanding after 9 days\n\nDear {name2},\n\nI'm writing about the boiler at {street}, {post} {city}. It has now been broken for nine days. I have phoned you twice, and nobody has come to repair it yet.\n\nPlease arrange a repair within the next 48 hours and let me know when the engineer will come. You can reach me at {email}.\n\nKind regards,\n{name}"),
+        ("user", "good but make it a bit less stiff, {first2} is actually nice usually"),
+        ("assistant", "Sure, here's a friendlier opening:\n\n\"Hi {first2},\n\nHope you're well! Sorry to chase again, but the boiler at {street} is still not working (it's been nine days now)...\""),
+    ],
+    # 10 family group chat export, Slack-like, password
+    [
+        ("user", "can u summarize this family chat, i was away all weekend\n\n[Sat 09:12] {first2}: who has the netflix login again\n[Sat 09:15] {first}: same as always, {email} and the pw is {password}\n[Sat 09:15] {first3}: 🙏\n[Sat 11:40] {first2}: mum says lunch sunday at hers, {address}\n[Sun 08:02] {first}: cant make it, call me {phone} if anything"),
+        ("assistant", "Here's the short version:\n\n- {first2} asked for the Netflix login. {first} sent it in the chat ({email} / {password}).\n- Sunday lunch was at mum's, {address}.\n- {first} couldn't come and said to call on {phone} if anything came up.\n\nYou may want to change that Netflix password, since it's now sitting in the group chat in plain text."),
+    ],
+    # 11 Python code with credentials
+    [
+        ("user", "my script to auto-book the gym class doesnt log in, whats wrong\n\n```python\nimport requests\n\ns = requests.Session()\nr = s.post(\"https://book.mygym.example/login\", data={{\"user\": \"{email}\", \"pass\": \"{password}\"}})\nprint(r.status_code)\ns.post(\"https://book.mygym.example/classes/spin/book\", json={{\"member\": \"{name}\"}})\n```"),
+        ("assistant", "Most likely the login form expects different field names, or a CSRF token. Open the login page in your browser's dev tools and look at the request it sends. Also, keep the credentials out of the code itself:\n\n```python\nimport os, requests\n\ns = requests.Session()\nr = s.post(\n    \"https://book.mygym.example/login\",\n    data={{\"email\": os.environ[\"GYM_USER\"], \"password\": os.environ[\"GYM_PASS\"]}},\n)\nr.raise_for_status()\ns.post(\"https://book.mygym.example/classes/spin/book\", json={{\"member\": \"{name}\"}})\n```\n\nThen run it with `GYM_USER={email} GYM_PASS='{password}' python book.py`. Better still, put them in a `.env` file that never gets committed."),
+    ],
+    # 12 SQL, sports club members
+    [
+        ("user", "I'm the treasurer of our tennis club. Why does this insert fail?\n\nINSERT INTO members (full_name, email, phone, iban)\nVALUES ('{name}', '{email}', '{phone}', '{iban}')\n       ('{name2}', NULL, NULL, NULL);"),
+        ("assistant", "You're missing a comma between the two row tuples. It should be:\n\n```sql\nINSERT INTO members (full_name, email, phone, iban)\nVALUES\n  ('{name}', '{email}', '{phone}', '{iban}'),\n  ('{name2}', NULL, NULL, NULL);\n```\n\nAlso, if a surname has an apostrophe (O'Brien and the like), double it inside the string, or better, use parameterised queries."),
+    ],
+    # 13 YAML config for wedding RSVP site
+    [
+        ("user", "setting up the rsvp site for our wedding, the mail part isnt sending. config:\n\nsmtp:\n  host: smtp.gmail.com\n  port: 465\n  user: {email}\n  password: \"{password}\"\nreply_to: {email}\ncouple: \"{first} & {first2}\""),
+        ("assistant", "With Gmail on port 465 you need SSL turned on, and an App Password rather than your normal account password. Try:\n\n```yaml\nsmtp:\n  host: smtp.gmail.com\n  port: 465\n  ssl: true\n  user: {email}\n  password: \"<16-char app password>\"\nreply_to: {email}\ncouple: \"{first} & {first2}\"\n```\n\nIf \"{password}\" is your real Gmail password, replace it with an app password and change the real one, since it's been pasted here."),
+    ],
+    # 14 JSON passenger details
+    [
+        ("user", "the airline api returns 400 for this, any idea?\n\n{{\n  \"passenger\": {{\"name\": \"{name}\", \"document\": {{\"type\": \"{id_kind}\", \"number\": \"{id}\"}}}},\n  \"contact\": {{\"email\": \"{email}\", \"phone\": \"{phone}\"}}\n}}"),
+        ("assistant", "The structure is valid JSON. Airline APIs usually want first and last name as separate fields and the phone in E.164 format (+ followed by digits, no spaces). Something like:\n\n```json\n{{\n  \"passenger\": {{\n    \"firstName\": \"{first}\",\n    \"lastName\": \"{surname}\",\n    \"document\": {{\"type\": \"PASSPORT\", \"number\": \"{id}\"}}\n  }},\n  \"contact\": {{\"email\": \"{email}\", \"phone\": \"{phone}\"}}\n}}\n```\n\nCheck the API docs to see whether \"{id_kind}\" is an accepted document type. Most APIs want an enum such as PASSPORT or ID_CARD."),
+    ],
+    # 15 forwarded message with signature
+    [
+        ("user", "can you tell me what this person actually wants? forwarded from my husband\n\n---------- Forwarded message ---------\nFrom: {name2} <{email}>\nSubject: Re: sofa\n\nHi, yes still interested in the sofa. Could you hold it till Saturday? I can pay cash or by card, {card} if you have a reader lol. I'd pick up from {address}.\n\nBest,\n{name2}\nMob: {phone}"),
+        ("assistant", "{first2} wants the sofa and is asking you to hold it until Saturday. They'll collect it from {address} and can pay in cash. They also pasted a card number ({card}). You shouldn't take card details like that, so reply that you'll only take cash or a bank transfer. If you need to reach them, their mobile is {phone}."),
+    ],
+    # 16 dictated numbers
+    [
+        ("user", "i'm on the phone with the insurance and they want the card i paid the cancelled flight with. i read it to them as {card}, expiry oh-nine slash twenty-seven. they say it doesnt match. name on card is {name_lower}"),
+        ("assistant", "Check these things:\n\n1. Is {card} really the card you booked the flight with? People often have a debit card and a credit card with the same bank.\n2. The cardholder name should be read exactly as printed, e.g. \"{name}\", with any middle initial.\n3. Some insurers only want the last four digits. Ask before you read out the whole number again."),
+        ("user", "ok they also asked a callback number, i said {phone}, plus the claim needs my {id_kind}: {id}"),
+        ("assistant", "Fine. Write down what you gave them: callback number {phone}, {id_kind} {id}, and the claim reference they give you at the end of the call."),
+    ],
+    # 17 Czech rental
+    [
+        ("user", "Pronajímám byt a potřebuju krátkou smlouvu, aspoň hlavičku. Pronajímatel: {name}, nájemce: {name2}, byt na adrese {address}, nájem se platí na účet {iban}."),
+        ("assistant", "Tady je úvod smlouvy:\n\nNÁJEMNÍ SMLOUVA\n\nPronajímatel: {name}\nNájemce: {name2}\n\nPředmět nájmu: byt na adrese {street}, {post} {city}.\n\nNájemné je splatné vždy do 15. dne v měsíci na účet pronajímatele {iban}.\n\nMám doplnit i kauci a dobu nájmu?"),
+        ("user", "jo, kauce dva nájmy. a nájemce chce mít v smlouvě i svůj mail {email}"),
+        ("assistant", "Doplň: „Kauce ve výši dvou měsíčních nájmů bude uhrazena na účet {iban} před předáním bytu. Kontaktní e-mail nájemce: {email}.“"),
+    ],
+    # 18 Hungarian doctor
+    [
+        ("user", "Szia! Segítenél megírni egy emailt a fogorvosnak? Időpontot szeretnék kérni. {name} vagyok, TAJ-szám {id}, telefonszám {phone}."),
+        ("assistant", "Persze, itt egy javaslat:\n\nTárgy: Időpontkérés – {name}\n\nTisztelt Doktor Úr/Doktornő!\n\nSzeretnék időpontot kérni fogászati kontrollra, lehetőleg a jövő héten délután.\n\nTAJ-számom: {id}\nTelefonszámom: {phone}\n\nKöszönettel:\n{name}"),
+        ("user", "köszi! és írd bele hogy a lányom {first3} is jönne"),
+        ("assistant", "Add hozzá az első bekezdés után: „Ha lehetséges, a lányomnak, {first3} {surname}-nak is szeretnék időpontot ugyanarra a napra.”"),
+    ],
+    # 19 Danish daycare
+    [
+        ("user", "Hej, vi skal skrive vores datter op til vuggestue. Kan du hjælpe med en besked til lederen? Mor: {name}, far: {name2}, vores adresse er {address}, tlf {phone}"),
+        ("assistant", "Selvfølgelig:\n\nKære leder,\n\nVi vil gerne skrive vores datter op til en plads i vuggestuen fra august.\n\nForældre: {name} og {name2}\nAdresse: {street}, {post} {city}\nTelefon: {phone}\n\nVi kommer gerne forbi til en rundvisning.\n\nVenlig hilsen\n{first} og {first2}"),
+        ("user", "skal hendes cpr med? det er {id}"),
+        ("assistant", "Nej, send ikke CPR-nummeret i en almindelig mail. Det skal de have via den kommunale pladsanvisning eller en sikker mail. Skriv bare hendes fornavn og fødselsdato."),
+    ],
+    # 20 Brazilian job application
+    [
+        ("user", "oi! vou me candidatar a uma vaga de recepcionista numa clínica. escreve um email curto pra mim? meu nome é {name}, email {email}, celular {phone}"),
+        ("assistant", "Claro! Segue:\n\nAssunto: Candidatura – Recepcionista – {name}\n\nPrezados,\n\nMeu nome é {name} e gostaria de me candidatar à vaga de recepcionista. Tenho experiência com atendimento ao público e agendamento de consultas. Segue meu currículo em anexo.\n\nFico à disposição pelo e-mail {email} ou pelo celular {phone}.\n\nAtenciosamente,\n{name}"),
+        ("user", "eles pedem o {id_kind} no formulario do site, coloco {id} assim mesmo?"),
+        ("assistant", "Se o formulário da clínica pede, pode colocar {id}. Só confira se o site é o oficial da clínica (https e o domínio certo) antes de enviar."),
+    ],
+    # 21 casual lowercase typos, birthday party
+    [
+        ("user", "helpp planning moms 60th, me and {first2} are splitting costs. venue wants deposit by card, i gave them {card} but they want billing adress, is it {address_lower} or do they mean my old one"),
+        ("assistant", "The billing address is whatever address your card issuer has on file for that card. If you never told your bank you moved, it's probably still the old one. If you did update it, use {address}. Your banking app will show which one they have."),
+        ("user", "ok its the new one. also venue guy wants a contact, put me {name_lower}, mail {email}"),
+        ("assistant", "Here's a reply you can send the venue:\n\n\"Hi, please use {name} as the main contact ({email}). Billing address for the card: {address}. {first2} will share the costs but all invoices should go to me. Thanks!\""),
+    ],
+    # 22 names in possessive/after punctuation, school group
+    [
+        ("user", "Writing the class newsletter. Check grammar pls: \"Thanks to {name}'s help, the bake sale raised £340!{name2} (Year 4 rep) collected the money;{first3} handled the posters. Questions? Call {first} on {phone}.\""),
+        ("assistant", "A few small fixes, mostly missing spaces after punctuation:\n\n\"Thanks to {name}'s help, the bake sale raised £340! {name2} (Year 4 rep) collected the money, and {first3} handled the posters. Any questions? Call {first} on {phone}.\"\n\nYou might also ask {first} first whether they're happy for their number to go in a newsletter that gets shared widely."),
+    ],
+    # 23 system + markdown table sports roster
+    [
+        ("system", "You are a helpful assistant for a local football club's volunteers."),
+        ("user", "turn this into a markdown table for the U10 parents list:\n{name} - {phone} - {email}\n{name2} - no phone - no email\n{first3} {surname} (coach) - same number as {first}"),
+        ("assistant", "| Name | Phone | Email | Notes |\n|---|---|---|---|\n| {name} | {phone} | {email} | |\n| {name2} | – | – | no contact details yet |\n| {first3} {surname} | {phone} | – | coach, same number as {first} |\n\nYou may want to get {first2}'s contact details before the first match."),
+        ("user", "great. the shared club google account for the fixtures is {email} / {password}, should i put it under the table"),
+        ("assistant", "I'd leave it out. Anyone who gets the parents list would also get the login. Send {password} privately to the volunteers who need it, or better, invite them to the calendar with their own accounts."),
+    ],
+    # 24 system + shell, moving house utility + lockbox code
+    [
+        ("system", "You are ChatGPT, a large language model. Answer concisely."),
+        ("user", "moving out next week. I have a little shell script that emails the new tenant the info, does it look ok?\n\n```bash\n#!/bin/bash\nTO=\"{email}\"\nBODY=\"Hi {first2}, keys are in the lockbox at {street}, code 4471. wifi is {password}. call me on {phone} if stuck. -- {first}\"\necho \"$BODY\" | mail -s \"Move-in info\" \"$TO\"\n```"),
+        ("assistant", "The script works. Two suggestions:\n\n```bash\n#!/bin/bash\nset -euo pipefail\nTO=\"{email}\"\nBODY=$(cat <<EOF\nHi {first2},\n\nKeys are in the lockbox at {street}, code 4471.\nWi-Fi password: {password}\nCall me on {phone} if you get stuck.\n\n-- {first}\nEOF\n)\nprintf '%s\\n' \"$BODY\" | mail -s \"Move-in info\" \"$TO\"\n```\n\n1. A heredoc keeps the line breaks readable.\n2. Change the Wi-Fi password and the lockbox code once you've handed over, since both are now in a script and an email."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -2957,8 +3116,9 @@ TEMPLATES = {
     + HELD_OUT_12_TEMPLATES
     + HELD_OUT_13_TEMPLATES
     + HELD_OUT_14_TEMPLATES
-    + HELD_OUT_15_TEMPLATES,
-    "held-out": HELD_OUT_16_TEMPLATES,
+    + HELD_OUT_15_TEMPLATES
+    + HELD_OUT_16_TEMPLATES,
+    "held-out": HELD_OUT_17_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
