@@ -724,6 +724,38 @@ def test_a_family_by_its_surname_a_name_inside_an_ssid_and_greetings_and_sign_of
     assert out[4] == "We toured the White House and the Opera House."
 
 
+def test_prose_in_code_strings_contact_lists_and_the_everyday_shapes_of_set_17(step: PiiScrub) -> None:
+    """From blind set 17: a message in a shell string and a heredoc is prose (names, streets, the
+    "-- Romolo" signature); a JSON "member" and a YAML "couple: Flora & Ida" are people; a chat log
+    "[Sat 09:12] Ida:" speaker; Hungarian "TAJ-szám", Danish "cpr med? det er X"; a Danish 8-digit
+    phone after "call me"; "Kind regards,\nJob de Jong"; a contact list's name column and a row
+    with an unquoted comma; a first name before a found surname. Code keeps its words."""
+    script = (
+        '```bash\nTO="romolo@x.it"\nBODY="Hi Melania, keys are in the lockbox at Vicolo Agnolo, 715, code 4471. '
+        'call me if stuck. -- Romolo"\necho "$BODY" | mail -s "Move-in info" "$TO"\n```'
+    )
+    heredoc = "```bash\nBODY=$(cat <<EOF\nHi Melania,\n\nKeys are at Vicolo Agnolo, 715.\n\n-- Romolo\nEOF\n)\n```"
+    turns = [
+        script,
+        heredoc,
+        's.post("https://gym.example/book", json={"member": "Isabella Thorsen"})',
+        'smtp:\n  host: smtp.gmail.com\ncouple: "Flora & Ida"',
+        "[Sat 09:12] Antal: who has the netflix login again",
+        "Kovács Anna vagyok, TAJ-szám 707772827114. És a lányom? skal hendes cpr med? det er 184682164128",
+        "cant make it, call me 64873488 if anything",
+        "Please fix it.\n\nKind regards,\nJob de Jong",
+        "name,email,street,postcode,city\nSusanna Metz,,Estrada Gomes, 693,18006478,Viana",
+        "Carlos García Núñez autoriza el cargo de la socia Rembrandt García.",
+    ]
+    out = [m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns])]
+    gone = (
+        "Melania", "Agnolo", "Romolo", "Thorsen", "Flora", "Ida", "Antal", "707772827114", "184682164128",
+        "64873488", "Job", "Jong", "Susanna", "Metz", "18006478", "Rembrandt",
+    )  # fmt: skip
+    assert not [v for v in gone if v in "\n".join(out)], out
+    assert 'echo "$BODY" | mail -s "Move-in info" "$TO"' in out[0] and "code 4471" in out[0]
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -527,6 +527,36 @@ def code_segments(text: str) -> list[tuple[int, int, bool]]:
     return out
 
 
+# strings in code that hold a sentence: a quoted literal, a triple-quoted one or a shell heredoc
+# ('BODY="Hi Ana, keys are in the lockbox at 12 Main St..."'): text a person wrote, inside code
+_STRING_LITERAL = re.compile(r"\"((?:[^\"\\\n]|\\.){16,2000})\"|'((?:[^'\\\n]|\\.){16,2000})'")
+_TRIPLE_QUOTED = re.compile(r"(\"\"\"|''')(.{16,5000}?)\1", re.DOTALL)
+_HEREDOC = re.compile(r"<<-?[ \t]*([\"']?)(\w+)\1[^\n]*\n(.{0,5000}?)^[ \t]*\2[ \t]*$", re.DOTALL | re.MULTILINE)
+_LETTER_WORD = re.compile(r"[^\W\d_]{2,}")
+_QUERY = re.compile(r"(?i)\s*(?:select|insert|update|delete|create|alter|drop|with)\b")
+
+
+def prose_literals(code: str) -> list[tuple[int, int]]:
+    """[start, end) of each string in `code` that reads as prose (4+ words, spaces, no code, no
+    query): scanned as prose, since a message, letter or template in code holds names and streets
+    that the code policy (secrets and numbers only) would leave."""
+    out = []
+    for pattern, groups in ((_STRING_LITERAL, (1, 2)), (_TRIPLE_QUOTED, (2,)), (_HEREDOC, (3,))):
+        for m in pattern.finditer(code):
+            g = next((g for g in groups if m.group(g) is not None), None)
+            if g is None:
+                continue
+            body = m.group(g)
+            if (
+                len(_LETTER_WORD.findall(body)) >= 4
+                and body.count(" ") >= 3
+                and not _QUERY.match(body)
+                and not looks_like_code(body)
+            ):
+                out.append(m.span(g))
+    return out
+
+
 @dataclass
 class _Unit:
     """One text to scrub: where it sits in the record, the text, how to scan it, and what was found."""
@@ -818,6 +848,21 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                     start = m.start()
                 else:
                     break
+            # a one-word name after a capitalised word that is no common word: its first name ("la
+            # socia Rembrandt García" with "García" found)
+            m = _PREV_WORD.search(text, max(0, start - 40), start)
+            if (
+                m
+                and (start, end) == (span.start, span.end)
+                and " " not in text[start:end]
+                and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][a-zà-ÿā-ž\-]{2,}", m.group(1))  # not "I'm"
+                and not _NO_NAME_WORD.fullmatch(m.group(1))
+                and not _GREETING_HEAD.match(text, m.start(1))  # "Liebe Gitte", "Hola Ana"
+                and not _TITLE.search(m.group(0))
+                and not signoff_word(m.group(1))
+                and (unknown_word(m.group(1)) or lower_writer)
+            ):
+                start = m.start()
         out.append(span if (start, end) == (span.start, span.end) else Span(span.type, start, end, span.score))
     return out
 
@@ -1340,10 +1385,15 @@ class PiiScrub:
         for u, (unit, use_ner) in enumerate(zip(units, flags, strict=True)):
             if unit.mode == "code":
                 segs.append((u, 0, unit.text, "code"))
+                segs += [(u, a, unit.text[a:b], self._prose_mode("ner", use_ner)) for a, b in prose_literals(unit.text)]
                 continue
             for s, e, is_code in code_segments(unit.text):
                 if is_code:
                     segs.append((u, s, unit.text[s:e], "code"))
+                    segs += [
+                        (u, s + a, unit.text[s + a : s + b], self._prose_mode("ner", use_ner))
+                        for a, b in prose_literals(unit.text[s:e])
+                    ]
                     if "\n" not in unit.text[s:e] and "SECRET" in self.entities:  # inline code in prose
                         inline += [(u, Span("SECRET", a, b, 0.7)) for a, b in password_tokens(unit.text, (s, e))]
                 else:

@@ -785,7 +785,10 @@ def has_street_word(value: str) -> bool:
     return _STREET_WORD.search(value) is not None
 
 
-NOT_A_PLACE = frozenset({"thanks", "thank", "regards", "best", "cheers", "please", "hi", "hello", "dear", "ok", "okay"})
+NOT_A_PLACE = frozenset(
+    {"thanks", "thank", "regards", "best", "cheers", "please", "hi", "hello", "dear", "ok", "okay"}
+    | {"wi-fi", "wifi", "wlan"}
+)
 
 
 def _tail_line(line: str) -> bool:
@@ -891,8 +894,8 @@ _PHONE_PATTERNS = (
     (re.compile(r"(?<![\w.\-])\d{2}([ \-.])\d{2}(?:\1\d{2}){2,3}(?!\w|[.\-]\d)"), "pairs"),
     # 9472 7916, 467 3395, 030 1234567, 0171-1234567: local numbers, with context only
     (re.compile(r"(?<![\w.\-,])\d{2,5}([ \-.])\d{2,8}(?:\1\d{2,5}){0,3}(?!\w|[.,\-]\d)"), "local"),
-    # 4155550198 / 07700900123: a run of digits, with context only
-    (re.compile(r"(?<![\w.\-,+])0?\d{9,11}(?!\w|[.,\-]\d)"), "bare"),
+    # 4155550198 / 07700900123 / 64873488 (8 digits: Denmark, Norway): a run of digits, with context only
+    (re.compile(r"(?<![\w.\-,+])0?\d{8,11}(?!\w|[.,\-]\d)"), "bare"),
 )
 _EXTENSION = re.compile(r"[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6}$")
 
@@ -1026,7 +1029,7 @@ _ID_KEYWORDS = (
     r"členské\s+číslo|kundenummer|medlemsnummer|"
     # account, customer and contract numbers and tax ids of chat exports ("číslo zákaznického účtu")
     r"číslo\s+(?:zákaznického\s+)?účtu|zákaznické\s+číslo|číslo\s+smlouvy|numer\s+(?:konta|rachunku|umowy)|"
-    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:\s*szám)?|"
+    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:-?\s*szám\w*)?|"
     r"vertragsnummer|kontonummer|kontonr\.?|numéro\s+de\s+contrat|número\s+de\s+contrato|numero\s+di\s+contratto|"
     r"contractnummer|aftalenummer|cpr-nummer|rg|"
     # passports and identity cards in the languages of chat exports ("numéro de passeport", "dowód osobisty")
@@ -1038,7 +1041,8 @@ _ID_KEYWORDS = (
 # words that may stand between an id's keyword and its value ("o CPF que usei foi X", "mein Ausweis ist X")
 _ID_FILLER = (
     r"que|usei|foi|é|era|is|was|i|used|mine|my|the|es|ist|est|c'est|jest|to|je|mi|mio|il|la|el|le|der|die|"
-    r"das|utilisé|usado|genutzt|használt|az|a|mój|moje|mein|meine|mon|ma"
+    r"das|utilisé|usado|genutzt|használt|az|a|mój|moje|mein|meine|mon|ma|"
+    r"det|er|var|min|mit|hendes|hans|med|het|mijn|zijn|haar|är"  # Nordic and Dutch: "cpr med? det er X"
 )
 _ID_VALUE = r"(?=[A-Z0-9\- /.]*\d)(?:[A-Z]{1,4}[ \-]?)?\d[\dA-Z]*(?:[ \-/.]\d[\dA-Z]*){0,5}(?:[ \-]?[A-Z]{1,2}\b)?"
 
@@ -1057,7 +1061,7 @@ class IdNumberRecognizer(_RegexRecognizer):
                 rf"(?i:\b(?:{_ID_KEYWORDS}))"
                 # its value under a sibling key of JSON: {"type": "tax id", "number": "74-9783379"}
                 r"(?:[\"']\s*,\s*[\"']?(?i:number|value|no|num|id)[\"']?\s*[:=])?"
-                rf"\??(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)){{0,3}}[\s:#=\"'`(]*(?:(?i:no\.?|number)\s*)?"
+                rf"\??(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)\??){{0,3}}[\s:#=\"'`(]*(?:(?i:no\.?|number)\s*)?"
                 rf"({_ID_VALUE})"
             ),
             1,
@@ -1137,6 +1141,7 @@ NAME_GAZETTEER = _first_names()
 NAME_PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
 
 
+_PARTICLE_WORDS = "(?:" + "|".join(sorted(NAME_PARTICLES)) + ")"
 _NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[A-ZÀ-ÞĀ-ſА-ЯΑ-Ω][\w'’\-]*\w"
 _LOWER_NAME_WORD = r"[a-zà-ÿ][a-zà-ÿ'’\-]*[a-zà-ÿ]"
 # "My name is X" (any case after it), in the languages of chat exports
@@ -1462,6 +1467,13 @@ class NameCueRecognizer(_RegexRecognizer):
             0.5,
             "weak",
         ),
+        # a signature after the "-- " delimiter closing a message or a line ("... if stuck. -- Romolo")
+        (
+            re.compile(rf"(?m:^|(?<=[.!?][ \t]))--[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)(?=[ \t]*(?:$|[\"'\n]))"),
+            1,
+            0.9,  # above spaCy's 0.85, which a lone sentence-initial name loses without Rampart
+            "weak",
+        ),
         # "naar Jurre vragen": the Dutch word order
         (
             re.compile(
@@ -1506,10 +1518,12 @@ class NameCueRecognizer(_RegexRecognizer):
             0.9,
             "here",
         ),
-        # a pasted chat log's speaker: "[10:42] Ruth Brandt: ...", "12/03/24, 10:44 - Ana Gil: ..."
+        # a pasted chat log's speaker: "[10:42] Ruth Brandt: ...", "12/03/24, 10:44 - Ana Gil: ...",
+        # "[Sat 09:12] Ida: ..."
         (
             re.compile(
-                r"(?m)^[ \t]*\[?(?:\d{1,4}[./\-]\d{1,2}[./\-]\d{1,4},?[ \t]+)?\d{1,2}:\d{2}(?::\d{2})?"
+                r"(?m)^[ \t]*\[?(?:[A-Z][a-zé]{1,8}\.?,?[ \t]+)?(?:\d{1,4}[./\-]\d{1,2}[./\-]\d{1,4},?[ \t]+)?"
+                r"\d{1,2}:\d{2}(?::\d{2})?"
                 rf"(?:[ \t]?[AaPp][Mm])?\]?[ \t]*(?:-[ \t]*)?({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}}):"
             ),
             1,
@@ -1539,7 +1553,8 @@ class NameCueRecognizer(_RegexRecognizer):
                 # "Grazie e cordiali saluti,": two sign-offs joined by "and" in the languages of chat exports
                 rf"(?im:^[ \t]*(?:(?:{_SIGNOFF})[ \t]+(?:and|e|y|und|et|en|i|og|és|a)[ \t]+)?(?:{_SIGNOFF})"
                 r"[ \t]*[,!.]?[ \t]*\n[ \t]*)"
-                rf"({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]*(?m:$)"  # an address may follow
+                # the name, particles allowed ("Job de Jong"); an address may follow
+                rf"({_NAME_WORD}(?:[ \t]+(?:{_PARTICLE_WORDS}[ \t]+){{0,2}}{_NAME_WORD}){{0,2}})[ \t]*(?m:$)"
             ),
             1,
             0.9,  # above spaCy's 0.85 for the same span, so presidio keeps the cue's result: a lone
@@ -1559,7 +1574,7 @@ class NameCueRecognizer(_RegexRecognizer):
             return all(w[:1].isupper() or unknown_word(w) for w in words)
         if check == "here":
             return all(unknown_word(w) for w in words)
-        return check == "strong" or all(w[:1].isupper() for w in words)
+        return check == "strong" or all(w[:1].isupper() for w in words if w not in NAME_PARTICLES)
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
@@ -1569,7 +1584,8 @@ class NameCueRecognizer(_RegexRecognizer):
         for r in super().analyze(text, entities, nlp_artifacts):
             words = list(re.finditer(r"\S+", text[r.start : r.end]))
             for i, w in enumerate(words):
-                if i and w.group(0).lower() in self.COMMON | self.STOP_AFTER:
+                particle = w.group(0) in NAME_PARTICLES and i + 1 < len(words) and words[-1].group(0)[:1].isupper()
+                if i and w.group(0).lower() in self.COMMON | self.STOP_AFTER and not particle:
                     words = words[:i]
                     break
             out.append(RecognizerResult(self.ENTITY, r.start + words[0].start(), r.start + words[-1].end(), r.score))
@@ -1590,7 +1606,10 @@ _KEYED = {
     "IBAN_CODE": r"iban",
     "SECRET": r"password|passwd|pwd|pass|secret|api_?key|token",
     # a person only when the value reads as one (`_person_value`): "name", "Contact", "holder", "owner"
-    "NAME": r"name|contact|holder|owner|author|maintainer|assignee|reporter|payee|beneficiary|signatory",
+    "NAME": r"name|contact|holder|owner|author|maintainer|assignee|reporter|payee|beneficiary|signatory|"
+    r"member|guest|tenant|attendee|participant|student|employee|patient|passenger|travell?er|customer|client|"
+    r"buyer|seller|landlord|driver|parent|guardian|applicant|candidate|booked_?by|couple|bride|groom|spouse|"
+    r"partner|parents|children|kids|guests|members|people|hosts?|organi[sz]er|speaker|coach|teacher|doctor",
     "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number|"
     r"(?:customer|client|member|patient)_?(?:ref|reference|no|number)",
 }
@@ -1626,7 +1645,16 @@ _NOT_A_VALUE = re.compile(
 
 def _person_value(value: str) -> bool:
     """A "name" value that reads as a person: 2-3 capitalised words, one of them a known name or no
-    common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu")."""
+    common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu"); or people listed
+    with "&", "and" or commas ("Flora & Ida"), each 1-3 capitalised words, and one no common word."""
+    people = [p.split() for p in re.split(r"\s*(?:&|,|\band\b|\bund\b|\bet\b|\by\b|\be\b|\bog\b|\ben\b)\s*", value)]
+    if len(people) >= 2:
+        words = [w for p in people for w in p if w not in NAME_PARTICLES]
+        return (
+            all(1 <= len(p) <= 3 for p in people)
+            and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
+            and any(unknown_word(w) for w in words)
+        )
     words = [w for w in value.split() if w not in NAME_PARTICLES]  # "Victor van de Elzas"
     return (
         2 <= len(words) <= 3
@@ -1777,6 +1805,18 @@ def _csv_cells(text: str, start: int, end: int, delimiter: str) -> list[tuple[in
         i = nxt + 1
 
 
+_CAPITALISED_NAME = re.compile(
+    rf"[A-ZÀ-ÞĀ-ſ][\w'’\-]+(?:[ \t]+(?:(?:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}[A-ZÀ-ÞĀ-ſ][\w'’\-]+){{0,2}}"
+)
+
+
+def _contact_list(header: list[str]) -> bool:
+    """Whether a table's columns are a contact list's: a name column and an email, phone or address one."""
+    keys = [re.sub(r"[\s\-]+", "_", c.strip()).lower() for c in header]
+    kinds = {next((k for k, p in _KEYED.items() if re.fullmatch(rf"(?i)(?:[a-z]+_)*(?:{p})", c)), None) for c in keys}
+    return "name" in keys and bool(kinds & {"EMAIL_ADDRESS", "PHONE_NUMBER", STREET_ADDRESS})
+
+
 def _personal_column(key: str) -> bool:
     """Whether a column or key name is one of `_KEYED`'s or an id keyword ("phone", "First Name")."""
     key = re.sub(r"[\s\-]+", "_", key.strip())
@@ -1839,7 +1879,9 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
             out.append((kind, m.start(group), m.end(group)))
     out += [("PERSON", m.start(1), m.end(1)) for m in _GIT_NAME.finditer(text) if not _NOT_A_VALUE.match(m.group(1))]
     out += [("SECRET", m.start(2), m.end(2)) for m in _LITERAL.finditer(text) if _four_kinds(m.group(2))]
-    grid: list[tuple[str, list[tuple[int, int]]]] = []  # (column, cells) of markdown tables and CSV pastes
+    # (column, cells, contact list) of markdown tables and CSV pastes; a contact list has a name column
+    # beside an email, phone or address one
+    grid: list[tuple[str, list[tuple[int, int]], bool]] = []
     for m in _TABLE.finditer(text):
         header = _CELL.findall(m.group(1))
         lines = _LINE.finditer(text, m.start(2), m.end(2))
@@ -1852,7 +1894,7 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
                     value = raw.strip()
                     start = row[j].start(1) + (raw.index(value) if value else 0)
                     cells.append((start, start + len(value)))
-            grid.append((column, cells))
+            grid.append((column, cells, _contact_list(header)))
     read = 0  # a header inside rows already read is a row, not a new table
     for m in _CSV_HEADER.finditer(text):
         delimiter = m.group("d")
@@ -1865,13 +1907,20 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
         read = rows.end(1)
         lines = _LINE.finditer(text, rows.start(1), rows.end(1))
         cells = [_csv_cells(text, row.start(), row.end(), delimiter) for row in lines]
-        grid += [(column, [row[j] for row in cells if j < len(row)]) for j, column in enumerate(header)]
-    for column, cells in grid:
+        contact = _contact_list(header)
+        grid += [(column, [row[j] for row in cells if j < len(row)], contact) for j, column in enumerate(header)]
+        # a row longer than its header has an unquoted comma ("Rua X, 98,05961233,Viana"): its last
+        # cells are read against the last columns too
+        long = [row for row in cells if len(row) > len(header)]
+        grid += [(column, [row[j - len(header)] for row in long], contact) for j, column in enumerate(header)]
+    for column, cells, contact in grid:
         kinds = [_key_kind(column, text[a:b]) if not _EMPTY_CELL.fullmatch(text[a:b]) else None for a, b in cells]
-        people = "PERSON" in kinds and re.fullmatch(r"(?i)name", column.strip()) is not None
+        people = ("PERSON" in kinds or contact) and re.fullmatch(r"(?i)name", column.strip()) is not None
         for (a, b), kind in zip(cells, kinds, strict=True):
-            if kind is None and people and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]+", text[a:b]):
-                kind = "PERSON"  # a lone first name in a column of people ("Leandro" below "Ana Lee")
+            if kind is None and people and _CAPITALISED_NAME.fullmatch(text[a:b]):
+                # a lone first name in a column of people ("Leandro" below "Ana Lee"), any name in a
+                # contact list's name column ("Susanna Metz" beside an email column)
+                kind = "PERSON"
             if kind:
                 out.append((kind, a, b))
     for m in _SQL_INSERT.finditer(text):
