@@ -1810,6 +1810,12 @@ _CAPITALISED_NAME = re.compile(
 )
 
 
+_CAPITALISED_NAMES = re.compile(
+    rf"{_CAPITALISED_NAME.pattern}(?:[ \t]*(?:&|,|\band\b|\bund\b|\bet\b|\by\b|\be\b|\bog\b|\ben\b)[ \t]*"
+    rf"{_CAPITALISED_NAME.pattern})*"
+)
+
+
 def _contact_list(header: list[str]) -> bool:
     """Whether a table's columns are a contact list's: a name column and an email, phone or address one."""
     keys = [re.sub(r"[\s\-]+", "_", c.strip()).lower() for c in header]
@@ -1835,9 +1841,13 @@ def _key_kind(key: str, value: str) -> str | None:
         return "ID_NUMBER" if digits >= 4 else None
     kind = next((k for k, p in _KEYED.items() if re.fullmatch(rf"(?i)(?:[a-z]+_)*(?:{p})", key)), None)
     owner = re.fullmatch(r"(?i)(?:[a-z]+_)*(?:owner|author|maintainer|assignee|reporter)", key) is not None
+    # keys that only ever hold people: any capitalised first names there ("couple: Flora & Ida")
+    family = re.fullmatch(r"(?i)(?:[a-z]+_)*(?:couple|bride|groom|spouse|parents|children|kids|guests)", key)
     ok = {
         # "owner: kathleen": a lone known first name under an owner key (not "owner: sre", "owner: backend")
-        "NAME": _person_value(value) or (owner and value.lower() in NAME_GAZETTEER),
+        "NAME": _person_value(value)
+        or (owner and value.lower() in NAME_GAZETTEER)
+        or (family is not None and _CAPITALISED_NAMES.fullmatch(value) is not None),
         "PHONE_NUMBER": digits >= 6 and re.fullmatch(r"[\d\s()+\-./x]+", value) is not None,
         "EMAIL_ADDRESS": "@" in value,
         "SECRET": looks_like_password(value),
