@@ -73,9 +73,11 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 14, by a tenth, was measured once (2026-12-03 12:36 UTC) and then inspected: tune now.
 # set 15, by an eleventh, was measured once (2026-12-03 12:57 UTC) and then inspected: tune now.
 # set 16, by a twelfth, was measured once (2026-12-03 13:48 UTC) and then inspected: tune now.
-# HELD_OUT_17_TEMPLATES, by a thirteenth (asked for everyday-life topics), are the held-out split
-# (never inspected). Never print this
-# file's text (a formatter's diff, a line range): it holds the held-out split.
+# set 17, by a thirteenth (asked for everyday-life topics), was measured once (2026-12-03 13:58
+# UTC) and then inspected: tune now. HELD_OUT_18_TEMPLATES, by a fourteenth (asked for everyday
+# life and technical help in equal parts, in situations least likely tried before), are the
+# held-out split (never inspected). Never print this file's text (a formatter's diff, a line
+# range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -3101,6 +3103,339 @@ HELD_OUT_17_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_18_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 German gym cancellation with SEPA mandate
+    [
+        ("user", "kannst du mir eine kündigung für mein fitnessstudio schreiben? vertrag läuft auf {name}, wohne {address}. die buchen immer noch per lastschrift von {iban} ab obwohl ich schon im märz gekündigt hab. bitte auch den sepa-mandat widerruf rein"),
+        ("assistant", "Gerne, hier ein Entwurf:\n\n{name}\n{street}\n{post} {city}\n\nBetreff: Kündigung der Mitgliedschaft und Widerruf des SEPA-Lastschriftmandats\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Termin. Gleichzeitig widerrufe ich das SEPA-Lastschriftmandat für das Konto mit der IBAN {iban}. Ich fordere Sie auf, die seit April unberechtigt eingezogenen Beiträge zu erstatten.\n\nMit freundlichen Grüßen\n{name}\n\nSchick das am besten per Einschreiben und sag deiner Bank parallel Bescheid, dann kannst du die Lastschriften innerhalb von 8 Wochen zurückgeben lassen."),
+        ("user", "perfekt danke. kann ich noch reinschreiben dass {first2} (mein mann) das gleiche problem hat? der hat den vertrag über mich"),
+        ("assistant", "Ja, ergänze einfach nach dem ersten Absatz: „Dies gilt ebenso für die Zusatzmitgliedschaft von {first2}, die über meinen Vertrag läuft.“ So ist klar, dass beide Mitgliedschaften enden."),
+    ],
+    # 2 Python Luhn bug
+    [
+        ("user", """why does this say the card is invalid?? it's my own card, it works in shops
+
+```python
+customer = {{
+    "name": "{name}",
+    "email": "{email}",
+    "card": "{card}",
+}}
+
+def luhn_ok(num):
+    digits = [int(c) for c in num]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+print(luhn_ok(customer["card"]))
+```"""),
+        ("assistant", """Two issues:
+
+1. You double the wrong digits. In Luhn you double every **second** digit from the right, i.e. `i % 2 == 1`.
+2. If the number contains spaces or dashes, `int(c)` will crash or the input isn't what you think — strip them first.
+
+```python
+def luhn_ok(num: str) -> bool:
+    digits = [int(c) for c in num if c.isdigit()]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+print(luhn_ok("{card}"))  # should be True now
+```
+
+Side note: avoid keeping a real card number like {card} in source files — use a test number such as 4111 1111 1111 1111 while developing."""),
+    ],
+    # 3 SQL insert failing
+    [
+        ("user", """getting ERROR: duplicate key value violates unique constraint "contacts_email_key" but the table is empty??
+
+INSERT INTO contacts (full_name, email, phone, city) VALUES
+('{name}', '{email}', '{phone}', '{city}'),
+('{name2}', '{email}', NULL, '{city}');"""),
+        ("assistant", """The table doesn't have to contain the value already — both rows in your single INSERT use the same email `{email}`, so the second row collides with the first one within the same statement.
+
+Give {name2} their own address, or if they really share it, drop the constraint:
+
+```sql
+INSERT INTO contacts (full_name, email, phone, city) VALUES
+('{name}', '{email}', '{phone}', '{city}'),
+('{name2}', NULL, NULL, '{city}');
+```
+
+Or use `ON CONFLICT (email) DO NOTHING` if you just want to skip duplicates."""),
+        ("user", "ah ok, {first2} is my wife, we use one address for everything lol. null it is"),
+    ],
+    # 4 health, elderly parent
+    [
+        ("user", "hi, my mum {name} has a cardiology appt next tuesday and i need to call to move it but i keep getting a robot. the number on the letter is {phone}. they ask for her nhs number which is {id} — is it normal that they want that on the phone?"),
+        ("assistant", "Yes, that's normal — clinics use it to find the right record, and it's fine to give it when *you* called the number printed on the official letter ({phone}). Tips for getting past the automated menu:\n\n- Have ready: her full name ({name}), date of birth, and the number {id}.\n- Many hospital lines let you press 0 or say \"appointments\" twice to reach a person.\n- Calling right when lines open (usually 8am) tends to be quickest.\n\nAs her carer you may also be asked to confirm she consents, so it helps if she's with you during the call."),
+        ("user", "thanks. shes 84 and deaf-ish so ill just put her on speaker"),
+    ],
+    # 5 forwarded message with signature, lost line breaks
+    [
+        ("user", """can you pull out the contact details from this forwarded mail into a neat block? our crm export mangled it
+
+---------- Forwarded message ---------
+From: {name} <{email}>
+Subject: Re: delivery of the samples
+
+Hi {first3},
+yes please send the samples to our warehouse, not the office. Thanks!
+
+Best regards,
+{name}
+Purchasing Manager
+{address_qq}
+Tel. {phone}"""),
+        ("assistant", """Here you go:
+
+**Name:** {name}
+**Role:** Purchasing Manager
+**Email:** {email}
+**Phone:** {phone}
+**Address:**
+{address_lines}
+
+Note that the `???` in the original are lost line breaks, so I split the address there. Also, she asked for delivery to the warehouse — double-check that this address is the warehouse and not the office before shipping."""),
+    ],
+    # 6 YAML config with smtp password
+    [
+        ("user", """my nextcloud mail notifications aren't going out. config:
+
+```yaml
+mail:
+  smtp_host: smtp.gmail.com
+  smtp_port: 465
+  smtp_secure: tls
+  smtp_user: {email}
+  smtp_pass: "{password}"
+  from_name: {name}
+```"""),
+        ("assistant", """Port 465 expects implicit SSL, not STARTTLS. Either change `smtp_secure` to `ssl`, or keep `tls` and use port 587:
+
+```yaml
+mail:
+  smtp_host: smtp.gmail.com
+  smtp_port: 587
+  smtp_secure: tls
+  smtp_user: {email}
+  smtp_pass: "<app password>"
+  from_name: {name}
+```
+
+Also, Gmail won't accept your normal account login here. Generate an app password under Google Account → Security → App passwords and use that instead of `{password}`. And since you pasted it here, I'd change that one anyway."""),
+        ("user", "ugh yeah that's also my gmail login. changing it now"),
+    ],
+    # 7 French letter to landlord
+    [
+        ("user", "bonjour, je dois écrire à mon propriétaire {name2} pour lui dire que le chauffage ne marche plus depuis 2 semaines. je m'appelle {name}, j'habite au {street} à {city}. ton assez ferme mais poli stp"),
+        ("assistant", "Voici une proposition :\n\n{name}\n{address_lines}\n\nÀ l'attention de M./Mme {name2}\n\nObjet : Panne de chauffage — demande d'intervention urgente\n\nMadame, Monsieur,\n\nJe vous informe que le chauffage du logement que je loue au {street}, {post} {city}, ne fonctionne plus depuis deux semaines. Malgré mon premier signalement oral, aucune intervention n'a eu lieu.\n\nConformément à vos obligations de bailleur, je vous demande de faire réparer l'installation dans les plus brefs délais. Sans réponse de votre part sous huit jours, je me verrai contraint(e) de saisir la commission départementale de conciliation.\n\nVeuillez agréer, Madame, Monsieur, l'expression de mes salutations distinguées.\n\n{name}"),
+        ("user", "super merci. tu peux enlever le (e), je suis un homme"),
+        ("assistant", "Bien sûr : « …je me verrai contraint de saisir la commission départementale de conciliation. » Le reste ne change pas."),
+    ],
+    # 8 CSV attendees
+    [
+        ("user", """excel keeps putting everything in one column when i open this csv, why
+
+full_name;email;phone;diet
+{name};{email};{phone};vegetarian
+{name2};;;none
+{first3} (guest of {first});;;vegan"""),
+        ("assistant", """Your file uses semicolons, and your Excel locale expects commas (or the other way around). Options:
+
+1. **Data → From Text/CSV**, pick the file and set the delimiter to *Semicolon*.
+2. Or add `sep=;` as the very first line of the file:
+
+```
+sep=;
+full_name;email;phone;diet
+{name};{email};{phone};vegetarian
+{name2};;;none
+{first3} (guest of {first});;;vegan
+```
+
+Also, Excel may strip the leading 0 or + from {phone} — format that column as Text during import to keep it intact."""),
+    ],
+    # 9 wifi password casual, router
+    [
+        ("user", "my parents router keeps dropping the wifi every evening. the admin page is 192.168.1.1, i logged in with admin and the one on the sticker which is {password}, what settings should i look at"),
+        ("assistant", "Good that you can get in. Things worth checking, roughly in order:\n\n1. **Wireless schedule / \"Wi-Fi timer\"** — some routers have a night mode that switches Wi-Fi off at a set time. That would explain \"every evening\" exactly.\n2. **Channel**: set 2.4 GHz to 1, 6 or 11 instead of Auto.\n3. **Firmware**: update it under System/Maintenance.\n4. **Logs**: look for reboots around the time it drops.\n\nAlso, since the admin login is still the sticker default, change it to something only you know — anyone on the network could otherwise log in."),
+        ("user", "omg it was the timer. dad set it to turn off at 9 so my brother {first2} would sleep lol"),
+    ],
+    # 10 Spanish travel booking, passport
+    [
+        ("user", "hola! tengo que rellenar el formulario de la aerolínea para el vuelo de mañana y no sé qué poner en 'documento'. mi nombre completo es {name}, mi {id_kind} es {id}. también piden un teléfono de contacto de emergencia, pongo el de mi hermana {first2}: {phone}"),
+        ("assistant", "¡Claro! Normalmente el formulario queda así:\n\n- **Nombre:** {name} (exactamente como aparece en el documento)\n- **Tipo de documento:** {id_kind}\n- **Número:** {id}\n- **Contacto de emergencia:** {first2} — {phone}\n\nRevisa que la fecha de caducidad del documento sea válida al menos durante todo el viaje, y que el contacto de emergencia no viaje contigo."),
+        ("user", "perfecto, ella se queda en casa. gracias!!"),
+    ],
+    # 11 Polish bank transfer translation
+    [
+        ("user", "możesz mi przetłumaczyć na angielski? muszę wysłać do wynajmującego w Dublinie: 'Dzień dobry, przelałem kaucję na konto {iban}, tytuł przelewu: kaucja {name}. Proszę o potwierdzenie.'"),
+        ("assistant", "Jasne:\n\n\"Hello, I have transferred the deposit to the account {iban}, payment reference: deposit {name}. Could you please confirm receipt?\"\n\nJeśli to przelew zagraniczny, wynajmujący może też potrzebować kodu BIC — warto go dopisać w przelewie."),
+        ("user", "a jak by ten wynajmujący {name2} nie odpowiadał tydzień to co napisać?"),
+        ("assistant", "Możesz wysłać krótkie przypomnienie:\n\n\"Dear {name2}, I'm following up on my message from last week regarding the deposit I sent to {iban}. I'd appreciate a short confirmation that it arrived. Kind regards, {name}\""),
+    ],
+    # 12 Markdown table of shared expenses
+    [
+        ("user", """split this fairly pls, we're 3 in the flat. who owes whom?
+
+| who | paid for | amount |
+|---|---|---|
+| {first} | electricity | 96.40 |
+| {first2} | internet + netflix | 54.00 |
+| {first3} | groceries | 131.20 |
+
+{first3} said to just send everything to her iban {iban}"""),
+        ("assistant", """Total is 281.60, so each share is 93.87.
+
+| person | paid | share | balance |
+|---|---|---|---|
+| {first} | 96.40 | 93.87 | +2.53 |
+| {first2} | 54.00 | 93.87 | −39.87 |
+| {first3} | 131.20 | 93.87 | +37.33 |
+
+So: **{first2}** pays **37.33** to {first3} (to {iban}) and **2.54** to {first}. If it's easier, {first2} can send the whole 39.87 to {first3}, and {first3} passes 2.54 on to {first}."""),
+    ],
+    # 13 shell curl with basic auth + JSON body
+    [
+        ("user", """curl returns 401 but i can log in on the website just fine
+
+curl -X POST https://api.example-shop.io/v2/orders \\
+  -u {email}:{password} \\
+  -H "Content-Type: application/json" \\
+  -d '{{"customer":"{name}","iban":"{iban}","items":[{{"sku":"A-17","qty":2}}]}}'"""),
+        ("assistant", """A few common causes:
+
+1. **Special characters in the password.** If `{password}` contains `!`, `$` or `:`, the shell or curl will mangle it. Quote it: `-u '{email}:{password}'` — and note curl splits on the *first* colon only, so colons in the email are the problem, not in the password.
+2. **The API may not accept website logins.** Many shops want an API token instead: `-H "Authorization: Bearer $TOKEN"`.
+3. Check `curl -v` to see whether the `Authorization: Basic …` header is actually being sent.
+
+Also avoid putting credentials on the command line — they end up in your shell history. Use `-u '{email}'` alone and curl will prompt for the password."""),
+    ],
+    # 14 Dutch school message
+    [
+        ("user", "kun je me helpen een berichtje te schrijven aan de juf van mijn dochter? juf {first3} wil dat we ons opgeven voor het schoolreisje maar {first} is die dag bij de orthodontist. mijn mail is {email} als ze iets terug wil sturen"),
+        ("assistant", "Natuurlijk! Bijvoorbeeld:\n\nBeste juf {first3},\n\nBedankt voor de informatie over het schoolreisje. Helaas heeft {first} die dag een afspraak bij de orthodontist en kan ze dus niet mee. Mocht de afspraak verschoven kunnen worden, dan laat ik het u zo snel mogelijk weten.\n\nVoor vragen ben ik bereikbaar via {email}.\n\nMet vriendelijke groet,\n{name2}"),
+        ("user", "top, maar ik heet {first2} hoor, niet {name2} 😅 gewoon met voornaam ondertekenen"),
+        ("assistant", "Oeps! Dan wordt de afsluiting:\n\nMet vriendelijke groet,\n{first2} (moeder van {first})"),
+    ],
+    # 15 Italian car accident
+    [
+        ("user", "ciao, ieri ho avuto un piccolo incidente, mi hanno tamponato a un semaforo. devo compilare il CAI (constatazione amichevole). l'altro guidatore è {name2}, io sono {name}, patente {id}. abito in {street}, {post} {city}. come scrivo la descrizione?"),
+        ("assistant", "Mi dispiace per l'incidente! Per il CAI:\n\n**Conducente A (tu):** {name}, {street}, {post} {city}, patente n. {id}.\n**Conducente B:** {name2} — chiedi anche il numero di targa e la compagnia assicurativa.\n\n**Descrizione (campo 14 / osservazioni):**\n\"Il veicolo A era fermo al semaforo rosso quando è stato tamponato dal veicolo B, che sopraggiungeva da dietro.\"\n\nNella casella 12 segna per B la voce 8 (\"tamponava, procedendo nello stesso senso e nella stessa fila\"). Fate firmare il modulo a entrambi, altrimenti non vale come constatazione amichevole."),
+        ("user", "ok ma {name2} non voleva firmare... che faccio?"),
+        ("assistant", "Se {name2} non firma, compila comunque la tua parte, annota targa e dati che hai, eventuali testimoni, e fai foto ai danni. Poi invia tutto alla tua assicurazione entro 3 giorni: aprirà il sinistro anche senza la firma dell'altro conducente."),
+    ],
+    # 16 card fraud dispute, dictated shapes
+    [
+        ("user", "theres 3 charges on my card i didnt make, all from some 'DGTL*SVCS' thing, 49.99 each. the card ending is the one {card} - its in my name {name} but my wife {first2} uses it too. the bank app says call them but whats the number usually, and do i cancel the card first?"),
+        ("assistant", "Sorry, that's stressful. Here's the order I'd do it in:\n\n1. **Freeze the card right now** in the bank app (most have a \"lock card\" toggle). That stops new charges straight away.\n2. **Call the number on the back of the physical card** — not a number from a search result, scammers run fake \"bank helplines\". Tell them the card {card} shows three unauthorised DGTL*SVCS charges of 49.99.\n3. Ask them to **dispute/charge back** all three and issue a new card with a new number.\n4. Change the passwords of any shops where that card was saved.\n\nYou're usually not liable for fraud you report promptly."),
+        ("user", "ok froze it. the guy on the phone asked me to read out the whole number like four-five-... and then the 3 digits on the back. is that ok??"),
+        ("assistant", "If *you* called the number on the back of the card, confirming the card number is normal. But a genuine bank almost never needs the 3-digit security code on a fraud call. If it was someone who called *you*, hang up and call the bank back on the official number immediately — the card {card} should then be cancelled for good."),
+    ],
+    # 17 Czech CV
+    [
+        ("user", "ahoj, potřebuju udělat hlavičku do životopisu, aby to vypadalo profesionálně. jmenuju se {name}, bydlím {address}, tel {phone}, mail {email}. hlásím se na pozici účetní"),
+        ("assistant", "Tady je návrh hlavičky:\n\n**{name}**\nÚčetní\n\n{street} · {post} {city}\n{phone} · {email}\n\nPár tipů:\n- Adresa stačí jen město ({city}), celá ulice dnes v CV není nutná.\n- E-mail by měl působit seriózně — {email} je v pořádku, pokud obsahuje tvé jméno.\n- Fotku přidávej jen pokud ji firma výslovně chce."),
+        ("user", "díky! a mám tam dát i datum narození? {first3} říkala že v česku se to dává"),
+        ("assistant", "Není to povinné a z hlediska ochrany před diskriminací se to spíš nedoporučuje. Pokud ale firma chce klasické české CV, můžeš ho dát pod kontakt — rozhodnutí je na tobě."),
+    ],
+    # 18 Hungarian tax id
+    [
+        ("system", "You are a helpful assistant. Answer in the user's language."),
+        ("user", "szia, a munkáltatóm kéri az adóazonosító jelemet az új szerződéshez. az enyém {id}, a nevem {name}. ezt simán emailben elküldhetem nekik a {email} címről?"),
+        ("assistant", "Szia {first}! Az adóazonosító jelet a munkáltatónak jogszerűen meg kell adnod, tehát kérhetik. E-mailben elküldheted, de érdemesebb:\n\n- a HR hivatalos címére küldeni, ne egy kolléga privát címére,\n- ha lehet, jelszóval védett PDF-ben, a jelszót pedig SMS-ben átadni.\n\nPélda üzenet:\n\n„Tisztelt HR! Az új munkaszerződéshez szükséges adóazonosító jelem: {id}. Üdvözlettel: {name}”"),
+    ],
+    # 19 Portuguese online purchase problem
+    [
+        ("user", "oi! comprei um celular numa loja online e veio com a tela quebrada. paguei no cartão {card} em 10x. já mandei email pra eles do {email} e nada. meu whats é {phone} e eles nem responderam lá. o que eu faço?"),
+        ("assistant", "Que chato! Pelo Código de Defesa do Consumidor você tem direito à troca ou ao dinheiro de volta por produto com defeito. Sugestão de passos:\n\n1. Registre uma reclamação no consumidor.gov.br ou no Reclame Aqui, com fotos da tela e o número do pedido.\n2. Ligue para o banco emissor do cartão {card} e peça a **contestação da compra** (chargeback), informando que o produto veio danificado.\n3. Guarde os e-mails enviados de {email} como prova de que você tentou resolver.\n\nSe quiser, escrevo a reclamação pra você."),
+        ("user", "quero sim, no nome de {name}"),
+        ("assistant", "Aqui vai:\n\n\"Eu, {name}, adquiri um smartphone nesta loja, pago com cartão de crédito em 10 parcelas. O produto chegou com a tela quebrada. Entrei em contato pelo e-mail ({email}) e pelo WhatsApp ({phone}) sem qualquer resposta. Solicito a troca imediata do aparelho ou o estorno integral do valor.\""),
+    ],
+    # 20 Danish moving house
+    [
+        ("user", "hej, vi flytter i næste måned og jeg skal huske at melde adresseændring alle steder. ny adresse er {address}. kan du lave en tjekliste? min kæreste {name2} flytter også med"),
+        ("assistant", "Selvfølgelig! Tjekliste til flytningen til {street}, {post} {city}:\n\n- [ ] Flytning på borger.dk (for både dig og {name2}) — senest 5 dage efter flytning\n- [ ] Bank: opdater adresse, og tjek at huslejen trækkes fra den rigtige konto\n- [ ] Forsikring (indbo flytter ikke automatisk)\n- [ ] El, internet og varme — aflæs målere på flyttedagen\n- [ ] Læge (vælg evt. ny i det nye område)\n- [ ] Abonnementer, fagforening, a-kasse\n- [ ] Eftersendelse af post hos PostNord"),
+        ("user", "udlejeren vil have depositum på {iban} og mit telefonnummer, det er {phone}. skal jeg skrive det hele i en mail?"),
+        ("assistant", "Ja, en kort mail er fin, så har I det skriftligt:\n\n\"Hej. Depositum overføres til {iban} i dag. Jeg kan træffes på {phone}. Vh {name}\"\n\nGem kvitteringen for overførslen."),
+    ],
+    # 21 JSON webhook payload
+    [
+        ("system", "You are a senior backend engineer. Be concise."),
+        ("user", """stripe-like webhook keeps failing our schema validation, what's wrong with the payload?
+
+{{
+  "event": "payment.succeeded",
+  "customer": {{
+    "name": "{name}",
+    "email": "{email}",
+    "phone": {phone}
+  }},
+  "payment_method": {{ "type": "card", "number": "{card}" }}
+}}"""),
+        ("assistant", """`"phone": {phone}` isn't quoted, so it's not valid JSON (and leading zeros / `+` would break it even if it parsed). It must be a string:
+
+```json
+{{
+  "customer": {{
+    "name": "{name}",
+    "email": "{email}",
+    "phone": "{phone}"
+  }}
+}}
+```
+
+Bigger problem: you're logging the full card number `{card}` in the payload. A real provider would only send the last 4 digits and a token — if your own code builds this, drop `number` entirely or you're in PCI scope."""),
+    ],
+    # 22 reference letter, possessive names
+    [
+        ("user", "i have to write a reference for my former intern {name}. he was great with data, slow with emails lol. its for a masters program, they want my contact too: {name2}, {email}, {phone}"),
+        ("assistant", "Here's a draft:\n\nTo the Admissions Committee,\n\nI am pleased to recommend {name}, who worked as an intern in my team for six months. {first}'s analytical skills stood out from the first week: he built our monthly reporting pipeline almost single-handedly and explained his results clearly to non-technical colleagues.\n\n{surname} is curious, reliable and takes feedback well. I am confident he will thrive in a demanding master's program.\n\nPlease feel free to contact me with any questions.\n\nSincerely,\n{name2}\n{email} | {phone}\n\n(I left out the part about emails 😉)"),
+        ("user", "haha good call. can you make {surname}'s part about the pipeline more specific, it was python + airflow"),
+        ("assistant", "Sure: \"…he built our monthly reporting pipeline in Python and Apache Airflow almost single-handedly, cutting the time to produce the report from two days to a few hours.\""),
+    ],
+    # 23 wedding seating, names, first names
+    [
+        ("user", "wedding seating help 😭 table 4 has 8 seats. people: {name} and her husband, {name2}, {first3}, my cousin {first} (who CANNOT sit near {first2}), plus 2 kids. how do i arrange it"),
+        ("assistant", "That's 7 people, so you have one spare seat. Around the round table, seats 1–8 clockwise:\n\n1. {name}\n2. her husband\n3. kid 1\n4. kid 2\n5. {first3}\n6. {name2}\n7. your cousin {first}\n8. spare\n\nQuick check: is your cousin {first} a different person from {name}, or did you list her twice? And is {first2} seated at table 4 at all? If not, just put {first2}'s table on the far side of the room."),
+        ("user", "no sorry different {first} lol. and {first2} is at table 7 so its ok"),
+        ("assistant", "Got it! Then table 4: {name}, her husband, kid 1, kid 2, {first3}, {name2}, your cousin {first}, and one spare seat. Table 7 with {first2} is far enough — put it on the opposite side from table 4."),
+    ],
+    # 24 Excel address split + protected sheet
+    [
+        ("user", """i have a column like this from our member export, all lower case, how do i split it into street / postcode / city in excel? and the sheet is protected, the password is {password} if that matters
+
+A2: {address_lower}
+B2: {name_lower}"""),
+        ("assistant", """First unprotect the sheet: **Review → Unprotect Sheet**, enter the password.
+
+For the split, with `{address_lower}` in A2:
+
+- Street (before the comma): `=TRIM(LEFT(A2, FIND(",", A2) - 1))`
+- Rest: `=TRIM(MID(A2, FIND(",", A2) + 1, 200))` → gives postcode + city
+- Then split the rest at the first space for postcode and city:
+  - Postcode: `=LEFT(C2, FIND(" ", C2) - 1)`
+  - City: `=MID(C2, FIND(" ", C2) + 1, 200)`
+
+For the names in B2 (`{name_lower}`), `=PROPER(B2)` turns it back into proper case. Careful: postcodes that contain a space (UK/NL/PL style) will split wrongly — for those, Power Query's split by delimiter is easier."""),
+        ("user", "our members are mostly in {country} so postcodes are fine. thx"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -3117,8 +3452,9 @@ TEMPLATES = {
     + HELD_OUT_13_TEMPLATES
     + HELD_OUT_14_TEMPLATES
     + HELD_OUT_15_TEMPLATES
-    + HELD_OUT_16_TEMPLATES,
-    "held-out": HELD_OUT_17_TEMPLATES,
+    + HELD_OUT_16_TEMPLATES
+    + HELD_OUT_17_TEMPLATES,
+    "held-out": HELD_OUT_18_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
