@@ -756,6 +756,20 @@ def test_prose_in_code_strings_contact_lists_and_the_everyday_shapes_of_set_17(s
     assert 'echo "$BODY" | mail -s "Move-in info" "$TO"' in out[0] and "code 4471" in out[0]
 
 
+def test_driving_licences_and_tax_ids_named_in_other_languages(step: PiiScrub) -> None:
+    """From blind set 18: an Italian "patente (n.) X", a Hungarian "adóazonosító jelem: X" found again
+    where the same value stood after "az enyém", a German "Führerschein", a French "permis n°"."""
+    turns = [
+        "io sono Marco Rossi, patente V55384953. Conducente A: Marco Rossi, patente n. V55384953.",
+        "az adóazonosító jelemet kérik. az enyém 886868052914.",
+        "Tisztelt HR! Az új munkaszerződéshez szükséges adóazonosító jelem: 886868052914.",
+        "mein Führerschein C44596514 ist weg, permis de conduire n° EJ0126773",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    assert not [v for v in ("V55384953", "886868052914", "C44596514", "EJ0126773") if v in out], out
+    assert step.scrub_text("la patente è scaduta nel 2024") == "la patente è scaduta nel 2024"
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

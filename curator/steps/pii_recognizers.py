@@ -1029,14 +1029,18 @@ _ID_KEYWORDS = (
     r"členské\s+číslo|kundenummer|medlemsnummer|"
     # account, customer and contract numbers and tax ids of chat exports ("číslo zákaznického účtu")
     r"číslo\s+(?:zákaznického\s+)?účtu|zákaznické\s+číslo|číslo\s+smlouvy|numer\s+(?:konta|rachunku|umowy)|"
-    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:-?\s*szám\w*)?|"
+    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel\w*)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:-?\s*szám\w*)?|"
     r"vertragsnummer|kontonummer|kontonr\.?|numéro\s+de\s+contrat|número\s+de\s+contrato|numero\s+di\s+contratto|"
     r"contractnummer|aftalenummer|cpr-nummer|rg|"
     # passports and identity cards in the languages of chat exports ("numéro de passeport", "dowód osobisty")
     r"(?:numéro\s+de\s+)?passeport|(?:numer\s+)?dowodu(?:\s+osobistego)?|dowód\s+osobisty|numer\s+paszportu|"
     r"číslo\s+(?:pasu|op|občanky|občanského\s+průkazu)|útlevél(?:szám)?|személyi(?:\s+igazolvány)?|paspoort(?:nummer)?|"
     r"pasnummer|passnummer|(?:número\s+do\s+)?passaporte|(?:numero\s+di\s+)?passaporto|carta\s+d'identità|"
-    r"documento\s+(?:de\s+identidad|d'identità)"
+    r"documento\s+(?:de\s+identidad|d'identità)|"
+    # driving licences in the languages of chat exports ("patente n. X", "Führerscheinnummer X")
+    r"patente(?:\s+di\s+guida)?|permiso\s+de\s+conducir|carnet\s+de\s+conducir|führerschein(?:nummer)?|"
+    r"permis(?:\s+de\s+conduire)?|rijbewijs(?:nummer)?|prawo\s+jazdy|prawa\s+jazdy|řidičsk(?:ý|ého)\s+průkaz\w*|"
+    r"kørekort(?:nummer)?|carteira\s+de\s+motorista|cnh|jogosítvány(?:szám)?"
 )
 # words that may stand between an id's keyword and its value ("o CPF que usei foi X", "mein Ausweis ist X")
 _ID_FILLER = (
@@ -1061,7 +1065,7 @@ class IdNumberRecognizer(_RegexRecognizer):
                 rf"(?i:\b(?:{_ID_KEYWORDS}))"
                 # its value under a sibling key of JSON: {"type": "tax id", "number": "74-9783379"}
                 r"(?:[\"']\s*,\s*[\"']?(?i:number|value|no|num|id)[\"']?\s*[:=])?"
-                rf"\??(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)\??){{0,3}}[\s:#=\"'`(]*(?:(?i:no\.?|number)\s*)?"
+                rf"\??(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)\??){{0,3}}[\s:#=\"'`(]*(?:(?i:no\.?|number|nr\.?|n\.|n°|nº|č\.)\s*)?"
                 rf"({_ID_VALUE})"
             ),
             1,
