@@ -770,6 +770,46 @@ def test_driving_licences_and_tax_ids_named_in_other_languages(step: PiiScrub) -
     assert step.scrub_text("la patente è scaduta nel 2024") == "la patente è scaduta nel 2024"
 
 
+def test_first_names_outside_english_columns_lower_case_full_names_and_short_sign_offs(step: PiiScrub) -> None:
+    """From blind set 18: a known first name capitalised inside a Czech, Dutch or Italian sentence (or
+    opening one, from a writer who does not capitalise), a name in a table column beside found
+    names, a lower-case full name from a casual writer, "Vh X" closing a Danish note, a phone after
+    "meu whats é", and a Brazilian postcode after a found street."""
+    czech = "díky! a mám tam dát i fotku? Zdeňka říkala že v česku se to dává"
+    dutch = "kun je me helpen? juf Henrike wil dat we ons opgeven maar Femke is die dag ziek."
+    italian = "l'altro guidatore è Rosalinda Pizzuti, io sono Marco Rossi."
+    table = (
+        "split pls\n\n| who | paid |\n|---|---|\n| Ottokar | 96.40 |\n| Jessica | 54.00 |\n| Paulina | 31.20 |\n\n"
+        "Paulina said to send it"
+    )
+    lower = "i have a column from our member export, all lower case, how do i fix it?\n\nB2: kalina wróbel"
+    danish = '"Depositum overføres i dag. Vh Ejnar Rasmussen"'
+    phone = "já mandei email e nada. meu whats é 5839 9207 e eles nem responderam"
+    street = "Moro na Rua das Acácias, 12, 64194-037 Teresina."
+    cases = [
+        (czech, "cs", ["Zdeňka"]),
+        (dutch, "nl", ["Henrike", "Femke"]),
+        (italian, "it", ["Rosalinda Pizzuti", "Marco Rossi"]),
+        (table, None, ["Ottokar", "Jessica", "Paulina"]),
+        (lower, None, ["kalina", "wróbel"]),
+        (danish, "da", ["Ejnar", "Rasmussen"]),
+        (phone, "pt", ["5839 9207"]),
+        (street, "pt", ["Acácias", "64194-037"]),
+    ]
+    for text, language, planted in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in planted if v in out], out
+    # capitals that are no names stay: a German noun that is a name elsewhere, "Ella" opening a Spanish
+    # sentence, a place
+    for text, language in [
+        ("Die Lage ist gut, und in zwei Tage sind wir da.", "de"),
+        ("Ella dijo que vendría mañana a la oficina.", "es"),
+        ("jasmine rice or basmati? i always cook jasmine rice", None),
+    ]:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert "<PERSON" not in out, out
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -76,6 +76,7 @@ from curator.steps.pii_recognizers import (
     NAME_PARTICLES,
     NOT_A_PLACE,
     TECH_NAMES,
+    UPPER,
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
     CredentialRecognizer,
@@ -87,13 +88,16 @@ from curator.steps.pii_recognizers import (
     SecretRecognizer,
     StreetAddressRecognizer,
     account_users,
+    first_names,
     has_street_word,
     keyed_values,
+    lower_full_names,
     pair_secret,
     password_tokens,
     phone_extent,
     phone_word_before,
     signoff_word,
+    table_columns,
     uncovered_digit_groups,
     unknown_word,
 )
@@ -682,13 +686,16 @@ _SUBJECT = re.compile(
     r"(?:,|:[ \t]|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
     r"wants|went|called|wrote|asked)\b)"
 )
-_TITLE = re.compile(r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra)\.?[ \t]+$")
+_TITLE = re.compile(
+    r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra|juf|meneer|mevrouw|mevr|dhr|pan|pani|paní|hr|fru|"
+    r"sig|sig\.ra|dott|don|doña|dona)\.?[ \t]+$"
+)
 _POST_NOMINAL = re.compile(
     r"(?:,?[ \t]+(?:MD|M\.D\.|DDS|D\.D\.S\.|DVM|PhD|Ph\.D\.|Jr\.?|Sr\.?|II|III|IV|Esq\.?|RN|CPA|MBA|DO)(?![\w.])"
     r"|(?i:[ \t]+(?:md|dds|dvm|phd|jr|esq))(?!\w))"
 )
 _LIST_GAP = re.compile(r"^(?:,[ \t]*(?:and[ \t]+|&[ \t]*)?|[ \t]+(?:and|&|or)[ \t]+)$")
-_CAP_WORD = re.compile(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_CAP_WORD = re.compile(rf"[{UPPER}][\w'’\-]*\w")
 _ID_CONTEXT = re.compile(
     r"(?i)(?:passport|tax|licen[cs]e|account|acct|\bid\b|number|\bno\.|ssn|social|national|routing|member|customer|"
     r"policy|iban|bank|card)"
@@ -795,9 +802,9 @@ def _with_titles(text: str, spans: list[Span]) -> list[Span]:
 _NEXT_WORD = re.compile(r"[ \t]([^\W\d_][\w'’\-]*\w)")
 # a lower-case particle and a capitalised word after a name: its surname ("Cauã da Luz", "Jan van Dijk")
 _PARTICLES = "|".join(sorted(NAME_PARTICLES))
-_PARTICLE_SURNAME = re.compile(rf"(?:[ \t](?:{_PARTICLES})){{1,2}}[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_PARTICLE_SURNAME = re.compile(rf"(?:[ \t](?:{_PARTICLES})){{1,2}}[ \t][{UPPER}][\w'’\-]*\w")
 _ENDS_IN_PARTICLE = re.compile(rf"[ \t](?:{_PARTICLES})$")  # "Matthias de" of "Matthias de Bont"
-_CAPITALISED_NEXT = re.compile(r"[ \t][A-ZÀ-ÞĀ-ſ][\w'’\-]*\w")
+_CAPITALISED_NEXT = re.compile(rf"[ \t][{UPPER}][\w'’\-]*\w")
 _PREV_WORD = re.compile(r"(?<![\w'’\-])([^\W\d_][\w'’\-]*\w)[ \t]$")
 
 
@@ -831,7 +838,7 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 m
                 and (start, end) == (span.start, span.end)
                 and " " not in text[start:end]
-                and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][a-zà-ÿā-ž'’\-]+", m.group(1))  # a name, not "AKIAK7861OVT"
+                and re.fullmatch(rf"[{UPPER}][a-zà-ÿā-ž'’\-]+", m.group(1))  # a name, not "AKIAK7861OVT"
                 and not _NO_NAME_WORD.fullmatch(m.group(1))
                 and (unknown_word(m.group(1)) or lower_writer)
             ):
@@ -855,7 +862,7 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 m
                 and (start, end) == (span.start, span.end)
                 and " " not in text[start:end]
-                and re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][a-zà-ÿā-ž\-]{2,}", m.group(1))  # not "I'm"
+                and re.fullmatch(rf"[{UPPER}][a-zà-ÿā-ž\-]{{2,}}", m.group(1))  # not "I'm"
                 and not _NO_NAME_WORD.fullmatch(m.group(1))
                 and not _GREETING_HEAD.match(text, m.start(1))  # "Liebe Gitte", "Hola Ana"
                 and not _TITLE.search(m.group(0))
@@ -864,6 +871,30 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
             ):
                 start = m.start()
         out.append(span if (start, end) == (span.start, span.end) else Span(span.type, start, end, span.score))
+    return out
+
+
+def _known_first_names(text: str, spans: list[Span]) -> list[Span]:
+    """Outside English, a capitalised known first name (`first_names`) no span covers is a person
+    unless it opens a sentence of a writer who capitalises them ("maar Grete is", "? Světlana
+    říkala" from one who does not): there capitals inside a sentence mark proper nouns, and the
+    tagger, trained on English, misses the names it has not seen. German nouns that are names
+    elsewhere ("Tage") are left out of the list."""
+    names = first_names()
+    covered = [(s.start, s.end) for s in spans]
+    sentences = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.end() > m.start()]
+    openers = [w.group(0)[0].islower() for s, e in sentences if (w := _WORD.search(text, s, e))]
+    lower_writer = sum(openers) >= 2 and 2 * sum(openers) > len(openers)
+    out = list(spans)
+    for s, e in sentences:
+        for j, w in enumerate(_WORD.finditer(text, s, e)):
+            token = w.group(0)
+            if not (token[0].isupper() and token[1:].islower() and token.lower() in names):
+                continue
+            if (j == 0 and not lower_writer) or _NO_NAME_WORD.fullmatch(token):
+                continue
+            if not any(cs < w.end() and w.start() < ce for cs, ce in covered):
+                out.append(Span("PERSON", w.start(), w.end(), 0.6))
     return out
 
 
@@ -881,7 +912,7 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
         else:
             groups.append([w])
     extra = []
-    groups += _bullet_groups(text)
+    groups += _bullet_groups(text) + _column_groups(text)
     for group in groups:
         if len(group) < 3 or not any(p.start < g.end() and g.start() < p.end for g in group for p in people):
             continue
@@ -898,9 +929,23 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
 # a bullet or numbered item that opens with a capitalised word alone ("- Melania", "2. Gino + kids",
 # "- Emily Mellor emily@x.org"): the first word, and the one after it when capitalised
 _BULLET_ITEM = re.compile(
-    r"(?m)^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+([A-ZÀ-ÞĀ-ſ][\w'’\-]*\w)(?:[ \t]+([A-ZÀ-ÞĀ-ſ][\w'’\-]*\w))?"
+    rf"(?m)^[ \t]*(?:[-*•]|\d{{1,2}}[.)])[ \t]+([{UPPER}][\w'’\-]*\w)(?:[ \t]+([{UPPER}][\w'’\-]*\w))?"
     r"(?=[ \t]*(?:$|[+(,:–<]|[ \t]\S+@))"
 )
+
+
+_CELL_NAME = re.compile(rf"[{UPPER}][\w'’\-]*\w(?:[ \t]+[{UPPER}][\w'’\-]*\w)?")
+
+
+def _column_groups(text: str) -> list[list[re.Match[str]]]:
+    """The cells of each markdown table column that hold one or two capitalised words alone, for
+    `_listed_names`: a "who" column with one name found makes its other one-name cells people."""
+    groups = []
+    for _, cells, _ in table_columns(text):
+        group = [m for a, b in cells if (m := _CELL_NAME.fullmatch(text, a, b))]
+        if len(group) >= 3:
+            groups.append(group)
+    return groups
 
 
 def _bullet_groups(text: str) -> list[list[re.Match[str]]]:
@@ -983,7 +1028,7 @@ def _trimmed(text: str, span: Span) -> Span:
     return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
 
 
-_NAME_LINE = re.compile(r"(?m)^[ \t]*((?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*[ \t]+){1,3}[A-ZÀ-ÞĀ-ſ][\w'’\-]*\w)[ \t]*\n[ \t]*\Z")
+_NAME_LINE = re.compile(rf"(?m)^[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)[ \t]*\n[ \t]*\Z")
 
 
 def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
@@ -998,9 +1043,13 @@ def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
 
 
 # postcodes that are no bare house number: "91012", "2149FU", "H-8715", "05-495", "485 39", "62704-1234"
-_POSTCODE = r"(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|\d{2}-\d{3}|\d{3}[ \t]\d{2})"
+_POSTCODE = (
+    r"(?:[A-Z]{1,2}-\d{4,5}|\d{5}-\d{3}|\d{8}|\d{4}-\d{3}|\d{5}(?:-\d{4})?|\d{4}[ \t]?[A-Z]{2}|"
+    r"\d{2}-\d{3}|\d{3}[ \t]\d{2})"
+)
 # a postcode (and its town) right after a street: "utca 176., h-8715 ózd,", "Rýmařovská 607, 485 39 Veltrusy,"
-# (there a bare 4-digit number is a postcode too: "Zinnsvej 6, 6301 Anholt")
+# (there a bare 4-digit number is a postcode too: "Zinnsvej 6, 6301 Anholt"; Brazil's and Portugal's
+# "64194-037", "64194037", "4000-123")
 _POSTCODE_AFTER = re.compile(
     rf"[ \t]*\.?[ \t]*,?[ \t]*(?:\((?i:{_POSTCODE}|\d{{4}})\)|(?i:{_POSTCODE}|\d{{4}}))"  # "18. (H-4661)"
     r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?)\]\"'\n]|$))"
@@ -1303,6 +1352,10 @@ class PiiScrub:
             out += [Span(kind, a, b, 0.9) for kind, a, b in keyed_values(text) if kind in self.entities]
             if "PERSON" in self.entities:
                 out += [Span("PERSON", a, b, 0.8) for a, b in account_users(text)]
+            if mode == "tagger" and "PERSON" in self.entities:
+                out = _known_first_names(text, out)
+            if mode != "code" and lower and "PERSON" in self.entities:
+                out += [Span("PERSON", a, b, 0.6) for a, b in lower_full_names(text)]
             if mode != "code" and "SECRET" in self.entities:  # in code, identifiers look like passwords
                 out += [Span("SECRET", a, b, 0.7) for a, b in password_tokens(text)]
             # a name or place guess around a secret ("TOKEN='sk-...'" as a facility) is the secret
@@ -1559,7 +1612,8 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     groups of 7+ digits are its local number ("7648 1845" of "+39 347 7648 1845"). A lower-case user name
     that is a word ("POSTGRES_USER: casper") is found again only quoted or as inline code. A name
     found so grows over its neighbours (`_name_neighbours`: "Javi" found in "Javi dice" makes "Javi
-    Amigó" elsewhere), and what grew is searched for once more (`grow`).
+    Amigó" elsewhere) and over the lists, bullets and table columns it stands in (`_listed_names`),
+    and what grew is searched for once more (`grow`).
     """
     values: dict[str, str] = {}
     secrets: set[str] = set()
@@ -1654,7 +1708,7 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     if grow:
         grown = False
         for unit in units:
-            spans = merge_spans(_name_neighbours(unit.text, unit.spans))
+            spans = merge_spans(_name_neighbours(unit.text, _listed_names(unit.text, unit.spans)))
             grown = grown or spans != unit.spans
             unit.spans = spans
         if grown:

@@ -18,6 +18,7 @@ match across lines by rules that a single regex cannot express without eating th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -31,6 +32,9 @@ from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecog
 from curator.steps.pii_ner import common_words
 
 SECRET = "SECRET"
+# the capital letters of Latin-1 and Latin Extended-A for regex classes ("Š", "Ł", not "ř", "ł", "×"): a
+# range such as "Ā-ſ" takes both cases there
+UPPER = "A-ZÀ-ÖØ-Þ" + "".join(c for c in map(chr, range(0x100, 0x180)) if c.isupper())
 STREET_ADDRESS = "STREET_ADDRESS"
 IPV6 = "IP_ADDRESS"
 
@@ -541,7 +545,7 @@ _PREFIX_NEEDS_NUMBER = (  # "pl." (Polish plac) too: Hungarian "pl." is "e.g."
     r"Distrito|Aeroporto|Favela|Feira|Rodovia|Urbanización|Glorieta|Callejón|Pasaje|Carretera|Cuesta|Vía|Traversa|"
     r"Salita|Rotonda|Borgo|Contrà|Stretto|Incrocio|Canale|Área|Estação|Pátio|Praia|Viaduto|Vial|Cañada|Acceso|Pasadizo"
 )
-_W = r"(?:[A-ZÀ-ÞΑ-Ω][\w'.\-]*|\d{1,5}[A-Za-z]?)"  # a capitalised word or a house number
+_W = r"(?:[A-ZÀ-ÞΑ-Ω][\w'.\-]*|\d{1,5}(?:-\d{3,4})?[A-Za-z]?)"  # a capitalised word, a house number or a postcode
 _PARTICLE = (
     r"(?:de|da|das|do|dos|del|della|dei|degli|delle|dello|dal|dalla|al|alla|di|du|des|la|le|les|van|von|der|den|el|y|e)"
 )
@@ -610,21 +614,21 @@ _LINE_BREAK = re.compile(r"[ \t]*\.?[ \t]*(?:(?:\r?\n[ \t]*){1,2}(?:\?{2,}[ \t]*
 _POSTCODE_LINE = re.compile(
     r"(?m)^[ \t]*(?:[A-Z]{1,2}-\d{4,5}|\d{5}(?:-?\d{3})?|\d{4}[ \t]?[A-Z]{2}|\d{3}[ \t]\d{2}|\d{2}-\d{3}|"
     r"(?!(?:19|20)\d\d\b)\d{4})[ \t]+"
-    r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+(?:[A-ZÀ-ÞĀ-ſ][\w'’\-]*|nad|pod|am|an|im|in|bei|de|la|le|sur|en|di|del|upon))*"
-    r"(?:,[ \t]*[A-ZÀ-ÞĀ-ſ][\w'’\-]*(?:[ \t]+[A-ZÀ-ÞĀ-ſ][\w'’\-]*){0,2}){0,2}"  # ", Czechia", ", Pest, Hungary"
+    rf"[{UPPER}][\w'’\-]*(?:[ \t]+(?:[{UPPER}][\w'’\-]*|nad|pod|am|an|im|in|bei|de|la|le|sur|en|di|del|upon))*"
+    rf"(?:,[ \t]*[{UPPER}][\w'’\-]*(?:[ \t]+[{UPPER}][\w'’\-]*){{0,2}}){{0,2}}"  # ", Czechia", ", Pest, Hungary"
     r"[ \t]*$"
 )
 _STREET_LINE_END = re.compile(
     r"(?!(?:Chapter|Page|Section|Step|Part|Figure|Table|Version|Level|Season|Episode|Round|Week|Day|Year|Grade|"
     r"Question|Exercise|Lesson|Unit|Item|Rule|Article|Phase|Stage|Task|Room|Floor|Track|Volume|Vol)\b)"
-    rf"(?:[^\W\d_][\w'’.\-]*[ \t]+){{0,3}}(?:[A-ZÀ-ÞĀ-ſ][\w'’.\-]*|{_SUFFIX})[ \t]+"
+    rf"(?:[^\W\d_][\w'’.\-]*[ \t]+){{0,3}}(?:[{UPPER}][\w'’.\-]*|{_SUFFIX})[ \t]+"
     r"\d{1,5}[A-Za-z]?(?:[/\-]\d{1,4})?\.?[ \t]*$"
 )
 # or a line that opens with a street type written before the name ("Favela Mathias Rocha", "Rua do Sol")
 _STREET_LINE_START = re.compile(
-    rf"[ \t]*(?:{_PREFIX}|{_PREFIX_NEEDS_NUMBER}|ul\.|al\.)[ \t]+[A-ZÀ-ÞĀ-ſ][^\n.!?:;]{{1,60}}$", re.UNICODE
+    rf"[ \t]*(?:{_PREFIX}|{_PREFIX_NEEDS_NUMBER}|ul\.|al\.)[ \t]+[{UPPER}][^\n.!?:;]{{1,60}}$", re.UNICODE
 )
-_PREFIX_START = re.compile(rf"(?<![\w.])(?i:{_PREFIX}|ul\.|al\.)(?=[ \t]+[A-ZÀ-ÞĀ-ſ])", re.UNICODE)
+_PREFIX_START = re.compile(rf"(?<![\w.])(?i:{_PREFIX}|ul\.|al\.)(?=[ \t]+[{UPPER}])", re.UNICODE)
 # words that lead into an address ("... to Adam Lizoń at ul. Majowa 501"): the street starts after the last
 _LEAD_IN = frozenset({"at", "to", "in", "on", "from", "near", "of", "is", "for", "and", "the", "my", "our", "your"})
 
@@ -854,7 +858,7 @@ class LuhnCardRecognizer(_RegexRecognizer):
 
 
 _PHONE_CONTEXT = re.compile(
-    r"(?i)(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|signal|fax|contact|reach|"
+    r"(?i)(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|\bwhats\b|\bzap\b|signal|fax|contact|reach|"
     # "number", not a tracking, order or serial number's ("the tracking number is 123456789")
     r"(?<!tracking\s)(?<!order\s)(?<!invoice\s)(?<!serial\s)(?<!ticket\s)(?<!case\s)(?<!model\s)(?<!part\s)"
     r"(?<!reference\s)(?<!confirmation\s)(?<!version\s)(?<!build\s)number|no\.|nr\.?|dial|landline|hotline|extension|teléfono|telefono|téléphone|telefon|handy|móvil|"
@@ -865,7 +869,7 @@ _PHONE_CONTEXT = re.compile(
     r"📞|☎|📱|"
     # a signature's phone label on its own line: "M: 8218 1508", "T. 352 8106", "Mob: ..."
     r"(?:^|\n)[ \t]*(?:[mtphwcof]|mob|ph|tlf|cel)\.?[ \t]*[:.][ \t]*$)"
-    r"\W{0,3}(?:\w+\W{1,3}){0,6}$"
+    r"\W{0,4}(?:\w+\W{1,4}){0,6}$"
 )
 _SEP = r"[ \-.]"
 _EXT = r"(?:[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?"
@@ -1079,74 +1083,112 @@ class IdNumberRecognizer(_RegexRecognizer):
         return sum(c.isdigit() for c in value) >= 4 and not _DATE_LIKE.match(value.strip())
 
 
+# names that are common English words ("may", "grace", "will"): no name without a cue, in any case
+_COMMON_NAME_WORDS = frozenset(
+    (
+        "may", "mark", "bill", "rose", "grace", "joy", "faith", "summer", "april", "sue", "don", "gene", "ray",
+        "chase", "dawn", "lane", "young", "brown", "white", "black", "green", "king", "long", "hill", "wood",
+        "hall", "ward", "page", "cook", "price", "bell", "rich", "love", "best", "moon", "day", "little",
+        "case", "frank", "max", "gray", "guy", "jack", "will", "hope", "major", "rock", "august", "art", "pat",
+        "car", "low",
+    )
+)
+
+
 def _first_names() -> frozenset[str]:
     """Lower-case first and last names (Faker's en_US lists) that are not common English words."""
     from faker.providers.person.en_US import Provider
 
-    common = {
-        "may",
-        "mark",
-        "bill",
-        "rose",
-        "grace",
-        "joy",
-        "faith",
-        "summer",
-        "april",
-        "sue",
-        "don",
-        "gene",
-        "ray",
-        "chase",
-        "dawn",
-        "lane",
-        "young",
-        "brown",
-        "white",
-        "black",
-        "green",
-        "king",
-        "long",
-        "hill",
-        "wood",
-        "hall",
-        "ward",
-        "page",
-        "cook",
-        "price",
-        "bell",
-        "rich",
-        "love",
-        "best",
-        "moon",
-        "day",
-        "little",
-        "case",
-        "frank",
-        "max",
-        "gray",
-        "guy",
-        "jack",
-        "will",
-        "hope",
-        "major",
-        "rock",
-        "august",
-        "art",
-        "pat",
-        "car",
-        "low",
-    }
-    return frozenset(n.lower() for n in (*Provider.first_names, *Provider.last_names)) - common
+    return frozenset(n.lower() for n in (*Provider.first_names, *Provider.last_names)) - _COMMON_NAME_WORDS
 
 
 NAME_GAZETTEER = _first_names()
 # the lower-case words inside a person's name ("Matthias de Bont", "Victor van de Elzas")
 NAME_PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "das", "dos", "di", "du", "del", "della", "le"})
-
-
 _PARTICLE_WORDS = "(?:" + "|".join(sorted(NAME_PARTICLES)) + ")"
-_NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[A-ZÀ-ÞĀ-ſА-ЯΑ-Ω][\w'’\-]*\w"
+# Faker's Latin-script locales of Europe and the Americas, whose first names `first_names` reads
+_FIRST_NAME_LOCALES = (
+    "cs_CZ", "da_DK", "de_AT", "de_CH", "de_DE", "en_GB", "en_IE", "en_US", "es_ES", "es_MX", "es_AR", "es_CL",
+    "es_CO", "et_EE", "fi_FI", "fr_FR", "fr_BE", "fr_CH", "fr_CA", "hr_HR", "hu_HU", "is_IS", "it_IT", "lt_LT",
+    "lv_LV", "nl_NL", "nl_BE", "no_NO", "pl_PL", "pt_BR", "pt_PT", "ro_RO", "sk_SK", "sl_SI", "sv_SE", "tr_TR",
+)
+# first names of some locale that are common words of another: lower case at least twice, or capitalised
+# without being a proper noun (German nouns: "Tage", "Lage"), in the dev splits of the UD treebanks that
+# bench/pii_multilingual.py tests on (es, de, fr, nl, it, pl, pt); "Ella", "Per", "Mia" open sentences
+_FIRST_NAME_WORDS = frozenset(
+    (
+        "abril", "aimé", "ale", "alla", "alma", "alta", "amie", "amor", "anders", "ani", "anni", "ante",
+        "april", "armas", "asu", "aura", "bas", "bassi", "beau", "ben", "beni", "bent", "beste", "blanca",
+        "bonnie", "campo", "canal", "cara", "cas", "che", "cielo", "corona", "cristiana", "dag", "dan", "del",
+        "demi", "dom", "domingo", "don", "donna", "durante", "día", "ebbe", "einer", "ela", "ella", "esa",
+        "esperanza", "esteri", "flor", "gallego", "gloria", "hanno", "helena", "inna", "jaki", "julio", "juni",
+        "kent", "kim", "kort", "kristall", "lady", "lage", "lana", "leider", "line", "lisa", "lot", "lotta",
+        "love", "luce", "lundi", "luz", "maire", "mar", "marco", "marina", "marino", "mars", "mia", "mila",
+        "mio", "mona", "máxima", "máximo", "nada", "nas", "nazi", "norma", "nova", "ora", "oscar", "oto",
+        "pacífica", "pastor", "paz", "per", "pero", "rana", "reina", "reine", "reino", "rok", "romain",
+        "romaine", "roman", "romano", "saga", "salud", "sam", "sami", "segundo", "sem", "sera", "signe", "sol",
+        "sue", "tage", "tali", "tan", "toma", "tránsito", "uma", "una", "uno", "van", "vega", "ver", "verde",
+        "victoire", "victoria", "vida", "vide", "villa", "ville", "vita", "vitória", "von", "wille",
+    )
+)
+
+
+def _faker_names(attrs: tuple[str, ...]) -> set[str]:
+    """The lower-case words (3+ letters) of the names under `attrs` of Faker's `_FIRST_NAME_LOCALES`
+    person providers, each word of a compound ("Maria Eduarda", "Jean-Luc") on its own."""
+    import importlib
+
+    out: set[str] = set()
+    for locale in _FIRST_NAME_LOCALES:
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except ImportError:  # a locale this Faker version lacks
+            continue
+        for attr in attrs:
+            names = getattr(provider, attr, ())
+            for name in names if isinstance(names, (list, tuple, dict)) else ():
+                out.update(w.lower() for w in re.split(r"[\s\-]+", name) if len(w) >= 3 and w.isalpha())
+    return out
+
+
+@functools.cache
+def first_names() -> frozenset[str]:
+    """Lower-case first names of Faker's European and American locales minus common words
+    (`_FIRST_NAME_WORDS`): the names an English-trained tagger has not seen ("Světlana", "Remedios")."""
+    return frozenset(_faker_names(("first_names", "first_names_female", "first_names_male")) - _FIRST_NAME_WORDS)
+
+
+@functools.cache
+def surnames() -> frozenset[str]:
+    """Lower-case surnames of the same locales ("johansen", "kolka", "mota"), for `lower_full_names`."""
+    return frozenset(
+        _faker_names(("last_names", "last_names_female", "last_names_male", "male_last_names", "unisex_last_names"))
+    )
+
+
+_LOWER_FULL_NAME = re.compile(
+    rf"(?<![\w'’\-@./])([a-zà-ÿ\u0100-\u017f]{{3,}})[ \t]+((?:{_PARTICLE_WORDS}[ \t]+){{0,2}})"
+    r"([a-zà-ÿ\u0100-\u017f][a-zà-ÿ\u0100-\u017f'’\-]+)(?![\w'’\-@]|\.\w)"
+)
+
+
+def lower_full_names(text: str) -> list[tuple[int, int]]:
+    """[start, end) of the lower-case full names in `text` ("nora johansen", "rafael da mota"): a known
+    first name that is no common English word (`first_names`, not "will", "grace") before a known
+    surname, one of the two unknown to Rampart's lexicon (not "jasmine rice"). For text whose writer
+    does not capitalise, where case tells a name from a word no more."""
+    lexicon = common_words() or frozenset()
+    names, family = first_names(), surnames()
+    out = []
+    for m in _LOWER_FULL_NAME.finditer(text):
+        first, last = m.group(1), m.group(3)
+        known = first in names and first not in _COMMON_NAME_WORDS and last in family
+        if known and (first not in lexicon or last not in lexicon):  # not "jasmine rice"
+            out.append((m.start(), m.end()))
+    return out
+
+
+_NAME_WORD = rf"(?!(?:Mr|Mrs|Ms|Dr|Prof|Miss|Sir)\b)[{UPPER}А-ЯΑ-Ω][\w'’\-]*\w"
 _LOWER_NAME_WORD = r"[a-zà-ÿ][a-zà-ÿ'’\-]*[a-zà-ÿ]"
 # "My name is X" (any case after it), in the languages of chat exports
 _NAME_CUES_ANY_CASE = (
@@ -1205,6 +1247,9 @@ _NAME_CUES_CAPITALISED = (
     r"name\s*:|call\s+me|known\s+as|dear|hi|hello|hey|thanks|thank\s+you|regards,?|cheers,?|sincerely,?|signed,?|"
     r"i'm|i\s+am|mr\.?|mrs\.?|ms\.?|dr\.?|prof\.?|miss|señor|señora|sr\.?|sra\.?|herr|frau|monsieur|madame|mme\.?|"
     r"signor|signora|recipient|payee|beneficiary|addressee|attn\.?|attention|c/o|contact|"
+    # titles of the languages of chat exports ("juf Grete", "pani Nowak", "hr. Jensen", "sig.ra Bianchi")
+    r"juf|juffrouw|meneer|mevrouw|mevr\.|dhr\.|pan|pani|paní|pane|hr\.|fru|sig\.(?:ra)?|dott\.(?:ssa)?|"
+    r"dottor|dottoressa|don|doña|dona|"
     # a transfer to someone: "un bonifico a X", "przelew do X", "Überweisung an X", "intestato a X"
     r"(?:bonifico|pagamento)\s+a|intestat[oa]\s+(?:proprio\s+)?a|przelew\s+(?:do|dla)|überweisung\s+an|"
     r"virement\s+(?:à|a)|transferencia\s+a|overboeking\s+(?:naar|aan)|převod\s+(?:na|pro)|"
@@ -1551,6 +1596,17 @@ class NameCueRecognizer(_RegexRecognizer):
             0.6,
             "weak",
         ),
+        # an abbreviated sign-off and a name closing the text or a quote, no comma needed ("... Vh Ísis
+        # Andrade", "LG Anna", "Pozdr. Ola")
+        (
+            re.compile(
+                r"(?:^|(?<=[\s.!?]))(?:[Mm]?[Vv][Hh]|[Mm][Vv][Gg]|LG|Lg|VG|Vg|MfG|BG|Pozdr\.?|Pzdr\.?|Üdv|Xoxo|xoxo)"
+                rf"[ \t]*[,.]?[ \t]+({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)(?=[ \t]*(?:$|[\"'’”.!)\n]))"
+            ),
+            1,
+            0.9,
+            "weak",
+        ),
         # a sign-off line, then a name alone on the next line
         (
             re.compile(
@@ -1656,13 +1712,13 @@ def _person_value(value: str) -> bool:
         words = [w for p in people for w in p if w not in NAME_PARTICLES]
         return (
             all(1 <= len(p) <= 3 for p in people)
-            and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
+            and all(re.fullmatch(rf"[{UPPER}][\w'’\-]*", w) for w in words)
             and any(unknown_word(w) for w in words)
         )
     words = [w for w in value.split() if w not in NAME_PARTICLES]  # "Victor van de Elzas"
     return (
         2 <= len(words) <= 3
-        and all(re.fullmatch(r"[A-ZÀ-ÞĀ-ſ][\w'’\-]*", w) for w in words)
+        and all(re.fullmatch(rf"[{UPPER}][\w'’\-]*", w) for w in words)
         and any(unknown_word(w) for w in words)
     )
 
@@ -1784,6 +1840,26 @@ _CSV_HEADER = re.compile(rf"(?m)^[ \t]*{_COLUMN}(?P<d>[,;\t])[ \t]*{_COLUMN}(?:(
 _CSV_ROWS = re.compile(r"\n((?:(?![ \t]*(?:```|~~~))[^\n]*\S[^\n]*(?:\n|$))+)")
 
 
+def table_columns(text: str) -> list[tuple[str, list[tuple[int, int]], list[str]]]:
+    """(column name, [start, end) of each of its cells, stripped, the table's header) of every column
+    of every markdown table in `text`."""
+    out = []
+    for m in _TABLE.finditer(text):
+        header = _CELL.findall(m.group(1))
+        lines = _LINE.finditer(text, m.start(2), m.end(2))
+        rows = [list(_CELL.finditer(text, row.start(), row.end())) for row in lines]
+        for j, column in enumerate(header):
+            cells = []
+            for row in rows:
+                if j < len(row):
+                    raw = row[j].group(1)
+                    value = raw.strip()
+                    start = row[j].start(1) + (raw.index(value) if value else 0)
+                    cells.append((start, start + len(value)))
+            out.append((column, cells, header))
+    return out
+
+
 def _csv_cells(text: str, start: int, end: int, delimiter: str) -> list[tuple[int, int]]:
     """[start, end) of each cell's value in the row text[start:end], quotes and padding left out.
     Hand-written: the csv module splits a row but gives no offsets, and a scrubber needs them."""
@@ -1810,7 +1886,7 @@ def _csv_cells(text: str, start: int, end: int, delimiter: str) -> list[tuple[in
 
 
 _CAPITALISED_NAME = re.compile(
-    rf"[A-ZÀ-ÞĀ-ſ][\w'’\-]+(?:[ \t]+(?:(?:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}[A-ZÀ-ÞĀ-ſ][\w'’\-]+){{0,2}}"
+    rf"[{UPPER}][\w'’\-]+(?:[ \t]+(?:(?:{'|'.join(sorted(NAME_PARTICLES))})[ \t]+){{0,2}}[{UPPER}][\w'’\-]+){{0,2}}"
 )
 
 
@@ -1895,20 +1971,7 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
     out += [("SECRET", m.start(2), m.end(2)) for m in _LITERAL.finditer(text) if _four_kinds(m.group(2))]
     # (column, cells, contact list) of markdown tables and CSV pastes; a contact list has a name column
     # beside an email, phone or address one
-    grid: list[tuple[str, list[tuple[int, int]], bool]] = []
-    for m in _TABLE.finditer(text):
-        header = _CELL.findall(m.group(1))
-        lines = _LINE.finditer(text, m.start(2), m.end(2))
-        rows = [list(_CELL.finditer(text, row.start(), row.end())) for row in lines]
-        for j, column in enumerate(header):
-            cells = []
-            for row in rows:
-                if j < len(row):
-                    raw = row[j].group(1)
-                    value = raw.strip()
-                    start = row[j].start(1) + (raw.index(value) if value else 0)
-                    cells.append((start, start + len(value)))
-            grid.append((column, cells, _contact_list(header)))
+    grid = [(column, cells, _contact_list(header)) for column, cells, header in table_columns(text)]
     read = 0  # a header inside rows already read is a row, not a new table
     for m in _CSV_HEADER.finditer(text):
         delimiter = m.group("d")
