@@ -74,10 +74,11 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 15, by an eleventh, was measured once (2026-12-03 12:57 UTC) and then inspected: tune now.
 # set 16, by a twelfth, was measured once (2026-12-03 13:48 UTC) and then inspected: tune now.
 # set 17, by a thirteenth (asked for everyday-life topics), was measured once (2026-12-03 13:58
-# UTC) and then inspected: tune now. HELD_OUT_18_TEMPLATES, by a fourteenth (asked for everyday
-# life and technical help in equal parts, in situations least likely tried before), are the
-# held-out split (never inspected). Never print this file's text (a formatter's diff, a line
-# range): it holds the held-out split.
+# UTC) and then inspected: tune now. Set 18, by a fourteenth (asked for everyday life and technical
+# help in equal parts), was measured once (2026-12-03, before 16:02 UTC) and then inspected: tune now.
+# HELD_OUT_19_TEMPLATES, by a fifteenth (asked for the paperwork of ordinary life and, for a quarter,
+# developers debugging customer data), are the held-out split (never inspected). Never print this
+# file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -3436,6 +3437,172 @@ For the names in B2 (`{name_lower}`), `=PROPER(B2)` turns it back into proper ca
 ]
 
 
+HELD_OUT_19_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 landlord deposit dispute, casual
+    [
+        ("user", "ok so my landlord still hasnt returned my deposit, its been 7 weeks since i moved out of {address}. can you write him a firm but polite email? my name is {name}, he can send the money to {iban}. his number is {phone} but he never picks up"),
+        ("assistant", "Of course. Here's a draft:\n\nSubject: Return of deposit for {street}\n\nDear Landlord,\n\nI vacated the property at {address} seven weeks ago and handed over all keys. I have not yet received my deposit back. Please transfer the full amount to my account, IBAN {iban}, within 14 days.\n\nIf there are deductions you intend to make, please send an itemised list in writing. I have also tried to reach you on {phone} without success.\n\nKind regards,\n{name}"),
+        ("user", "perfect thx. maybe add that i have photos from the move-out day"),
+        ("assistant", "Sure, add this line after the second paragraph: \"I have dated photographs of every room taken on the day I moved out, which I'm happy to share.\" Then sign off as {first} or {name}, whichever you normally use with him."),
+    ],
+    # 2 German payroll bank change
+    [
+        ("user", "Hallo, ich muss unserer Personalabteilung mitteilen, dass sich meine Bankverbindung geändert hat. Kannst du mir eine kurze Mail formulieren? Ich heiße {name}, neue IBAN ist {iban}, meine Steuer-ID {id}. Die HR-Adresse ist {email}."),
+        ("assistant", "Gerne, hier ein Vorschlag:\n\nAn: {email}\nBetreff: Änderung der Bankverbindung – {name}\n\nLiebes HR-Team,\n\nbitte überweist mein Gehalt ab der nächsten Abrechnung auf mein neues Konto:\n\nIBAN: {iban}\nKontoinhaber: {name}\n\nZur Zuordnung: meine Steuer-ID lautet {id}.\n\nVielen Dank und viele Grüße\n{first}"),
+        ("user", "danke! muss ich die steuer id überhaupt angeben?"),
+        ("assistant", "Nicht unbedingt. Für eine Kontoänderung reicht meist dein Name und ggf. die Personalnummer. Die Steuer-ID ({id}) würde ich per Mail eher weglassen, wenn sie nicht ausdrücklich verlangt wird."),
+    ],
+    # 3 flight booking name mismatch
+    [
+        ("user", "I booked a flight for my partner but typed her name wrong, the ticket says {name2} but on her passport it's spelled slightly differently. booking email was {email}. do I need her {id_kind} for the correction? it's {id}"),
+        ("assistant", "Most airlines allow a minor spelling correction (up to 3 characters) for free or a small fee. You'll usually need to contact them from the booking email ({email}) and provide the passenger's details exactly as printed on the travel document. Keep the {id_kind} ({id}) handy, as they may ask for it to update the API/passenger data, but don't send a scan unless they request it through an official channel."),
+        ("user", "ok. their hotline is {phone}, what should i say when i call"),
+        ("assistant", "Something like: \"Hi, I have a booking under {email}. The passenger name was entered as {name2}, but it should match the passport exactly. Could you correct the spelling? I can give you the {id_kind} if needed.\" Ask them to confirm the change in writing and to reissue the e-ticket."),
+    ],
+    # 4 dev: python csv parsing customers
+    [
+        ("user", "my script crashes on this csv, UnicodeDecodeError somewhere. here's the first rows:\n\n```\nid,full_name,email,phone,card_last\n1,{name},{email},{phone},{card}\n2,{name2},,\"{phone}\",\n```\n\n```python\nimport csv\nwith open('customers.csv') as f:\n    for row in csv.DictReader(f):\n        print(f\"{{row['full_name']}} <{{row['email']}}>\")\n```"),
+        ("assistant", "The file is probably not UTF-8 (often cp1252 from Excel), and names like {name} or {name2} may contain accented characters. Open it with an explicit encoding:\n\n```python\nimport csv\nwith open('customers.csv', encoding='utf-8-sig', errors='replace', newline='') as f:\n    for row in csv.DictReader(f):\n        print(f\"{{row['full_name']}} <{{row['email'] or 'n/a'}}>\")\n```\n\nAlso note row 2 has an empty email, so `{name2}` will print with `n/a`. And you probably shouldn't store the full card number ({card}) in a column called `card_last`; keep only the last four digits."),
+    ],
+    # 5 dev: SQL duplicates
+    [
+        ("user", "why does this return two rows for the same person??\n\n```sql\nSELECT c.id, c.name, a.line1, a.city\nFROM customers c\nJOIN addresses a ON a.customer_id = c.id\nWHERE lower(c.name) = '{name_lower}';\n```\nresult:\n| id | name | line1 | city |\n|----|------|-------|------|\n| 88 | {name} | {street} | {city} |\n| 88 | {name} | {street} | {city} |"),
+        ("assistant", "Customer 88 ({name}) has two rows in `addresses` with identical data, so the join duplicates them. Check with:\n\n```sql\nSELECT * FROM addresses WHERE customer_id = 88;\n```\n\nIf both are '{street}', {post} {city}, delete one and add a unique constraint:\n\n```sql\nALTER TABLE addresses ADD CONSTRAINT uq_addr UNIQUE (customer_id, line1, postcode);\n```\n\nOr use `SELECT DISTINCT` as a quick fix."),
+        ("user", "yep there were two, one inserted by the import job. the email column {email} is also duplicated in the users table lol"),
+        ("assistant", "Then the import job isn't idempotent. Use an upsert keyed on email, e.g. `INSERT ... ON CONFLICT (email) DO UPDATE`, so re-running it for {email} updates the existing row instead of inserting a new one."),
+    ],
+    # 6 French: résiliation de bail
+    [
+        ("user", "Bonjour, j'ai besoin d'une lettre de résiliation de bail. Je m'appelle {name}, j'habite au {street}, {post} {city}. Préavis d'un mois car zone tendue."),
+        ("assistant", "Voici un modèle :\n\n{name}\n{address_lines}\n\nObjet : Résiliation du bail – préavis réduit\n\nMadame, Monsieur,\n\nPar la présente, je vous informe de ma décision de résilier le bail du logement situé {street}, {post} {city}. Le logement se trouvant en zone tendue, je bénéficie d'un préavis réduit à un mois.\n\nJe vous prie d'agréer, Madame, Monsieur, mes salutations distinguées.\n\n{name}"),
+        ("user", "merci ! et je peux l'envoyer par mail à {email} ou il faut un recommandé ?"),
+        ("assistant", "Le mail seul ne suffit pas juridiquement : il faut une lettre recommandée avec accusé de réception, une remise en main propre contre signature, ou un acte d'huissier. Vous pouvez évidemment envoyer une copie à {email} en plus."),
+    ],
+    # 7 bank card dispute
+    [
+        ("user", "theres a charge on my card i dont recognise, 249.99 from some 'ONLNSRV*' merchant. card is {card}. what do i tell the bank"),
+        ("assistant", "First, don't share the full card number with anyone except the bank itself through its official app or phone line. When you call, say: \"I'm disputing an unauthorised transaction of 249.99 from merchant ONLNSRV* on my card ending in the last four digits of {card}. I'd like to block the card and request a chargeback.\" Ask them for a reference number."),
+        ("user", "they want a written statement too. name {name}, phone {phone}"),
+        ("assistant", "Here's a short statement:\n\nI, {name}, hereby declare that I did not authorise the transaction of 249.99 from ONLNSRV* on my card {card}. I did not share my card details and still have the card in my possession. I request that the amount be refunded.\n\nContact: {phone}\n\nSigned, {name}"),
+    ],
+    # 8 Spanish kids' club registration
+    [
+        ("user", "hola! tengo que rellenar la inscripción del club de natación de mi hija {first3}. el formulario pide nombre del tutor, teléfono, correo. soy {name}, tel {phone}, correo {email}. me ayudas a escribir la parte de 'observaciones'? tiene alergia a la penicilina"),
+        ("assistant", "¡Claro! Datos del tutor:\n- Nombre: {name}\n- Teléfono: {phone}\n- Correo: {email}\n\nObservaciones: \"{first3} {surname} es alérgica a la penicilina. En caso de cualquier incidencia médica, por favor contacten inmediatamente con su madre/padre, {first}, en el {phone}.\""),
+        ("user", "perfecto, pon también que la recoge a veces su tía {first2}"),
+        ("assistant", "Añade: \"Personas autorizadas para recogerla: {name} y su tía {first2}.\" Es posible que el club te pida el DNI de {first2} para la autorización."),
+    ],
+    # 9 Italian freelance invoice
+    [
+        ("user", "Ciao, mi serve una fattura semplice per un cliente estero. Io sono {name}, {address}, {country}. Il mio {id_kind} è {id}. Pagamento su IBAN {iban}. Cliente: {name2}, email {email}."),
+        ("assistant", "Ecco una bozza:\n\n**FATTURA n. 2024/017**\n\nDa:\n{name}\n{address}\n{country}\n{id_kind}: {id}\n\nA:\n{name2}\n{email}\n\n| Descrizione | Importo |\n|---|---|\n| Consulenza (10 ore) | € 650,00 |\n| **Totale** | **€ 650,00** |\n\nPagamento entro 30 giorni tramite bonifico:\nIBAN {iban}\nIntestatario: {name}\n\nOperazione non soggetta a IVA (reverse charge)."),
+        ("user", "ottimo, ma {name2} vuole la fattura in inglese"),
+        ("assistant", "Nessun problema: \"INVOICE no. 2024/017 — From: {name}, {address}, {country} — To: {name2} — Consulting (10 hours) € 650.00 — Please pay to IBAN {iban} within 30 days. Reverse charge.\""),
+    ],
+    # 10 Polish residence form
+    [
+        ("user", "Cześć, wypełniam wniosek o zameldowanie. Nie wiem co wpisać w 'adres pobytu'. Mieszkam na {street}, kod {post}, miasto {city}. Numer dokumentu: {id}"),
+        ("assistant", "W polu „adres pobytu” wpisz dokładnie:\n\nUlica i numer: {street}\nKod pocztowy: {post}\nMiejscowość: {city}\n\nW części „dokument tożsamości” podaj rodzaj ({id_kind}) i numer {id}. Pamiętaj o podpisie właściciela mieszkania, jeśli go wymagają."),
+        ("user", "a jak się nazywa właściciel to {name2}, trzeba jego pesel?"),
+        ("assistant", "Zazwyczaj nie: wystarczy podpis {name2} potwierdzający pobyt albo umowa najmu. PESEL właściciela nie jest wymagany we wniosku."),
+    ],
+    # 11 airbnb wifi password, casual
+    [
+        ("user", "writing the welcome note for my airbnb guests, can you make it sound friendly? key box at the side door, code 4471. wifi is 'FlatHome5G' and the key for it is {password}. address {address}. if theres a problem call my cousin {first2} on {phone}"),
+        ("assistant", "Welcome to {street}! 🏡\n\nWe're so glad you're here. A few things to get you settled:\n\n🔑 **Keys**: in the key box by the side door, code 4471.\n📶 **Wi-Fi**: network FlatHome5G, passphrase {password}\n📍 **Address** (for taxis and deliveries): {address}\n\nIf anything goes wrong, {first2} lives nearby and is happy to help: {phone}.\n\nEnjoy your stay!\n{first}"),
+        ("user", "lol nice. maybe dont put the wifi thing in bold"),
+        ("assistant", "Fair enough, just write it as: Wi-Fi: FlatHome5G / {password}."),
+    ],
+    # 12 Dutch doctor / insurance
+    [
+        ("user", "Hoi, mijn zorgverzekeraar heeft een declaratie afgewezen. Ik wil bezwaar maken. Naam: {name}, polisnummer {id}, adres {address}. Telefoon {phone}."),
+        ("assistant", "Hier is een conceptbrief:\n\n{name}\n{address}\nTel: {phone}\n\nBetreft: Bezwaar tegen afwijzing declaratie – polisnummer {id}\n\nGeachte heer/mevrouw,\n\nHierbij maak ik bezwaar tegen uw besluit om mijn declaratie van de fysiotherapeut niet te vergoeden. Volgens mijn aanvullende verzekering heb ik recht op 18 behandelingen per jaar; ik heb er tot nu toe 9 gebruikt.\n\nIk verzoek u het besluit te herzien.\n\nMet vriendelijke groet,\n{name}"),
+        ("user", "top. moet ik de verwijzing van de huisarts meesturen?"),
+        ("assistant", "Ja, stuur een kopie van de verwijzing mee en vermeld op elke bijlage je polisnummer {id}, zodat ze het dossier van {surname} snel kunnen terugvinden."),
+    ],
+    # 13 dev: YAML config with smtp password
+    [
+        ("system", "You are a helpful assistant for software developers."),
+        ("user", "mailer keeps failing with 535 auth error. config:\n\n```yaml\nsmtp:\n  host: smtp.office365.com\n  port: 587\n  user: {email}\n  pass: \"{password}\"\n  from_name: \"{name}\"\n  starttls: true\n```"),
+        ("assistant", "535 means the server rejected the credentials. A few things to check:\n\n1. Office 365 often has SMTP AUTH disabled per mailbox; an admin has to enable it for {email}.\n2. If MFA is on, the account password `{password}` won't work; you need an app password.\n3. Quote special characters in YAML, which you already do.\n\nAlso, you've just pasted a live credential into a chat. I'd rotate the password for {email} after fixing this and load it from an env var:\n\n```yaml\n  pass: ${{SMTP_PASS}}\n```"),
+        ("user", "it was enabled. turned out {first} from IT had changed it and not told me, new one works"),
+    ],
+    # 14 dev: JSON API response
+    [
+        ("user", "the frontend shows 'undefined' for the customer name, here's the api response:\n\n```json\n{{\n  \"customer\": {{\n    \"fullName\": \"{name}\",\n    \"contact\": {{\"email\": \"{email}\", \"tel\": \"{phone}\"}},\n    \"billing\": {{\"address\": \"{address_qq}\", \"card\": \"{card}\"}}\n  }}\n}}\n```\nand in react i do `customer.full_name`"),
+        ("assistant", "The key is camelCase: `fullName`, not `full_name`. Use `customer.fullName` and it will render \"{name}\".\n\nTwo other issues in that payload:\n- The address `{address_qq}` contains `???` where line breaks were lost, probably an encoding issue when the address was imported. Store lines separately or use `\\n`.\n- The API returns the full card number `{card}` to the browser. That should be masked (e.g. last 4 digits only) at the backend; PCI DSS doesn't allow exposing the PAN like that."),
+    ],
+    # 15 forwarded email with signature
+    [
+        ("user", "can you summarise this for me and tell me what I need to reply\n\n---------- Forwarded message ---------\nFrom: {name2}\nSubject: Re: office move\n\nHi all,\n\nAs of 1 March we'll be at the new office, {street}, {city}. Parking permits must be requested by Friday. Please send your licence plate to facilities.\n\nBest,\n{name2}\nOffice Manager\nT: {phone}\nE: {email}"),
+        ("assistant", "Summary: {first2} says the office moves to {street}, {city} on 1 March, and parking permits need to be requested by Friday.\n\nWhat you need to do: reply to {email} with your licence plate number before Friday if you want a parking permit. If you have questions, {first2} can be reached on {phone}."),
+        ("user", "ok write the reply, plate is AB-123-CD, sign as {first}"),
+        ("assistant", "Hi {first2},\n\nThanks for the update. I'd like a parking permit for the new office at {street}. My licence plate is AB-123-CD.\n\nBest,\n{first}"),
+    ],
+    # 16 Czech employer confirmation
+    [
+        ("user", "Ahoj, potřebuju potvrzení o zaměstnání pro banku (hypotéka). Zaměstnanec: {name}, bytem {address}, rodné číslo {id}. Nastoupil 1. 3. 2019, hlavní pracovní poměr na dobu neurčitou."),
+        ("assistant", "Tady je návrh:\n\n**POTVRZENÍ O ZAMĚSTNÁNÍ**\n\nPotvrzujeme, že pan {name}, nar./r. č. {id}, bytem {address}, je u naší společnosti zaměstnán od 1. 3. 2019 v hlavním pracovním poměru na dobu neurčitou. Zaměstnanec není ve zkušební ani výpovědní lhůtě.\n\nV {city} dne ..........\n\nPodpis a razítko zaměstnavatele"),
+        ("user", "díky, a můžeš tam dát ještě kontakt na mzdovou účetní {name2}, {email}?"),
+        ("assistant", "Jasně, na konec přidej: „Kontaktní osoba pro ověření údajů: {name2}, mzdová účetní, {email}.“"),
+    ],
+    # 17 Hungarian tax / bank
+    [
+        ("user", "Szia! Az adóbevallásomhoz kell egy meghatalmazás a könyvelőmnek. Nevem {name}, adóazonosító jel: {id}. A visszatérítést erre a számlára kérem: {iban}."),
+        ("assistant", "Íme egy egyszerű meghatalmazás-minta:\n\nMEGHATALMAZÁS\n\nAlulírott {name} (adóazonosító jel: {id}) meghatalmazom {name2} könyvelőt, hogy a 2023. évi személyijövedelemadó-bevallásomat nevemben benyújtsa.\n\nAz esetleges adó-visszatérítést a következő bankszámlára kérem utalni: {iban}.\n\nKelt: {city}, ..........\n\n..........................\n{name}"),
+        ("user", "ja, a könyvelő neve tényleg {name2}, honnan tudtad? 😄"),
+        ("assistant", "Csak helykitöltőnek írtam be, de ha stimmel, annál jobb! Ellenőrizd, hogy {surname} és a könyvelő neve pontosan úgy szerepeljen, ahogy a személyi igazolványban."),
+    ],
+    # 18 Danish daycare
+    [
+        ("user", "Hej, kan du hjælpe mig med en besked til børnehaven? {first3} bliver hentet af sin morfar {first2} i dag, ikke af mig. Hans nummer er {phone}."),
+        ("assistant", "Selvfølgelig:\n\n\"Hej! I dag bliver {first3} hentet af sin morfar, {first2}, omkring kl. 15. Hvis der er noget, kan I ringe til ham på {phone} eller til mig. Mange hilsner, {first}\""),
+        ("user", "tak! skal jeg skrive mit efternavn {surname} også? der er to børn med samme navn"),
+        ("assistant", "Ja, godt tænkt. Skriv \"{first3} {surname}\" i første linje, så er der ingen tvivl om, hvilket barn det gælder."),
+    ],
+    # 19 Brazilian Portuguese: account / card / password
+    [
+        ("user", "oi, alguém fez compra na minha conta da loja online com meu cartão {card}. já troquei a senha, a antiga era {password}, acho que vazou porque eu usava em todo lugar 😩 o que mais eu faço?"),
+        ("assistant", "Sinto muito! Passos recomendados:\n\n1. Ligue para o banco e bloqueie o cartão {card}; peça a contestação da compra.\n2. Troque a senha em todos os serviços onde você usava \"{password}\", começando pelo e-mail {email}.\n3. Ative a verificação em duas etapas.\n4. Use um gerenciador de senhas para não repetir mais.\n\nQuer que eu escreva a mensagem de contestação para a loja?"),
+        ("user", "quero sim, meu nome é {name} e o email da conta é {email}"),
+        ("assistant", "Prezados,\n\nMeu nome é {name}, titular da conta vinculada ao e-mail {email}. Identifiquei uma compra não autorizada feita com meu cartão {card}. Solicito o cancelamento do pedido e o estorno integral do valor.\n\nAtenciosamente,\n{name}"),
+    ],
+    # 20 Slack-like export with address_qq
+    [
+        ("system", "Exported conversation from #logistics"),
+        ("user", "can someone check why the courier label came out weird? the customer address in the order is:\n{address_qq}\nrecipient {name}, {phone}"),
+        ("assistant", "The `???` are line breaks that got lost when the order was exported (probably the CSV was saved in a non-UTF-8 encoding). The address should read:\n\n{address_lines}\n\nRecipient: {name}, {phone}. Reprint the label with the three lines split and it should be fine."),
+        ("user", "thx, reprinted. fyi {first2} said the same thing happened to another order last week"),
+    ],
+    # 21 dev: shell log grep for password reset
+    [
+        ("user", "user says the password reset email never arrived. i grepped the logs:\n\n```\n$ grep -i '{email}' /var/log/app/mailer.log | tail -3\n2024-05-02T09:14:11Z INFO queue reset_password to={email} user_id=4412\n2024-05-02T09:14:12Z WARN smtp 550 5.1.1 mailbox unavailable to={email}\n2024-05-02T09:14:12Z DEBUG payload name=\"{name_lower}\" temp_pw={password}\n```"),
+        ("assistant", "The 550 5.1.1 means the receiving server says the mailbox {email} doesn't exist; check with the user for a typo in their address.\n\nMore urgent: your DEBUG line logs the temporary credential in plain text (`temp_pw={password}`). Remove that field from the log statement, invalidate that temp password for user 4412, and purge it from the log files:\n\n```bash\nsed -i 's/temp_pw=[^ ]*/temp_pw=REDACTED/' /var/log/app/mailer.log\n```"),
+        ("user", "oof yeah. turns out {name} spelled their gmail wrong at signup"),
+        ("assistant", "That explains it. Have support update the email on user 4412 after verifying identity, then trigger a new reset. Consider adding email verification at signup so typos get caught early."),
+    ],
+    # 22 numbers dictated, phone booking
+    [
+        ("user", "I'm on hold with the hotel and they want my details, I'll read them off to you so I don't mess up: name {name}, card number is... {card} expiring oh-nine twenty-seven, mobile is plus {phone}, and they asked for my {id_kind} as well which is {id}. can you put that in a tidy block I can read out"),
+        ("assistant", "Here you go:\n\nName: {name}\nCard: {card}, expiry 09/27\nMobile: {phone}\n{id_kind}: {id}\n\nTip: read the card number in groups of four and ask them to read it back. And it's worth checking whether the hotel really needs your {id_kind} by phone; usually they only ask for it at check-in."),
+        ("user", "they said its fine, they'll take the id at check in. thx"),
+    ],
+    # 23 markdown table group travel list
+    [
+        ("user", "Organising a team trip to Lisbon. Can you make a table for the travel agent? People:\n- {name}, passport {id}, {phone}\n- {name2}, same hotel room as {first}\n- {first3} (surname tba)\nContact for the group: me, {email}"),
+        ("assistant", "| # | Traveller | Passport | Phone | Notes |\n|---|---|---|---|---|\n| 1 | {name} | {id} | {phone} | Shares room with {first2} |\n| 2 | {name2} | – | – | Shares room with {first} |\n| 3 | {first3} | – | – | Surname to be confirmed |\n\nGroup contact: {email}\n\nYou'll still need passport numbers and phones for {first2} and {first3} before the agent can issue tickets."),
+        ("user", "great, {first2}'s details are coming tomorrow"),
+    ],
+    # 24 dev: pandas dedupe
+    [
+        ("system", "You are a Python data engineering assistant."),
+        ("user", "dedup isn't working, these two should be one customer:\n\n```python\ndf = pd.DataFrame([\n    {{\"name\": \"{name}\", \"addr\": \"{address}\", \"iban\": \"{iban}\"}},\n    {{\"name\": \"{name} \", \"addr\": \"{address_lower}\", \"iban\": \"{iban}\"}},\n])\ndf.drop_duplicates(subset=[\"name\", \"addr\"])\n```"),
+        ("assistant", "`drop_duplicates` compares exact values. Row 2 has a trailing space in the name and the address is lower-cased (\"{address_lower}\" vs \"{address}\"). Normalise first:\n\n```python\nkey = df.assign(\n    name_n=df['name'].str.strip().str.casefold(),\n    addr_n=df['addr'].str.strip().str.casefold(),\n)\ndf = df.loc[~key.duplicated(subset=['name_n', 'addr_n'])]\n```\n\nSince both rows share IBAN {iban}, you could also dedupe on the IBAN alone, once spaces are removed: `df['iban'].str.replace(' ', '')`."),
+        ("user", "works. also {name2} shows up 3 times with different spellings, fuzzy matching next i guess"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -3453,8 +3620,9 @@ TEMPLATES = {
     + HELD_OUT_14_TEMPLATES
     + HELD_OUT_15_TEMPLATES
     + HELD_OUT_16_TEMPLATES
-    + HELD_OUT_17_TEMPLATES,
-    "held-out": HELD_OUT_18_TEMPLATES,
+    + HELD_OUT_17_TEMPLATES
+    + HELD_OUT_18_TEMPLATES,
+    "held-out": HELD_OUT_19_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
