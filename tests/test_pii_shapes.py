@@ -810,6 +810,32 @@ def test_first_names_outside_english_columns_lower_case_full_names_and_short_sig
         assert "<PERSON" not in out, out
 
 
+def test_signatures_policy_numbers_log_passwords_csv_cards_and_quoted_streets(step: PiiScrub) -> None:
+    """From blind set 19: a first name alone on a message's last line, a Dutch "polisnummer", a
+    password under a "temp_pw" log key, a card in a CSV field after a number, a postcode after a
+    quoted street, "Mange hilsner, X", a surname named as one ("mit efternavn X"), "fyi X said", a
+    name under a "name" key, and a surname with "ß" found again inside a lower-case query."""
+    turns = [
+        "If anything goes wrong, ask the neighbours.\n\nEnjoy your stay!\nFranciszek",
+        "Ik wil bezwaar maken, polisnummer KX4471902, en mijn Bestellnummer 55123 bleef.",
+        "```\n2024-05-02T09:14:12Z DEBUG payload temp_pw=Hbqkwt7731\nDEBUG retry temp_pw=$qR5TzwkPe\n```",
+        "```\nid,name,phone,card\n1,Ana Lee,+45 12 34 56 78,5018-2001-4337\n```",
+        "If both are 'Rua das Acácias, 12', 64194037 Teresina, delete one",
+        "Hvis der er noget, ring til mig. Mange hilsner, Dorthe",
+        "skal jeg skrive mit efternavn Oxholm også?",
+        "thx, reprinted. fyi Ingeborg said the same thing happened last week",
+        '```python\nrows = [{"name": "Naomi Sam", "city": "Leiden"}]\n```',
+        "| id | name |\n|---|---|\n| 88 | Jörg Spieß |\n\nWHERE lower(c.name) = 'jörg spieß';",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    planted = ["Franciszek", "KX4471902", "Hbqkwt7731", "5018-2001-4337", "Acácias", "64194037", "Dorthe"]
+    planted += ["Oxholm", "Ingeborg", "Naomi Sam", "spieß", "Spieß", "qR5TzwkPe"]
+    assert not [v for v in planted if v in out], out
+    assert "Bestellnummer 55123" in out  # an order number stays
+    for text in ["```\nDB_PASSWORD=${DB_PASS}\npw = $PGPASSWORD\n```", "Cheers!\nBest"]:
+        assert step.scrub_text(text, mode="code" if "```" in text else "ner") == text
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -72,6 +72,7 @@ from curator.config import PiiConfig
 from curator.steps.base import Rule
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
+    FIRST_NAME_OPENERS,
     NAME_GAZETTEER,
     NAME_PARTICLES,
     NOT_A_PLACE,
@@ -495,8 +496,9 @@ def chunk_bounds(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def _norm(value: str) -> str:
-    """The key that makes 'John  Smith' and 'john smith' one value within a record."""
-    return " ".join(value.split()).casefold()
+    """The key that makes 'John  Smith' and 'john smith' one value within a record. Lower case, not
+    casefold: the key is also the pattern searched for, and "Spieß" folds to "spiess"."""
+    return " ".join(value.split()).lower()
 
 
 def looks_like_code(text: str) -> bool:
@@ -874,28 +876,47 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
     return out
 
 
-def _known_first_names(text: str, spans: list[Span]) -> list[Span]:
+def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span]:
     """Outside English, a capitalised known first name (`first_names`) no span covers is a person
     unless it opens a sentence of a writer who capitalises them ("maar Grete is", "? Světlana
     říkala" from one who does not): there capitals inside a sentence mark proper nouns, and the
     tagger, trained on English, misses the names it has not seen. German nouns that are names
-    elsewhere ("Tage") are left out of the list."""
+    elsewhere ("Tage") are left out of the list, and words that are names only inside a sentence
+    ("Marco") count there only. In English, where capitals open titles and products too, only
+    before a verb of a subject ("fyi Inga said"). A known name alone on a message's last line,
+    after a closing sentence, signs it ("Enjoy your stay!\nRóża"), in any language."""
     names = first_names()
     covered = [(s.start, s.end) for s in spans]
     sentences = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.end() > m.start()]
     openers = [w.group(0)[0].islower() for s, e in sentences if (w := _WORD.search(text, s, e))]
     lower_writer = sum(openers) >= 2 and 2 * sum(openers) > len(openers)
-    out = list(spans)
+    found = []
+    signature = _SIGNATURE_LINE.search(text)
+    first = signature.group(1).split()[0] if signature else ""
+    known = first.lower() in names or first.lower() in NAME_GAZETTEER
+    if signature and known and not signoff_word(first) and not _NO_NAME_WORD.fullmatch(first):
+        found.append((signature.start(1), signature.end(1)))
     for s, e in sentences:
         for j, w in enumerate(_WORD.finditer(text, s, e)):
             token = w.group(0)
             if not (token[0].isupper() and token[1:].islower() and token.lower() in names):
                 continue
-            if (j == 0 and not lower_writer) or _NO_NAME_WORD.fullmatch(token):
+            if _NO_NAME_WORD.fullmatch(token) or (english and not _SUBJECT.match(text, w.end())):
                 continue
-            if not any(cs < w.end() and w.start() < ce for cs, ce in covered):
-                out.append(Span("PERSON", w.start(), w.end(), 0.6))
+            if j == 0 and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
+                continue
+            found.append((w.start(), w.end()))
+    out = list(spans)
+    for a, b in found:
+        if not any(cs < b and a < ce for cs, ce in covered):
+            out.append(Span("PERSON", a, b, 0.6))
     return out
+
+
+# a message's last line that is one or two capitalised words after a closing sentence: its signature
+_SIGNATURE_LINE = re.compile(
+    rf"[.!?…)][ \t]*\n(?:[ \t]*\n)?[ \t]*([{UPPER}][\w'’\-]+(?:[ \t]+[{UPPER}][\w'’\-]+)?)[ \t]*[\"'”]?[ \t]*\Z"
+)
 
 
 def _listed_names(text: str, spans: list[Span]) -> list[Span]:
@@ -1051,7 +1072,7 @@ _POSTCODE = (
 # (there a bare 4-digit number is a postcode too: "Zinnsvej 6, 6301 Anholt"; Brazil's and Portugal's
 # "64194-037", "64194037", "4000-123")
 _POSTCODE_AFTER = re.compile(
-    rf"[ \t]*\.?[ \t]*,?[ \t]*(?:\((?i:{_POSTCODE}|\d{{4}})\)|(?i:{_POSTCODE}|\d{{4}}))"  # "18. (H-4661)"
+    rf"[\"'’”]?[ \t]*\.?[ \t]*,?[ \t]*(?:\((?i:{_POSTCODE}|\d{{4}})\)|(?i:{_POSTCODE}|\d{{4}}))"  # "18. (H-4661)"
     r"(?:[ \t]+[^\W\d_][\w'’\-]*(?:[ \t]+[^\W\d_][\w'’\-]*){0,2})?(?=[ \t]*(?:[,.;!?)\]\"'\n]|$))"
 )
 
@@ -1352,8 +1373,8 @@ class PiiScrub:
             out += [Span(kind, a, b, 0.9) for kind, a, b in keyed_values(text) if kind in self.entities]
             if "PERSON" in self.entities:
                 out += [Span("PERSON", a, b, 0.8) for a, b in account_users(text)]
-            if mode == "tagger" and "PERSON" in self.entities:
-                out = _known_first_names(text, out)
+            if mode in ("tagger", "ner") and "PERSON" in self.entities:
+                out = _known_first_names(text, out, english=mode == "ner")
             if mode != "code" and lower and "PERSON" in self.entities:
                 out += [Span("PERSON", a, b, 0.6) for a, b in lower_full_names(text)]
             if mode != "code" and "SECRET" in self.entities:  # in code, identifiers look like passwords
