@@ -76,9 +76,13 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # set 17, by a thirteenth (asked for everyday-life topics), was measured once (2026-12-03 13:58
 # UTC) and then inspected: tune now. Set 18, by a fourteenth (asked for everyday life and technical
 # help in equal parts), was measured once (2026-12-03, before 16:02 UTC) and then inspected: tune now.
-# HELD_OUT_19_TEMPLATES, by a fifteenth (asked for the paperwork of ordinary life and, for a quarter,
-# developers debugging customer data), are the held-out split (never inspected). Never print this
-# file's text (a formatter's diff, a line range): it holds the held-out split.
+# Set 19, by a fifteenth (asked for the paperwork of ordinary life and, for a quarter, developers
+# debugging customer data), was measured once (2026-12-04 20:28 UTC) and then inspected: tune now.
+# HELD_OUT_20_TEMPLATES, by a sixteenth (asked for pasted group chats, clubs and events, support
+# tickets, recruiting and clinic bookings, half of them mostly not in English), are the held-out
+# split (never inspected; the opening line of its last template was glimpsed in a linter message,
+# a trailing space removed). Never print this file's text (a formatter's diff, a line range): it
+# holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -3603,6 +3607,536 @@ HELD_OUT_19_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_20_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 German WhatsApp export, football club
+    [
+        ("user", """kannst du mir aus dem chat eine kurze zusammenfassung machen? ist aus unserer whatsapp gruppe vom verein
+
+[12.03.24, 19:02:11] {name}: Hallo zusammen, Training am Samstag fällt aus wegen Platzsperre
+[12.03.24, 19:04:45] {first2}: schade. wer übernimmt dann die trikotwäsche diese woche?
+[12.03.24, 19:05:30] {name}: ich mach das. Mitgliedsbeitrag bitte bis Ende März auf {iban} überweisen, Verwendungszweck Name + Jahrgang
+[12.03.24, 19:07:02] {first2}: ok. wenn was ist, ich bin unter {phone} erreichbar, auch abends
+[12.03.24, 19:08:15] {name}: 👍"""),
+        ("assistant", """Zusammenfassung:
+
+- Das Training am Samstag fällt wegen Platzsperre aus (Info von {name}).
+- {name} übernimmt diese Woche die Trikotwäsche.
+- Der Mitgliedsbeitrag soll bis Ende März auf das Konto {iban} überwiesen werden, Verwendungszweck: Name + Jahrgang.
+- {first2} ist bei Fragen unter {phone} erreichbar, auch abends."""),
+    ],
+    # 2 English support agent, Slack thread
+    [
+        ("system", "You are a helpful assistant for the customer support team at an online shop."),
+        ("user", """can u help me write a reply to this customer. pasted from our slack #escalations thread:
+
+Mar 4th at 10:14 AM
+Jenna: customer {name} says she was charged twice, card ending in the last 4 of {card}
+Mar 4th at 10:16 AM
+Marco: full number she sent in chat (ugh) is {card}, pls don't paste it anywhere else
+Mar 4th at 10:17 AM
+Jenna: her email is {email}, she wants a refund to the same card"""),
+        ("assistant", """Here's a draft you can send to {email}:
+
+Hi {first},
+
+Thank you for reaching out, and I'm sorry about the double charge. I've checked your order and can confirm the duplicate payment. We've issued a refund to the same card, and it should appear on your statement within 5–7 business days.
+
+For your security, please don't send your full card number over chat or email in the future; we'll never need it to process a refund.
+
+Kind regards,
+Customer Support
+
+Also a heads-up: since the full number ({card}) was posted in Slack, you might want to ask Marco to delete that message."""),
+    ],
+    # 3 French recruiter
+    [
+        ("user", "Bonjour, je suis recruteuse et je dois envoyer une convocation à un entretien. Le candidat s'appelle {name}, il habite {address}. Son mail c'est {email} et son portable {phone}. Tu peux me rédiger un mail formel ? Entretien jeudi à 14h, dans nos locaux à {city}."),
+        ("assistant", """Bien sûr, voici une proposition :
+
+Objet : Convocation à un entretien
+
+Bonjour Monsieur {surname},
+
+Suite à l'examen de votre candidature, nous avons le plaisir de vous inviter à un entretien le jeudi à 14h00 dans nos locaux à {city}.
+
+Merci de nous confirmer votre présence en répondant à ce message. En cas d'empêchement, vous pouvez également nous joindre ; nous vous recontacterons au {phone} si nécessaire.
+
+Nous vous prions d'agréer, Monsieur {surname}, l'expression de nos salutations distinguées.
+
+—
+À envoyer à : {email}"""),
+        ("user", "parfait merci. tu peux aussi mettre l'adresse du candidat en haut comme dans une lettre ?"),
+        ("assistant", """Voici l'en-tête à ajouter en haut à droite :
+
+{name}
+{address_lines}
+
+Le reste du courrier reste identique."""),
+    ],
+    # 4 Spanish clinic booking
+    [
+        ("user", "hola, necesito escribir un correo a la clínica para cambiar la cita de mi madre. se llama {name}, su {id_kind} es {id} y el teléfono de contacto es el {phone}. la cita era el martes 9 a las 10 y queremos moverla a la semana siguiente"),
+        ("assistant", """Claro, aquí tienes un borrador:
+
+Asunto: Solicitud de cambio de cita – {name}
+
+Buenos días:
+
+Les escribo en nombre de mi madre, {name} ({id_kind}: {id}), que tiene una cita programada para el martes 9 a las 10:00. Por motivos personales no podrá asistir, y nos gustaría cambiarla a algún día de la semana siguiente.
+
+Pueden contactarnos en el teléfono {phone} para confirmar la nueva fecha.
+
+Muchas gracias de antemano.
+
+Un saludo cordial"""),
+    ],
+    # 5 English Discord event planning, casual
+    [
+        ("user", """ok so heres the discord convo, help me make a checklist lol
+
+{first} — Today at 8:41 PM
+party is at my place, {address}. come thru after 7
+{first2} — Today at 8:43 PM
+wifi?? last time i couldnt connect
+{first} — Today at 8:44 PM
+network is {surname}_home and the pass is {password} (case sensitive!!)
+{first3} — Today at 8:50 PM
+ill bring chips + the speaker"""),
+        ("assistant", """Here's a checklist from the thread:
+
+**Party at {first}'s place**
+- 📍 Where: {address}
+- 🕖 When: after 7 PM
+- 📶 Wi-Fi: network `{surname}_home`, password `{password}` (case-sensitive)
+
+**Who's bringing what**
+- [ ] {first3}: chips + speaker
+- [ ] {first2}: ?
+- [ ] {first}: hosting
+
+Want me to turn this into a message you can pin in the channel?"""),
+    ],
+    # 6 Polish Telegram export, card + password
+    [
+        ("user", """Cześć, wklejam rozmowę z telegrama, możesz powiedzieć czy to nie jest jakiś scam?
+
+{name}, [05.02.2024 21:13]
+Dzień dobry, tu obsługa banku. Potrzebujemy potwierdzić Pana kartę
+
+{name}, [05.02.2024 21:14]
+Proszę podać pełny numer karty oraz hasło do bankowości
+
+ja, [05.02.2024 21:20]
+numer to {card}, a hasło {password}
+
+{name}, [05.02.2024 21:21]
+Dziękujemy, proszę czekać na SMS"""),
+        ("assistant", """Niestety to wygląda na klasyczne oszustwo (phishing). Bank nigdy nie prosi przez Telegram o pełny numer karty ani o hasło do bankowości.
+
+Co zrobić od razu:
+1. Zadzwoń do swojego banku (numer z tyłu karty) i zastrzeż kartę {card}.
+2. Zmień hasło do bankowości – to, które podałeś ({password}), trzeba uznać za ujawnione.
+3. Nie podawaj kodów z SMS-ów, jeśli przyjdą.
+4. Zgłoś konto „{name}” na Telegramie jako spam i zgłoś sprawę na policję lub do CERT Polska."""),
+    ],
+    # 7 English CRM notes as JSON
+    [
+        ("system", "You assist support agents with CRM data cleanup. Answer concisely."),
+        ("user", """this CRM export has the fields mixed up, can you fix the JSON so phone is in phone etc
+
+{{
+  "customer": "{email}",
+  "contact_email": "{phone}",
+  "phone": "{name}",
+  "address": "{address_qq}",
+  "notes": "verified w/ {id_kind} {id} on call, wants callback"
+}}"""),
+        ("assistant", """Here's the corrected record. I also split the address, which had "???" where the line breaks were lost:
+
+```json
+{{
+  "customer": "{name}",
+  "contact_email": "{email}",
+  "phone": "{phone}",
+  "address": {{
+    "street": "{street}",
+    "postcode": "{post}",
+    "city": "{city}",
+    "country": "{country}"
+  }},
+  "notes": "Verified with {id_kind} {id} on call, wants callback"
+}}
+```"""),
+    ],
+    # 8 Dutch sports club membership
+    [
+        ("user", "Hoi! Ik ben penningmeester van onze hockeyclub. Kun je een welkomstmail schrijven voor een nieuw lid? Naam: {name}, adres {address}, e-mail {email}. De contributie wordt per kwartaal afgeschreven van {iban}."),
+        ("assistant", """Natuurlijk! Hier is een voorstel:
+
+Onderwerp: Welkom bij de club!
+
+Beste {first},
+
+Wat leuk dat je lid bent geworden van onze hockeyclub! Hieronder vind je ter controle de gegevens die we van je hebben ontvangen:
+
+Naam: {name}
+Adres:
+{address_lines}
+E-mail: {email}
+IBAN voor automatische incasso: {iban}
+
+De contributie wordt elk kwartaal automatisch afgeschreven. Kloppen deze gegevens niet? Laat het ons dan even weten.
+
+Sportieve groet,
+De penningmeester"""),
+    ],
+    # 9 Italian clinic appointment
+    [
+        ("user", "ciao, devo confermare un appuntamento dal dentista per mio marito, {name}. mi scrivi un messaggio breve? il suo cell è {phone} e la mail {email}. abitiamo in {street} a {city}"),
+        ("assistant", """Certo, ecco un messaggio che puoi inviare:
+
+Buongiorno,
+scrivo per confermare l'appuntamento del signor {name}. Per qualsiasi comunicazione potete contattarlo al numero {phone} oppure all'indirizzo {email}.
+
+Indirizzo per eventuale documentazione: {street}, {post} {city}.
+
+Grazie e cordiali saluti"""),
+        ("user", "perfetto, ma mettilo a nome mio, {name2}, sono io che scrivo"),
+        ("assistant", """Ecco la versione aggiornata:
+
+Buongiorno,
+sono {name2} e scrivo per confermare l'appuntamento di mio marito, {name}. Potete contattarlo al {phone} o scrivere a {email}.
+
+Cordiali saluti,
+{name2}"""),
+    ],
+    # 10 Portuguese support ticket
+    [
+        ("user", """Oi, sou atendente e recebi esse ticket, me ajuda a responder?
+
+Ticket #48213
+Cliente: {name}
+CPF/documento ({id_kind}): {id}
+Endereço de entrega: {address_qq}
+Problema: "comprei com o cartão {card} e o pedido nunca chegou, já faz 3 semanas"
+"""),
+        ("assistant", """Claro! Antes de responder, uma observação: o endereço veio com "???" no lugar das quebras de linha, então o correto é:
+
+{address_lines}
+
+Sugestão de resposta:
+
+Olá, {first}, tudo bem?
+
+Sentimos muito pelo atraso na entrega do seu pedido. Verificamos que ele foi enviado para {street}, {post} {city}. Já abrimos uma investigação com a transportadora e retornaremos em até 48 horas.
+
+Caso o pedido não seja localizado, faremos o estorno integral no cartão utilizado na compra.
+
+Atenciosamente,
+Equipe de Atendimento
+
+Dica: evite copiar o número completo do cartão ({card}) na resposta ao cliente."""),
+    ],
+    # 11 Czech recruiter
+    [
+        ("user", "Ahoj, potřebuju napsat odmítavý e-mail uchazečce. Jmenuje se {name}, email {email}, telefon {phone}. Byla fajn, ale vzali jsme někoho se zkušenostmi s SAP. Chci ji mít v databázi pro příští pozice."),
+        ("assistant", """Jasně, tady je návrh:
+
+Předmět: Výsledek výběrového řízení
+
+Dobrý den, paní {surname},
+
+děkujeme za Váš čas a zájem o pozici v naší společnosti. Pohovor s Vámi byl velmi příjemný, nakonec jsme se však rozhodli pro kandidáta s praxí v systému SAP.
+
+Rádi bychom si Vaše kontaktní údaje ({email}, {phone}) ponechali v naší databázi a ozvali se Vám při otevření dalších pozic. Pokud s tím nesouhlasíte, dejte nám prosím vědět.
+
+S pozdravem"""),
+        ("user", "díky. a ještě mi napiš jednu větu do interní poznámky v ATS o {first}"),
+        ("assistant", "Poznámka: {name} – silná komunikace a dobrý dojem z pohovoru, zamítnuta kvůli chybějící praxi se SAP; souhlasí s uchováním kontaktu, vhodná pro budoucí pozice (kontakt: {phone})."),
+    ],
+    # 12 Hungarian event planning
+    [
+        ("user", "szia! szülinapi bulit szervezek a barátnőmnek, {name}-nak. A helyszín {name2} lakása lesz: {address}. Írnál egy meghívót? Visszajelzést a {phone} számra kérek, SMS-ben."),
+        ("assistant", """Persze! Íme egy meghívó:
+
+🎉 Meglepetés szülinapi buli! 🎉
+
+Kedves Barátunk!
+
+Szeretettel meghívunk {name} születésnapi bulijára!
+Helyszín: {name2} lakása, {address}
+Időpont: szombat este 7 óra
+
+Kérlek, jelezz vissza SMS-ben a {phone} számon, hogy tudjunk tervezni.
+Psszt, {first} nem tud róla, úgyhogy titok! 🤫"""),
+    ],
+    # 13 Danish sports club
+    [
+        ("user", "hej, jeg er kasserer i vores badmintonklub og skal sende login til vores nye hjemmeside til {first}. brugernavn er {email} og koden er {password}. og så skal kontingentet betales til {iban}. kan du skrive en kort besked?"),
+        ("assistant", """Selvfølgelig, her er et forslag:
+
+Hej {first}!
+
+Velkommen til klubbens nye hjemmeside. Du kan logge ind med:
+Brugernavn: {email}
+Adgangskode: {password}
+
+Skift gerne adgangskoden første gang du logger ind.
+
+Husk også at betale kontingent til kontoen {iban}, og skriv dit navn, {name}, i beskeden.
+
+Sportslig hilsen
+Kassereren"""),
+    ],
+    # 14 English Messenger export, lowercase
+    [
+        ("user", """can u pull the address n number out of this messenger chat, im putting it in my contacts
+
+{name_lower}: hey its me, new place is {address_lower}
+{name_lower}: and new number {phone}
+me: omg finally lol
+{name_lower}: come visit!! buzzer says {surname}"""),
+        ("assistant", """Here's what I found:
+
+- **Name:** {name}
+- **Address:** {address}
+- **Phone:** {phone}
+- **Note:** buzzer says "{surname}"
+
+Want it as a vCard?"""),
+        ("user", "yes pls"),
+        ("assistant", """```
+BEGIN:VCARD
+VERSION:3.0
+FN:{name}
+N:{surname};{first};;;
+TEL;TYPE=CELL:{phone}
+ADR;TYPE=HOME:;;{street};{city};;{post};{country}
+END:VCARD
+```"""),
+    ],
+    # 15 SQL for club members
+    [
+        ("user", """my INSERT keeps failing on the members table for our running club, what's wrong?
+
+INSERT INTO members (full_name, email, phone, iban)
+VALUES ('{name}', '{email}', {phone}, '{iban}');"""),
+        ("assistant", """The phone value isn't quoted, so the database tries to parse `{phone}` as a number or expression, and spaces, `+` or dashes break it. Store phone numbers as text:
+
+```sql
+INSERT INTO members (full_name, email, phone, iban)
+VALUES ('{name}', '{email}', '{phone}', '{iban}');
+```
+
+If the name ever has an apostrophe (e.g. O'Brien), use parameterized queries instead:
+
+```python
+cur.execute(
+    "INSERT INTO members (full_name, email, phone, iban) VALUES (%s, %s, %s, %s)",
+    ("{name}", "{email}", "{phone}", "{iban}"),
+)
+```"""),
+    ],
+    # 16 CSV of applicants
+    [
+        ("user", """sort these applicants by who applied first pls
+
+name,email,phone,applied
+{name2},{email},{phone},2024-05-14
+{name},{first_lower}.{surname}@example.org,+44 7700 900123,2024-05-02
+{first3} Novak,{first3}.novak@example.net,n/a,2024-05-09"""),
+        ("assistant", """Sorted by application date (earliest first):
+
+```csv
+name,email,phone,applied
+{name},{first_lower}.{surname}@example.org,+44 7700 900123,2024-05-02
+{first3} Novak,{first3}.novak@example.net,n/a,2024-05-09
+{name2},{email},{phone},2024-05-14
+```
+
+{first} applied first, and {first2} applied last."""),
+    ],
+    # 17 YAML config for event registration
+    [
+        ("user", """our tournament signup bot won't send mails, here's the config. ignore that the creds are in there i'll rotate them
+
+smtp:
+  host: smtp.gmail.com
+  port: 465
+  user: {email}
+  pass: {password}
+  tls: false
+event:
+  venue: "{address}"
+  contact: "{name}" """),
+        ("assistant", """With Gmail on port 465 you need implicit TLS. `tls: false` makes the client try a plain connection, and the server drops it. Either:
+
+```yaml
+smtp:
+  host: smtp.gmail.com
+  port: 465
+  user: {email}
+  pass: {password}
+  ssl: true
+```
+
+or use port 587 with `starttls: true`. Also, Gmail won't accept your normal account password here. You need an App Password, so if `{password}` is your regular login, that's likely the second problem (and yes, rotate it since it's been shared).
+
+The `event` block looks fine: venue "{address}", contact {name}."""),
+    ],
+    # 18 German support letter, card + id
+    [
+        ("user", "Hallo, ich muss für meinen Vater {name} einen Widerspruch an die Bank schreiben, es wurde von seiner Karte {card} zweimal abgebucht. Seine Adresse: {address}. Er hat sich am Telefon mit {id_kind} {id} ausgewiesen. Bitte förmlich."),
+        ("assistant", """Gerne, hier ein Entwurf:
+
+{name}
+{address_lines}
+
+Betreff: Widerspruch gegen doppelte Abbuchung
+
+Sehr geehrte Damen und Herren,
+
+hiermit widerspreche ich der doppelten Belastung meiner Karte mit der Nummer {card}. Der Betrag wurde zweimal abgebucht, obwohl nur ein Kauf getätigt wurde.
+
+Zur Identifikation: Ich habe mich bereits telefonisch mit meiner {id_kind} ({id}) ausgewiesen.
+
+Ich bitte um Erstattung des doppelt abgebuchten Betrags und um eine schriftliche Bestätigung.
+
+Mit freundlichen Grüßen
+{name}"""),
+    ],
+    # 19 French clinic, phone dictated
+    [
+        ("user", "salut, j'ai noté au téléphone le numéro du cabinet du Dr {surname} : « zéro six… enfin c'est {phone} ». et la secrétaire m'a demandé mon numéro de {id_kind}, j'ai donné {id}. tu peux me faire un rappel pour mon agenda ?"),
+        ("assistant", """Voici un rappel prêt à copier :
+
+📅 Rendez-vous – cabinet du Dr {surname}
+📞 Téléphone du cabinet : {phone}
+🪪 {id_kind} communiqué : {id}
+📝 À apporter : pièce d'identité, ordonnance éventuelle
+
+Tu veux que j'ajoute une alerte la veille ?"""),
+    ],
+    # 20 Spanish WhatsApp padel group
+    [
+        ("user", """me ayudas a organizar esto? es del grupo de pádel
+
+[18/04/2024, 22:10] {first}: chicos reservé pista para el domingo 10:00
+[18/04/2024, 22:11] {first2}: genial!! cuánto es?
+[18/04/2024, 22:12] {first}: 24€ en total, bizum al {phone}
+[18/04/2024, 22:15] {first3}: la app de reservas me pide usuario, cuál era?
+[18/04/2024, 22:16] {first}: el mío, {email} y la contra es {password}, no la cambiéis porfa"""),
+        ("assistant", """Resumen para el grupo:
+
+🎾 **Pádel – domingo 10:00**
+- Pista reservada por {first}
+- Precio: 24 € en total (6 € por persona si sois 4)
+- Pago: Bizum a {first} al {phone}
+
+🔑 Acceso a la app de reservas: usuario {email}, contraseña {password}
+
+Ojo: compartir la contraseña en el grupo es arriesgado. Quizás {first} pueda invitaros desde la app en vez de pasar su cuenta."""),
+    ],
+    # 21 English job applicant cover letter
+    [
+        ("user", "help me write a cover letter header and closing. im {name}, living at {address}, my email is {email} and phone is {phone}. applying for warehouse supervisor at a logistics company"),
+        ("assistant", """Here's a header and closing:
+
+**Header**
+
+{name}
+{street}
+{post} {city}
+{email} | {phone}
+
+Dear Hiring Manager,
+
+...
+
+**Closing**
+
+Thank you for considering my application. I'd welcome the chance to discuss how my experience could support your team, and you can reach me at {phone} or {email} at any time.
+
+Sincerely,
+{name}"""),
+        ("user", "thx. should I put my full address or just city these days?"),
+        ("assistant", "These days city and country are usually enough, e.g. \"{city}, {country}\". A full street address like {street} isn't needed until you get an offer, and leaving it out also protects your privacy when your CV gets passed around."),
+    ],
+    # 22 Polish support with shell
+    [
+        ("user", """hej, klient napisał do nas na czacie i wkleił to. Czy ten skrypt jest OK do resetu konta?
+
+curl -X POST https://api.example.com/v1/login \\
+  -d "email={email}" \\
+  -d "haslo={password}"
+
+a potem napisał „moja karta {card} nie przechodzi przy płatności”"""),
+        ("assistant", """Skrypt technicznie zadziała, ale ma kilka problemów:
+
+1. Hasło (`{password}`) idzie w parametrach, więc zostanie w historii powłoki. Lepiej tak:
+```bash
+read -s PASS
+curl -X POST https://api.example.com/v1/login \\
+  --data-urlencode "email={email}" \\
+  --data-urlencode "haslo=$PASS"
+```
+2. Klient ujawnił hasło na czacie, więc poproś go o zmianę hasła po zalogowaniu.
+3. Numer karty {card} wklejony na czacie warto zamaskować w systemie ticketowym (zostaw tylko 4 ostatnie cyfry).
+
+Płatność kartą to osobny temat, do sprawdzenia w logach bramki płatniczej."""),
+    ],
+    # 23 Italian forwarded email with signature
+    [
+        ("user", """mi traduci in inglese questa mail inoltrata?
+
+---------- Messaggio inoltrato ----------
+Da: {name} <{email}>
+Oggetto: Torneo di calcetto aziendale
+
+Ciao a tutti, il torneo si terrà sabato al centro sportivo in {street}, {city}. Le iscrizioni chiudono venerdì. Per info chiamatemi.
+
+--
+{name}
+Responsabile Eventi
+Tel. {phone}
+{address}"""),
+        ("assistant", """Here's the translation:
+
+---------- Forwarded message ----------
+From: {name} <{email}>
+Subject: Company five-a-side football tournament
+
+Hi everyone, the tournament will take place on Saturday at the sports centre on {street}, {city}. Registration closes on Friday. Call me for info.
+
+--
+{name}
+Events Manager
+Tel. {phone}
+{address}"""),
+    ],
+    # 24 Markdown table tournament, Dutch/English mix
+    [
+        ("user", """kun je hier een nette markdown tabel van maken voor ons schaaktoernooi?
+1. {name} - {phone} - {email}
+2. {name2}, bellen via {first3}
+3. {first3} zelf, mail volgt"""),
+        ("assistant", """| # | Naam | Telefoon | E-mail | Opmerking |
+|---|------|----------|--------|-----------|
+| 1 | {name} | {phone} | {email} | |
+| 2 | {name2} | – | – | contact via {first3} |
+| 3 | {first3} | – | – | e-mail volgt |
+
+Zal ik {first2}'s en {first3}'s gegevens later aanvullen als je ze hebt?"""),
+        ("user", "ja, en zet {surname} bovenaan als organisator"),
+        ("assistant", """| # | Naam | Rol | Telefoon | E-mail |
+|---|------|-----|----------|--------|
+| 1 | {name} | organisator | {phone} | {email} |
+| 2 | {name2} | speler | – | – |
+| 3 | {first3} | speler | – | – |"""),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -3621,8 +4155,9 @@ TEMPLATES = {
     + HELD_OUT_15_TEMPLATES
     + HELD_OUT_16_TEMPLATES
     + HELD_OUT_17_TEMPLATES
-    + HELD_OUT_18_TEMPLATES,
-    "held-out": HELD_OUT_19_TEMPLATES,
+    + HELD_OUT_18_TEMPLATES
+    + HELD_OUT_19_TEMPLATES,
+    "held-out": HELD_OUT_20_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
