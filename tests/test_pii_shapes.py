@@ -836,6 +836,22 @@ def test_signatures_policy_numbers_log_passwords_csv_cards_and_quoted_streets(st
         assert step.scrub_text(text, mode="code" if "```" in text else "ner") == text
 
 
+def test_discord_speakers_checklists_vcards_and_payment_apps(step: PiiScrub) -> None:
+    """From blind set 20: a Discord export's "Name — Today at 8:50 PM" speaker lines, a checklist's
+    "- [ ] Name: ...", a vCard's name, phone and address components, a phone after "Bizum al"."""
+    turns = [
+        "Ottilie — Today at 8:41 PM\nparty at mine\nZbyněk — Today at 8:50 PM\nill bring chips",
+        "**Who brings what**\n- [ ] Zbyněk: chips\n- [ ] Ottilie: hosting\n- [ ] Radomír: ?",
+        "```\nBEGIN:VCARD\nFN:Ottilie Brandl\nTEL;TYPE=CELL:+33 6 12 34 56 78\n"
+        "ADR;TYPE=HOME:;;8, chemin Guy Mendès;Lyon;;69003;France\nEND:VCARD\n```",
+        "[18/04/2024, 22:12] Ana: 24€ en total, Bizum al 800 5834",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    planted = ["Ottilie", "Zbyněk", "Radomír", "Brandl", "+33 6 12 34 56 78", "chemin Guy", "69003", "800 5834"]
+    assert not [v for v in planted if v in out], out
+    assert "Bizum" in out and "BEGIN:VCARD" in out
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

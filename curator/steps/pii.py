@@ -948,9 +948,10 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
 
 
 # a bullet or numbered item that opens with a capitalised word alone ("- Melania", "2. Gino + kids",
-# "- Emily Mellor emily@x.org"): the first word, and the one after it when capitalised
+# "- Emily Mellor emily@x.org", "- [ ] Antal: ?"): the first word, and the one after it when capitalised
 _BULLET_ITEM = re.compile(
-    rf"(?m)^[ \t]*(?:[-*•]|\d{{1,2}}[.)])[ \t]+([{UPPER}][\w'’\-]*\w)(?:[ \t]+([{UPPER}][\w'’\-]*\w))?"
+    rf"(?m)^[ \t]*(?:[-*•]|\d{{1,2}}[.)])[ \t]+(?:\[[ xX]\][ \t]+)?"
+    rf"([{UPPER}][\w'’\-]*\w)(?:[ \t]+([{UPPER}][\w'’\-]*\w))?"
     r"(?=[ \t]*(?:$|[+(,:–<]|[ \t]\S+@))"
 )
 

@@ -45,7 +45,9 @@ TECH_NAMES = (
     r"Linux|Ubuntu|Debian|Windows|macOS|Android|iOS|Chrome|Firefox|Safari|Google|Facebook|Instagram|Twitter|"
     r"WhatsApp|YouTube|TikTok|LinkedIn|Reddit|Amazon|Microsoft|Apple|OpenAI|ChatGPT|GPT-[34]o?|Vicuna|LLaMA|Llama|"
     r"Anthropic|Netflix|Hulu|Spotify|GitHub|GitLab|Docker|Kubernetes|React|Vue|Angular|Django|Flask|NumPy|Pandas|"
-    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS)"
+    r"PyTorch|TensorFlow|Excel|PowerPoint|Jupyter|PyCharm|Boeing|Tesla|Earth|Chart\.js|Node\.js|HBO Max|LMSYS|"
+    # payment apps that chats name beside a phone number ("Bizum al 600 123 456")
+    r"Bizum|Venmo|Zelle|PayPal|Revolut|MobilePay|Vipps|Swish|Twint|BLIK|Satispay|Paylib)"
 )
 
 # Chat text is full of strings that recognizers mistake for PII. Each is a full-match regex over
@@ -867,7 +869,7 @@ _PHONE_CONTEXT = re.compile(
     # "mon numero c'est le", "joindre au", "bel me op", "chiamami al": number and call words of chat exports
     r"\bnum[eé]ro|\bnúmero|\bnumer\b|\bnummer|\bčíslo|\bszám|\bjoindre|\bappel(?:er|ez|le)\b|\bllám|\bllama|"
     r"\bchiama|\bligar?\b|\banruf|\berreichbar|\bbel\b|\bbellen|\bzadzwo|\bdzwo|\bzavolej|\bhívj|\bring\w*|"
-    r"📞|☎|📱|"
+    r"📞|☎|📱|\bbizum|\bmb[ \t]?way|\bvipps|\bmobilepay|\bswish|\btwint|\bblik\b|\bvenmo|\bzelle|"
     # a signature's phone label on its own line: "M: 8218 1508", "T. 352 8106", "Mob: ..."
     r"(?:^|\n)[ \t]*(?:[mtphwcof]|mob|ph|tlf|cel)\.?[ \t]*[:.][ \t]*$)"
     r"\W{0,4}(?:\w+\W{1,4}){0,6}$"
@@ -1600,6 +1602,19 @@ class NameCueRecognizer(_RegexRecognizer):
             0.9,
             "weak",
         ),
+        # a Discord export's speaker line: "Zbyněk — Today at 8:50 PM", "Ana Gil — 12/03/2024 8:41 PM"
+        (
+            re.compile(
+                rf"(?m)^[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]+[—–-][ \t]+"
+                r"(?:(?:Today|Yesterday|Heute|Gestern|Aujourd'hui|Hier|Hoy|Ayer|Oggi|Ieri|Dzisiaj|Wczoraj|Vandaag|"
+                r"Gisteren|Hoje|Ontem|Dnes|Včera|Ma|Tegnap|I dag|I går)"
+                r"(?:[ \t]+(?:at|um|à|a las|alle|o|om|às|v|ve|kl\.))?"
+                r"|\d{1,4}[./\-]\d{1,2}[./\-]\d{1,4})[ \t]+\d{1,2}:\d{2}(?:[ \t]?[AaPp][Mm])?[ \t]*$"
+            ),
+            1,
+            0.9,
+            "weak",
+        ),
         # Hungarian "X vagyok" ("I am X") opening a sentence: "Szia! Kovács Péter vagyok, ..."
         (
             re.compile(rf"(?:^|(?<=[!?.,:;\n]))[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]+vagyok\b"),
@@ -1965,6 +1980,25 @@ def _key_kind(key: str, value: str) -> str | None:
     return "PERSON" if kind == "NAME" else kind
 
 
+# a vCard's personal properties (RFC 6350): "FN:Ana Gil", "N:Gil;Ana;;;", "TEL;TYPE=CELL:+34 ...",
+# "ADR;TYPE=HOME:;;8, chemin Guy Mendès;Paris;;75011;France" (box; extended; street; town; region; code; country)
+_VCARD_LINE = re.compile(r"(?im)^[ \t]*(FN|N|ADR|TEL|NICKNAME)(?:;[^:\n]*)?:([^\n]*?)[ \t]*$")
+_VCARD_KIND = {"FN": "PERSON", "N": "PERSON", "NICKNAME": "PERSON", "ADR": STREET_ADDRESS, "TEL": "PHONE_NUMBER"}
+
+
+def vcard_values(text: str) -> list[tuple[str, int, int]]:
+    """(type, start, end) of each non-empty component of a vCard's name, address and phone lines."""
+    out = []
+    for m in _VCARD_LINE.finditer(text):
+        kind = _VCARD_KIND[m.group(1).upper()]
+        for part in re.finditer(r"[^;]+", m.group(2)):
+            value = part.group(0).strip()
+            if value and not _NOT_A_VALUE.match(value):
+                start = m.start(2) + part.start() + part.group(0).index(value)
+                out.append((kind, start, start + len(value)))
+    return out
+
+
 def keyed_values(text: str) -> list[tuple[str, int, int]]:
     """(type, start, end) of each quoted value under a personal key ("zip": "37786", city='Maribo'),
     or in a personal column of a markdown table, a CSV paste or an SQL INSERT."""
@@ -1993,6 +2027,7 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
         if kind:
             out.append((kind, m.start(group), m.end(group)))
     out += [("PERSON", m.start(1), m.end(1)) for m in _GIT_NAME.finditer(text) if not _NOT_A_VALUE.match(m.group(1))]
+    out += vcard_values(text)
     out += [("SECRET", m.start(2), m.end(2)) for m in _LITERAL.finditer(text) if _four_kinds(m.group(2))]
     # (column, cells, contact list) of markdown tables and CSV pastes; a contact list has a name column
     # beside an email, phone or address one
