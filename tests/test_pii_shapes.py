@@ -852,6 +852,20 @@ def test_discord_speakers_checklists_vcards_and_payment_apps(step: PiiScrub) -> 
     assert "Bizum" in out and "BEGIN:VCARD" in out
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Die Beiträge werden von meinem Konto CZ8153864079558244489942 abgebucht.",  # presidio's regex runs on
+        "iban DE89-3704-0044-0532-0130-00.",
+        "send it to gb82west12345698765432 please",
+    ],
+)
+def test_ibans_are_taken_at_their_country_length(step: PiiScrub, text: str) -> None:
+    """An IBAN followed by a word, dashed or typed in lower case is found whole and validated."""
+    out = step.scrub_text(text)
+    assert "<IBAN_1>" in out and not any(ch.isdigit() for ch in out.replace("<IBAN_1>", "")), out
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -81,6 +81,7 @@ from curator.steps.pii_recognizers import (
     ChatPhoneRecognizer,
     CodeAwareUrlRecognizer,
     CredentialRecognizer,
+    ExactIbanRecognizer,
     IdNumberRecognizer,
     Ipv6Recognizer,
     LuhnCardRecognizer,
@@ -379,13 +380,14 @@ def build_analyzer(cfg: PiiConfig) -> AnalyzerEngine:
     nlp_engine = provider.create_engine()
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
-    for replaced in ("EmailRecognizer", "PhoneRecognizer", "UrlRecognizer", "CreditCardRecognizer"):
+    for replaced in ("EmailRecognizer", "PhoneRecognizer", "UrlRecognizer", "CreditCardRecognizer", "IbanRecognizer"):
         registry.remove_recognizer(replaced)
     for recognizer in (
         CodeAwareUrlRecognizer(),
         OfflineEmailRecognizer(),
         ChatPhoneRecognizer(),
         LuhnCardRecognizer(),
+        ExactIbanRecognizer(),
         IdNumberRecognizer(),
         NameCueRecognizer(),
         SecretRecognizer(),

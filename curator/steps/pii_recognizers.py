@@ -841,6 +841,38 @@ def luhn_ok(digits: str) -> bool:
 _CARD_PREFIX = re.compile(r"^(?:[3-6]|2[2-7]|2131|1800)")
 
 
+class ExactIbanRecognizer(_OwnRecognizer):
+    """IBANs, compact or in groups, taken at their country's exact length (entity `IBAN_CODE`).
+
+    presidio's IbanRecognizer regex is case-insensitive and runs on over the next word ("Konto
+    CZ81... abgebucht." reads "...9942 abgeb"), so the checksum fails and the IBAN is left. Here a
+    country code and check digits start a run of letters and digits (single spaces or dashes
+    between groups); the longest prefix that python-stdnum validates (structure, length and
+    mod-97 for that country) is the IBAN.
+    """
+
+    ENTITY = "IBAN_CODE"
+    START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){10,30}")  # "gb50mvfc..." typed lower
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        """Each validated IBAN, longest valid prefix of each candidate run."""
+        if self.ENTITY not in entities:
+            return []
+        from stdnum import iban
+
+        out = []
+        for m in self.START.finditer(text):
+            value = m.group(0)
+            # where a group ends: the end of the run, or before a space or dash
+            ends = [i for i in range(len(value), 14, -1) if i == len(value) or not value[i].isalnum()]
+            end = next((i for i in ends if iban.is_valid(value[:i])), None)
+            if end is not None:
+                out.append(RecognizerResult(self.ENTITY, m.start(), m.start() + end, 1.0))
+        return out
+
+
 class LuhnCardRecognizer(_RegexRecognizer):
     """Card numbers of 12-19 digits (grouped by spaces or dashes, or not) with a card prefix and Luhn.
 
