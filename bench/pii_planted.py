@@ -78,11 +78,13 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # help in equal parts), was measured once (2026-12-03, before 16:02 UTC) and then inspected: tune now.
 # Set 19, by a fifteenth (asked for the paperwork of ordinary life and, for a quarter, developers
 # debugging customer data), was measured once (2026-12-04 20:28 UTC) and then inspected: tune now.
-# HELD_OUT_20_TEMPLATES, by a sixteenth (asked for pasted group chats, clubs and events, support
-# tickets, recruiting and clinic bookings, half of them mostly not in English), are the held-out
-# split (never inspected; the opening line of its last template was glimpsed in a linter message,
-# a trailing space removed). Never print this file's text (a formatter's diff, a line range): it
-# holds the held-out split.
+# Set 20, by a sixteenth (asked for pasted group chats, clubs and events, support tickets,
+# recruiting and clinic bookings, half of them mostly not in English), was measured once
+# (2026-12-04 20:48 UTC) and then inspected: tune now. HELD_OUT_21_TEMPLATES, by a seventeenth
+# (asked for letters to authorities, tax returns, disputes, family trees, weddings and funerals,
+# rosters, bookkeeping exports, logs, .env files and dumps, a third mostly in Czech, Hungarian,
+# Polish, Danish or Portuguese), are the held-out split (never inspected). Never print this file's
+# text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -4137,6 +4139,827 @@ Zal ik {first2}'s en {first3}'s gegevens later aanvullen als je ze hebt?"""),
 ]
 
 
+HELD_OUT_21_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 small claims court letter (en)
+    [
+        ("user", """hi, i need help writing a letter to the small claims court. my old landlord {name2} has kept my whole deposit (£1,150) for the flat above his shop and wont answer my emails since march. i moved out 3 months ago and left it spotless, i have photos. can you draft something formal?
+
+my details: {name}, now living at {address}, phone {phone}, email {email}"""),
+        ("assistant", """Of course. Here's a draft you can adapt. Check whether your court also wants its own claim form (in England and Wales that's form N1 or Money Claim Online), since a letter alone usually isn't enough to start a claim.
+
+---
+
+{name}
+{address_lines}
+Tel: {phone}
+Email: {email}
+
+[Date]
+
+To the Court Manager,
+
+**Re: Return of tenancy deposit, {name} v {name2}**
+
+I am writing in connection with my claim against my former landlord, {name2}, for the return of my tenancy deposit of £1,150.
+
+I vacated the property three months ago and returned it in good condition, as shown by the dated photographs enclosed. Since March I have written to {name2} on several occasions requesting the return of the deposit but have received no reply.
+
+I would be grateful if you could advise me on the next steps.
+
+Yours faithfully,
+
+{name}
+
+---
+
+Would you like me to add a short timeline of the emails you sent?"""),
+        ("user", "yes pls, first one was 2 march, then 19 march and 10 april. sign it off just with my name, no 'yours faithfully' thats so stiff lol"),
+        ("assistant", """Sure, here's the timeline section plus a softer sign-off:
+
+**Timeline**
+- 2 March: first email to {name2} requesting the deposit
+- 19 March: follow-up email, no response
+- 10 April: final request, no response
+
+Kind regards,
+{name}
+{phone} | {email}"""),
+    ],
+    # 2 German tax return
+    [
+        ("user", "Hallo! Ich mache zum ersten Mal meine Steuererklärung über ELSTER und bin ziemlich verloren. Kurz zu mir: {name}, wohnhaft {street}, {post} {city}. Meine Frau heißt {name2}, wir wollen zusammen veranlagt werden. Wo trage ich die Nummer ein? Meine {id_kind} ist {id}, ihre hab ich grad nicht da."),
+        ("assistant", """Gerne! Bei der Zusammenveranlagung füllen Sie einen gemeinsamen Hauptvordruck aus:
+
+1. **Person A (Sie):** {name}, Anschrift {street}, {post} {city}, Identifikationsnummer {id}.
+2. **Person B (Ehefrau):** {name2}. Ihre Nummer steht auf ihrem letzten Steuerbescheid oder der Lohnsteuerbescheinigung, die brauchen Sie unbedingt, sonst kann ELSTER nicht absenden.
+3. Bei „Veranlagungsart" wählen Sie „Zusammenveranlagung".
+
+Möchten Sie auch eine Erstattung aufs Konto? Dann brauche ich noch die Bankverbindung."""),
+        ("user", "ok danke. erstattung soll auf das gemeinsame konto, {iban}. kontoinhaber sind wir beide, reicht da mein name?"),
+        ("assistant", """Ja, das reicht. Tragen Sie im Abschnitt „Bankverbindung" ein:
+
+- IBAN: {iban}
+- Kontoinhaber: „Ehegatten / Lebenspartner lt. Zeile 7 und 8" ankreuzen
+
+Dann wird die Erstattung für Sie und {first2} gemeinsam auf {iban} überwiesen."""),
+    ],
+    # 3 car-sharing damage dispute (en), forwarded mail
+    [
+        ("user", """can you help me reply to this? they charged me for damage i didnt do
+
+---------- Forwarded message ---------
+From: ZipRide Claims <claims@zipride-mail.com>
+Date: Tue, 4 Jun 2024 at 09:12
+Subject: Damage claim #88213
+To: {email}
+
+Dear {name},
+
+Following your trip on 28 May (pick-up: {street}, {city}), our inspection found a scratch on the rear bumper. In accordance with section 9 of our terms, a damage fee of EUR 450.00 has been charged to your payment method on file.
+
+Kind regards,
+ZipRide Claims Team
+
+---
+
+the card theyve charged is {card}, can i just do a chargeback? i took photos at drop off. i even changed my zipride login to {password} in case someone else used my account"""),
+        ("assistant", """You can, but it's usually better to dispute with ZipRide in writing first: banks often ask whether you tried to resolve it with the merchant. Here's a reply:
+
+---
+
+Subject: Re: Damage claim #88213 - dispute
+
+Dear ZipRide Claims Team,
+
+I dispute damage claim #88213. I returned the vehicle after my trip on 28 May without any damage, and I have timestamped photographs of the rear bumper taken at drop-off, which I attach.
+
+Please reverse the charge of EUR 450.00 made to my card {card} within 14 days. If the charge is not reversed, I will raise a chargeback with my card issuer.
+
+Regards,
+{name}
+
+---
+
+Also, on the account: changing the login was sensible, but since you've now written the new one ({password}) here, I'd change it again to something you haven't shared anywhere."""),
+        ("user", "ok sent it. add my number in case they want to call, its {phone}"),
+        ("assistant", "Good idea. Add this line above \"Regards\": \"You can reach me on {phone} if you need further details.\""),
+    ],
+    # 4 Polish genealogy, GEDCOM
+    [
+        ("user", """Cześć, robię drzewo genealogiczne rodziny w Gramps i chcę zaimportować plik GEDCOM, ale wyskakuje błąd przy drugiej osobie. Możesz sprawdzić?
+
+0 HEAD
+1 CHAR UTF-8
+0 @I1@ INDI
+1 NAME {first} /{surname}/
+1 SEX M
+1 BIRT
+2 DATE 12 MAR 1921
+2 PLAC {city}, {country}
+1 FAMS @F1@
+0 @I2@ INDI
+1 NAME {first3} /{surname}
+1 SEX F
+1 FAMS @F1@
+0 @F1@ FAM
+1 HUSB @I1@
+1 WIFE @I2@
+0 TRLR"""),
+        ("assistant", """Błąd jest w linii osoby @I2@:
+
+`1 NAME {first3} /{surname}`
+
+Nazwisko w GEDCOM musi być otoczone ukośnikami z obu stron, brakuje zamykającego `/`. Poprawnie:
+
+```
+0 @I2@ INDI
+1 NAME {first3} /{surname}/
+1 SEX F
+1 FAMS @F1@
+```
+
+Po tej zmianie {first3} {surname} powinna zaimportować się jako żona {first}a w rodzinie @F1@."""),
+        ("user", "super, dzięki! babcia {name2} mówiła jeszcze, że pradziadek {first} mieszkał potem przy {street} w {city}, mniej więcej od 1950. gdzie to wpisać?"),
+        ("assistant", """Do tego służy znacznik RESI (miejsce zamieszkania). Dopisz pod osobą @I1@:
+
+```
+1 RESI
+2 DATE FROM 1950
+2 ADDR {street}
+3 CITY {city}
+3 CTRY {country}
+2 NOTE Wg relacji: {name2}
+```
+
+Dobrze też zaznaczyć źródło (tu: relacja babci {first2}), bo przy genealogii to potem bardzo pomaga."""),
+    ],
+    # 5 Portuguese (BR) wedding guest list CSV
+    [
+        ("user", """oi! to organizando os convites do casamento e exportei a lista de convidados do google forms. dá pra transformar isso numa tabela bonitinha separando quem confirmou?
+
+Carimbo de data/hora,Nome completo,E-mail,Telefone,Vai comparecer?,Acompanhante
+12/03/2024 21:14:02,{name},{email},{phone},Sim,{first3}
+13/03/2024 08:40:55,{name2},,,Talvez,
+15/03/2024 19:02:31,tia rosa,,,Sim,"""),
+        ("assistant", """Claro! Aqui está:
+
+**Confirmados**
+
+| Nome | E-mail | Telefone | Acompanhante |
+|---|---|---|---|
+| {name} | {email} | {phone} | {first3} |
+| Tia Rosa | – | – | – |
+
+**Pendentes**
+
+| Nome | Resposta | Observação |
+|---|---|---|
+| {name2} | Talvez | sem e-mail nem telefone, vale mandar mensagem pra {first2} direto |
+
+Total confirmado até agora: 3 pessoas ({first}, {first3} e Tia Rosa)."""),
+        ("user", "perfeito!! o endereço pra entregar o convite impresso do {first} é {address}, mas acho que o CEP {post} tá errado, ele mudou ano passado"),
+        ("assistant", "Anotei: {name}, {address}. Sobre o CEP {post}: confira no site dos Correios (Busca CEP) pelo nome da rua, {street}, em {city}. Se ele mudou de endereço, o mais seguro é perguntar direto pro {first} antes de imprimir o envelope."),
+    ],
+    # 6 Danish funeral
+    [
+        ("user", "Min far, {name}, døde i søndags efter lang tids sygdom. Jeg skal skrive en dødsannonce til lokalavisen og en besked til familien. Bisættelsen er i {city} Kirke fredag kl. 13. Han blev 81. Kan du hjælpe? Vi vil hellere have et bidrag til Kræftens Bekæmpelse end blomster."),
+        ("assistant", """Jeg er virkelig ked af dit tab. Her er et forslag til annoncen:
+
+---
+
+Vores kære far, svigerfar og morfar
+
+**{name}**
+
+er stille sovet ind, 81 år.
+
+Bisættelsen finder sted fredag kl. 13 fra {city} Kirke.
+
+I stedet for blomster modtages gerne et bidrag til Kræftens Bekæmpelse.
+
+På familiens vegne
+
+---
+
+Skal der stå navne under "På familiens vegne"?"""),
+        ("user", "ja, skriv min søster {name2} og mig. og hun spørger om vi kan skrive kontonummeret til mindeindsamlingen i beskeden til familien: {iban}. og at man kan ringe til mig på {phone} hvis man vil hjælpe med kaffen bagefter"),
+        ("assistant", """Selvfølgelig. Forslag til beskeden til familien:
+
+---
+
+Kære alle
+
+Far, {first}, sov stille ind søndag. Bisættelsen er fredag kl. 13 i {city} Kirke, og bagefter er der kaffe i sognegården.
+
+Vil I give et bidrag til mindeindsamlingen, kan det overføres til {iban}, mærket "Mindeindsamling {surname}".
+
+Har I lyst til at hjælpe med kaffen, så ring til mig på {phone}.
+
+Kærlig hilsen
+[dit navn] og {first2}
+
+---
+
+Og i annoncen: "På familiens vegne, {name2} og [dit navn]"."""),
+    ],
+    # 7 volunteer roster (en)
+    [
+        ("user", """can you turn this into a rota for the food bank saturdays in july? each shift needs 2 people, mornings 9-12 and afternoons 12-3. {first3} can only do mornings
+
+{name} ({phone})
+{name2} - {email}
+{first3} (no surname on the sheet, she's {first}'s neighbour)
+marta k. - ask at church"""),
+        ("assistant", """Here's a first go. I've rotated people so nobody does two shifts on the same day and {first3} is always on mornings:
+
+| Date | Morning 9-12 | Afternoon 12-3 |
+|---|---|---|
+| Sat 6 Jul | {first3}, {name} | {name2}, Marta K. |
+| Sat 13 Jul | {first3}, {name2} | {name}, Marta K. |
+| Sat 20 Jul | {first3}, Marta K. | {name}, {name2} |
+| Sat 27 Jul | {first3}, {name} | {name2}, Marta K. |
+
+**Contacts**
+- {name}: {phone}
+- {name2}: {email}
+- {first3}: via {first}
+- Marta K.: via church
+
+{first3} ends up on every Saturday, so you might want to check she's OK with that."""),
+        ("user", "lol yeah shes retired, she'll be fine. write the whatsapp msg to send round? sign it from me, {first}"),
+        ("assistant", """Hi all! 👋 Here's the food bank rota for July (table attached). {first3}, you're on mornings every week as you asked. {first2}, I've only got your email ({email}), could you send me your number so I can add you to the group? If you can't make a shift, please swap with someone and let me know.
+
+Thanks so much!
+{first}"""),
+    ],
+    # 8 Czech bookkeeping export
+    [
+        ("user", """Ahoj, potřebuju z exportu z Pohody udělat přehled nezaplacených faktur za Q1. Tady je CSV:
+
+cislo;datum;odberatel;ICO;castka;splatnost;uhrazeno
+2024001;05.01.2024;{name};{id};12 400,00;19.01.2024;ano
+2024007;22.01.2024;{name2};;3 150,00;05.02.2024;ne
+2024012;14.02.2024;{name};{id};8 900,00;28.02.2024;ne
+
+A pak mi napiš upomínku. Naše číslo účtu je {iban}, kontakt {email} nebo {phone}."""),
+        ("assistant", """Nezaplacené faktury za Q1:
+
+| Číslo | Odběratel | IČO | Částka (Kč) | Splatnost |
+|---|---|---|---|---|
+| 2024007 | {name2} | – | 3 150,00 | 05.02.2024 |
+| 2024012 | {name} | {id} | 8 900,00 | 28.02.2024 |
+
+Celkem po splatnosti: **12 050,00 Kč**.
+
+Upomínka (pro {name}):
+
+---
+
+Věc: Upomínka – faktura č. 2024012
+
+Vážený pane / Vážená paní {surname},
+
+dovolujeme si Vás upozornit, že faktura č. 2024012 na částku 8 900,00 Kč se splatností 28.02.2024 dosud nebyla uhrazena. Prosíme o úhradu do 7 dnů na účet {iban}, jako variabilní symbol uveďte 2024012.
+
+Pokud jste již platbu odeslali, považujte prosím tuto upomínku za bezpředmětnou. V případě dotazů nás kontaktujte na {email} nebo {phone}.
+
+S pozdravem
+
+---
+
+Mám udělat stejnou i pro {name2}?"""),
+        ("user", "jo, ale tam neznám IČO, je to fyzická osoba"),
+        ("assistant", "To nevadí, u fyzické osoby IČO uvádět nemusíte. Stačí oslovení „Vážený pane / Vážená paní\", jméno {name2}, číslo faktury 2024007, částka 3 150,00 Kč, a stejně jako předtím účet {iban} a kontakt {email}."),
+    ],
+    # 9 dev: psycopg2 stack trace with DSN
+    [
+        ("system", "You are a helpful coding assistant."),
+        ("user", """my flask app suddenly cant connect to postgres after i rotated creds, heres the trace
+
+```
+Traceback (most recent call last):
+  File "/srv/app/db.py", line 14, in get_conn
+    return psycopg2.connect(DSN)
+  File "/usr/lib/python3/dist-packages/psycopg2/__init__.py", line 122, in connect
+    conn = _connect(dsn, connection_factory=connection_factory, **kwasync)
+psycopg2.OperationalError: connection to server at "db.internal" (10.0.3.7), port 5432 failed: FATAL:  password authentication failed for user "{first_lower}"
+```
+
+db.py:
+```python
+DSN = "postgresql://{first_lower}:{password}@db.internal:5432/shop"
+```
+
+the new one is definitely {password}, i copied it straight from 1password"""),
+        ("assistant", """If the password itself is right, the usual culprit is special characters. In a URL-style DSN, characters like `@`, `#`, `/`, `:` or `%` have to be percent-encoded, otherwise libpq reads part of the password as host or path.
+
+Safer: build the DSN from parts, or encode it:
+
+```python
+import os
+from urllib.parse import quote_plus
+
+PW = os.environ["PGPASSWORD_SHOP"]
+DSN = f"postgresql://{first_lower}:{{quote_plus(PW)}}@db.internal:5432/shop"
+```
+
+Or skip the URL entirely:
+
+```python
+psycopg2.connect(host="db.internal", port=5432, dbname="shop", user="{first_lower}", password=PW)
+```
+
+Also, since the password is now in this chat and hard-coded in `db.py`, move it into an environment variable and consider rotating it once more."""),
+        ("user", """ahh it has a # in it yeah. the worker uses ~/.pgpass tho and that fails too:
+
+db.internal:5432:shop:{first_lower}:{password}"""),
+        ("assistant", """In `.pgpass` there's no URL parsing, so `#` is fine there. Two other things break it though:
+
+1. `:` and `\\` inside the password must be escaped as `\\:` and `\\\\`.
+2. The file must be `chmod 600`, otherwise libpq silently ignores it:
+
+```bash
+chmod 600 ~/.pgpass
+psql "host=db.internal dbname=shop user={first_lower}" -c 'select 1'
+```
+
+If `psql` works, the worker will too."""),
+    ],
+    # 10 dev: .env + compose
+    [
+        ("user", """why does docker compose not pick up my env vars?? here's my .env
+
+```
+APP_ENV=production
+ADMIN_EMAIL={email}
+SMTP_HOST=smtp.mailgun.org
+SMTP_USER=postmaster@mg.example-shop.eu
+SMTP_PASS={password}
+STRIPE_TEST_CARD={card}
+SUPPORT_PHONE="{phone}"
+DEFAULT_SHIP_FROM="{address}"
+```
+
+and the compose file
+
+```yaml
+services:
+  web:
+    build: .
+    env_file: .env.prod
+    environment:
+      - ADMIN_EMAIL
+```"""),
+        ("assistant", """Your compose file loads `env_file: .env.prod`, but the file you pasted is `.env`. Compose only reads `.env` automatically for *variable substitution in the compose file itself*, not as container environment. Fix:
+
+```yaml
+services:
+  web:
+    build: .
+    env_file: .env
+```
+
+You can drop the `environment: - ADMIN_EMAIL` line; it only passes through a variable from your shell, which is probably empty.
+
+Check with:
+
+```bash
+docker compose config | grep -A12 environment
+```
+
+You should see `ADMIN_EMAIL: {email}` and `SUPPORT_PHONE: {phone}`.
+
+Also: `SMTP_PASS` looks like a real credential. Add `.env` to `.gitignore`, and if it's already been pushed, rotate it."""),
+        ("user", "it works now thx. the ship from address shows with the quotes tho: \"{address}\""),
+        ("assistant", """That happens with older Compose versions, which passed values literally. Either upgrade to Compose v2 or drop the quotes:
+
+```
+DEFAULT_SHIP_FROM={address}
+```"""),
+    ],
+    # 11 dev: SQL dump anonymisation
+    [
+        ("user", """i need to anonymise our customer table before sending a dump to the contractor. can you write an UPDATE that scrambles it? sample rows:
+
+```sql
+INSERT INTO public.customers (id, full_name, email, phone, street, postcode, city, country, created_at) VALUES
+(1041, '{name}', '{email}', '{phone}', '{street}', '{post}', '{city}', '{country}', '2023-11-02 09:14:55+01'),
+(1042, '{name2}', NULL, NULL, '{street}', '{post}', '{city}', '{country}', '2023-11-02 10:01:12+01');
+```
+
+postgres 15"""),
+        ("assistant", """Run this on a **copy** of the database, never on prod:
+
+```sql
+BEGIN;
+
+UPDATE public.customers
+SET full_name = 'Customer ' || id,
+    email     = CASE WHEN email IS NULL THEN NULL
+                     ELSE 'customer' || id || '@example.invalid' END,
+    phone     = CASE WHEN phone IS NULL THEN NULL
+                     ELSE '+000' || lpad(id::text, 8, '0') END,
+    street    = 'Street ' || (id % 97),
+    postcode  = '00000';
+
+COMMIT;
+```
+
+So row 1041 (`'{name}'`, `{email}`, `{phone}`) becomes `'Customer 1041'`, `customer1041@example.invalid`, `+00000001041`. I left `city` and `country` as they are ({city}, {country}) since contractors often need them for testing; blank them too if that's not OK.
+
+Then dump with `pg_dump --data-only -t public.customers`."""),
+        ("user", "would the contractor be able to re-identify {first2}? shes the only customer in that town i think"),
+        ("assistant", "Possibly, yes. If {name2} is the only customer in {city}, city plus `created_at` could be enough to single her out. Setting `city = 'City ' || (id % 20)` and rounding `created_at` to the month with `date_trunc('month', created_at)` would close that gap."),
+    ],
+    # 12 Hungarian parking fine objection
+    [
+        ("user", "Szia! Kaptam egy parkolási pótdíjat, pedig volt érvényes bérletem. Segítenél megírni a kifogást a közterület-felügyeletnek? Adataim: {name}, lakcím: {address}, telefon: {phone}. A rendszám ABC-123, a bérlet a feleségem, {name2} nevén van, de ugyanarra az autóra."),
+        ("assistant", """Természetesen. Íme egy tervezet:
+
+---
+
+**Tárgy:** Kifogás parkolási pótdíj ellen – ABC-123
+
+Tisztelt Közterület-felügyelet!
+
+Alulírott {name} (lakcím: {address}; tel.: {phone}) kifogással élek az ABC-123 forgalmi rendszámú gépjárműre kiszabott parkolási pótdíj ellen.
+
+A gépjármű a pótdíj kiszabásának időpontjában érvényes lakossági parkolási bérlettel rendelkezett, amely {name2} nevére szól, és kifejezetten erre a gépjárműre került kiállításra. A bérlet másolatát mellékelem.
+
+Kérem a pótdíj törlését.
+
+Tisztelettel:
+{name}
+
+---"""),
+        ("user", "köszi! azt kérik hogy legyen benne valami azonosító is, nálam a {id_kind} van kéznél: {id}, és az email címem: {email}. meg a feleségem aláírása kell?"),
+        ("assistant", """Az első bekezdés így módosul:
+
+„Alulírott {name} ({id_kind}: {id}; lakcím: {address}; e-mail: {email}; tel.: {phone}) kifogással élek…"
+
+A feleséged aláírása általában nem kötelező, de ha a bérlet {first2} nevén van, érdemes egy rövid nyilatkozatot is csatolni tőle, hogy ő is kéri a törlést."""),
+    ],
+    # 13 French deposit dispute letter
+    [
+        ("user", "bonjour, mon ancien propriétaire, {name2}, refuse de me rendre le dépôt de garantie (900 €) depuis deux mois alors que l'état des lieux de sortie était nickel. je veux lui envoyer une lettre recommandée avec mise en demeure. moi c'est {name}, j'habite maintenant {address}. mon RIB pour le virement : {iban}"),
+        ("assistant", """Voici un modèle de mise en demeure :
+
+---
+
+{name}
+{address_lines}
+
+{name2}
+[adresse du propriétaire]
+
+**Lettre recommandée avec accusé de réception**
+
+Objet : Mise en demeure – restitution du dépôt de garantie
+
+Madame, Monsieur,
+
+J'ai quitté le logement que vous me louiez il y a deux mois. L'état des lieux de sortie ne mentionne aucune dégradation.
+
+Conformément à l'article 22 de la loi n° 89-462 du 6 juillet 1989, le dépôt de garantie doit être restitué dans un délai d'un mois lorsque l'état des lieux de sortie est conforme à l'état des lieux d'entrée. Passé ce délai, la somme due est majorée de 10 % du loyer mensuel par mois de retard.
+
+Je vous mets donc en demeure de me verser la somme de 900 €, majorée des pénalités de retard, sous huit jours, par virement sur le compte suivant : {iban}.
+
+À défaut, je saisirai la commission départementale de conciliation puis, si nécessaire, le tribunal judiciaire.
+
+Veuillez agréer, Madame, Monsieur, l'expression de mes salutations distinguées.
+
+{name}
+
+---"""),
+        ("user", "merci !! il habite dans le même immeuble que mon ancien appart, je mets quoi comme adresse ?"),
+        ("assistant", "Mettez l'adresse de l'immeuble avec son numéro d'appartement ou l'étage, par exemple « {name2}, [n° et rue], 2e étage ». S'il a un autre domicile indiqué dans le bail, utilisez plutôt celui-là."),
+    ],
+    # 14 Spanish car-sharing fine appeal
+    [
+        ("user", "hola, me ha llegado una multa de Madrid por un coche de carsharing que yo no conducía. la empresa dice que identificaron como conductor a mí, {name}, con mi {id_kind} {id}, pero la reserva se hizo desde la cuenta de mi ex, {name2}, y ese día yo estaba en {city}!! además me cobraron 200 € de gestión a la tarjeta {card}. cómo lo recurro?"),
+        ("assistant", """Tienes dos frentes distintos:
+
+1. **La multa:** presenta alegaciones ante el Ayuntamiento de Madrid dentro de los 20 días naturales desde la notificación, indicando que no eras el conductor y aportando pruebas de que estabas en {city} (billetes, tickets, etc.).
+2. **Los 200 € de gestión:** reclámalos a la empresa y, si no responden, pide a tu banco la retrocesión del cargo en la tarjeta {card}.
+
+Modelo de alegaciones:
+
+---
+
+D./Dña. {name}, con {id_kind} {id}, ante el órgano competente comparece y EXPONE:
+
+Primero. Que en la fecha de la infracción no conducía el vehículo, ya que me encontraba en {city}, como acredito con la documentación adjunta.
+
+Segundo. Que la reserva del vehículo se realizó desde una cuenta de usuario que no es de mi titularidad.
+
+SOLICITA que se anule la identificación como conductor y se archive el expediente.
+
+---
+
+¿Me dices tu domicilio para completar el encabezado?"""),
+        ("user", "vivo en {address}. y para notificaciones mejor el email {email}"),
+        ("assistant", "Perfecto, el encabezado queda así: \"D./Dña. {name}, con {id_kind} {id} y domicilio a efectos de notificaciones en {address} (correo electrónico: {email}), ante el órgano competente comparece y EXPONE:\""),
+    ],
+    # 15 Italian wedding envelopes, broken export
+    [
+        ("user", "ciao, ho esportato gli indirizzi per le partecipazioni del matrimonio dal foglio google ma sono usciti tutti così: {address_qq}. mi sistemi questo e mi scrivi la busta per {name}? e anche per {name2}, stesso indirizzo, sono marito e moglie"),
+        ("assistant", """Certo! I "???" sono gli a capo persi durante l'esportazione. Ecco la busta:
+
+---
+
+Gentilissimi
+{name} e {name2}
+{address_lines}
+
+---
+
+Se il foglio ha molte righe così, in Google Sheets puoi usare in una colonna accanto:
+
+`=SOSTITUISCI(A2; "???"; CODICE.CARATT(10))`
+
+e poi attivare "A capo automatico" sulla colonna."""),
+        ("user", "grazie!! nel biglietto per chi viene da fuori voglio scrivere di confermare via mail a {email} oppure chiamando mia sorella {first3} al {phone}"),
+        ("assistant", "Ecco una frase per il biglietto: \"Vi preghiamo di confermare la vostra presenza entro il 30 aprile scrivendo a {email} oppure chiamando {first3} al numero {phone}.\" Se vuoi, posso preparare anche una versione più informale per amici come {first} e {first2}."),
+    ],
+    # 16 Dutch volunteer roster YAML
+    [
+        ("user", """Hoi! Ik beheer het vrijwilligersrooster van onze voetbalclub. We hebben een scriptje dat deze YAML leest en herinneringsmails stuurt, maar hij crasht. Kun je kijken?
+
+```yaml
+vrijwilligers:
+  - naam: {name}
+    email: {email}
+    telefoon: {phone}
+    taken: [kantine, scheidsrechter]
+  - naam: {name2}
+    email:
+    telefoon: {phone}
+    taken: kantine
+```
+
+Fout: TypeError: 'NoneType' object is not subscriptable"""),
+        ("assistant", """Er zitten drie dingen in:
+
+1. Bij {name2} is `email:` leeg, dus YAML maakt daar `None` van, vandaar de `TypeError`.
+2. `taken: kantine` is een string, geen lijst, dus een loop gaat letter voor letter.
+3. Telefoonnummers zonder aanhalingstekens kan YAML als getal lezen (voorloopnul weg). Zet ze altijd tussen quotes.
+
+Verbeterde versie:
+
+```yaml
+vrijwilligers:
+  - naam: "{name}"
+    email: "{email}"
+    telefoon: "{phone}"
+    taken: [kantine, scheidsrechter]
+  - naam: "{name2}"
+    email: null
+    telefoon: "{phone}"
+    taken: [kantine]
+```
+
+En in het script:
+
+```python
+for v in data["vrijwilligers"]:
+    if not v.get("email"):
+        print(f"geen e-mail voor {{v['naam']}}, sla over")
+        continue
+    stuur_mail(v["email"], v["taken"])
+```"""),
+        ("user", "top, werkt! {first2} heeft trouwens hetzelfde nummer als {first} omdat ze samenwonen, is dat een probleem?"),
+        ("assistant", "Voor het script niet: het gebruikt het telefoonnummer niet als sleutel. Alleen als je later sms-herinneringen stuurt, krijgt {phone} er twee. Dan kun je ze samenvoegen tot één bericht voor {first} en {first2}."),
+    ],
+    # 17 dev: card in JSON request log
+    [
+        ("user", """our security scanner flagged this line in the prod logs, where is this coming from? we use the stripe sdk so we should never see raw card numbers
+
+```
+2024-05-13T08:41:22.913Z INFO  checkout.controller request body: {{"customer":{{"name":"{name}","email":"{email}","phone":"{phone}"}},"billing":{{"line1":"{street}","postal_code":"{post}","city":"{city}"}},"card":{{"number":"{card}","exp":"08/27","cvc":"***"}}}}
+```"""),
+        ("assistant", """That body contains a raw card number (`{card}`), which means the card fields are being posted to **your** backend instead of being tokenised in the browser by Stripe Elements. Two fixes:
+
+1. **Frontend:** mount Stripe's card element and send only the `payment_method` id to your server. The JSON should look like `{{"payment_method": "pm_..."}}`.
+2. **Logging:** never log raw request bodies in `checkout.controller`. If you need them, redact first:
+
+```js
+const SENSITIVE = ['number', 'cvc', 'email', 'phone', 'line1'];
+function redact(body) {{
+  return JSON.parse(JSON.stringify(body, (k, v) => SENSITIVE.includes(k) ? '[REDACTED]' : v));
+}}
+logger.info({{ body: redact(req.body) }}, 'checkout request');
+```
+
+Also purge the existing log entries: besides the card, they contain {name}'s email ({email}), phone and billing address in {city}. Depending on your PCI scope, this may need to be reported."""),
+        ("user", "ugh. how do i find all of them? logs are in cloudwatch"),
+        ("assistant", """Use Logs Insights with a regex for card-like numbers, e.g.:
+
+```
+fields @timestamp, @logStream
+| filter @message like /"number":"[0-9 ]{{12,23}}"/
+| sort @timestamp desc
+```
+
+For the example above, searching for `{email}` will also show you every request from that customer."""),
+    ],
+    # 18 wifi key for mum (en), casual
+    [
+        ("user", "my mum ({name_lower}) cant get onto the wifi at her new place, {address_lower}. the isp guy set it up and wrote the key on a sticky note, its {password} but her tablet keeps saying wrong password. is it case sensitive? router is a tp-link archer"),
+        ("assistant", """Yes, Wi-Fi keys are case-sensitive, and handwritten notes are a classic source of mix-ups. When she types `{password}`, check:
+
+- `0` (zero) vs `O` (letter)
+- `1`, `l` (lower-case L) and `I` (capital i)
+- whether the tablet auto-capitalised the first letter
+
+The key is also printed on the sticker under the router (labelled "Wireless Password/PIN"), but only if the installer didn't change it. If it still fails, you can log in at `tplinkwifi.net` from a device connected by cable and read or reset the key there."""),
+        ("user", "no luck. the number on the bill is {phone}, extension two for tech support i think. worth ringing? account's under her name, {surname}"),
+        ("assistant", "Yes, worth calling {phone}. Ask them to confirm the Wi-Fi key they set and, if needed, reset it remotely. They'll probably ask for the account holder, so have {first} there (or her permission) plus the address, {address}."),
+    ],
+    # 19 Czech tenancy complaint
+    [
+        ("user", "Dobrý den, bydlím v nájmu na adrese {address} a pronajímatel {name2} mi už třetí měsíc neopravil rozbitý kotel, takže nemáme teplou vodu. Potřebuju napsat formální výzvu k odstranění vady. Jmenuji se {name}, tel. {phone}."),
+        ("assistant", """Dobrý den, tady je návrh:
+
+---
+
+{name}
+{address_lines}
+tel.: {phone}
+
+{name2}
+[adresa pronajímatele]
+
+V {city} dne [datum]
+
+**Věc: Výzva k odstranění vady pronajaté věci**
+
+Vážený pane / Vážená paní,
+
+jako nájemce bytu na adrese {address} Vás tímto vyzývám k odstranění vady spočívající v nefunkčním kotli, v jehož důsledku byt již tři měsíce nemá teplou vodu. Vadu jsem Vám oznámil/a bez zbytečného odkladu.
+
+Podle § 2207 a násl. občanského zákoníku je pronajímatel povinen vadu odstranit v přiměřené době. Žádám Vás proto o zajištění opravy nejpozději do 14 dnů od doručení této výzvy.
+
+S pozdravem
+
+{name}
+
+---"""),
+        ("user", "díky moc!! ještě bych tam chtěl dát, že nájem platím vždycky včas na jeho účet {iban} a že když to do 14 dnů neopraví, nechám to opravit sám a odečtu si to z nájmu"),
+        ("assistant", """Přidejte před „S pozdravem" tento odstavec:
+
+„Nájemné hradím řádně a včas na Váš účet č. {iban}. Pokud vadu neodstraníte ve výše uvedené lhůtě, zajistím opravu sám/sama a požaduji náhradu účelně vynaložených nákladů, kterou si započtu proti nájemnému."
+
+Doporučuji poslat dopis doporučeně a schovat si podací lístek."""),
+    ],
+    # 20 Polish joint tax return (PIT-37)
+    [
+        ("user", "hej, rozliczam PIT-37 razem z żoną pierwszy raz przez Twój e-PIT. ona się nazywa {name2}, ja {name}. w formularzu pyta o identyfikator, mój {id_kind} to {id}. i gdzie wpisać numer konta do zwrotu? to {iban}"),
+        ("assistant", """W Twoim e-PIT po zalogowaniu wybierz „Rozlicz się z małżonkiem". Potem:
+
+1. **Dane podatnika:** {name}, identyfikator {id}. Zwykle jest już wypełnione z Twojego profilu.
+2. **Dane małżonka:** {name2}. Tu trzeba wpisać jej PESEL oraz jedną z kwot z zeszłorocznego zeznania (albo z PIT-11), żeby system ją zweryfikował.
+3. **Rachunek do zwrotu:** w sekcji „Zwrot podatku" podaj numer {iban}. Uwaga: to musi być rachunek, którego jesteś (współ)właścicielem.
+
+Możesz też od razu przekazać 1,5% podatku wybranej organizacji."""),
+        ("user", "ok a adres? mieszkamy na {street}, {post} {city}, ale zameldowany jestem jeszcze u rodziców"),
+        ("assistant", "Meldunek nie ma znaczenia: w PIT podajesz adres zamieszkania na 31 grudnia, czyli {street}, {post} {city}. Jeśli {first2} mieszka pod tym samym adresem, u niej wpisujesz to samo. Warto też zaktualizować adres w urzędzie skarbowym (ZAP-3), jeśli jest tam stary."),
+    ],
+    # 21 Portuguese reply to accountant, email signature
+    [
+        ("user", """me ajuda a responder esse email do meu contador? não entendi direito o que ele quer
+
+-----Mensagem original-----
+De: {name2} <{email}>
+Enviada em: segunda-feira, 8 de abril de 2024 10:47
+Para: {name_lower}
+Assunto: IRPF 2024 - pendências
+
+Olá {first},
+
+para fechar sua declaração preciso do informe de rendimentos do banco, dos recibos do dentista e que você confirme seu endereço atual. No cadastro consta {address}.
+
+Att,
+{name2}
+Contador | CRC 1SP234567/O-8
+Tel.: {phone}
+{email}
+
+ah e coloca meu {id_kind} na resposta, ele sempre pede: {id}"""),
+        ("assistant", """Ele está pedindo três coisas: (1) o informe de rendimentos do seu banco, (2) os recibos do dentista para dedução de despesas médicas e (3) a confirmação do endereço. Sugestão de resposta:
+
+---
+
+Olá, {first2},
+
+segue em anexo o informe de rendimentos do banco e os recibos do dentista. Confirmo que meu endereço continua sendo {address}.
+
+Meu {id_kind}, caso precise: {id}.
+
+Qualquer dúvida, me avise.
+
+Abraço,
+{name}
+
+---
+
+Se o endereço tiver mudado, é só trocar a frase por: "Meu endereço atual é [novo endereço]"."""),
+        ("user", "valeu! mando pro email dele mesmo né? {email}"),
+        ("assistant", "Isso, responda para {email}. Se preferir confirmar por telefone que ele recebeu os anexos, o número na assinatura é {phone}."),
+    ],
+    # 22 Danish small-business VAT export
+    [
+        ("user", """Hej, jeg har en lille enkeltmandsvirksomhed og har eksporteret mine bilag fra e-conomic. Kan du lave en formel i Excel der summerer momsen pr. kvartal?
+
+Dato;Bilag;Tekst;Kunde;Beløb;Moms
+03-01-2024;101;Rengøring;{name};2.500,00;625,00
+17-02-2024;102;Vinduespudsning;{name2};900,00;225,00
+02-04-2024;103;Rengøring;{name};2.500,00;625,00"""),
+        ("assistant", """Hvis datoen står i kolonne A og momsen i kolonne F, kan du bruge (dansk Excel):
+
+`=SUMPRODUKT((AFRUND.LOFT(MÅNED(A2:A100)/3;0)=1)*F2:F100)`
+
+Skift `=1` til 2, 3 eller 4 for de andre kvartaler. Med dine tre linjer giver det:
+
+| Kvartal | Moms |
+|---|---|
+| Q1 | 850,00 kr. ({name} 625,00 + {name2} 225,00) |
+| Q2 | 625,00 kr. ({name}) |
+
+Husk at datoerne skal være rigtige datoer og ikke tekst. Ellers så brug "Tekst til kolonner" først."""),
+        ("user", "tak! {name2} har ikke betalt bilag 102 endnu. skriv lige en kort venlig påmindelse, betaling til {iban}, og hun kan skrive til mig på {email} eller ringe {phone}"),
+        ("assistant", """Kære {first2}
+
+Jeg vil blot venligt minde om faktura nr. 102 for vinduespudsning på 1.125,00 kr. inkl. moms, som endnu ikke er betalt.
+
+Beløbet kan overføres til {iban}. Skriv gerne fakturanummeret i tekstfeltet.
+
+Har du spørgsmål, er du velkommen til at skrive til {email} eller ringe på {phone}.
+
+Venlig hilsen"""),
+    ],
+    # 23 Hungarian wedding seating
+    [
+        ("user", """szia :) esküvőt szervezünk júniusra, itt a vendéglista egy része, segítenél ültetési rendet csinálni 3 asztalra (8 fős asztalok)?
+
+1. {name} + párja
+2. {name2} (vega!!)
+3. {first3} mama, a nagymamám
+4. {first}ék két gyereke
+5. kati és laci
+
+a vőfély {name2} lesz, a száma {phone}, a helyszín: {address}"""),
+        ("assistant", """Szívesen! Egy javaslat:
+
+**1. asztal (családi, a főasztal mellett)**
+- {first3} mama
+- {name} és párja
+- {first}ék két gyereke
+
+**2. asztal (barátok)**
+- Kati és Laci
+- {name2}, vegetáriánus menü!
+- még 5 hely szabad
+
+**3. asztal**
+- még üres, ide jöhetnek a többiek a listáról
+
+A gyerekeket érdemes a szüleik mellé tenni, {first3} mamát pedig közel a kijárathoz és távol a hangszóróktól.
+
+**Infólap a vőfélynek:**
+Helyszín: {address}
+Vőfély: {name2}, {phone}"""),
+        ("user", "tökéletes! a dekoros lány ({email}) is kéri a címet meg a vőfély számát, megírod neki röviden?"),
+        ("assistant", """Szia!
+
+Küldöm az esküvő adatait: a helyszín {address}. A vőfély {name2}, őt a {phone} számon éred el a nap folyamán.
+
+Köszönöm!
+
+(Címzett: {email})"""),
+    ],
+    # 24 HR onboarding, Slack-like export
+    [
+        ("system", "You are an assistant integrated into the Acme Slack workspace. Be concise."),
+        ("user", """[10:02] {name}: hey can you turn this into an onboarding checklist? {name2} starts monday in ops
+[10:03] {name}: payroll needs her bank details ({iban}) and a copy of her {id_kind}, number is {id}
+[10:03] {name}: her company card ending... actually the full number is {card}, it arrives tuesday
+[10:04] {name}: HR portal login is her work email {email} and the temp one i set is {password}, she has to change it on first login"""),
+        ("assistant", """**Onboarding: {name2} (Ops), starts Monday**
+
+- [ ] Payroll: bank details on file (IBAN {iban})
+- [ ] HR: copy of {id_kind} ({id}) received and stored
+- [ ] Company card {card}: hand over Tuesday, get signature
+- [ ] HR portal: account {email} created, temporary credential set; confirm {first2} changes it at first login
+- [ ] Laptop + Slack invite
+- [ ] Intro meeting with {first} on Monday 9:30
+
+Tip: don't paste the temporary password ({password}) in a channel. Send it to her by DM or tell her in person."""),
+        ("user", "[10:06] {name}: oops yeah, deleting. add her phone too for the ops on-call list: {phone}"),
+        ("assistant", "Added: \"- [ ] Ops on-call list: add {name2}, {phone}\". Also set a reminder for {first} to check in with {first2} at the end of week one."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -4156,8 +4979,9 @@ TEMPLATES = {
     + HELD_OUT_16_TEMPLATES
     + HELD_OUT_17_TEMPLATES
     + HELD_OUT_18_TEMPLATES
-    + HELD_OUT_19_TEMPLATES,
-    "held-out": HELD_OUT_20_TEMPLATES,
+    + HELD_OUT_19_TEMPLATES
+    + HELD_OUT_20_TEMPLATES,
+    "held-out": HELD_OUT_21_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
