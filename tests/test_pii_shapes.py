@@ -866,6 +866,17 @@ def test_ibans_are_taken_at_their_country_length(step: PiiScrub, text: str) -> N
     assert "<IBAN_1>" in out and not any(ch.isdigit() for ch in out.replace("<IBAN_1>", "")), out
 
 
+def test_name_keys_in_other_languages_and_czech_business_ids(step: PiiScrub) -> None:
+    """From blind set 21: a YAML roster's Dutch "naam:" key, an invoice export's "ICO" column."""
+    turns = [
+        "```yaml\nvrijwilligers:\n  - naam: Hortense Salmon\n    email: k@x.net\n```",
+        "```\ncislo;datum;odberatel;ICO;castka\n2024001;05.01.2024;Jan Novák;VT7277114;12 400,00\n```",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    assert not [v for v in ("Hortense Salmon", "VT7277114") if v in out], out
+    assert "2024001;05.01.2024" in out  # the invoice number and date stay
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

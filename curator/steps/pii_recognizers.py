@@ -1735,11 +1735,15 @@ _KEYED = {
     "SECRET": r"password|passwd|pwd|pw|pass|secret|api_?key|token",
     # a person only when the value reads as one (`_person_value`): "name", "Contact", "holder", "owner"
     "NAME": r"name|contact|holder|owner|author|maintainer|assignee|reporter|payee|beneficiary|signatory|"
+    # "name" in the languages of chat exports ("naam: Océane Coulon", "jméno", "navn")
+    r"naam|nome|nombre|nom|imi[eę]|jm[eé]no|n[eé]v|navn|namn|"
     r"member|guest|tenant|attendee|participant|student|employee|patient|passenger|travell?er|customer|client|"
     r"buyer|seller|landlord|driver|parent|guardian|applicant|candidate|booked_?by|couple|bride|groom|spouse|"
     r"partner|parents|children|kids|guests|members|people|hosts?|organi[sz]er|speaker|coach|teacher|doctor",
     "ID_NUMBER": r"passport(?:_?(?:no|number))?|ssn|tax_?id|national_?id|licen[cs]e_?(?:no|number)|account_?number|"
-    r"(?:customer|client|member|patient)_?(?:ref|reference|no|number)",
+    r"(?:customer|client|member|patient)_?(?:ref|reference|no|number)|"
+    # Czech and Slovak business and tax ids, a sole trader's own ("ICO;castka" columns of an invoice export)
+    r"i[cč]o|di[cč]",
 }
 _KEYED_VALUE = re.compile(
     r"(?i)(?<![\w-])[\"']?(?:[a-z]+_)*?(?:"  # any prefix (customer_, billing_, SMTP_), the shortest first
