@@ -877,6 +877,46 @@ def test_name_keys_in_other_languages_and_czech_business_ids(step: PiiScrub) -> 
     assert "2024001;05.01.2024" in out  # the invoice number and date stay
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("my library card number 29837465 expired", "29837465"),
+        ("polis nummer KX4471902, graag snel", "KX4471902"),
+        ("numéro de sociétaire 12345678", "12345678"),
+        ("the participant number is 44556677", "44556677"),
+    ],
+)
+def test_a_number_named_for_a_person_thing_is_an_id(step: PiiScrub, text: str, value: str) -> None:
+    """Any "<thing> number" with 6+ digits is an id, in the languages of chat exports."""
+    assert value not in step.scrub_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "your order number 12345678 ships today",
+        "invoice number 20240001 is attached",
+        "a prime number 104729 and the port number 543210",
+        "line number 123456 of the build number 20240101",
+    ],
+)
+def test_numbers_of_orders_invoices_and_code_stay(step: PiiScrub, text: str) -> None:
+    """Orders, invoices, parcels, maths and code: their numbers are no one's id."""
+    assert step.scrub_text(text) == text
+    german = "Meine Bestellnummer ist 55123456 und die Sendungsnummer 00340434161234567890."
+    assert scrub_record(step, [{"role": "user", "content": german}], "de")[0]["content"] == german
+
+
+def test_passwords_of_random_letters_and_product_words_beside_them(step: PiiScrub) -> None:
+    """A mixed-case token whose letters are no words is a chosen password in a password sentence
+    (tune misses "login with tCHJvcrzj9811", "changed it to XgrpYDi9"); "PlayStation5" is no password."""
+    text = "i told him to login with qWRtbnzk4417 but it says wrong password. the wifi password is now HtqzYDu8"
+    out = step.scrub_text(text)
+    assert "qWRtbnzk4417" not in out and "HtqzYDu8" not in out, out
+    kept = "the password for the PlayStation5 account is in the PowerShell7 notes"
+    assert "PlayStation5" in step.scrub_text(kept) and "PowerShell7" in step.scrub_text(kept)
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

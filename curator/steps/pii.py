@@ -100,6 +100,7 @@ from curator.steps.pii_recognizers import (
     phone_word_before,
     signoff_word,
     table_columns,
+    thing_number_before,
     uncovered_digit_groups,
     unknown_word,
 )
@@ -990,7 +991,8 @@ def _bullet_groups(text: str) -> list[list[re.Match[str]]]:
 
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
     """Rampart's person guesses never count on a quoted key. Its id guesses count only after an id
-    word ("account", "passport no."): on their own they are mostly hashes and timestamps. Its address
+    word ("account", "passport no.", not "build number"): on their own they are mostly hashes and
+    timestamps. Its address
     guesses count when they look like a street (`_street_like`) or sit beside one or a place with a
     number or a capitalised word ("86687" of "86687 Kristinton"), not for "port 443", "2448" of
     "2448.5 miles" or "call me first"."""
@@ -1009,7 +1011,9 @@ def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
         return not (_QUOTED_KEY_AFTER.match(text, span.end) and text[max(0, span.start - 1) : span.start] in "\"'")
     if span.type != "ID_NUMBER":
         return True
-    return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start))
+    return bool(_ID_CONTEXT.search(text, max(0, span.start - 40), span.start)) and not thing_number_before(
+        text, span.start
+    )
 
 
 _QUOTED_KEY_AFTER = re.compile(r"[\"']\s*[:=]")

@@ -381,6 +381,8 @@ def looks_like_password(token: str) -> bool:
     if any(c in _CRED_SYMBOLS for c in token):
         return True
     upper, lower = any(c.isupper() for c in token), any(c.islower() for c in token)
+    if upper and lower and len(token) >= 8 and _nonword_run(token):  # "tCHJvcrzj9811", "FCbvbv5509"
+        return True
     inner_digit = any(c.isdigit() for c in token.rstrip("0123456789"))  # not only a trailing "1"
     switches = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(token))
     if not (upper and lower):
@@ -393,6 +395,19 @@ def looks_like_password(token: str) -> bool:
 
 
 _CAMEL_WORDS = re.compile(r"[a-z]*(?:[A-Z]{1,2}[a-z]+)+\d*")
+
+
+def _nonword_run(token: str) -> bool:
+    """Whether a run of 3+ lower-case letters in `token` (with the capital before it) is no word of
+    Rampart's lexicon: "Jvcrzj" of a chosen password, not "Station" of "PlayStation5"."""
+    lexicon = common_words()
+    if lexicon is None:
+        return False
+    for run in re.findall(r"[A-Z]?[a-z]{3,}", token):
+        word = run.lower()
+        if word not in lexicon and word.rstrip("s") not in lexicon:
+            return True
+    return False
 
 
 def _char_class(c: str) -> int:
@@ -893,7 +908,9 @@ class LuhnCardRecognizer(_RegexRecognizer):
 
 
 _PHONE_CONTEXT = re.compile(
-    r"(?i)(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|\bwhats\b|\bzap\b|signal|fax|contact|reach|"
+    # whole words: not "tel" of "Bestellnummer", "cell" of "cancellation", "ring" of "string"
+    r"(?i)(?:\b(?:phone|smartphone|tel|telephone|mobile|cell|call|ring|text|sms|whats ?app|whats|zap|signal|fax|"
+    r"contact|reach)|"
     # "number", not a tracking, order or serial number's ("the tracking number is 123456789")
     r"(?<!tracking\s)(?<!order\s)(?<!invoice\s)(?<!serial\s)(?<!ticket\s)(?<!case\s)(?<!model\s)(?<!part\s)"
     r"(?<!reference\s)(?<!confirmation\s)(?<!version\s)(?<!build\s)number|no\.|nr\.?|dial|landline|hotline|extension|teléfono|telefono|téléphone|telefon|handy|móvil|"
@@ -949,7 +966,9 @@ _PHONE_AFTER = re.compile(
 
 def phone_word_before(text: str, start: int, end: int | None = None) -> bool:
     """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`, or a call
-    request ("text him") shortly after `end`."""
+    request ("text him") shortly after `end`; not after an order's or a build's number word."""
+    if thing_number_before(text, start):
+        return False
     if _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None:
         return True
     return end is not None and _PHONE_AFTER.match(text, end) is not None
@@ -1046,6 +1065,42 @@ class ChatPhoneRecognizer(_OwnRecognizer):
         return out
 
 
+# what a number may be named for that is no person's id: orders, invoices, parcels, products, phones,
+# houses, pages, versions and builds, tickets, flights and seats (in the languages of chat exports),
+# and the words of maths and code ("prime number", "port number", "line number")
+_NOT_ID_STEM = (  # beginnings of such words ("shipment", "Bestellnummer", "zamówienia")
+    r"bestel|rechnung|sendung|artikel|serien|version|ticket|auftrag|order|factu|faktur|track|invoice|receipt|"
+    r"quot|estimate|bill|purchase|sku|upc|ean|isbn|asin|ship|parcel|package|deliver|waybill|zending|pakket|"
+    r"paket|haus|huis|telefo|phone|handy|mobil|cell|tel|fax|rendelés|ház|termék|model|produ|build|zimmer|kamer|"
+    r"seite|pagina|page|versie|vlucht|flug|flight|zug|trein|sitz|platz|stoel|gleis|spoor|commande|suivi|"
+    r"billet|vol|chambre|pedido|seguimiento|vuelo|habitaci|ordine|fattur|bigliett|camera|zamówi|przesył|lot|"
+    r"pokoj|objedn|zásilk|let|számla|járat|szob|ordre|pakke|fly|værelse|encomenda|fatura|rastre|quarto|"
+    r"serial|case|reference|confirmation|booking|reservation|house|room|seat|gate|line|item|batch|job|issue|"
+    r"bug|pull|commit|column|table|error|exit|sequence|block|process|thread|session|request|transaction|event|"
+    r"record|entry|node|prime|random|magic|large|small|whole|complex|natural|decimal|binary|hex|integer|float|"
+    r"total|given|specific|certain|following|previous|next|first|second|third|last|final|average|lucky|"
+    r"favou?rite|winning|lottery|correct|wrong"
+)
+_NOT_ID_THING = r"po|hus|voo|ref|part|port|row|step|big|real|odd|even|mean|max|min"  # whole words only
+# the words a number follows in any sentence ("my number", "the same number"): no id's name either
+_NOT_ID_WORD = (
+    r"same|new|old|full|right|any|which|what|this|that|the|your|my|his|her|our|their|its|mein|dein|sein|ihr|"
+    r"unser|mon|ton|son|mi|tu|su|mio|tuo|mój|twój|můj|tvůj|az|een|het|din|meu|teu|seu|minha|tua|sua|uma|una|"
+    r"ein|une|la|le|el|il|lo|de|der|die|das|den|dem|des|du|da|do|di|of|a|an"
+)
+_NOT_ID_NAME = rf"(?!(?:{_NOT_ID_STEM})\w*\b|(?:{_NOT_ID_THING}|{_NOT_ID_WORD})\b)"
+# a number named for a thing whose numbers are no one's id, ending just before a value ("build number ")
+_THING_NUMBER = re.compile(
+    rf"(?i)(?:\b(?:(?:{_NOT_ID_STEM})\w*|(?:{_NOT_ID_THING}))[ \t]+(?:number|no\.|nr\.?|nummer|numéro|número|numero|#)"
+    rf"|\b(?:{_NOT_ID_STEM})\w*(?:nummer|nr\.?|szám))[ \t]*(?:is|was|ist|er|:|#)?[ \t]*$"
+)
+
+
+def thing_number_before(text: str, start: int) -> bool:
+    """Whether the value at `start` follows an order's, a build's or a line's number word."""
+    return _THING_NUMBER.search(text, max(0, start - 60), start) is not None
+
+
 _ID_KEYWORDS = (
     r"passport(?:\s+(?:no\.?|number|num|#|id))?|tax\s+(?:id|number|code|file\s+number|reference)|t\.?i\.?n\.?|"
     r"itin|ein|vat\s+(?:no\.?|number|id)|ssn|social\s+security(?:\s+(?:no\.?|number))?|"
@@ -1075,10 +1130,7 @@ _ID_KEYWORDS = (
     # names no order, invoice, parcel, product, phone or house ("Versicherungsscheinnummer", "kötvényszám")
     r"numéro\s+de\s+police|número\s+de\s+póliza|numero\s+di\s+polizza|numer\s+polisy|číslo\s+pojist(?:ky|né\s+smlouvy)|"
     r"número\s+da\s+apólice|"
-    r"(?!(?:bestell|bestel|rechnungs|sendungs|artikel|serien|versions|ticket|auftrags|order|factuur|faktura|"
-    r"tracking|track|zending|pakket|paket|haus|huis|hus|telefon|handy|mobil|mobiel|tel|rendelés|ház|termék|modell|"
-    r"model|produkt|product|build|zimmer|kamer|seiten|pagina|page|versie|vlucht|flug|flight|zug|trein|sitz|"
-    r"platz|stoel|gleis|spoor)\w*)[^\W\d_]{3,}(?:nummer|nummeret|numret|nr\.?|szám(?:a|om)?)|"
+    rf"(?!(?:{_NOT_ID_STEM})\w*)[^\W\d_]{{3,}}(?:nummer|nummeret|numret|nr\.?|szám(?:a|om)?)|"
     # passports and identity cards in the languages of chat exports ("numéro de passeport", "dowód osobisty")
     r"(?:numéro\s+de\s+)?passeport|(?:numer\s+)?dowodu(?:\s+osobistego)?|dowód\s+osobisty|numer\s+paszportu|"
     r"číslo\s+(?:pasu|op|občanky|občanského\s+průkazu)|útlevél(?:szám)?|személyi(?:\s+igazolvány)?|paspoort(?:nummer)?|"
@@ -1107,6 +1159,31 @@ class IdNumberRecognizer(_RegexRecognizer):
 
     ENTITY = "ID_NUMBER"
     PATTERNS = (
+        # any other thing's number with 6+ digits: "my library card number 29837465", "polis nummer X",
+        # "numéro de sociétaire X" (`_NOT_ID_NAME`: not the things whose numbers are no one's id)
+        (
+            re.compile(
+                rf"(?i:\b{_NOT_ID_NAME}[^\W\d_]{{3,}}[ \t]+"
+                r"(?:number|no\.|nr\.?|nummer|numer|numéro|número|numero|číslo|szám))(?!\w)"
+                r"[ \t]*(?i:is|es|ist|est|è|je|jest|er|é|was|:|#|=)?[ \t]*"
+                rf"({_ID_VALUE})"
+            ),
+            1,
+            0.6,
+            "named",
+        ),
+        (
+            re.compile(
+                r"(?i:\b(?:numéro|número|numero|numer|číslo|nummer|number)[ \t]+"
+                r"(?:(?:de|di|do|da|du|of|del|della|des)[ \t]+)?"
+                rf"(?:(?:la|le|el|il|lo|the|l')[ \t]*)?{_NOT_ID_NAME}[^\W\d_]{{3,}})"
+                r"[ \t]*(?i:is|es|est|è|je|jest|é|was|:|#|=)?[ \t]*"
+                rf"({_ID_VALUE})"
+            ),
+            1,
+            0.6,
+            "named",
+        ),
         (
             re.compile(
                 rf"(?i:\b(?:{_ID_KEYWORDS}))"
@@ -1122,8 +1199,9 @@ class IdNumberRecognizer(_RegexRecognizer):
     )
 
     def accept(self, value: str, check: str) -> bool:
-        """At least 4 digits, and not a year or a date."""
-        return sum(c.isdigit() for c in value) >= 4 and not _DATE_LIKE.match(value.strip())
+        """At least 4 digits (6 after a number named for anything), and not a year or a date."""
+        digits = sum(c.isdigit() for c in value)
+        return digits >= (6 if check == "named" else 4) and not _DATE_LIKE.match(value.strip())
 
 
 # names that are common English words ("may", "grace", "will"): no name without a cue, in any case
