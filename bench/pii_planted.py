@@ -80,11 +80,15 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # debugging customer data), was measured once (2026-12-04 20:28 UTC) and then inspected: tune now.
 # Set 20, by a sixteenth (asked for pasted group chats, clubs and events, support tickets,
 # recruiting and clinic bookings, half of them mostly not in English), was measured once
-# (2026-12-04 20:48 UTC) and then inspected: tune now. HELD_OUT_21_TEMPLATES, by a seventeenth
-# (asked for letters to authorities, tax returns, disputes, family trees, weddings and funerals,
-# rosters, bookkeeping exports, logs, .env files and dumps, a third mostly in Czech, Hungarian,
-# Polish, Danish or Portuguese), are the held-out split (never inspected). Never print this file's
-# text (a formatter's diff, a line range): it holds the held-out split.
+# (2026-12-04 20:48 UTC) and then inspected: tune now. Set 21, by a seventeenth (asked for letters
+# to authorities, tax returns, disputes, family trees, weddings and funerals, rosters, bookkeeping
+# exports, logs, .env files and dumps, a third mostly in Czech, Hungarian, Polish, Danish or
+# Portuguese), was measured once (2026-12-04 21:01 UTC) and then inspected: tune now.
+# HELD_OUT_22_TEMPLATES, by an eighteenth (asked for a broad mix: transcribed screenshots, OCR,
+# quoted email threads, invites, customs forms, school admin, memberships, quarrels, claims,
+# banking apps, test fixtures; languages mixed, some switching mid-conversation), are the held-out
+# split (never inspected). Never print this file's text (a formatter's diff, a line range): it
+# holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -4960,6 +4964,502 @@ Tip: don't paste the temporary password ({password}) in a channel. Send it to he
 ]
 
 
+HELD_OUT_22_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1. OCR'd customs declaration, lost line breaks
+    [
+        ("user", """I scanned my CN23 customs form and the OCR came out like this, can you tell me what fields are still empty?
+
+CUSTOMS DECLARATION  CN 23   From :  Name {name}   Address {address_qq}   Tel . {phone}
+E - mail  {email}   To :  Name  ___________   Contents : 2 x wool scarves , gift   Value : 40 EUR"""),
+        ("assistant", """Here's what the OCR picked up:
+
+- Sender name: {name}
+- Sender address: {address_qq} (the "???" are just lost line breaks)
+- Sender phone: {phone}
+- Sender email: {email}
+- Contents: 2 x wool scarves, gift, value 40 EUR
+
+Still empty: the recipient's name and address, HS tariff numbers, net weight per item, country of origin of the goods, and the signature/date box at the bottom."""),
+        ("user", "oh right the recipient is my aunt, she lives in {city}, {country}. do i need her phone too?"),
+        ("assistant", "For most destinations a recipient phone number is strongly recommended, because couriers and customs text or call them about duties. Add her number in the \"To\" block under {city}, {country}; your own {phone} in the sender block can stay as it is."),
+    ],
+    # 2. Landlord quarrel, German email thread with quoted replies
+    [
+        ("user", """Kannst du mir helfen, auf diese Mail zu antworten? Ich will höflich bleiben aber bestimmt.
+
+> Von: {name2}
+> Betreff: Re: Nebenkostenabrechnung {street}
+>
+> Sehr geehrte/r {name},
+> die Nachzahlung von 412,50 EUR ist bis zum 15. fällig. Bitte überweisen Sie auf mein Konto {iban}.
+>
+>> Am 02.03. schrieb {name}:
+>> Hallo Herr/Frau {surname}... sorry, ich meine: Ich habe die Abrechnung erhalten, aber die Heizkosten sind doppelt so hoch wie letztes Jahr."""),
+        ("assistant", """Gern, hier ein Entwurf:
+
+Sehr geehrte/r {name2},
+
+vielen Dank für Ihre Nachricht zur Nebenkostenabrechnung für die Wohnung in der {street}, {city}.
+
+Bevor ich die Nachzahlung von 412,50 EUR auf das Konto {iban} überweise, bitte ich Sie um Einsicht in die Belege zu den Heizkosten, da diese gegenüber dem Vorjahr um etwa 100 % gestiegen sind. Nach § 259 BGB habe ich ein Recht auf Belegeinsicht.
+
+Bis zur Klärung behalte ich mir vor, den strittigen Betrag zurückzuhalten.
+
+Mit freundlichen Grüßen
+{name}"""),
+        ("user", "perfekt, aber schreib es bitte etwas weniger juristisch, {first2} ist eigentlich ganz nett"),
+        ("assistant", "Klar! Eine lockerere Version: \"Hallo {first2}, danke für die Abrechnung. Die Heizkosten kommen mir ziemlich hoch vor, könnte ich mal die Belege sehen? Dann überweise ich den Rest gern auf {iban}. Viele Grüße, {first}\""),
+    ],
+    # 3. Developer failing pytest fixture
+    [
+        ("user", """my test keeps failing with KeyError 'card_number' and i cant see why
+
+```python
+@pytest.fixture
+def customer():
+    return {{
+        "full_name": "{name}",
+        "email": "{email}",
+        "cardNumber": "{card}",
+        "pw_hash": hash_pw("{password}"),
+    }}
+
+def test_checkout(customer):
+    order = checkout(customer)
+    assert order["card_number"][-4:] == customer["cardNumber"][-4:]
+```"""),
+        ("assistant", """The fixture uses the key `cardNumber` (camelCase) but `checkout()` almost certainly reads `customer["card_number"]`, so the KeyError comes from inside `checkout`, not from your assert. Either rename the key in the fixture:
+
+```python
+return {{
+    "full_name": "{name}",
+    "email": "{email}",
+    "card_number": "{card}",
+    "pw_hash": hash_pw("{password}"),
+}}
+```
+
+or map it in `checkout`. Side note: even in fixtures, avoid a real-looking card like {card} and a real plaintext password like `{password}`; use test PANs such as 4242 4242 4242 4242 and a dummy string."""),
+        ("user", "lol yeah thats my actual card, copied it from the staging db. replacing it now"),
+    ],
+    # 4. Gym membership cancellation, French
+    [
+        ("user", "salut, je dois résilier mon abonnement à la salle de sport, ils veulent une lettre recommandée. je m'appelle {name}, j'habite {address}, mon numéro d'adhérent c'est {id} et ils prélèvent sur {iban}. tu peux m'écrire la lettre ?"),
+        ("assistant", """Bien sûr, voici une proposition :
+
+{name}
+{address}
+
+Objet : Résiliation de mon abonnement – adhérent n° {id}
+
+Madame, Monsieur,
+
+Par la présente, je vous informe de ma décision de résilier mon abonnement, conformément aux conditions générales de vente. Je vous demande de cesser tout prélèvement sur le compte {iban} à compter de la date de fin de préavis.
+
+Je vous remercie de bien vouloir m'adresser une confirmation écrite de cette résiliation.
+
+Veuillez agréer, Madame, Monsieur, l'expression de mes salutations distinguées.
+
+{name}"""),
+        ("user", "merci!! et si ils continuent de prélever ?"),
+        ("assistant", "Dans ce cas, vous pouvez contester le prélèvement SEPA auprès de votre banque (jusqu'à 13 mois pour un prélèvement non autorisé) en indiquant que le mandat lié au compte {iban} a été révoqué ; gardez l'accusé de réception de la lettre comme preuve."),
+    ],
+    # 5. Car insurance claim, Italian then English
+    [
+        ("user", """ciao, ho avuto un incidente ieri, niente di grave. devo compilare il CAI (constatazione amichevole). i dati dell'altro conducente sono:
+{name2}
+{address_lines}
+tel {phone}
+la mia patente: {id_kind} {id}
+come scrivo la descrizione?"""),
+        ("assistant", """Nella sezione 14 (osservazioni) puoi scrivere qualcosa come:
+
+"Il veicolo B, condotto da {name2}, in uscita da un parcheggio non ha dato la precedenza al veicolo A che procedeva regolarmente sulla corsia di destra."
+
+Poi nella colonna del veicolo B riporta i dati di {name2}:
+{address_lines}
+Telefono: {phone}
+
+Nella tua colonna (veicolo A) inserisci il tuo {id_kind}: {id}. Ricordate di firmare entrambi e di segnare le crocette al punto 12."""),
+        ("user", "thanks, sorry switching to english, my insurer is british. do they also need {first2}'s number or just the form?"),
+        ("assistant", "Just the form is usually enough, but it helps to give them {first2}'s number ({phone}) directly in your claim notes so the handler can contact the other party's insurer faster."),
+    ],
+    # 6. Calendar invite pasted
+    [
+        ("user", """can you turn this into a short reminder message for the group chat?
+
+BEGIN:VEVENT
+SUMMARY:Parents' evening - Year 9
+DTSTART:20240418T170000
+ORGANIZER;CN={name}:mailto:{email}
+ATTENDEE;CN={name2}:mailto:{email}
+LOCATION:{street}, {city}
+DESCRIPTION:Questions? Call {first} on {phone}. {first3} will bring the sign-up sheet.
+END:VEVENT"""),
+        ("assistant", "Reminder: Year 9 parents' evening is on Thursday 18 April at 17:00 at {street}, {city}. Organised by {name}; if you have questions, call {first} on {phone}. {first3} is bringing the sign-up sheet. See you there!"),
+        ("user", "add that {first2} can't make it"),
+        ("assistant", "Reminder: Year 9 parents' evening is on Thursday 18 April at 17:00 at {street}, {city}. Organised by {name} (questions: {phone}). {first3} is bringing the sign-up sheet; {first2} unfortunately can't make it this time."),
+    ],
+    # 7. University admin, Polish
+    [
+        ("user", "Cześć, muszę napisać maila do dziekanatu, że zmieniłem adres zamieszkania. Nazywam się {name}, numer albumu {id}, nowy adres: {street}, {post} {city}. Mail uczelniany {email}."),
+        ("assistant", """Proszę bardzo:
+
+Temat: Zmiana adresu zamieszkania – nr albumu {id}
+
+Szanowni Państwo,
+
+uprzejmie informuję o zmianie mojego adresu zamieszkania. Nowy adres to:
+{street}
+{post} {city}
+
+Proszę o aktualizację danych w systemie USOS. W razie pytań proszę o kontakt pod adresem {email}.
+
+Z poważaniem,
+{name}
+nr albumu: {id}"""),
+        ("user", "dzieki, a moze po angielsku tez? mam promotora z zagranicy"),
+        ("assistant", "Sure: \"Dear Sir or Madam, I would like to inform you that my residential address has changed to {street}, {post} {city}. Please update my record (student no. {id}). Kind regards, {name}\""),
+    ],
+    # 8. Crypto app support, lower-case casual
+    [
+        ("user", "hey so my binance-ish app locked me out after i changed phone. login is {email} and i definitely typed {password} like always. support wants me to verify with the phone {phone} but that sim is dead"),
+        ("assistant", "First, please don't share that login and secret here or with anyone claiming to be support, and change it as soon as you're back in, since {password} has now been written down in a chat. For the dead SIM: ask the exchange for their \"lost 2FA / phone number reset\" flow. They usually ask for an ID selfie and the email on file ({email}), not the old number {phone}."),
+        ("user", "ok. they also asked for my username, its {first_lower}{surname} or maybe {first_lower}.crypto, cant remember"),
+        ("assistant", "Give them both variants, {first_lower}{surname} and {first_lower}.crypto; they can look it up from {email} anyway. Genuine support will never ask you to send the login secret or your seed phrase."),
+    ],
+    # 9. SQL seed data
+    [
+        ("user", """why does this seed script fail on postgres with "value too long for type character varying(20)"?
+
+INSERT INTO customers (name, email, phone, street, city, postcode, iban) VALUES
+('{name}', '{email}', '{phone}', '{street}', '{city}', '{post}', '{iban}'),
+('{name2}', '{email}', NULL, NULL, '{city}', NULL, NULL);"""),
+        ("assistant", """One of the columns declared as `varchar(20)` is getting a longer value. The likeliest culprits are `iban` ('{iban}' can be up to 34 characters) or `phone` ('{phone}' with spaces and a country code). Check with:
+
+```sql
+SELECT column_name, character_maximum_length
+FROM information_schema.columns
+WHERE table_name = 'customers';
+```
+
+Then widen it, e.g. `ALTER TABLE customers ALTER COLUMN iban TYPE varchar(34);`. Also note both rows use the same email '{email}', which will break if you have a UNIQUE constraint."""),
+        ("user", "it was iban yes. also should {name2}'s row really have NULL postcode?"),
+        ("assistant", "If the column is nullable that's fine for seed data, but for realism give {name2} a postcode in {city} too, otherwise any address-formatting code path for that row won't be exercised."),
+    ],
+    # 10. Banking app screenshot transcribed
+    [
+        ("user", """transcribed from a screenshot of my banking app, is this a scam?
+
+Transfer request
+Recipient:  {name2}
+IBAN:  {iban}
+Amount:  € 1 250,00
+Reference:  "refund card {card} blocked - urgent"
+[ Approve ]   [ Decline ]"""),
+        ("assistant", "This looks very much like a scam. Your bank would never ask you to *send* money to a private person ({name2}) to \"refund\" a blocked card. The reference quoting your card number {card} is meant to make it look official. Tap Decline, don't transfer anything to {iban}, and call the number on the back of your card to report it."),
+        ("user", "the card number is real tho, how would they know it"),
+        ("assistant", "It may have leaked through a phishing site, a skimmed terminal or a data breach at a shop. Ask your bank to block the card ending in the last four digits of {card} and issue a new one, and report the attempted transfer to {iban} so they can flag that account."),
+    ],
+    # 11. Neighbour quarrel, Dutch
+    [
+        ("user", "Mijn buurman {name} van {street} parkeert steeds zijn busje voor mijn oprit. Ik heb al twee keer aangebeld. Kun je een briefje voor in zijn brievenbus schrijven? Niet te boos."),
+        ("assistant", """Natuurlijk. Een voorstel:
+
+Beste {first},
+
+Ik wil je vriendelijk vragen je busje niet meer voor mijn oprit te parkeren. Ik kan er dan niet in of uit, en vanochtend kwam ik daardoor te laat op mijn werk.
+
+Zullen we even samen kijken naar een oplossing? Je kunt me bellen of appen op {phone}.
+
+Groetjes,
+{first2} (je buren op nummer 14)"""),
+        ("user", "goed! maar {name}'s vrouw is eigenlijk degene die rijdt, hoe zeg ik dat zonder ruzie"),
+        ("assistant", "Je kunt het neutraal houden door het briefje aan beiden te richten: \"Beste {first} en buren van {street},\" en \"jullie busje\" te schrijven in plaats van \"je busje\". Dan voelt niemand zich persoonlijk aangesproken."),
+    ],
+    # 12. Shipping label YAML config
+    [
+        ("user", """Our label printer service reads this YAML and prints the sender block wrong, the address ends up on one line. Config:
+
+```yaml
+sender:
+  name: {name}
+  address: |
+    {street}
+    {post} {city}
+    {country}
+  phone: "{phone}"
+  email: {email}
+```"""),
+        ("assistant", """The literal block (`|`) keeps line breaks, so YAML is fine; the problem is probably that your template joins `address` with spaces. But two things to fix in the YAML itself: quote the email and name in case they contain special characters, and keep the indentation consistent:
+
+```yaml
+sender:
+  name: "{name}"
+  address: |
+    {street}
+    {post} {city}
+    {country}
+  phone: "{phone}"
+  email: "{email}"
+```
+
+Then in the renderer use `address.splitlines()` instead of `address.split()`."""),
+        ("user", "splitlines fixed it, thx"),
+    ],
+    # 13. School admin, Spanish switching to English
+    [
+        ("user", "hola! necesito avisar al colegio que mi hija {first3} no va a ir mañana, está con fiebre. la tutora es {name}. mi número por si acaso {phone}"),
+        ("assistant", """Claro, aquí tienes un mensaje corto:
+
+Hola {first}, buenas tardes. Le escribo para informarle de que {first3} no podrá asistir mañana a clase porque tiene fiebre. Si necesita algo, puede llamarme al {phone}. Muchas gracias y un saludo."""),
+        ("user", "actually the school uses English, she's in the international section. and send it to {email}"),
+        ("assistant", """Here you go:
+
+To: {email}
+Subject: Absence tomorrow - {first3}
+
+Dear {name},
+
+I'm writing to let you know that {first3} will not be in school tomorrow as she has a fever. Please let me know if there is any work she should catch up on. I can be reached at {phone}.
+
+Kind regards"""),
+    ],
+    # 14. Forwarded message, Czech
+    [
+        ("user", """Ahoj, přišel mi tenhle mail, je to podvod?
+
+---------- Přeposlaná zpráva ---------
+Od: Zákaznická podpora <{email}>
+Komu: {name}
+Předmět: Vaše karta byla pozastavena
+
+Vážený/á {name},
+Vaše platební karta {card} byla dočasně zablokována. Pro odblokování potvrďte své údaje na odkazu níže do 24 hodin."""),
+        ("assistant", "Ano, vypadá to jako phishing. Banka vám nikdy nepošle celé číslo karty ({card}) v e-mailu a nebude tlačit termínem 24 hodin. Adresa odesílatele {email} také pravděpodobně nepatří vaší bance. Na odkaz neklikejte, mail smažte a pro jistotu zavolejte do banky."),
+        ("user", "ale to číslo karty sedí... co mám dělat?"),
+        ("assistant", "Pokud číslo {card} opravdu odpovídá, znamená to, že údaje unikly. Nechte kartu v bankovní aplikaci hned zablokovat a požádejte o novou; zkontrolujte také poslední transakce."),
+    ],
+    # 15. Password manager CSV export
+    [
+        ("user", """i exported my old password manager to csv and want to import into bitwarden but it complains about the header. first lines:
+
+name,url,username,password,notes
+Netflix,https://netflix.com,{email},{password},
+Bank,https://bank.example,{name_lower},{password},card {card}
+Gym,,{first_lower},{password}2,"""),
+        ("assistant", """Bitwarden's CSV format expects these headers:
+
+```
+folder,favorite,type,name,notes,fields,reprompt,login_uri,login_username,login_password,login_totp
+```
+
+So your rows become e.g.:
+
+```
+,,login,Netflix,,,0,https://netflix.com,{email},{password},
+,,login,Bank,card {card},,0,https://bank.example,{name_lower},{password},
+```
+
+Also: you're reusing the same secret for Netflix and the bank, and the gym one is just that plus a "2". After importing, I'd change them and delete the CSV, because the file holds your card {card} in plain text."""),
+        ("user", "yeah i know i know. i'll shred the file"),
+    ],
+    # 16. Car repair invoice, Hungarian
+    [
+        ("user", "Szia! Kaptam egy számlát az autószerelőtől, de szerintem hibás. Ez van rajta: Vevő: {name}, {address}, adószám: {id}, tel: {phone}. Fékbetét csere 48 000 Ft, munkadíj 3 óra. Tudsz írni egy reklamációt?"),
+        ("assistant", """Persze, íme egy javaslat:
+
+Tisztelt Szerviz!
+
+A mai napon kiállított számlával kapcsolatban szeretnék reklamációt tenni. A számlán szereplő adatok: vevő {name}, cím {address}, adószám {id}.
+
+A fékbetétcsere munkadíjaként 3 óra szerepel, holott az autó kevesebb mint egy órát volt a műhelyben. Kérem a számla helyesbítését.
+
+Elérhetőségem: {phone}
+
+Üdvözlettel:
+{name}"""),
+        ("user", "köszi, és ha nem válaszolnak? {first} vagyok egyébként, tegezz nyugodtan :)"),
+        ("assistant", "Rendben, {first}! Ha 8 napon belül nem reagálnak, fordulhatsz a területileg illetékes békéltető testülethez. Vidd magaddal a számlát és ezt a levelet, amiben szerepel a {phone} elérhetőséged is."),
+    ],
+    # 17. Slack-like export
+    [
+        ("user", """can you summarise this slack thread for people who missed it?
+
+[09:12] {first}: morning! new office wifi is up, network "Office-5G", key is {password}
+[09:13] {first2}: thanks! does it work for guests?
+[09:15] {first3}: guests use the other one, ask {first} at reception
+[09:20] {first}: if anything breaks call me {phone}, i'm in until 5
+[09:21] {first2}: 👍"""),
+        ("assistant", """Summary:
+- The new office Wi-Fi "Office-5G" is live; {first} shared the key ({password}) in the thread.
+- Guests should use the separate guest network; ask {first} at reception.
+- For problems, call {first} on {phone} until 17:00.
+
+Tip: you might want to delete the message with {password} from the channel and pin the key somewhere with restricted access instead."""),
+        ("user", "good point, {first2} already screenshotted it though 🙃"),
+    ],
+    # 18. Brazilian Portuguese, bureaucracy
+    [
+        ("user", "oi, preciso preencher um formulário de mudança de endereço no banco e não entendi um campo. meus dados: {name}, {id_kind}: {id}, endereço novo {street}, {city}, CEP {post}. o campo diz 'comprovante de residência em nome do titular'"),
+        ("assistant", "O banco quer um documento recente (conta de luz, água, internet ou contrato de aluguel) que mostre o nome {name} e o endereço {street}, {city}, CEP {post}. Se a conta estiver no nome de outra pessoa, geralmente aceitam uma declaração de residência assinada por ela junto com o comprovante."),
+        ("user", "a conta de luz tá no nome da minha mãe. o email do gerente é {email}, pode escrever pra ele?"),
+        ("assistant", """Claro:
+
+Para: {email}
+Assunto: Atualização de endereço – {name}
+
+Olá, tudo bem?
+
+Gostaria de atualizar meu endereço para {street}, {city}, CEP {post}. Como a conta de luz está em nome da minha mãe, posso enviar uma declaração de residência assinada por ela junto com a conta? Meu {id_kind} é {id}.
+
+Obrigado(a),
+{name}"""),
+    ],
+    # 19. Danish club membership
+    [
+        ("user", "Hej! Jeg er kasserer i vores roklub og skal sende en påmindelse om kontingent til {name}. Beløbet skal overføres til {iban}. Kan du skrive det på dansk?"),
+        ("assistant", """Selvfølgelig:
+
+Kære {first},
+
+Dette er en venlig påmindelse om, at kontingentet for 2024 (850 kr.) endnu ikke er modtaget. Beløbet kan overføres til klubbens konto {iban}; husk at skrive dit navn i beskeden.
+
+Har du spørgsmål, er du velkommen til at skrive til mig.
+
+Mange hilsner
+{name2}
+Kasserer"""),
+        ("user", "tilføj at de kan skrive til {email} og at vi flytter bådhuset til {address}"),
+        ("assistant", "Tilføjet nederst: \"Spørgsmål kan sendes til {email}. Bemærk også, at bådhuset fra 1. maj flytter til {address}.\" Resten af brevet til {first} er uændret, inkl. kontoen {iban}."),
+    ],
+    # 20. Casual lower-case, complaint letter, dictated numbers
+    [
+        ("user", "ok so i need a complaint letter to the phone company, they charged me twice. im {name_lower}, {address_lower}. account phone number is {phone} (the one ending in the double seven, not my work one). they took it from my card {card} twice on the 3rd"),
+        ("assistant", """Here's a draft:
+
+{name}
+{address}
+
+Subject: Duplicate charge on account {phone}
+
+Dear Customer Services,
+
+On the 3rd of this month, my monthly bill for the line {phone} was charged twice to my card {card}. Please refund the duplicate payment within 14 days and confirm once this has been done.
+
+I have attached a copy of my card statement showing both transactions.
+
+Yours faithfully,
+{name}"""),
+        ("user", "can u not put the full card number in, just last 4"),
+        ("assistant", "Good idea. Replace the card line with \"charged twice to my card ending in\" followed by the last four digits of {card}. Everything else, including the account number {phone}, stays the same."),
+    ],
+    # 21. Markdown table roster
+    [
+        ("user", """turn this list into a markdown table with columns name / role / email / phone
+
+{name} - coach - {email} - {phone}
+{name2} - assistant coach, email same as above lol, no phone
+{first3} (only first name, new kid's parent) - volunteer - no email yet"""),
+        ("assistant", """| Name | Role | Email | Phone |
+|---|---|---|---|
+| {name} | Coach | {email} | {phone} |
+| {name2} | Assistant coach | {email} | – |
+| {first3} | Volunteer | – | – |"""),
+        ("user", "sort by surname and put {first2} first since she's the assistant"),
+        ("assistant", """| Name | Role | Email | Phone |
+|---|---|---|---|
+| {name2} | Assistant coach | {email} | – |
+| {name} | Coach | {email} | {phone} |
+| {first3} | Volunteer | – | – |
+
+(I left {first3} at the bottom since we don't have a surname yet.)"""),
+    ],
+    # 22. JSON API payload failing validation
+    [
+        ("user", """Stripe-like API gives me 422 "invalid billing_details" on this, what's wrong?
+
+```json
+{{
+  "amount": 4999,
+  "currency": "eur",
+  "card": "{card}",
+  "billing_details": {{
+    "name": "{name}",
+    "email": "{email}",
+    "address": {{
+      "postal_code": "{post}",
+      "city": "{city}",
+      "country": "{country}"
+    }}
+  }}
+}}
+```"""),
+        ("assistant", """Two likely problems:
+
+1. `country` must be a two-letter ISO code ("DE", "FR", ...), not "{country}".
+2. `address.line1` is usually required; you only send postal code and city.
+
+Also, never send the raw card number "{card}" from your backend; tokenise it client-side and send a payment method id. Fixed payload:
+
+```json
+{{
+  "amount": 4999,
+  "currency": "eur",
+  "payment_method": "pm_xxx",
+  "billing_details": {{
+    "name": "{name}",
+    "email": "{email}",
+    "address": {{
+      "line1": "...",
+      "postal_code": "{post}",
+      "city": "{city}",
+      "country": "XX"
+    }}
+  }}
+}}
+```"""),
+    ],
+    # 23. System prompt + HR assistant, email signature
+    [
+        ("system", "You are an internal HR assistant. Be concise and friendly."),
+        ("user", """New joiner starting Monday, please write a welcome email. Here's their signature from the contract email so you have the details:
+
+--
+{name}
+Junior Data Analyst
+{street} | {city}
+M: {phone}
+{email}"""),
+        ("assistant", """Subject: Welcome to the team, {first}!
+
+Hi {first},
+
+We're really happy to have you joining us on Monday as Junior Data Analyst. Please come to reception at 9:00; {first2} from the analytics team will meet you and show you around.
+
+Your laptop and badge will be ready on arrival. If anything comes up before then, we have {phone} and {email} on file for you.
+
+See you Monday!
+HR"""),
+        ("user", "add that parking is free at {street}"),
+        ("assistant", "Added after the first paragraph: \"Parking is free at {street}, so feel free to come by car.\" The rest of the email to {name} is unchanged."),
+    ],
+    # 24. German -> English, passport renewal and portal login
+    [
+        ("user", """Ich muss meinen Pass verlängern und das Online-Portal der Stadt {city} will folgende Daten. Kannst du prüfen, ob ich alles habe?
+
+Name: {name}
+Anschrift:
+{address_lines}
+Bisheriger {id_kind}: {id}
+Login für das Portal habe ich mit {email} angelegt, Kennwort ist {password}"""),
+        ("assistant", "Die Angaben sehen vollständig aus: Name ({name}), Anschrift, Ihr bisheriger {id_kind} ({id}) und der Portalzugang über {email}. Zusätzlich brauchen Sie meist ein biometrisches Passfoto und die Gebühr. Bitte teilen Sie Ihr Kennwort nirgends, auch nicht hier; ändern Sie es am besten nach der Antragstellung."),
+        ("user", "sorry can we do english, my german isn't good enough for the next part. the portal says my old {id_kind} {id} is 'not found'"),
+        ("assistant", "Sure. \"Not found\" usually means a typo or a different format: check whether {id} has a letter O vs digit 0 mix-up, and enter it without spaces. If it still fails, book an in-person appointment in {city} and bring the old document; they can look it up by your name, {name}, and date of birth."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -4980,8 +5480,9 @@ TEMPLATES = {
     + HELD_OUT_17_TEMPLATES
     + HELD_OUT_18_TEMPLATES
     + HELD_OUT_19_TEMPLATES
-    + HELD_OUT_20_TEMPLATES,
-    "held-out": HELD_OUT_21_TEMPLATES,
+    + HELD_OUT_20_TEMPLATES
+    + HELD_OUT_21_TEMPLATES,
+    "held-out": HELD_OUT_22_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
