@@ -838,8 +838,10 @@ def test_signatures_policy_numbers_log_passwords_csv_cards_and_quoted_streets(st
 
 def test_discord_speakers_checklists_vcards_and_payment_apps(step: PiiScrub) -> None:
     """From blind set 20: a Discord export's "Name — Today at 8:50 PM" speaker lines, a checklist's
-    "- [ ] Name: ...", a vCard's name, phone and address components, a phone after "Bizum al"."""
+    "- [ ] Name: ...", a vCard's name, phone and address components, a phone after "Bizum al"; from
+    set 22, an invite's attendee ("ATTENDEE;CN=X:mailto:...")."""
     turns = [
+        "BEGIN:VEVENT\nATTENDEE;CN=Florisvaldo Peçanha:mailto:f@example.com\nEND:VEVENT",
         "Ottilie — Today at 8:41 PM\nparty at mine\nZbyněk — Today at 8:50 PM\nill bring chips",
         "**Who brings what**\n- [ ] Zbyněk: chips\n- [ ] Ottilie: hosting\n- [ ] Radomír: ?",
         "```\nBEGIN:VCARD\nFN:Ottilie Brandl\nTEL;TYPE=CELL:+33 6 12 34 56 78\n"
@@ -848,6 +850,7 @@ def test_discord_speakers_checklists_vcards_and_payment_apps(step: PiiScrub) -> 
     ]
     out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
     planted = ["Ottilie", "Zbyněk", "Radomír", "Brandl", "+33 6 12 34 56 78", "chemin Guy", "69003", "800 5834"]
+    planted += ["Florisvaldo", "Peçanha"]
     assert not [v for v in planted if v in out], out
     assert "Bizum" in out and "BEGIN:VCARD" in out
 
@@ -915,6 +918,19 @@ def test_passwords_of_random_letters_and_product_words_beside_them(step: PiiScru
     assert "qWRtbnzk4417" not in out and "HtqzYDu8" not in out, out
     kept = "the password for the PlayStation5 account is in the PowerShell7 notes"
     assert "PlayStation5" in step.scrub_text(kept) and "PowerShell7" in step.scrub_text(kept)
+
+
+def test_yaml_block_addresses_and_a_signature_with_a_note(step: PiiScrub) -> None:
+    """From blind set 22: a YAML "address: |" block in code, a sign-off's name followed by a note in
+    brackets ("Groetjes,\nJesper (je buren op nummer 14)"); a block under no personal key stays."""
+    turns = [
+        "```yaml\nsender:\n  address: |\n    Plánická 168\n    389 47 Plasy\n    Czech Republic\n```",
+        "Je kunt me bellen of appen.\n\nGroetjes,\nWillemijn (je buren op nummer 14)",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    assert not [v for v in ("Plánická 168", "389 47", "Willemijn") if v in out], out
+    script = "```yaml\nscript: |\n  echo hello\n  make test\n```"
+    assert step.scrub_text(script, mode="code") == script
 
 
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:

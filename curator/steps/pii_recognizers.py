@@ -1759,8 +1759,10 @@ class NameCueRecognizer(_RegexRecognizer):
                 # "Grazie e cordiali saluti,": two sign-offs joined by "and" in the languages of chat exports
                 rf"(?im:^[ \t]*(?:(?:{_SIGNOFF})[ \t]+(?:and|e|y|und|et|en|i|og|és|a)[ \t]+)?(?:{_SIGNOFF})"
                 r"[ \t]*[,!.]?[ \t]*\n[ \t]*)"
-                # the name, particles allowed ("Job de Jong"); an address may follow
-                rf"({_NAME_WORD}(?:[ \t]+(?:{_PARTICLE_WORDS}[ \t]+){{0,2}}{_NAME_WORD}){{0,2}})[ \t]*(?m:$)"
+                # the name, particles allowed ("Job de Jong"), alone or with a note in brackets ("Jesper (je
+                # buren op nummer 14)"); an address may follow
+                rf"({_NAME_WORD}(?:[ \t]+(?:{_PARTICLE_WORDS}[ \t]+){{0,2}}{_NAME_WORD}){{0,2}})"
+                r"[ \t]*(?:\([^()\n]{1,60}\)[ \t]*)?(?m:$)"
             ),
             1,
             0.9,  # above spaCy's 0.85 for the same span, so presidio keeps the cue's result: a lone
@@ -1835,6 +1837,11 @@ _KEYED_VALUE = re.compile(
 _KEYED_LINE = re.compile(
     r"(?im)^[ \t]*(?:-[ \t]+)?(?P<key>(?:[a-z]+_)*?(?:" + "|".join(_KEYED.values()) + r"))[ \t]*[:=][ \t]*"
     r"(?P<value>[^\s\"'#{}\[\]][^\"'#\n{}]{0,99}?)[ \t]*(?:#.*)?$"
+)
+# a YAML block scalar under a personal key: "  address: |" and the lines indented deeper below it
+_YAML_BLOCK = re.compile(
+    r"(?im)^(?P<indent>[ \t]*)(?:-[ \t]+)?(?P<key>(?:[a-z]+_)*?(?:" + "|".join(_KEYED.values()) + r"))[ \t]*:[ \t]*"
+    r"[|>][+\-]?[ \t]*\n(?P<block>(?:(?P=indent)[ \t]+[^\n]*(?:\n|$))+)"
 )
 # a log line's key=value fields: "iban=CZ3157...", holder="Ana Lee", billing_address="12 Main St, ..."
 _LOG_FIELD = re.compile(
@@ -2100,9 +2107,14 @@ _VCARD_LINE = re.compile(r"(?im)^[ \t]*(FN|N|ADR|TEL|NICKNAME)(?:;[^:\n]*)?:([^\
 _VCARD_KIND = {"FN": "PERSON", "N": "PERSON", "NICKNAME": "PERSON", "ADR": STREET_ADDRESS, "TEL": "PHONE_NUMBER"}
 
 
+# an iCalendar invite's people: "ATTENDEE;CN=Luiz Henrique Fogaça:mailto:..." (RFC 5545 common name)
+_ICAL_NAME = re.compile(r"(?im)^[ \t]*(?:ORGANIZER|ATTENDEE)[^:\n]*?;CN=(\"?)([^\";:\n]+)\1")
+
+
 def vcard_values(text: str) -> list[tuple[str, int, int]]:
-    """(type, start, end) of each non-empty component of a vCard's name, address and phone lines."""
-    out = []
+    """(type, start, end) of each non-empty component of a vCard's name, address and phone lines,
+    and of the people an iCalendar invite names."""
+    out = [("PERSON", m.start(2), m.end(2)) for m in _ICAL_NAME.finditer(text)]
     for m in _VCARD_LINE.finditer(text):
         kind = _VCARD_KIND[m.group(1).upper()]
         for part in re.finditer(r"[^;]+", m.group(2)):
@@ -2135,6 +2147,11 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
         kind = _key_kind(m.group("key"), value) if not _NOT_A_VALUE.match(value) else None
         if kind:
             out.append((kind, m.start("value"), m.end("value")))
+    for m in _YAML_BLOCK.finditer(text):  # "address: |" and its indented lines
+        lines = list(re.finditer(r"[^\s][^\n]*?(?=[ \t]*(?:\n|$))", m.group("block")))
+        kind = _key_kind(m.group("key"), " ".join(line.group(0) for line in lines)) if lines else None
+        if kind:
+            out += [(kind, m.start("block") + line.start(), m.start("block") + line.end()) for line in lines]
     for m in _LOG_FIELD.finditer(text):
         group = "quoted" if m.group("quoted") is not None else "value"
         kind = _key_kind(m.group("key"), m.group(group)) if not _NOT_A_VALUE.match(m.group(group)) else None
