@@ -84,11 +84,13 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # to authorities, tax returns, disputes, family trees, weddings and funerals, rosters, bookkeeping
 # exports, logs, .env files and dumps, a third mostly in Czech, Hungarian, Polish, Danish or
 # Portuguese), was measured once (2026-12-04 21:01 UTC) and then inspected: tune now.
-# HELD_OUT_22_TEMPLATES, by an eighteenth (asked for a broad mix: transcribed screenshots, OCR,
-# quoted email threads, invites, customs forms, school admin, memberships, quarrels, claims,
-# banking apps, test fixtures; languages mixed, some switching mid-conversation), are the held-out
-# split (never inspected). Never print this file's text (a formatter's diff, a line range): it
-# holds the held-out split.
+# Set 22, by an eighteenth (asked for a broad mix: transcribed screenshots, OCR, quoted email
+# threads, invites, customs forms, school admin, memberships, quarrels, claims, banking apps, test
+# fixtures; languages mixed), was measured once (2026-12-04 21:20 UTC) and then inspected: tune now.
+# HELD_OUT_23_TEMPLATES, by a nineteenth (asked for a week of one household and one small office,
+# told by many different people, half in English with foreign names and places, half mostly in
+# another language), are the held-out split (never inspected). Never print this file's text (a
+# formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -5460,6 +5462,181 @@ Login für das Portal habe ich mit {email} angelegt, Kennwort ist {password}""")
 ]
 
 
+HELD_OUT_23_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1. parent, school trip form (English)
+    [
+        ("user", "can you help me fill in this school trip consent form? it's for my daughter {first}. the fields are: child's name, parent/guardian, home address, emergency contact, email"),
+        ("assistant", "Of course! Tell me the details for each field and I'll lay it out so you can copy it straight into the form."),
+        ("user", "child is {name}, guardian is me, {name2}. we live at {street} in {city}, postcode {post}. emergency number {phone} (that's my mobile, works on whatsapp too). email {email}"),
+        ("assistant", "Here's the completed form:\n\n**Child's name:** {name}\n**Parent/Guardian:** {name2}\n**Home address:** {address}\n**Emergency contact:** {phone}\n**Email:** {email}\n\nOne tip: many schools also ask for a second emergency contact, so it's worth having another number ready in case {first}'s teacher asks."),
+        ("user", "perfect thx. my husband's number is the same as mine basically, we share, so leave it"),
+    ],
+    # 2. teenager, netflix sharing (English, lowercase, typos)
+    [
+        ("user", "ok so my mum pays for netflix and she wants me to stop sharing it w my friends lol. how do i log out everyone"),
+        ("assistant", "You can do that from the account settings: go to Account > Security & Privacy > 'Sign out of all devices'. After that, changing the password is the best way to make sure nobody logs back in."),
+        ("user", "ugh fine. the login is {email} and rn its {password} which literally everyone in my class knows bc {first2} posted it in the group chat. what should i change it to"),
+        ("assistant", "Yeah, since '{password}' has been shared around, definitely change it. Pick something long that you haven't used anywhere else, e.g. three or four random words with a number in between. Don't reuse it for your email account ({email}) either, and maybe don't tell {first2} this time 😅"),
+        ("user", "lmaooo ok. also do u think mum will notice if i just dont tell her"),
+    ],
+    # 3. retiree, lost card letter (English)
+    [
+        ("user", "Good morning. I am 78 and not very good with computers. I have lost my bank card at the market on Saturday. Could you write a letter to my bank please. My name is {name} and the card number was {card}, I have it written on the statement."),
+        ("assistant", "Good morning! I'm sorry to hear about your card. Before the letter: please also phone your bank's emergency line today so they can block the card immediately, a letter takes a few days.\n\nCould you tell me your address and account details so I can put them in the letter?"),
+        ("user", "I have already rung them, the young man said to confirm in writing. Address is\n{address_lines}\nMy account is {iban}"),
+        ("assistant", "Very good. Here is your letter:\n\n{name}\n{address_lines}\n\nDear Sir or Madam,\n\nRe: Lost debit card, account {iban}\n\nFurther to my telephone call, I am writing to confirm that my bank card with the number {card} was lost on Saturday. Please make sure the card stays blocked and send a replacement card to the address above.\n\nYours faithfully,\n\n{name}\n\nYou can print this and sign it above your name."),
+        ("user", "Thank you dear, that is lovely. Should I write the whole card number or is that not safe"),
+        ("assistant", "That's a sensible question. Many banks only need the last four digits, so instead of the full {card} you could write only the last four digits. Since it's already blocked the risk is small, but giving less is always safer."),
+    ],
+    # 4. office manager, CSV to SQL (English)
+    [
+        ("user", "I have this csv of our staff phone list, can you turn it into INSERT statements for our little postgres db? table is staff(full_name, email, phone, employee_no)\n\nfull_name,email,phone,employee_no\n{name},{email},{phone},{id}\n{name2},{first_lower}.office@example.com,,\n"),
+        ("assistant", "Sure, here you go:\n\n```sql\nINSERT INTO staff (full_name, email, phone, employee_no) VALUES\n  ('{name}', '{email}', '{phone}', '{id}'),\n  ('{name2}', '{first_lower}.office@example.com', NULL, NULL);\n```\n\nI used NULL for the empty phone and employee number on the second row. If {first2} gets a number later you can run:\n\n```sql\nUPDATE staff SET phone = '...' WHERE full_name = '{name2}';\n```"),
+        ("user", "great. wait, the second email is wrong, it should be based on {first2}'s name not {first}'s. fix pls"),
+        ("assistant", "Good catch, sorry about that. Just replace the address in the second row with whatever {first2}'s real mailbox is, e.g.\n\n```sql\nUPDATE staff SET email = 'new.address@example.com' WHERE full_name = '{name2}';\n```"),
+    ],
+    # 5. freelancer, invoice table (English)
+    [
+        ("user", "freelance designer here. need an invoice in markdown I can paste into notion. me: {name}, {address}, {email}. client: {name2}. 3 logo drafts at 250 each, 1 revision round 120. pay to {iban}, 14 days"),
+        ("assistant", "# INVOICE\n\n**From:** {name}\n{address}\n{email}\n\n**Bill to:** {name2}\n\n| # | Description | Qty | Unit price | Total |\n|---|-------------|-----|-----------:|------:|\n| 1 | Logo draft | 3 | 250.00 | 750.00 |\n| 2 | Revision round | 1 | 120.00 | 120.00 |\n| | **Total due** | | | **870.00** |\n\n**Payment terms:** 14 days from the invoice date\n**Bank transfer to:** {iban} (account holder: {name})\n\nThank you for your business!"),
+        ("user", "can you add an invoice number and put the iban in a separate payment section at the bottom, my accountant likes that"),
+        ("assistant", "Sure, add this under the table:\n\n---\n**Invoice no.:** 2024-017\n\n### Payment details\n- Account holder: {name}\n- IBAN: {iban}\n- Reference: 2024-017 / {surname}\n\nUsing your surname in the reference makes it easier for {name2}'s bookkeeping to match the payment."),
+    ],
+    # 6. nurse, shift swap (English)
+    [
+        ("user", "Night shift nurse here, brain is fried. Help me write a short text to my colleague asking to swap Thursday night for her Sunday early. Her name is {first2}. If she can't, I'll ask {first3}."),
+        ("assistant", "Here's a short, friendly one:\n\n\"Hi {first2}! Random ask: would you be up for swapping your Sunday early for my Thursday night? Totally fine if not, just let me know either way so I can sort it. Thanks!! x\""),
+        ("user", "lovely. and she asked for my number for the roster app, its {phone}. can you add it at the end like 'my new number is'"),
+        ("assistant", "\"Hi {first2}! Random ask: would you be up for swapping your Sunday early for my Thursday night? Totally fine if not, just let me know either way so I can sort it. Oh and my new number is {phone} for the roster app. Thanks!! x\"\n\nIf {first2} says no, I can rewrite it for {first3}."),
+    ],
+    # 7. shop owner, POS config yaml (English) with system turn
+    [
+        ("system", "You are a helpful assistant for small business owners."),
+        ("user", "I run a little bakery and my nephew set up our till software. It broke after an update. Here's the config file, can you see what's wrong?\n\n```yaml\nshop:\n  owner: {name}\n  address: \"{address}\"\n  contact_email: {email}\npayments:\n  test_card: {card}\n  provider_login: {email}\n  provider_secret: {password}\n  currency EUR\n```"),
+        ("assistant", "The problem is the last line: `currency EUR` is missing its colon, so the YAML parser fails. It should be:\n\n```yaml\n  currency: EUR\n```\n\nTwo other things, though:\n1. `provider_secret: {password}` is stored in plain text. Anyone who can open this file can log into your payment provider as {email}. It would be better to move it into an environment variable.\n2. `test_card: {card}`: if that is a real card and not a provider test number, please remove it from the file."),
+        ("user", "oh dear, the card is my own Visa, he used it to test. I'll delete it. and the secret thing I'll ask him about on Sunday"),
+    ],
+    # 8. student abroad, deposit back (English, address_qq)
+    [
+        ("user", "hey, im on erasmus and my landlord still hasnt returned my deposit (600€) after 2 months. i copied his address from the contract pdf but it came out weird: {address_qq}. can u help write a firm but polite email? im {name}"),
+        ("assistant", "Of course. That '???' is just where the line breaks got lost in the PDF export, so the address reads:\n\n{address_lines}\n\nHere's a draft:\n\nSubject: Return of security deposit\n\nDear Landlord,\n\nI moved out of the flat on the date agreed in our contract and returned all keys. Two months have now passed and I have not yet received my deposit of 600 €.\n\nPlease transfer the full amount to my account within 14 days:\n\nAccount holder: {name}\nIBAN: [your IBAN]\n\nKind regards,\n{name}"),
+        ("user", "my iban is {iban}. also his name is {name2} can u address him by name"),
+        ("assistant", "Updated:\n\nDear {name2},\n\nI moved out of the flat on the date agreed in our contract and returned all keys. Two months have now passed and I have not yet received my deposit of 600 €.\n\nPlease transfer the full amount to my account within 14 days:\n\nAccount holder: {name}\nIBAN: {iban}\n\nKind regards,\n{name}"),
+    ],
+    # 9. forwarded email with signature (English)
+    [
+        ("user", "---------- Forwarded message ---------\nFrom: {name2} <{email}>\nSubject: re: plumber\n\nHi, the guy I used last year was great, cheap and on time. Tell him I sent you.\n\n--\n{name2}\n{address_lines}\nMob. {phone}\n\n^ my neighbour sent me this. can you write a message to the plumber asking for a quote for a leaking kitchen tap? my name is {name}"),
+        ("assistant", "Sure! Here's a short message you can send:\n\n\"Hello, my name is {name} and I was recommended to you by {name2}, who you did some work for last year. I have a leaking kitchen tap and would like a quote for repairing or replacing it. I'm available most weekday mornings. Thanks in advance!\"\n\nThe forwarded email doesn't include the plumber's contact though, only {first2}'s signature and number ({phone}). You may need to ask your neighbour for it."),
+        ("user", "ha yes you're right, that's her number not his. I'll ask"),
+    ],
+    # 10. python dict with id, password (English)
+    [
+        ("user", "writing a tiny script to autofill the visa application portal for my mum, getting KeyError. code:\n\n```python\napplicant = {{\n    \"name\": \"{name_lower}\",\n    \"doc_type\": \"{id_kind}\",\n    \"doc_no\": \"{id}\",\n}}\nlogin = {{\"user\": \"{first_lower}\", \"pw\": \"{password}\"}}\nprint(applicant[\"Name\"].title())\n```"),
+        ("assistant", "The KeyError comes from `applicant[\"Name\"]`: dictionary keys are case-sensitive and you defined `\"name\"` in lower case. Use:\n\n```python\nprint(applicant[\"name\"].title())\n```\n\nThat prints the name with capitals, i.e. `{name}` style. Also, you have your mum's portal login (`{password}`) and her {id_kind} `{id}` hard-coded in the script. If you ever push this to GitHub, that ends up public, so consider reading them from environment variables:\n\n```python\nimport os\nlogin = {{\"user\": os.environ[\"PORTAL_USER\"], \"pw\": os.environ[\"PORTAL_PW\"]}}\n```"),
+        ("user", "it's only on my laptop but ok fair"),
+    ],
+    # 11. dictated card and phone around the slot (English)
+    [
+        ("user", "I'm on the phone with the hotel and they need my card, can you quickly format this so I can read it out, I typed it as I found it: card {card} exp oh-nine slash twenty-seven, and my phone for the booking plus-sign {phone}"),
+        ("assistant", "Here it is in chunks, easy to read aloud:\n\n- Card number: {card}\n- Expiry: 09/27\n- Phone: {phone}\n\nRead the card number in groups of four and pause between them; the hotel will usually repeat it back to you. Don't give the three-digit code on the back unless they really need it for the reservation."),
+        ("user", "done, they said the name must be exactly as on the card, its {name} but the booking says {first} only"),
+        ("assistant", "Ask them to update the guest name on the booking to {name} so it matches the card exactly. Hotels can do that in seconds, and it avoids problems at check-in."),
+    ],
+    # 12. JSON for a club membership (English)
+    [
+        ("user", "we run a small running club and keep members in a json file. can you add a new member? {name2} joined today, lives at {address}, phone {phone}, email {email}. format is like the existing ones:\n\n[\n  {{\"name\": \"{name}\", \"city\": \"{city}\", \"phone\": \"\", \"email\": \"\"}}\n]"),
+        ("assistant", "Here's the updated file:\n\n```json\n[\n  {{\"name\": \"{name}\", \"city\": \"{city}\", \"phone\": \"\", \"email\": \"\"}},\n  {{\"name\": \"{name2}\", \"city\": \"{city}\", \"street\": \"{street}\", \"postcode\": \"{post}\", \"phone\": \"{phone}\", \"email\": \"{email}\"}}\n]\n```\n\nI added `street` and `postcode` as extra fields for {first2}, since you gave the full address. If you'd rather keep the same shape for everyone, just drop those two keys."),
+        ("user", "keep them. {first}'s address we still need to ask"),
+    ],
+    # 13. German, parent, Kita registration
+    [
+        ("user", "hallo, ich muss meinen sohn für die kita anmelden und das formular fragt nach so vielen sachen. kannst du mir einen text für das feld 'angaben der eltern' formulieren? ich bin {name}, mein mann heißt {name2}. wir wohnen {street}, {post} {city}. tel {phone}, mail {email}"),
+        ("assistant", "Gerne! Ein Vorschlag für das Feld:\n\n**Angaben der Eltern**\nMutter: {name}\nVater: {name2}\nAnschrift: {address}\nTelefon: {phone}\nE-Mail: {email}\n\nBeide Eltern sind sorgeberechtigt und unter der oben genannten Nummer erreichbar."),
+        ("user", "super danke. bei 'abholberechtigte personen' soll noch meine schwester rein, {first3}. und {first}s nummer ist die gleiche wie oben, also meine"),
+        ("assistant", "Dann so:\n\n**Abholberechtigte Personen**\n1. {name} (Mutter), Tel. {phone}\n2. {name2} (Vater)\n3. {first3} (Tante), bitte Nachnamen und Telefonnummer ergänzen\n\nDie Kita wird für {first3} wahrscheinlich noch den vollständigen Namen und einen Ausweis bei der ersten Abholung sehen wollen."),
+    ],
+    # 14. French, retiree, pension fund letter
+    [
+        ("user", "Bonjour, je suis à la retraite depuis mars et ma caisse ne m'a toujours rien versé. Pouvez-vous m'aider à écrire un courrier ? Je m'appelle {name}, mon numéro de dossier ({id_kind}) est {id}. Mon adresse :\n{address_lines}"),
+        ("assistant", "Bonjour, bien sûr. Voici un modèle de lettre :\n\n{name}\n{address_lines}\n\nObjet : Retard de versement de ma pension de retraite – {id_kind} {id}\n\nMadame, Monsieur,\n\nJe suis à la retraite depuis le 1er mars et, à ce jour, je n'ai reçu aucun versement de ma pension. Je vous remercie de bien vouloir examiner mon dossier dans les meilleurs délais et de m'indiquer la date du premier paiement.\n\nJe vous prie d'agréer, Madame, Monsieur, l'expression de mes salutations distinguées.\n\n{name}\n\nSouhaitez-vous ajouter vos coordonnées bancaires ?"),
+        ("user", "oui, mettez mon RIB, IBAN {iban}. Et ma fille {first2} peut être contactée au {phone} si besoin, moi j'entends mal au téléphone"),
+        ("assistant", "Voici les lignes à ajouter avant la formule de politesse :\n\n« Je vous rappelle que ma pension doit être versée sur le compte IBAN {iban}. Pour toute question, vous pouvez joindre ma fille, {first2}, au {phone}, car j'ai des difficultés d'audition. »"),
+    ],
+    # 15. Spanish, student abroad, empadronamiento
+    [
+        ("user", "hola! soy estudiante de intercambio y tengo que empadronarme en el ayuntamiento. me piden un escrito del propietario diciendo que vivo en su piso. el piso está en {street}, {post} {city}, y el dueño se llama {name2}. yo soy {name}, mi {id_kind} es {id}"),
+        ("assistant", "¡Claro! Aquí tienes un modelo de autorización que puede firmar el propietario:\n\n---\nD./Dña. {name2}, propietario/a de la vivienda situada en {street}, {post} {city},\n\nAUTORIZA a {name}, con {id_kind} {id}, a empadronarse en dicha vivienda.\n\nEn {city}, a ___ de ________ de 20__.\n\nFirma: ______________\n---\n\nNormalmente también piden una copia del DNI del propietario."),
+        ("user", "vale gracias!! y si el ayuntamiento me llama, pongo mi número de aquí o el de mi país? el de aquí es {phone}"),
+        ("assistant", "Pon el de aquí, {phone}, porque es el que vas a usar mientras vivas en {city} y es más fácil que te localicen."),
+    ],
+    # 16. Italian, shop owner, fattura
+    [
+        ("user", "ciao, ho un negozio di ceramiche e devo mandare una fattura a un cliente che ha comprato un servizio da tè. Cliente: {name2}, indirizzo {address}. Io sono {name}, email {email}, IBAN {iban}. totale 340 euro iva inclusa. mi scrivi il testo della mail?"),
+        ("assistant", "Certo! Ecco una proposta:\n\nOggetto: Fattura n. 58 – Servizio da tè\n\nGentile {name2},\n\nla ringrazio per il suo acquisto. In allegato trova la fattura n. 58 per un importo totale di 340,00 € (IVA inclusa).\n\nLa preghiamo di effettuare il pagamento tramite bonifico bancario:\nIntestatario: {name}\nIBAN: {iban}\nCausale: Fattura n. 58 – {surname}\n\nLa spedizione avverrà all'indirizzo {address} appena ricevuto il pagamento.\n\nCordiali saluti,\n{name}\n{email}"),
+        ("user", "perfetto, ma la causale metti il cognome del cliente non il mio"),
+        ("assistant", "Hai ragione, scusa. Sostituisci la riga con:\n\nCausale: Fattura n. 58 – {name2}\n\nTutto il resto resta uguale."),
+    ],
+    # 17. Polish, teenager, hacked account
+    [
+        ("user", "hej, ktoś mi się włamał na insta chyba. dostałam maila na {email} że ktoś zmienił hasło. co robić??"),
+        ("assistant", "Spokojnie, da się to zwykle odzyskać. Kroki:\n1. W aplikacji wybierz „Nie pamiętasz hasła?” i wpisz adres {email}.\n2. Jeśli haker zmienił też maila, użyj linku „Zabezpiecz swoje konto” z wiadomości od Instagrama.\n3. Po odzyskaniu ustaw nowe hasło i włącz weryfikację dwuetapową."),
+        ("user", "ok odzyskałam!! stare było {password} xd chyba za proste. a moja kumpela {first2} mówi że jej też ktoś wszedł, używałyśmy tego samego hasła bo mamy wspólne konto na spotify"),
+        ("assistant", "Super, że się udało! Tak, „{password}” było zbyt łatwe do zgadnięcia, a skoro {first2} używała tego samego, to ona też powinna je od razu zmienić, również na Spotify. Najlepiej, żeby każda z was miała osobne hasło do każdego konta, np. zapisane w menedżerze haseł."),
+        ("user", "dzięki, powiem jej. {first} jestem btw haha"),
+    ],
+    # 18. Dutch, office manager, new employee onboarding
+    [
+        ("user", "Hoi, ik ben officemanager bij een klein bureau. Maandag begint {name2} bij ons. Kun je een welkomstmail opstellen met de praktische info? Zijn mailadres wordt {email}, tijdelijk wachtwoord {password} (moet hij de eerste keer wijzigen). Salaris gaat naar {iban}, dat heeft hij al doorgegeven."),
+        ("assistant", "Natuurlijk! Hier een voorstel:\n\nOnderwerp: Welkom bij het team!\n\nBeste {first2},\n\nWat leuk dat je maandag begint! Hierbij alvast wat praktische informatie:\n\n- Je zakelijke e-mailadres: {email}\n- Tijdelijk wachtwoord: {password} (je wordt gevraagd dit bij de eerste keer inloggen te wijzigen)\n- Je salaris wordt overgemaakt naar rekeningnummer {iban}. Klopt dit niet, laat het ons dan weten.\n\nWe verwachten je om 9:00 uur op kantoor. Tot maandag!\n\nMet vriendelijke groet,\n{name}\nOfficemanager"),
+        ("user", "Liever het wachtwoord niet in dezelfde mail, toch? Dan stuur ik dat per sms naar {phone}."),
+        ("assistant", "Goed idee, dat is veiliger. Haal dan de regel met het tijdelijke wachtwoord uit de mail en stuur {first2} een los sms'je naar {phone}, bijvoorbeeld: „Hoi {first2}, je tijdelijke wachtwoord voor je account is {password}. Tot maandag!”"),
+    ],
+    # 19. Portuguese (BR), freelancer, contract
+    [
+        ("user", "oi! sou freelancer de tradução e um cliente novo pediu um contrato simples. meus dados: {name}, {id_kind} {id}, endereço {address}. cliente: {name2}. valor R$ 2.500, pagamento em duas parcelas"),
+        ("assistant", "Claro! Aqui vai um modelo básico:\n\n**CONTRATO DE PRESTAÇÃO DE SERVIÇOS DE TRADUÇÃO**\n\n**CONTRATADA:** {name}, {id_kind} {id}, residente em {address}.\n\n**CONTRATANTE:** {name2}.\n\n**Cláusula 1ª – Objeto:** Tradução de documentos conforme orçamento aprovado.\n\n**Cláusula 2ª – Valor:** R$ 2.500,00, pagos em duas parcelas de R$ 1.250,00: a primeira na assinatura e a segunda na entrega.\n\n_________________________\n{name}\n\n_________________________\n{name2}"),
+        ("user", "ótimo. o cliente quer pagar a primeira parcela no cartão, ele me mandou o número {card} pelo whatsapp 😬 posso colocar no contrato?"),
+        ("assistant", "Melhor não! O número do cartão ({card}) não deve aparecer no contrato nem ficar guardado em conversas. Use um link de pagamento (Mercado Pago, PagSeguro etc.) para que o próprio {first2} digite os dados, e apague a mensagem com o número do cartão."),
+    ],
+    # 20. Czech, nurse, patient transport / neighbour
+    [
+        ("user", "ahoj, pracuju jako zdravotní sestra a potřebuju napsat krátkou zprávu pro sanitku, že pan {name2} bude odvezen z domova. adresa je {street}, {post} {city}, zvonek je na jméno {surname}. kontakt na dceru {phone}"),
+        ("assistant", "Ahoj, tady je návrh:\n\n„Dobrý den, prosím o převoz pacienta pana {name2} z adresy {address}. Zvonek: {surname}. V případě potřeby kontaktujte dceru pacienta na čísle {phone}. Děkuji, {name}.“"),
+        ("user", "díky. jen oprava, zvonek je na jméno dcery, ne moje příjmení. ona se jmenuje {first3} a má jiné příjmení po svatbě"),
+        ("assistant", "Jasně, omlouvám se. Opravená verze:\n\n„Dobrý den, prosím o převoz pacienta pana {name2} z adresy {address}. Zvonek je na jméno dcery ({first3}), prosím zvoňte tam. Kontakt na dceru: {phone}. Děkuji, {name}.“"),
+    ],
+    # 21. Hungarian, household, electricity bill dispute
+    [
+        ("user", "Szia! Az áramszolgáltató kétszer vonta le a havi díjat a számlámról. Segítenél egy panaszlevelet írni? Nevem {name}, cím: {address}, ügyfélazonosító ({id_kind}): {id}, bankszámla: {iban}"),
+        ("assistant", "Szia! Persze, itt egy javaslat:\n\nTárgy: Kétszeres terhelés visszatérítése – {id}\n\nTisztelt Ügyfélszolgálat!\n\nAlulírott {name} ({address}) jelzem, hogy a havi díjat e hónapban kétszer terhelték meg a(z) {iban} számú bankszámlámon. Kérem, a jogtalanul levont összeget 15 napon belül utalják vissza ugyanerre a számlára.\n\nÜgyfélazonosítóm: {id}\n\nTisztelettel:\n{name}"),
+        ("user", "köszi! a férjem, {name2} nevén van a szerződés amúgy, az baj?"),
+        ("assistant", "Akkor jobb, ha {name2} írja alá a levelet, vagy legalább kerüljön bele egy mondat: „A szerződés {name2} nevén van, a panaszt az ő beleegyezésével nyújtom be.” Így az ügyfélszolgálat nem utasítja el formai okból."),
+    ],
+    # 22. Danish, household, moving, message to landlord (address_lower)
+    [
+        ("user", "hej, vi flytter ind i en ny lejlighed næste måned og udlejeren vil have vores oplysninger. kan du skrive en kort besked? vi er {name} og {name2}. den nye adresse er {address_lower} (jeg ved ikke hvorfor han skriver den med småt i kontrakten lol)"),
+        ("assistant", "Selvfølgelig! Her er et forslag:\n\n\"Hej,\n\nTak for en god fremvisning. Her er vores oplysninger til lejekontrakten for lejligheden på {address}:\n\nLejere: {name} og {name2}\nTelefon: [?]\nE-mail: [?]\n\nVi glæder os til at flytte ind!\n\nVenlig hilsen\n{first} og {first2}\"\n\nSkriv telefonnummer og e-mail, så sætter jeg dem ind."),
+        ("user", "tlf {phone}, mail {email}"),
+        ("assistant", "\"Hej,\n\nTak for en god fremvisning. Her er vores oplysninger til lejekontrakten for lejligheden på {address}:\n\nLejere: {name} og {name2}\nTelefon: {phone}\nE-mail: {email}\n\nVi glæder os til at flytte ind!\n\nVenlig hilsen\n{first} og {first2}\""),
+    ],
+    # 23. German, office Slack-like: wifi + company card
+    [
+        ("system", "Exportierter Verlauf aus dem Team-Workspace #buero-allgemein."),
+        ("user", "@assistant kannst du eine kurze Nachricht für den Kanal formulieren: das WLAN für Gäste wurde geändert, neuer Schlüssel ist {password}. Außerdem: die Firmenkreditkarte für Büromaterial ist ab jetzt die {card}, Bestellungen bitte nur über {first2}."),
+        ("assistant", "Klar, hier ein Vorschlag:\n\n📢 **Kurzes Update fürs Büro**\n\n1. Das Gäste-WLAN hat einen neuen Schlüssel: `{password}`\n2. Büromaterial wird ab sofort über die Firmenkarte bestellt. Bitte schickt eure Wünsche an {first2}, die/der sich um die Bestellung kümmert.\n\nDanke euch! 🙌\n\nDie Kartennummer ({card}) würde ich übrigens nicht in einen Kanal posten, in dem alle mitlesen. Es reicht, wenn {first2} sie hat."),
+        ("user", "stimmt, gute idee. kartennr lass ich raus. und schreib noch dazu, dass {name} ab montag urlaub hat und vertretung ist {first3}"),
+        ("assistant", "📢 **Kurzes Update fürs Büro**\n\n1. Das Gäste-WLAN hat einen neuen Schlüssel: `{password}`\n2. Büromaterial bitte über {first2} bestellen.\n3. {name} ist ab Montag im Urlaub – Vertretung übernimmt {first3}.\n\nDanke euch! 🙌"),
+    ],
+    # 24. French, dinner guest list as markdown table
+    [
+        ("user", "salut ! j'organise un dîner d'anniv samedi pour ma mère et j'ai noté les invités n'importe comment. tu peux me faire un tableau propre ?\n\n{name} - {phone} - vient avec {first3}\n{name2}, mail {email}, pas de tel\nmoi aussi évidemment"),
+        ("assistant", "Voici ton tableau :\n\n| Invité | Téléphone | E-mail | Accompagné(e) de |\n|---|---|---|---|\n| {name} | {phone} | – | {first3} |\n| {name2} | – | {email} | – |\n| Toi | – | – | – |\n\nÇa fait donc 4 personnes avec toi, sans compter ta mère. Tu veux que je prépare un message d'invitation à envoyer à {first} et à {first2} ?"),
+        ("user", "oui stp, un sms court pour {first} et un mail pour {first2}"),
+        ("assistant", "**SMS pour {first} ({phone}) :**\n« Coucou {first} ! Dîner surprise pour l'anniv de maman samedi à 20h chez moi. Tu viens avec {first3} ? Réponds-moi vite 😊 »\n\n**Mail pour {first2} ({email}) :**\nObjet : Dîner d'anniversaire samedi\n\n« Bonjour {first2},\n\nJ'organise un dîner pour l'anniversaire de ma mère ce samedi à 20h. Ça nous ferait très plaisir que tu sois là ! Peux-tu me confirmer ta présence d'ici jeudi ?\n\nÀ bientôt ! »"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -5481,8 +5658,9 @@ TEMPLATES = {
     + HELD_OUT_18_TEMPLATES
     + HELD_OUT_19_TEMPLATES
     + HELD_OUT_20_TEMPLATES
-    + HELD_OUT_21_TEMPLATES,
-    "held-out": HELD_OUT_22_TEMPLATES,
+    + HELD_OUT_21_TEMPLATES
+    + HELD_OUT_22_TEMPLATES,
+    "held-out": HELD_OUT_23_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
