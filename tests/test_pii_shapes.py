@@ -933,6 +933,24 @@ def test_yaml_block_addresses_and_a_signature_with_a_note(step: PiiScrub) -> Non
     assert step.scrub_text(script, mode="code") == script
 
 
+def test_ids_in_inline_code_and_json_siblings_and_inflected_password_words(step: PiiScrub) -> None:
+    """From blind set 23: an id in inline code named by the prose before it, a JSON "doc_no" beside
+    "doc_type": "passport no.", a password in a Polish turn that names "hasła" only inflected, a
+    lower-case full name under a "name" key, "X jestem" ("I am X")."""
+    turns = [
+        "you have her passport no. `KT7712093` and her NHS number `485 777 3459` in the script.",
+        '```python\napplicant = {"doc_type": "passport no.", "doc_no": "RB4400172"}\n```',
+        "ok odzyskałam!! stare było 7QtzVpmR xd. używałyśmy tego samego hasła",
+    ]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    assert not [v for v in ("KT7712093", "485 777 3459", "RB4400172", "7QtzVpmR") if v in out], out
+    code = "run `pytest -k test_12345678` and see line `1234567`"
+    assert step.scrub_text(code) == code
+    more = ['```python\napplicant = {"name": "kalina wróbel"}\n```', "dzięki, powiem jej. Zdeňka jestem btw haha"]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in more]))
+    assert not [v for v in ("kalina wróbel", "Zdeňka") if v in out], out
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -92,6 +92,7 @@ from curator.steps.pii_recognizers import (
     account_users,
     first_names,
     has_street_word,
+    inline_ids,
     keyed_values,
     lower_full_names,
     pair_secret,
@@ -1462,7 +1463,7 @@ class PiiScrub:
         """Spans of each unit: prose and code segments of a unit are scanned in their own modes."""
         flags = ner if isinstance(ner, list) else [ner] * len(units)
         segs: list[tuple[int, int, str, str]] = []  # (unit index, offset, text, mode)
-        inline: list[tuple[int, Span]] = []  # secrets in inline code, named by the prose around it
+        inline: list[tuple[int, Span]] = []  # secrets and ids in inline code, named by the prose around it
         for u, (unit, use_ner) in enumerate(zip(units, flags, strict=True)):
             if unit.mode == "code":
                 segs.append((u, 0, unit.text, "code"))
@@ -1477,6 +1478,8 @@ class PiiScrub:
                     ]
                     if "\n" not in unit.text[s:e] and "SECRET" in self.entities:  # inline code in prose
                         inline += [(u, Span("SECRET", a, b, 0.7)) for a, b in password_tokens(unit.text, (s, e))]
+                    if "\n" not in unit.text[s:e] and "ID_NUMBER" in self.entities:
+                        inline += [(u, Span("ID_NUMBER", a, b, 0.8)) for a, b in inline_ids(unit.text, s, e)]
                 else:
                     segs.append((u, s, unit.text[s:e], self._prose_mode(unit.mode, use_ner)))
         found = self.analyze_texts([t for _, _, t, _ in segs], [m for _, _, _, m in segs]) if segs else []

@@ -434,6 +434,9 @@ _FIELD_KEY = re.compile(r"[A-Za-z_][\w.\-]*=")
 _PASSWORD_TOPIC = re.compile(
     r"(?i)(?<!\w)(?:passwords?|passwort\w*|kennwort|contraseña|contrasena|mot\s+de\s+passe|senha|wachtwoord|"
     r"hasło|haslo|heslo|jelszó|jelszo|пароль|passcode|passphrase|log[\s-]?in|sign[\s-]?in|credentials|"
+    # inflected and Nordic forms ("tego samego hasła", "jelszavam", "adgangskoden", "lösenordet"), "pw"
+    r"has(?:ła|łem|łu|eł|la|lem)|hesl(?:a|em|u|o)|hesel|jelszav\w*|jelszót|contraseñas|senhas|palavra-passe|"
+    r"wachtwoorden|kennwörter|adgangskode\w*|kodeord\w*|lösenord\w*|passord\w*|clave|mdp|pwd?|"
     r"anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|přihlá\w*|bejelentkez\w*|iniciar\s+sesión|se\s+connecter|"
     r"wi-?fi|wlan|router|hotspot|ssid)(?!\w)"
 )
@@ -1188,7 +1191,7 @@ class IdNumberRecognizer(_RegexRecognizer):
             re.compile(
                 rf"(?i:\b(?:{_ID_KEYWORDS}))"
                 # its value under a sibling key of JSON: {"type": "tax id", "number": "74-9783379"}
-                r"(?:[\"']\s*,\s*[\"']?(?i:number|value|no|num|id)[\"']?\s*[:=])?"
+                r"(?:[\"']\s*,\s*[\"']?(?i:(?:[a-z]+_)*(?:number|value|no|num|nr|id))[\"']?\s*[:=])?"
                 rf"\??(?:\s+(?i:{_ID_FILLER}|of|:)(?!\w)\??){{0,3}}[\s:#=\"'`(]*(?:(?i:no\.?|number|nr\.?|n\.|n°|nº|č\.)\s*)?"
                 rf"({_ID_VALUE})"
             ),
@@ -1202,6 +1205,14 @@ class IdNumberRecognizer(_RegexRecognizer):
         """At least 4 digits (6 after a number named for anything), and not a year or a date."""
         digits = sum(c.isdigit() for c in value)
         return digits >= (6 if check == "named" else 4) and not _DATE_LIKE.match(value.strip())
+
+
+def inline_ids(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Ids inside the inline code [start, end) of prose, named by the words before it ("her passport
+    no. `TE2373183`"): code is scanned on its own, without the keyword."""
+    before = max(0, start - 80)
+    found = IdNumberRecognizer().analyze(text[before:end], ["ID_NUMBER"])
+    return [(before + r.start, before + r.end) for r in found if before + r.start >= start]
 
 
 # names that are common English words ("may", "grace", "will"): no name without a cue, in any case
@@ -1725,12 +1736,15 @@ class NameCueRecognizer(_RegexRecognizer):
             0.9,
             "weak",
         ),
-        # Hungarian "X vagyok" ("I am X") opening a sentence: "Szia! Kovács Péter vagyok, ..."
+        # "X vagyok", "X jestem", "X jsem" ("I am X", the name first) opening a sentence: "Szia! Kovács
+        # Péter vagyok, ...", "dzięki. Šimon jestem btw"
         (
-            re.compile(rf"(?:^|(?<=[!?.,:;\n]))[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]+vagyok\b"),
+            re.compile(
+                rf"(?:^|(?<=[!?.,:;\n]))[ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}})[ \t]+(?:vagyok|jestem|jsem)\b"
+            ),
             1,
             0.9,
-            "weak",
+            "known",
         ),
         # a sign-off, a comma and a name closing the text or a quote ("... avant le 5. Bises, Flora'")
         (
@@ -1782,6 +1796,8 @@ class NameCueRecognizer(_RegexRecognizer):
             return all(w[:1].isupper() or unknown_word(w) for w in words)
         if check == "here":
             return all(unknown_word(w) for w in words)
+        if check == "known":  # one of the words a known first name: not "Tak jsem" ("so I am")
+            return any(w.lower() in first_names() or w.lower() in NAME_GAZETTEER for w in words)
         return check == "strong" or all(w[:1].isupper() for w in words if w not in NAME_PARTICLES)
 
     def analyze(
@@ -1864,8 +1880,9 @@ _NOT_A_VALUE = re.compile(
 
 def _person_value(value: str) -> bool:
     """A "name" value that reads as a person: 2-3 capitalised words, one of them a known name or no
-    common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu"); or people listed
-    with "&", "and" or commas ("Flora & Ida"), each 1-3 capitalised words, and one no common word."""
+    common word ("Sole Barzini"; not "get_weather", "Save File", "Main Menu"); a lower-case full
+    name (`lower_full_names`); or people listed with "&", "and" or commas ("Flora & Ida"), each 1-3
+    capitalised words, and one no common word."""
     people = [p.split() for p in re.split(r"\s*(?:&|,|\band\b|\bund\b|\bet\b|\by\b|\be\b|\bog\b|\ben\b)\s*", value)]
     if len(people) >= 2:
         words = [w for p in people for w in p if w not in NAME_PARTICLES]
@@ -1874,6 +1891,8 @@ def _person_value(value: str) -> bool:
             and all(re.fullmatch(rf"[{UPPER}][\w'’\-]*", w) for w in words)
             and any(unknown_word(w) for w in words)
         )
+    if (0, len(value)) in lower_full_names(value):  # "name": "denis kadlecová"
+        return True
     words = [w for w in value.split() if w not in NAME_PARTICLES]  # "Victor van de Elzas"
     return (
         2 <= len(words) <= 3
