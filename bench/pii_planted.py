@@ -87,10 +87,13 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # Set 22, by an eighteenth (asked for a broad mix: transcribed screenshots, OCR, quoted email
 # threads, invites, customs forms, school admin, memberships, quarrels, claims, banking apps, test
 # fixtures; languages mixed), was measured once (2026-12-04 21:20 UTC) and then inspected: tune now.
-# HELD_OUT_23_TEMPLATES, by a nineteenth (asked for a week of one household and one small office,
-# told by many different people, half in English with foreign names and places, half mostly in
-# another language), are the held-out split (never inspected). Never print this file's text (a
-# formatter's diff, a line range): it holds the held-out split.
+# Set 23, by a nineteenth (asked for a week of one household and one small office, told by many
+# people, half in other languages), was measured once (2026-12-04 21:29 UTC) and then inspected:
+# tune now. HELD_OUT_24_TEMPLATES, by a twentieth (asked for the commonest requests of ordinary
+# users, spread evenly over English and the 10 other languages, rarely "my name is X"), are the
+# held-out split (never inspected; the helper's report mentioned that one template writes "card
+# ending in" before a full card number and one gives two people the same landline). Never print
+# this file's text (a formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -5637,6 +5640,180 @@ HELD_OUT_23_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_24_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 English - deposit email to landlord
+    [
+        ("user", "can you help me write an email to my old landlord? i moved out of {address} three weeks ago and still havent got my deposit back. he said he'd transfer it to my account ({iban}) 'within a few days'. keep it polite but firm"),
+        ("assistant", "Of course. Here's a draft:\n\nSubject: Return of deposit - {street}\n\nDear {name2},\n\nI moved out of {address} on the agreed date and returned all keys. As discussed, the deposit was to be transferred to my account {iban} within a few days, but three weeks later I have not received it.\n\nCould you please confirm when the transfer will be made? If there are any deductions, I would appreciate an itemised list.\n\nKind regards,\n{name}"),
+        ("user", "perfect, maybe add my number so he can call, its {phone}"),
+        ("assistant", "Sure, add this line before the sign-off:\n\nIf it's easier to discuss by phone, you can reach me on {phone}.\n\nKind regards,\n{name}\n{phone}"),
+    ],
+    # 2 German - cancel gym membership
+    [
+        ("user", "Hallo, ich möchte meinen Fitnessstudio-Vertrag kündigen. Kannst du mir ein Kündigungsschreiben aufsetzen? Meine Mitgliedsnummer ist {id}, Vertrag läuft auf {name}, wohne jetzt in {address}."),
+        ("assistant", "Gerne, hier ein Entwurf:\n\n{name}\n{address_lines}\n\nKündigung meiner Mitgliedschaft, Mitgliedsnummer {id}\n\nSehr geehrte Damen und Herren,\n\nhiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Bitte bestätigen Sie mir die Kündigung sowie das Vertragsende schriftlich.\n\nEine Einzugsermächtigung widerrufe ich zum Vertragsende.\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "danke! die wollen aber noch ne email adresse für die bestätigung, schreib {email} mit rein"),
+        ("assistant", "Klar, ergänze nach dem zweiten Absatz:\n\nDie Bestätigung senden Sie bitte an {email}.\n\nDer Rest bleibt gleich."),
+    ],
+    # 3 French - message to plumber, number in words
+    [
+        ("user", "tu peux corriger mon message pour le plombier stp? \"bonjour, c est {first} du {address_lower}, la fuite sous l evier a recommencé, vous pouvez passer jeudi? mon num c est le {phone} (zero six quarante deux si ca passe pas)\""),
+        ("assistant", "Voici une version corrigée :\n\n« Bonjour, c'est {first} {surname}, au {address}. La fuite sous l'évier a recommencé. Pourriez-vous passer jeudi ? Vous pouvez me joindre au {phone}. Merci d'avance ! »"),
+        ("user", "top merci. et si c est sa femme qui répond, elle s appelle {first2}, je commence par quoi?"),
+        ("assistant", "Tu peux simplement commencer par « Bonjour {first2}, » puis garder le reste du message tel quel."),
+    ],
+    # 4 Spanish - fill JSON form
+    [
+        ("user", "Necesito rellenar este JSON para el formulario de inscripción del curso, ¿me lo completas con mis datos? Soy {name}, correo {email}, teléfono {phone}, vivo en {city}.\n\n{{\n  \"nombre\": \"\",\n  \"email\": \"\",\n  \"telefono\": \"\",\n  \"ciudad\": \"\",\n  \"newsletter\": false\n}}"),
+        ("assistant", "Aquí lo tienes:\n\n```json\n{{\n  \"nombre\": \"{name}\",\n  \"email\": \"{email}\",\n  \"telefono\": \"{phone}\",\n  \"ciudad\": \"{city}\",\n  \"newsletter\": false\n}}\n```\n\nSi quieres recibir novedades del curso, cambia `newsletter` a `true`."),
+        ("user", "vale, y añade un campo para el contacto de emergencia, mi hermana {name2}"),
+        ("assistant", "```json\n{{\n  \"nombre\": \"{name}\",\n  \"email\": \"{email}\",\n  \"telefono\": \"{phone}\",\n  \"ciudad\": \"{city}\",\n  \"contacto_emergencia\": \"{name2}\",\n  \"newsletter\": false\n}}\n```"),
+    ],
+    # 5 Italian - summarise forwarded thread
+    [
+        ("user", "Mi riassumi questo thread? Devo capire cosa vuole il condominio.\n\n---------- Messaggio inoltrato ----------\nDa: {name2} <{email}>\nOggetto: Re: lavori facciata\n\nGentile {surname},\ncome anticipato a voce, i lavori alla facciata di {street} inizieranno il 3 del mese. Le chiediamo di liberare il balcone entro quella data. Per qualsiasi dubbio mi chiami al {phone}.\n\nCordiali saluti,\n{name2}\nAmministratore condominiale\n{email} | {phone}"),
+        ("assistant", "In breve: {name2}, l'amministratore, ti informa che i lavori alla facciata di {street} partono il 3 del mese e ti chiede di liberare il balcone entro quella data. Per domande puoi chiamarlo al {phone} o scrivere a {email}."),
+        ("user", "ok grazie. scrivigli due righe che va bene, firmo {first}"),
+        ("assistant", "Gentile {first2},\n\ngrazie per l'avviso. Libererò il balcone entro il 3 del mese.\n\nCordiali saluti,\n{first}"),
+    ],
+    # 6 Polish - translate message with IBAN
+    [
+        ("user", "przetłumacz na angielski proszę, to do kolegi z pracy w Londynie:\n\n\"Cześć {first2}, oddaj mi proszę te 40 funtów za bilety na koncert. Przelej na moje konto {iban}, tytuł: bilety. Dzięki! {name}\""),
+        ("assistant", "Here's the translation:\n\n\"Hi {first2}, could you please pay me back the 40 pounds for the concert tickets? Please transfer it to my account {iban}, reference: tickets. Thanks! {name}\""),
+        ("user", "a jak on nie ma przelewów międzynarodowych to może na revoluta na numer {phone}, dopisz to"),
+        ("assistant", "\"Hi {first2}, could you please pay me back the 40 pounds for the concert tickets? Please transfer it to my account {iban}, reference: tickets. If an international transfer is a hassle, you can also send it via Revolut to {phone}. Thanks! {name}\""),
+    ],
+    # 7 Dutch - Python code review with card and password
+    [
+        ("user", "Kun je even naar mijn testscript kijken? Hij faalt bij de betaling.\n\n```python\nimport requests\n\nklant = {{\n    \"naam\": \"{name}\",\n    \"kaart\": \"{card}\",\n    \"email\": \"{email}\",\n}}\n\nr = requests.post(\"https://shop.local/api/pay\", json=klant, auth=(\"{first_lower}\", \"{password}\"))\nprint(r.status_code, r.json()[\"status\"]\n```"),
+        ("assistant", "Er ontbreekt een sluitend haakje op de laatste regel. Zo werkt het:\n\n```python\nprint(r.status_code, r.json()[\"status\"])\n```\n\nVerder een tip: zet `{password}` en het kaartnummer `{card}` niet hard in je script. Gebruik liever omgevingsvariabelen:\n\n```python\nimport os\nauth = (\"{first_lower}\", os.environ[\"SHOP_PASSWORD\"])\n```"),
+        ("user", "ah stom. en het wachtwoord is toch maar van de testomgeving hoor"),
+        ("assistant", "Snap ik, maar ook testwachtwoorden belanden vaak in git. Als `{password}` ergens anders ook gebruikt wordt, zou ik het wijzigen."),
+    ],
+    # 8 Portuguese - SQL insert
+    [
+        ("user", "Pode me ajudar com esse SQL? Dá erro de sintaxe.\n\nINSERT INTO clientes (nome, email, cpf, cidade)\nVALUES ('{name}', '{email}', '{id}' '{city}');"),
+        ("assistant", "Falta uma vírgula entre o CPF e a cidade. A versão corrigida:\n\n```sql\nINSERT INTO clientes (nome, email, cpf, cidade)\nVALUES ('{name}', '{email}', '{id}', '{city}');\n```"),
+        ("user", "valeu! e pra inserir tb a {name2}, mesma cidade, email {first2}@gmail.com, sem cpf por enquanto?"),
+        ("assistant", "```sql\nINSERT INTO clientes (nome, email, cpf, cidade)\nVALUES\n  ('{name}', '{email}', '{id}', '{city}'),\n  ('{name2}', '{first2}@gmail.com', NULL, '{city}');\n```\n\nO `NULL` deixa o CPF vazio até você ter o número."),
+    ],
+    # 9 Czech - CSV check
+    [
+        ("user", "Ahoj, můžeš mi zkontrolovat tohle CSV? Import do účetnictví hlásí chybu na druhém řádku.\n\njmeno;email;telefon;ucet\n{name};{email};{phone};{iban}\n{name2};{first2}.novak@seznam.cz;{phone}\n{first3} Dvořák;;;"),
+        ("assistant", "Na druhém datovém řádku ({name2}) chybí poslední sloupec, takže má jen tři hodnoty místo čtyř. Doplň prázdný středník na konec:\n\n```\njmeno;email;telefon;ucet\n{name};{email};{phone};{iban}\n{name2};{first2}.novak@seznam.cz;{phone};\n{first3} Dvořák;;;\n```\n\nMimochodem, {name} a {name2} mají stejné telefonní číslo {phone}, je to schválně?"),
+        ("user", "jo to je jejich společná pevná linka, dík"),
+    ],
+    # 10 Hungarian - blocked card email to bank
+    [
+        ("user", "Segíts megírni egy emailt a bankomnak! Tegnap letiltották a kártyámat ({card}) mert gyanús tranzakció volt, de én voltam, szállást foglaltam. Kérem hogy oldják fel. Telefonon nem érem el őket."),
+        ("assistant", "Természetesen, íme egy javaslat:\n\nTárgy: Letiltott bankkártya feloldása\n\nTisztelt Ügyfélszolgálat!\n\nTegnap a {card} számú bankkártyámat gyanús tranzakció miatt letiltották. Szeretném jelezni, hogy a tranzakciót én kezdeményeztem (szállásfoglalás), ezért kérem a kártya mielőbbi feloldását.\n\nÜdvözlettel:\n[Név]"),
+        ("user", "a név {name}, és írd bele hogy a {phone} számon hívjanak vissza légyszi. meg a kártyaszámnak csak a végét írd"),
+        ("assistant", "Tárgy: Letiltott bankkártya feloldása\n\nTisztelt Ügyfélszolgálat!\n\nTegnap a bankkártyámat gyanús tranzakció miatt letiltották. A tranzakciót én kezdeményeztem (szállásfoglalás), ezért kérem a kártya mielőbbi feloldását. Visszahívást a {phone} telefonszámon kérek.\n\nÜdvözlettel:\n{name}\n\nA kártyaszámból elég az utolsó négy számjegyet megadni, a teljes számot ({card}) emailben inkább ne küldd el."),
+    ],
+    # 11 Danish - letter to kommune
+    [
+        ("system", "Du er en hjælpsom assistent, der svarer på dansk."),
+        ("user", "jeg skal skrive til kommunen om at min datter skal skifte skole. hun hedder {first3}, jeg er {name}, vi bor {address}. de vil have mit cpr, det er {id}. kan du lave et kort brev"),
+        ("assistant", "Her er et forslag:\n\n{name}\n{address_lines}\nCPR: {id}\n\nVedr.: Skoleskift for {first3} {surname}\n\nKære Børne- og Skoleforvaltning\n\nJeg vil gerne ansøge om, at min datter {first3} skifter skole fra næste skoleår. Vi bor på {street} i {city}, og vi ønsker, at hun går på distriktsskolen.\n\nJeg ser frem til at høre fra jer.\n\nMed venlig hilsen\n{name}"),
+        ("user", "super, tilføj lige min mail {email} nederst"),
+        ("assistant", "Med venlig hilsen\n{name}\n{email}"),
+    ],
+    # 12 English - Slack-like, password shared casually
+    [
+        ("user", "summarise this slack thread for me, i was out:\n\n{name2}  9:12 AM\nwifi in the new office is up, network is Office-5G\n{name2}  9:13 AM\nkey is {password} btw, dont share outside the team\n{name}  9:20 AM\nthx! also who has the card for the parking? mine expired\n{first3}  9:41 AM\n@{first} I do, desk by the window"),
+        ("assistant", "Quick summary:\n- {name2} announced the new office wifi (Office-5G); the key is {password}, and it's for the team only.\n- {first} asked about the parking card because theirs expired.\n- {first3} has the parking card, at the desk by the window."),
+        ("user", "lol the parking thing was me. ok cool so what do i type for the wifi again"),
+        ("assistant", "Network: Office-5G\nKey: {password}"),
+    ],
+    # 13 English - YAML config
+    [
+        ("user", "why does this docker-compose not pick up my mail settings?\n\n```yaml\nservices:\n  app:\n    image: myapp:latest\n    environment:\n      SMTP_USER: {email}\n      SMTP_PASS: {password}\n      ADMIN_NAME: {name}\n  env_file: .env\n```"),
+        ("assistant", "`env_file` is at the wrong indentation level: it's a sibling of `app` instead of a key inside it. Fix:\n\n```yaml\nservices:\n  app:\n    image: myapp:latest\n    env_file: .env\n    environment:\n      SMTP_USER: {email}\n      SMTP_PASS: ${{SMTP_PASS}}\n      ADMIN_NAME: \"{name}\"\n```\n\nI'd also move `{password}` into `.env` as `SMTP_PASS={password}` and keep `.env` out of version control. Quoting the name helps if it ever contains special characters."),
+        ("user", "thanks. {first2} from devops says we also need the alert phone, its {phone}"),
+        ("assistant", "Add it under `environment`:\n\n```yaml\n      ALERT_PHONE: \"{phone}\"\n```\n\nQuote it so YAML doesn't treat a leading + or 0 oddly."),
+    ],
+    # 14 German - markdown table of team contacts
+    [
+        ("user", "mach mir aus dieser liste bitte eine markdown tabelle für unser wiki\n\n{name} - Teamleitung - {email} - {phone}\n{name2}, Buchhaltung, durchwahl 214\n{first3} (Azubi) hat noch keine mail"),
+        ("assistant", "| Name | Rolle | E-Mail | Telefon |\n|---|---|---|---|\n| {name} | Teamleitung | {email} | {phone} |\n| {name2} | Buchhaltung | – | Durchwahl 214 |\n| {first3} | Auszubildende/r | – | – |"),
+        ("user", "perfekt. {surname}s Handy ist eigentlich privat, kannst du stattdessen \"über Zentrale\" schreiben?"),
+        ("assistant", "| Name | Rolle | E-Mail | Telefon |\n|---|---|---|---|\n| {name} | Teamleitung | {email} | über Zentrale |\n| {name2} | Buchhaltung | – | Durchwahl 214 |\n| {first3} | Auszubildende/r | – | – |"),
+    ],
+    # 15 French - broken export with ??? separators
+    [
+        ("user", "J'ai exporté mes contacts depuis le vieux logiciel et les adresses sont toutes comme ça : {address_qq}. Tu peux me remettre celle de {name} au bon format pour une enveloppe ?"),
+        ("assistant", "Bien sûr. Les « ??? » remplacent les retours à la ligne. Pour l'enveloppe :\n\n{name}\n{address_lines}"),
+        ("user", "merci! et en formule excel pour remplacer les ??? dans toute la colonne B ?"),
+        ("assistant", "Tu peux utiliser :\n\n```\n=SUBSTITUE(B2;\"???\";CAR(10))\n```\n\nPuis active « Renvoyer à la ligne automatiquement » sur la colonne. Par exemple, « {address_qq} » deviendra trois lignes."),
+    ],
+    # 16 Spanish - casual lower case, card
+    [
+        ("user", "oye una duda, me llegó un sms de que mi tarjeta {card} se ha usado en amazon por 300 euros y yo no he sido. el sms dice que llame al {phone}. es normal??"),
+        ("assistant", "Ten mucho cuidado: es un patrón típico de fraude (smishing). No llames al {phone} del SMS ni des ningún dato. Llama al número que aparece en el reverso de tu tarjeta o en la app de tu banco, y revisa allí si de verdad hay un cargo de 300 € en la tarjeta {card}."),
+        ("user", "vale ya he llamado al banco, era falso. mi suegra {name2} tambien lo recibio, le escribo algo?"),
+        ("assistant", "Sí, algo así:\n\n\"Hola {first2}, si te ha llegado un SMS diciendo que se ha usado tu tarjeta en Amazon, es una estafa. No llames al número que pone ni des datos. Si tienes dudas, llama directamente a tu banco. Un beso, {first}\""),
+    ],
+    # 17 Italian - CV fix
+    [
+        ("user", "Puoi sistemare l'intestazione del mio CV? Sembra disordinata.\n\n{name_lower}\nvia... {address}\ncell {phone} mail {email}\nnato a {city}"),
+        ("assistant", "Ecco una versione più ordinata:\n\n**{name}**\n{address}\nTel.: {phone} · Email: {email}\n\nIl luogo di nascita ({city}) in genere non è necessario in un CV; puoi toglierlo, a meno che non sia richiesto."),
+        ("user", "ok, e per la lettera di presentazione inizio con \"Gentile dott.ssa {surname}\"? no aspetta, la selezionatrice si chiama {name2}"),
+        ("assistant", "Allora scrivi: \"Gentile dott.ssa {name2},\" oppure, più formale, solo con il cognome se lo preferisci. Poi chiudi la lettera con:\n\nCordiali saluti,\n{name}\n{phone}"),
+    ],
+    # 18 Polish - shell script with password
+    [
+        ("user", "mam skrypt do backupu i nie działa mysqldump, co jest źle?\n\n```bash\n#!/bin/bash\nDB_USER={first_lower}\nDB_PASS='{password}'\nmysqldump -u $DB_USER -p $DB_PASS sklep > /backup/sklep_$(date +%F).sql\n```"),
+        ("assistant", "Przy `-p` hasło musi być doklejone bez spacji, inaczej mysqldump traktuje `{password}` jako nazwę bazy. Poprawnie:\n\n```bash\nmysqldump -u \"$DB_USER\" -p\"$DB_PASS\" sklep > /backup/sklep_$(date +%F).sql\n```\n\nBezpieczniej jednak trzymać dane w `~/.my.cnf`:\n\n```ini\n[mysqldump]\nuser={first_lower}\npassword={password}\n```\n\ni nadać plikowi `chmod 600`."),
+        ("user", "dzięki działa. wyślę to {first2}, on ma drugi serwer, jego mail to {email}"),
+        ("assistant", "Jasne. Tylko zanim wyślesz, usuń z pliku hasło `{password}` — niech {first2} wpisze swoje w swoim `~/.my.cnf`."),
+    ],
+    # 19 Dutch - invoice email, possessive
+    [
+        ("user", "Kun je een nette mail schrijven naar een klant die al twee maanden niet betaald heeft? Factuur 2024-031, € 850. Klant is {name2}. Mijn gegevens: {name}, {email}, rekening {iban}."),
+        ("assistant", "Onderwerp: Herinnering factuur 2024-031\n\nBeste {first2},\n\nUit onze administratie blijkt dat factuur 2024-031 van € 850 nog niet is voldaan. Wil je het bedrag binnen 14 dagen overmaken naar {iban} t.n.v. {name}, onder vermelding van het factuurnummer?\n\nHeb je inmiddels betaald, dan kun je deze mail als niet verzonden beschouwen.\n\nMet vriendelijke groet,\n{name}\n{email}"),
+        ("user", "goed. {first2}'s boekhouder heet trouwens {first3}, moet die in cc?"),
+        ("assistant", "Dat is verstandig, zeker als {first3} de betalingen regelt. Zet het adres van {first3} in cc en begin eventueel met \"Beste {first2} en {first3},\"."),
+    ],
+    # 20 Portuguese - complaint (system turn)
+    [
+        ("system", "You are a helpful assistant. Answer in the user's language."),
+        ("user", "quero fazer uma reclamação na loja online, cobraram duas vezes no meu cartão {card}. pedido no nome de {name}, entrega na {street}, {city}. me ajuda a escrever?"),
+        ("assistant", "Claro! Sugestão:\n\nAssunto: Cobrança em duplicidade\n\nOlá,\n\nMeu nome é {name} e fiz um pedido com entrega na {street}, {city}. Ao conferir a fatura, percebi que a compra foi cobrada duas vezes no cartão final {card}.\n\nSolicito o estorno da cobrança duplicada o quanto antes.\n\nAtenciosamente,\n{name}"),
+        ("user", "coloca meu whats tb: {phone}"),
+        ("assistant", "Atenciosamente,\n{name}\nWhatsApp: {phone}"),
+    ],
+    # 21 Czech - translate password reset note
+    [
+        ("user", "Přelož mi to do angličtiny, posílám to kolegyni do Dublinu:\n\n\"Ahoj {first2}, resetovala jsem ti přístup do systému. Přihlašovací jméno je {email}, dočasné heslo {password}, po prvním přihlášení si ho změň. Kdyby něco, volej na {phone}. {first}\""),
+        ("assistant", "\"Hi {first2}, I've reset your access to the system. Your login is {email} and your temporary password is {password}. Please change it after you first log in. If anything comes up, call me on {phone}. {first}\""),
+        ("user", "díky, a zní to přirozeně? nechci aby to bylo moc formální"),
+        ("assistant", "Ano, je to přirozené. Pokud chceš ještě uvolněnější tón, můžeš začít „Hey {first2}!\" a zakončit „Cheers, {first}\"."),
+    ],
+    # 22 Hungarian - guest list
+    [
+        ("user", "Szülinapi bulit szervezek, rendezd ábécé sorrendbe a vendéglistát és írd mellé kinek kell még szólni:\n\n- {name2} (már igent mondott)\n- {first3} Kovács\n- {name}, aki hozza a tortát\n- {first2} párja, még nem tudom a nevét"),
+        ("assistant", "Vendéglista:\n\n1. {first3} Kovács – még szólni kell\n2. {name} – igen, hozza a tortát\n3. {name2} – igen\n4. {first2} párja – még szólni kell (név ismeretlen)\n\nMegjegyzés: vezetéknév szerint rendeztem, ahol volt."),
+        ("user", "köszi. a meghívóba írd bele a címet is: {address}, és hogy {first}-nál lehet jelezni a {phone} számon"),
+        ("assistant", "Kedves Barátaim!\n\nSzeretettel meghívlak a szülinapi bulimra!\nHelyszín: {address}\n\nKérlek, jelezzétek, ha jöttök: {first}-nál a {phone} számon.\n\nVárok mindenkit!"),
+    ],
+    # 23 Danish - sublet contract
+    [
+        ("user", "Hej, kan du tjekke min fremlejekontrakt for fejl? Det er bare den del med parterne:\n\nUdlejer: {name}, {address}\nLejer: {name2}\nHusleje betales den 1. i måneden til konto {iban}\nKontakt: {email}"),
+        ("assistant", "Det ser fint ud. Et par forslag:\n\n- Tilføj lejers nuværende adresse og kontaktoplysninger, ikke kun {name2}s navn.\n- Skriv beløbet for huslejen.\n- Angiv om {iban} er en dansk eller udenlandsk konto, hvis lejer skal betale fra udlandet.\n\nForslag til formulering:\n\nUdlejer: {name}, {address}, e-mail: {email}\nLejer: {name2}, [adresse], [e-mail]\nHuslejen på [beløb] kr. betales forud den 1. i hver måned til konto {iban}."),
+        ("user", "tak. {first2} siger hun også vil have mit pasnummer med, er det normalt? det er {id}"),
+        ("assistant", "Det er ikke almindeligt i en fremlejekontrakt. Navn og adresse er normalt nok til at identificere parterne. Vil {first2} alligevel have {id_kind} med, kan du vise passet ved underskrivelsen i stedet for at skrive {id} ind i kontrakten."),
+    ],
+    # 24 English - support reply formatting (system turn)
+    [
+        ("system", "You help a small business owner write replies to customers. Keep replies short and friendly."),
+        ("user", "customer writes: 'hi, this is {name}, i ordered a standing desk last week, order went to {address_lines}\nbut tracking says delivered and nothing here. my {id_kind} is {id} if you need it.' draft a reply pls"),
+        ("assistant", "Hi {first},\n\nThanks for getting in touch, and sorry your desk hasn't arrived. I can see it was shipped to:\n\n{address_lines}\n\nI've opened an investigation with the courier. It can take up to 48 hours; I'll update you as soon as I hear back. There's no need to send your {id_kind} ({id}). We don't need it to sort this out, so please don't share it with us.\n\nBest,\n[Your name]"),
+        ("user", "sign it from {name2} and mention they can also call {phone}"),
+        ("assistant", "...I'll update you as soon as I hear back. If you'd prefer to talk, call us on {phone}.\n\nBest,\n{name2}"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -5659,8 +5836,9 @@ TEMPLATES = {
     + HELD_OUT_19_TEMPLATES
     + HELD_OUT_20_TEMPLATES
     + HELD_OUT_21_TEMPLATES
-    + HELD_OUT_22_TEMPLATES,
-    "held-out": HELD_OUT_23_TEMPLATES,
+    + HELD_OUT_22_TEMPLATES
+    + HELD_OUT_23_TEMPLATES,
+    "held-out": HELD_OUT_24_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
