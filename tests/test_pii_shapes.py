@@ -951,6 +951,22 @@ def test_ids_in_inline_code_and_json_siblings_and_inflected_password_words(step:
     assert not [v for v in ("kalina wróbel", "Zdeňka") if v in out], out
 
 
+def test_auth_pairs_in_code_hungarian_phone_words_after_and_an_id_a_sentence_later(step: PiiScrub) -> None:
+    """From blind set 24: requests' auth=("user", "pw") in code (and the password found again in
+    prose), "a 616 1670 számon hívjanak" (the phone word after), "mit pasnummer med, er det
+    normalt? det er X" (the id a sentence after its name)."""
+    cases = [
+        ('```python\nr = post(url, auth=("floor", "TIPBWK4uMut"))\n```\nzet `TIPBWK4uMut` niet in je script', "nl"),
+        ("írd bele hogy a 616 1670 számon hívjanak vissza légyszi.", "hu"),
+        ("hun vil have mit pasnummer med, er det normalt? det er 785964455255", "da"),
+    ]
+    for text, language in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in ("TIPBWK4uMut", "616 1670", "785964455255") if v in out], out
+    kept = "my passport expired last year. it's a shame, the renewal costs 1234567 won"
+    assert step.scrub_text(kept) == kept
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

@@ -961,9 +961,11 @@ _EXTENSION = re.compile(r"[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6}$")
 
 # "gave me 5839 9207 and said text him", "... 0487 23 46 71, ring me": a call request just after the number
 _PHONE_AFTER = re.compile(
-    r"(?i)[ \t,;:–-]*(?:(?:and|&|then|so)[ \t]+)?(?:(?:said|asked|told[ \t]+me)[ \t]+(?:to[ \t]+)?)?"
+    # Hungarian names the number after it: "a 616 1670 számon hívjanak", "a 64873488 telefonszámon"
+    r"(?i)[ \t]+(?:telefon)?szám(?:on|ra|ot)\b|"
+    r"(?i:[ \t,;:–-]*(?:(?:and|&|then|so)[ \t]+)?(?:(?:said|asked|told[ \t]+me)[ \t]+(?:to[ \t]+)?)?"
     r"(?:text|call|ring|phone|sms|whats ?app|message|bel|appelle|llama|chiama|ruf)\w*"
-    r"[ \t]+(?:me|him|her|them|us|mich|ihn|sie|moi|le|la|mi|lo|hem|haar|mnie)\b"
+    r"[ \t]+(?:me|him|her|them|us|mich|ihn|sie|moi|le|la|mi|lo|hem|haar|mnie)\b)"
 )
 
 
@@ -1182,6 +1184,18 @@ class IdNumberRecognizer(_RegexRecognizer):
                 rf"(?:(?:la|le|el|il|lo|the|l')[ \t]*)?{_NOT_ID_NAME}[^\W\d_]{{3,}})"
                 r"[ \t]*(?i:is|es|est|è|je|jest|é|was|:|#|=)?[ \t]*"
                 rf"({_ID_VALUE})"
+            ),
+            1,
+            0.6,
+            "named",
+        ),
+        # the value a sentence later, 6+ digits, after "it is" in the languages of chat exports ("vil have
+        # mit pasnummer med, er det normalt? det er 785964455255")
+        (
+            re.compile(
+                rf"(?i:\b(?:{_ID_KEYWORDS}))[^\d\n]{{1,60}}?[.!?][ \t]+[^\d\n]{{0,30}}?"
+                r"(?i:\b(?:det er|det var|it'?s|it is|that'?s|es ist|c'est|es|è|to je|je to|jest|ez|az|é|het is))"
+                rf"[ \t:]+({_ID_VALUE})"
             ),
             1,
             0.6,
@@ -2120,6 +2134,11 @@ def _key_kind(key: str, value: str) -> str | None:
     return "PERSON" if kind == "NAME" else kind
 
 
+# the password of a user/password pair in code: requests' auth=("ana", "pw"), HTTPBasicAuth("ana", "pw")
+_AUTH_PAIR = re.compile(
+    r"(?:\bauth[ \t]*=[ \t]*\(|\bHTTP(?:Basic|Digest)Auth\()[ \t]*([\"'])[^\"'\n]*\1[ \t]*,[ \t]*"
+    r"([\"'])([^\"'\n]{4,128})\2"
+)
 # a vCard's personal properties (RFC 6350): "FN:Ana Gil", "N:Gil;Ana;;;", "TEL;TYPE=CELL:+34 ...",
 # "ADR;TYPE=HOME:;;8, chemin Guy Mendès;Paris;;75011;France" (box; extended; street; town; region; code; country)
 _VCARD_LINE = re.compile(r"(?im)^[ \t]*(FN|N|ADR|TEL|NICKNAME)(?:;[^:\n]*)?:([^\n]*?)[ \t]*$")
@@ -2178,6 +2197,7 @@ def keyed_values(text: str) -> list[tuple[str, int, int]]:
             out.append((kind, m.start(group), m.end(group)))
     out += [("PERSON", m.start(1), m.end(1)) for m in _GIT_NAME.finditer(text) if not _NOT_A_VALUE.match(m.group(1))]
     out += vcard_values(text)
+    out += [("SECRET", m.start(3), m.end(3)) for m in _AUTH_PAIR.finditer(text) if not _NOT_A_VALUE.match(m.group(3))]
     out += [("SECRET", m.start(2), m.end(2)) for m in _LITERAL.finditer(text) if _four_kinds(m.group(2))]
     # (column, cells, contact list) of markdown tables and CSV pastes; a contact list has a name column
     # beside an email, phone or address one
