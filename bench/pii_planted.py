@@ -89,11 +89,11 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # fixtures; languages mixed), was measured once (2026-12-04 21:20 UTC) and then inspected: tune now.
 # Set 23, by a nineteenth (asked for a week of one household and one small office, told by many
 # people, half in other languages), was measured once (2026-12-04 21:29 UTC) and then inspected:
-# tune now. HELD_OUT_24_TEMPLATES, by a twentieth (asked for the commonest requests of ordinary
-# users, spread evenly over English and the 10 other languages, rarely "my name is X"), are the
-# held-out split (never inspected; the helper's report mentioned that one template writes "card
-# ending in" before a full card number and one gives two people the same landline). Never print
-# this file's text (a formatter's diff, a line range): it holds the held-out split.
+# tune now. Set 24, by a twentieth (asked for the commonest requests of ordinary users, spread
+# evenly over English and the 10 other languages), was measured once (2026-12-04 21:37 UTC) and
+# then inspected: tune now. HELD_OUT_25_TEMPLATES, by a twenty-first (topics of its own choice,
+# about half English), are the held-out split (never inspected). Never print this file's text (a
+# formatter's diff, a line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -5814,6 +5814,560 @@ HELD_OUT_24_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_25_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 English, casual, deposit letter
+    [
+        ("user", """ok so i moved out of my flat 3 weeks ago and the landlord still hasnt sent back my deposit (950 quid). can you write a short firm letter? my details:
+{name}
+new address {address}
+bank for the refund: {iban}"""),
+        ("assistant", """Of course. Here's a firm but polite letter you can send:
+
+{name}
+{address_lines}
+
+[Date]
+
+Dear [Landlord's name],
+
+Re: Return of tenancy deposit
+
+I moved out of [old address] on [date] and returned all keys on the same day. Three weeks have now passed and I have not yet received my deposit of £950, nor any explanation for the delay.
+
+Please transfer the full amount within 14 days of this letter to the following account:
+
+Account holder: {name}
+IBAN: {iban}
+
+If there are any deductions you intend to make, please send me an itemised list with evidence. Otherwise I will have to raise a dispute with the deposit protection scheme.
+
+Yours sincerely,
+
+{name}"""),
+        ("user", "perfect. can you make it slightly less aggressive, he's actually been nice before"),
+        ("assistant", """Sure, here's a softer version of the middle part:
+
+"I hope you're well. I just wanted to follow up on my deposit of £950. It's been about three weeks since I moved out, so I thought I'd check in. Could you transfer it to my account ({iban}, account holder {name}) when you get a chance? If there's anything you need from me, just let me know."
+
+You can keep the header and the sign-off from before."""),
+    ],
+    # 2 German, gym cancellation
+    [
+        ("user", """Hallo, ich möchte meinen Vertrag beim Fitnessstudio kündigen, zum nächstmöglichen Termin. Mitgliedsnummer hab ich grad nicht, aber meine Ausweisnummer ist {id} falls das hilft?? Name {name}, wohne {address}"""),
+        ("assistant", """Gerne! Hier ist ein Entwurf:
+
+{name}
+{address}
+
+An
+[Name des Fitnessstudios]
+[Adresse]
+
+Kündigung meiner Mitgliedschaft
+
+Sehr geehrte Damen und Herren,
+
+hiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Meine Mitgliedsnummer liegt mir derzeit nicht vor; zur Identifikation gebe ich meine Ausweisnummer {id} an.
+
+Bitte bestätigen Sie mir den Eingang der Kündigung sowie das Vertragsende schriftlich.
+
+Mit freundlichen Grüßen
+
+{name}
+
+Hinweis: Eigentlich musst du keine Ausweisnummer angeben – Name, Anschrift und Geburtsdatum reichen dem Studio in der Regel, um dich zuzuordnen."""),
+    ],
+    # 3 English, Python KeyError
+    [
+        ("user", """why does this throw KeyError: 'phone'
+
+```python
+customers = [
+    {{"name": "{name}", "email": "{email}", "Phone": "{phone}"}},
+    {{"name": "{name2}", "email": "{email}", "card": "{card}"}},
+]
+
+for c in customers:
+    print(f"{{c['name']}} -> {{c['phone']}}")
+```"""),
+        ("assistant", """Two things are going on:
+
+1. The first dict uses the key `"Phone"` with a capital P. Dictionary keys are case-sensitive, so `c['phone']` doesn't find it.
+2. The second dict has no phone key at all – it has `"card"` instead.
+
+Use `.get()` with a fallback:
+
+```python
+for c in customers:
+    phone = c.get("phone") or c.get("Phone") or "n/a"
+    print(f"{{c['name']}} -> {{phone}}")
+```
+
+That prints:
+
+```
+{name} -> {phone}
+{name2} -> n/a
+```
+
+Side note: I'd avoid keeping a real card number like `{card}` in source code, even for testing – use a test number from your payment provider instead."""),
+    ],
+    # 4 English, SQL + JSON
+    [
+        ("user", """postgres is complaining: ERROR:  syntax error at or near "s"
+
+```sql
+INSERT INTO contacts (full_name, email, phone, street, postcode, city)
+VALUES ('{name}', '{email}', '{phone}', '{street}', '{post}', '{city}');
+INSERT INTO contacts (full_name, email, phone, street, postcode, city)
+VALUES ('{name2}', NULL, NULL, 'St John's Road 4', '{post}', '{city}');
+```"""),
+        ("assistant", """The problem is the apostrophe in `St John's Road` – it ends the string literal early, so Postgres sees a stray `s`. Escape it by doubling the single quote:
+
+```sql
+INSERT INTO contacts (full_name, email, phone, street, postcode, city)
+VALUES
+  ('{name}', '{email}', '{phone}', '{street}', '{post}', '{city}'),
+  ('{name2}', NULL, NULL, 'St John''s Road 4', '{post}', '{city}');
+```
+
+Better still, use parameterised queries from your application code so you never have to escape by hand."""),
+        ("user", "and how would the first row look as json for the api?"),
+        ("assistant", """Like this:
+
+```json
+{{
+  "full_name": "{name}",
+  "email": "{email}",
+  "phone": "{phone}",
+  "address": {{
+    "street": "{street}",
+    "postcode": "{post}",
+    "city": "{city}"
+  }}
+}}
+```"""),
+    ],
+    # 5 French, attestation d'hébergement
+    [
+        ("user", """bonjour, je dois faire une attestation d'hébergement pour mon amie {name2} qui habite chez moi depuis mars. moi c'est {name}, {address}. tu peux me faire un modèle ?"""),
+        ("assistant", """Bien sûr ! Voici un modèle :
+
+ATTESTATION D'HÉBERGEMENT
+
+Je soussigné(e) {name}, demeurant au {street}, {post} {city}, atteste sur l'honneur héberger à mon domicile {name2} depuis le [date] mars 2024.
+
+Fait pour servir et valoir ce que de droit.
+
+Fait à {city}, le [date]
+
+Signature :
+
+Pièces à joindre : une copie de ta pièce d'identité et un justificatif de domicile récent (facture d'électricité, quittance de loyer…)."""),
+        ("user", "merci !! est-ce que {first2} doit signer aussi ?"),
+        ("assistant", """Non, seule la personne qui héberge signe, donc toi, {first}. {first2} joint simplement l'attestation à son dossier, avec la copie de ta pièce d'identité et ton justificatif de domicile."""),
+    ],
+    # 6 English, forwarded email
+    [
+        ("user", """can u summarise this and tell me what i need to do
+
+---------- Forwarded message ---------
+From: {name} <{email}>
+Date: Tue, 14 May 2024 at 09:12
+Subject: Re: handover for the Leeds account
+To: {name2}
+
+Hi {first2},
+
+Quick one before I go on leave – the client wants the revised quote by Friday. Pricing sheet is in the shared drive under /Q2. If anything is urgent while I'm away, ring me on {phone}, but please only if it's really on fire.
+
+Cheers,
+{first}
+
+--
+{name}
+Senior Account Manager
+M: {phone}
+{email}"""),
+        ("assistant", """Summary: {first} ({name}) is going on leave and is handing the Leeds account over to you.
+
+What you need to do:
+1. Send the client the revised quote by Friday.
+2. Use the pricing sheet in the shared drive under /Q2.
+3. Only contact {first} on {phone} if something is genuinely urgent – otherwise it can wait until they're back."""),
+    ],
+    # 7 English, wifi key, lower-case
+    [
+        ("user", "my router keeps rejecting the wifi key i set. its {password} is there some character it doesnt like? model is a tp link archer c6"),
+        ("assistant", """A few things commonly cause this on TP-Link Archer routers:
+
+- WPA2/WPA3 keys must be between 8 and 63 characters.
+- Some firmware versions refuse certain characters, e.g. spaces at the start or end, quotes, or non-ASCII letters like ä or ł.
+- If you're using the Tether app, try the web interface (192.168.0.1) instead – the app has been known to be stricter.
+
+Also, since you've posted the key here, I'd pick a new one anyway once you've got it working."""),
+        ("user", "ok will change it to something with {first_lower} and my birth year then lol"),
+        ("assistant", "That works technically, but a name plus a birth year is easy to guess. A few random words strung together (e.g. four words with a number in between) is much stronger and still easy to type on a phone."),
+    ],
+    # 8 Spanish, bank complaint
+    [
+        ("user", """Hola, me han cobrado dos veces la misma compra con la tarjeta {card} (180,50 € en una tienda online). Quiero reclamar al banco. Me llamo {name} y la cuenta asociada es {iban}. ¿Me ayudas a redactar la reclamación?"""),
+        ("assistant", """¡Claro! Aquí tienes un borrador:
+
+Asunto: Reclamación por cargo duplicado
+
+Estimados señores:
+
+Me dirijo a ustedes como titular de la tarjeta {card}, vinculada a la cuenta {iban}.
+
+El día [fecha] realicé una compra online por importe de 180,50 €, que aparece cargada dos veces en mi extracto. Solicito la anulación del cargo duplicado y el reembolso de dicho importe en la cuenta indicada.
+
+Adjunto captura del extracto y el justificante de la compra.
+
+Quedo a la espera de su respuesta.
+
+Atentamente,
+{name}
+
+Consejo: si lo envías por correo electrónico, basta con poner los últimos cuatro dígitos de la tarjeta."""),
+    ],
+    # 9 English, docker compose YAML
+    [
+        ("user", """docker compose up gives `services.db.environment must be a mapping`. whats wrong
+
+```yaml
+services:
+  db:
+    image: postgres:16
+    environment:
+      - POSTGRES_USER: admin
+      - POSTGRES_PASSWORD: {password}
+  app:
+    build: .
+    environment:
+      ADMIN_EMAIL: {email}
+      DATABASE_URL: postgres://admin:{password}@db:5432/app
+```"""),
+        ("assistant", """You're mixing the two syntaxes under `db.environment`. Either use a list of `KEY=value` strings or a mapping, but not `- KEY: value`. As a mapping:
+
+```yaml
+services:
+  db:
+    image: postgres:16
+    environment:
+      POSTGRES_USER: admin
+      POSTGRES_PASSWORD: {password}
+  app:
+    build: .
+    environment:
+      ADMIN_EMAIL: {email}
+      DATABASE_URL: postgres://admin:{password}@db:5432/app
+```
+
+I'd also move the database password into a `.env` file that isn't committed, and reference it as `${{POSTGRES_PASSWORD}}` in the compose file. If it contains characters like `@` or `/`, remember to URL-encode it in `DATABASE_URL`."""),
+    ],
+    # 10 English, CSV to markdown table
+    [
+        ("user", """turn this into a markdown table pls
+
+name,email,phone,city
+{name},{email},{phone},{city}
+{name2},,,{city}
+{first3} (surname tbd),,,Leeds"""),
+        ("assistant", """Here you go:
+
+| Name | Email | Phone | City |
+|---|---|---|---|
+| {name} | {email} | {phone} | {city} |
+| {name2} | – | – | {city} |
+| {first3} (surname tbd) | – | – | Leeds |
+
+I used a dash for the missing values so the columns stay readable. Want me to add a column for notes?"""),
+    ],
+    # 11 Polish, tax office letter
+    [
+        ("user", "cześć, potrzebuję napisać krótkie pismo do urzędu skarbowego że zmieniłem numer konta do zwrotu podatku. nowe konto: {iban}. nazywam się {name}, PESEL {id}. mieszkam {address}"),
+        ("assistant", """Jasne, oto wzór:
+
+{name}
+{address}
+PESEL: {id}
+
+Naczelnik Urzędu Skarbowego
+w [miejscowość]
+
+Zawiadomienie o zmianie rachunku bankowego
+
+Uprzejmie informuję, że zwrot nadpłaty podatku proszę przekazać na mój nowy rachunek bankowy:
+{iban}
+
+Poprzedni rachunek został zamknięty.
+
+Z poważaniem
+{name}
+
+Uwaga: zmianę rachunku możesz też zgłosić elektronicznie przez e-Urząd Skarbowy albo na formularzu ZAP-3 – to zwykle szybsze niż pismo."""),
+    ],
+    # 12 Dutch, change of address, lower-case
+    [
+        ("user", "hoi! ik ben net verhuisd naar {address_lower} en moet dat doorgeven aan mijn zorgverzekeraar. kan je een kort mailtje schrijven? mijn naam is {name_lower} haha sorry voor de kleine letters"),
+        ("assistant", """Geen probleem! Hier is een voorstel:
+
+Onderwerp: Adreswijziging
+
+Beste heer/mevrouw,
+
+Graag geef ik mijn nieuwe adres door. Per [datum] woon ik op:
+
+{street}
+{post} {city}
+
+Mijn polisnummer is [polisnummer].
+
+Met vriendelijke groet,
+{name}"""),
+        ("user", "polisnummer is {id} trouwens"),
+        ("assistant", "Top, dan wordt die regel: \"Mijn polisnummer is {id}.\" De rest kan zo blijven. Let op: als je in Nederland bent ingeschreven bij de gemeente, geven veel verzekeraars het nieuwe adres ook automatisch door, maar een mailtje schaadt niet."),
+    ],
+    # 13 Italian, note to neighbour
+    [
+        ("user", "ciao, devo scrivere un biglietto gentile alla vicina, la signora {name2}, perché il suo cane abbaia tutta la notte. voglio lasciarle il mio numero così ne parliamo: {phone}. ah, io mi chiamo {first}"),
+        ("assistant", """Certo! Ecco una proposta:
+
+Gentile Signora {name2},
+
+mi scusi se la disturbo con questo biglietto. Sono {first}, abito nell'appartamento accanto. Negli ultimi tempi il suo cane abbaia spesso durante la notte e faccio un po' fatica a dormire.
+
+Sono sicuro/a che non è facile da gestire, e mi piacerebbe parlarne con calma. Se le va, mi può chiamare o scrivere al {phone}.
+
+Grazie mille e buona giornata,
+{first}"""),
+        ("user", "perfetto. alla fine metti solo 'cell. ' e il numero, senza la frase prima"),
+        ("assistant", """Ecco la chiusura modificata:
+
+Grazie mille e buona giornata,
+{first}
+cell. {phone}"""),
+    ],
+    # 14 Portuguese (BR), CV header
+    [
+        ("user", "Oi! Pode me ajudar a montar o cabeçalho do meu currículo? Nome: {name}, email {email}, cel {phone}, moro na {street}, {city} - CEP {post}. Quero algo moderno e simples"),
+        ("assistant", """Claro! Uma opção limpa em markdown:
+
+**{name}**
+{city}, {country} · {phone} · {email}
+
+---
+
+Dica: hoje em dia não é mais comum colocar o endereço completo ({street}, CEP {post}) no currículo – cidade e estado já bastam, e você protege seus dados. Se quiser, inclua também o link do seu LinkedIn na mesma linha."""),
+    ],
+    # 15 Czech, parcel to old address
+    [
+        ("user", "Ahoj, objednal jsem si přes e-shop boty a platil kartou {card}, ale balík šel na starou adresu. Nová adresa je {address}. Jak mám napsat e-shopu? Jmenuju se {name}, tel. {phone}"),
+        ("assistant", """Ahoj! Tady je návrh e-mailu:
+
+Předmět: Doručení na špatnou adresu – objednávka č. [číslo]
+
+Dobrý den,
+
+dne [datum] jsem u vás objednal boty (objednávka č. [číslo]), platba proběhla kartou. Zásilka byla bohužel odeslána na mou starou adresu. Prosím o přesměrování na novou adresu:
+
+{name}
+{address}
+
+V případě dotazů mě kontaktujte na tel. {phone}.
+
+Děkuji,
+{name}
+
+Číslo karty do e-mailu nepiš – e-shop ho k vyřízení nepotřebuje, stačí číslo objednávky."""),
+    ],
+    # 16 Hungarian, rental contract
+    [
+        ("user", "Szia! Albérleti szerződést kell írnom. Bérbeadó: {name}, lakcím {address}, személyi igazolvány száma {id}. Bérlő: {name2}. A bérleti díjat erre a számlára kell utalni: {iban}. Tudnál egy egyszerű szerződésmintát adni?"),
+        ("assistant", """Persze, itt egy egyszerű minta:
+
+LAKÁSBÉRLETI SZERZŐDÉS
+
+amely létrejött egyrészről
+{name} (lakcím: {address}, szig. szám: {id}) mint bérbeadó,
+másrészről
+{name2} mint bérlő között az alábbi feltételekkel:
+
+1. A bérlemény címe: [cím]
+2. A bérleti díj [összeg] Ft/hó, amelyet a bérlő minden hónap 10. napjáig a bérbeadó {iban} számú bankszámlájára utal.
+3. Kaució: [összeg] Ft, amelyet a bérbeadó a szerződés megszűnésekor visszafizet.
+4. A szerződés határozatlan időre jön létre, [x] napos felmondási idővel.
+
+[hely], [dátum]
+
+______________
+{name}
+bérbeadó
+
+______________
+{name2}
+bérlő
+
+Megjegyzés: magyar szerződésben a neveket családnév–utónév sorrendben szokás írni, tehát {surname} {first}."""),
+    ],
+    # 17 Danish, school message
+    [
+        ("user", "Hej, kan du hjælpe mig med at skrive en besked på Aula til klasselæreren? Min søn {first3} er syg i dag og i morgen. Min mand {first2} kommer forbi og henter hans lektier. Jeg hedder {name}. Og forresten, jeg kan ikke logge ind på den gamle skoleportal, koden jeg brugte var {password} – kan man nulstille den?"),
+        ("assistant", """Selvfølgelig! Her er et forslag:
+
+Hej [lærerens navn]
+
+{first3} er desværre syg i dag og i morgen. {first2} kommer forbi skolen og henter hans lektier, så han kan følge lidt med hjemmefra.
+
+Venlig hilsen
+{name}
+
+Angående login: Aula bruger MitID, så den gamle kode virker ikke længere. Hvis du har problemer, kan skolens kontor hjælpe. Og del helst ikke dine koder med nogen – heller ikke her."""),
+    ],
+    # 18 English, emergency card as markdown
+    [
+        ("user", "going hiking in the dolomites with two friends next week. make me a little emergency info card in markdown i can print. me: {name}, {id_kind} {id}, phone {phone}. emergency contact is my sister {name2}, she's on {email}. we're staying at Rifugio Lagazuoi the first 2 nights"),
+        ("assistant", """# Emergency Info – Dolomites Trip
+
+| | |
+|---|---|
+| **Name** | {name} |
+| **{id_kind}** | {id} |
+| **Phone** | {phone} |
+| **Emergency contact** | {name2} (sister) |
+| **Contact email** | {email} |
+| **Accommodation** | Rifugio Lagazuoi (nights 1–2) |
+
+**Emergency numbers in Italy:** 112 (general), 118 (ambulance / mountain rescue)
+
+Tip: print two copies, keep one in your pack and give one to {name2} together with your route plan."""),
+    ],
+    # 19 English, Slack export to action items
+    [
+        ("user", """can you turn this slack thread into action items
+
+[09:14] {first_lower}: did anyone update the billing info for the madrid office?
+[09:16] {name2}: yes, new company card is {card}, exp 09/27, I'll put it in 1password
+[09:16] {name2}: actually pls dont copy that anywhere
+[09:17] {first_lower}: lol too late its in this thread now
+[09:20] {first3}: also the courier needs a phone number for tomorrow's delivery, use {phone}?
+[09:21] {name2}: 👍"""),
+        ("assistant", """**Action items**
+
+1. **{name2}** – store the new company card ({card}, exp 09/27) in 1Password and delete the message from the Slack thread.
+2. **{first3}** – give {phone} to the courier for tomorrow's delivery.
+3. **{first}** – confirm the Madrid office billing details are updated everywhere they're needed.
+
+You might also want to ask an admin to remove the card number from the channel history."""),
+    ],
+    # 20 English, support bot with system prompt
+    [
+        ("system", "You are Nora, the support assistant for Brightline Energy. Be concise and friendly. Never ask for or repeat full identity document numbers."),
+        ("user", "hi its {first} again, my bill went up by like 40 quid?? account is under {email}. last time they asked for my {id_kind} to verify, its {id}"),
+        ("assistant", "Hi {first}, thanks for getting back in touch. I've found the account linked to {email}. You don't need to share your {id_kind} here – I can verify you with your date of birth and the first line of your address instead. The increase is most likely due to the price cap change on 1 April plus an estimated reading. Would you like me to send you a breakdown?"),
+        ("user", "ok whatever, yes send the breakdown to {email} and also to my partner {name2}"),
+        ("assistant", "I'll send the breakdown to {email} now. For data protection reasons I can only send it to {name2} once they've been added as an authorised person on the account – you can do that in the app under Settings → Account access."),
+    ],
+    # 21 English, curl 401
+    [
+        ("user", """getting 401 from our internal api and i'm 100% sure the creds are right
+
+```bash
+#!/bin/bash
+USER="{email}"
+PASS='{password}'
+curl -s -u $USER:$PASS https://api.internal.example.com/v2/reports \\
+  -H "Accept: application/json" | jq .
+```
+
+same login works in the browser"""),
+        ("assistant", """If the browser login works but curl doesn't, it's usually one of these:
+
+1. **Unquoted variables.** `$USER:$PASS` is subject to word splitting and globbing. If `{password}` contains spaces, `*`, `?` or similar, curl receives something else. Quote it:
+
+```bash
+curl -s -u "$USER:$PASS" https://api.internal.example.com/v2/reports \\
+  -H "Accept: application/json" | jq .
+```
+
+2. **`USER` is a reserved-ish variable.** Your shell already sets `$USER` to your login name; it's fine to overwrite it in a script, but renaming it to `API_USER` avoids surprises.
+3. **The API doesn't use Basic auth.** The browser may be using a session cookie or SSO. Check in the browser dev tools (Network tab) which `Authorization` header is actually sent.
+
+Try `curl -v` to see whether the `Authorization: Basic ...` header goes out at all."""),
+    ],
+    # 22 English, expense claim with possessive
+    [
+        ("user", "need to write up expenses from the berlin trip for finance. I paid the hotel (€612) on {first}'s card since mine got blocked – it was {card}. the taxis went on my own, reimbursement should go to {name2}, IBAN {iban}. can you draft the email to finance (cc:{name})"),
+        ("assistant", """Subject: Expense claim – Berlin trip
+
+Hi Finance team,
+
+Please find my expenses from the Berlin trip below:
+
+- Hotel: €612 – paid with {name}'s card ({card}), as my own card was blocked at the time. This amount should therefore be reimbursed to {first}.
+- Taxis: €[amount] – paid with my own card.
+
+Please transfer the taxi reimbursement to:
+Name: {name2}
+IBAN: {iban}
+
+All receipts are attached.
+
+Best regards,
+{first2}
+
+Cc: {name}
+
+Note: finance normally only needs the last four digits of {first}'s card, so you may want to shorten the number before sending."""),
+    ],
+    # 23 English, lost line breaks in export
+    [
+        ("user", "exported our orders from the shop and the address column came out like this: {name}???{address_qq}   can you make it a proper label"),
+        ("assistant", """The `???` marks are where the line breaks got lost during the export (usually an encoding problem with CR/LF characters). Here's the label:
+
+```
+{name}
+{address_lines}
+```
+
+If you have lots of these in Excel, use Find & Replace: search for `???` and replace with a line break (Ctrl+J in the replace field)."""),
+        ("user", "and in python for the whole csv?"),
+        ("assistant", """Sure:
+
+```python
+import csv
+
+with open("orders.csv", newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+
+for r in rows:
+    r["address"] = r["address"].replace("???", "\\n")
+
+with open("orders_fixed.csv", "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=rows[0].keys())
+    w.writeheader()
+    w.writerows(rows)
+```
+
+For the row above you'd then get `{name}` followed by {street}, {post} {city} and {country} on separate lines."""),
+    ],
+    # 24 English user, German message to translate
+    [
+        ("user", """can you translate this message from my german colleague? i only get half of it
+
+"hey, kurze info: die neue miete fürs büro geht ab juni auf {iban} (kontoinhaber {name}). der zugang zum vermieterportal ist {email}, pw ist {password} – bitte nicht weitergeben!! bei fragen {first} anrufen: {phone}"
+
+thanks!!"""),
+        ("assistant", """Here's the translation:
+
+"Hey, quick info: from June, the new office rent goes to {iban} (account holder {name}). The login for the landlord portal is {email}, the password is {password} – please don't pass it on!! If you have questions, call {first}: {phone}"
+
+In short: update the standing order for the rent to the new account from June, and use those credentials for the landlord portal. It might be worth suggesting a password manager for sharing the login next time."""),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -5837,8 +6391,9 @@ TEMPLATES = {
     + HELD_OUT_20_TEMPLATES
     + HELD_OUT_21_TEMPLATES
     + HELD_OUT_22_TEMPLATES
-    + HELD_OUT_23_TEMPLATES,
-    "held-out": HELD_OUT_24_TEMPLATES,
+    + HELD_OUT_23_TEMPLATES
+    + HELD_OUT_24_TEMPLATES,
+    "held-out": HELD_OUT_25_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
