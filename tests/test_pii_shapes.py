@@ -967,6 +967,24 @@ def test_auth_pairs_in_code_hungarian_phone_words_after_and_an_id_a_sentence_lat
     assert step.scrub_text(kept) == kept
 
 
+def test_hungarian_id_card_words_danish_login_and_a_name_before_an_exports_marks(step: PiiScrub) -> None:
+    """From blind set 25: "személyi igazolvány száma X", "szig. szám: X", a password after "logge ind",
+    an addressee joined to the address by an export's "???"."""
+    cases = [
+        ("Bérbeadó: Kiss Anna, személyi igazolvány száma BM6733918. (szig. szám: 266838057510)", "hu"),
+        ("jeg kan ikke logge ind på portalen, koden jeg brugte var 4PTXCpfM – kan man nulstille den?", "da"),
+        ("the address column came out like this: Árpád Fodor???Dózsa György utca 5.???H-4852 Mindszent", None),
+        ("the address column came out like this: Victoire Gautier???50, chemin de Courtois???44281 Nantes", None),
+    ]
+    for text, language in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in ("BM6733918", "266838057510", "4PTXCpfM", "Árpád", "Fodor") if v in out], out
+    # the addressee the address took in is a person too, so the name is found again elsewhere
+    turns = ["came out like this: Victoire Gautier???50, chemin de Courtois???44281 Nantes", "`Victoire Gautier`"]
+    out = "\n".join(m["content"] for m in scrub_record(step, [{"role": "user", "content": t} for t in turns]))
+    assert "Victoire" not in out and "Gautier" not in out, out
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

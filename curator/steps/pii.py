@@ -1057,17 +1057,30 @@ def _trimmed(text: str, span: Span) -> Span:
     return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
 
 
-_NAME_LINE = re.compile(rf"(?m)^[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)[ \t]*\n[ \t]*\Z")
+# a name on the line above, or before the "???" an export left for a line break, or after a colon
+# ("came out like this: Árpád Fodor???Dózsa utca 5")
+_NAME_HEAD = re.compile(rf"[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)[ \t]*(?:\n|\?{{2,}})[ \t]*")
+_NAME_LINE = re.compile(
+    rf"(?:(?m:^)|(?<=:[ \t])|(?<=\?\?))[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)"
+    r"[ \t]*(?:\n|\?{2,})[ \t]*\Z"
+)
 
 
 def _addressee_lines(text: str, found: list[Span]) -> list[Span]:
-    """The line just above a street address, when it is 2-4 capitalised words, is the addressee's name."""
+    """`found`, with the addressee's name of each street address as a person: the line just above it
+    (or the part before an export's "???"), when it is 2-4 capitalised words, or such a line that
+    the address span took in ("Victoire Gautier???50, chemin de Courtois???...")."""
     out = []
     for span in found:
         if span.type == "STREET_ADDRESS":
+            head = _NAME_HEAD.match(text, span.start, span.end)
+            if head and not any(c.isdigit() for c in head.group(1)) and not has_street_word(head.group(1)):
+                out.append(Span("PERSON", head.start(1), head.end(1), 0.6))
+                span = Span(span.type, head.end(), span.end, span.score)
             m = _NAME_LINE.search(text, 0, span.start)
             if m and not re.search(r"(?i)\b(?:address|street|ship|send|to|from|label|envelope)\b", m.group(1)):
                 out.append(Span("PERSON", m.start(1), m.end(1), 0.6))
+        out.append(span)
     return out
 
 
@@ -1394,7 +1407,7 @@ class PiiScrub:
                 for t in out
                 if t.type not in NER_TYPES or not any(t.start <= x.start and x.end <= t.end for x in secrets)
             ]
-            out = _postcode_tails(text, out) + _addressee_lines(text, out)
+            out = _addressee_lines(text, _postcode_tails(text, out))
             out = _whole_handles(text, _with_titles(text, _name_neighbours(text, _listed_names(text, out))))
             spans[i].extend(Span(s.type, s.start + offset, s.end + offset, s.score) for s in out)
         return [merge_spans(s) for s in spans]

@@ -349,7 +349,8 @@ _LOGIN_WORDS = re.compile(
 )
 _CRED_SCOPE = re.compile(r"[^\n]{0,80}")
 _CRED_STOP = re.compile(r"[.!?](?:\s|$)|\n")
-_CRED_TOKEN = re.compile(r"[^\s\"'`,;()<>\[\]{}]+")
+# a token, where an export's "???" for a lost line break also ends one ("Gautier???50" is two words)
+_CRED_TOKEN = re.compile(r"(?:[^\s\"'`,;()<>\[\]{}?]|\?(?!\?))+")
 _CRED_SYMBOLS = frozenset("!#$%&*?@^+=~|\\")
 _NOT_CREDENTIAL = re.compile(
     r"^(?:v?\d+(?:\.\d+)+\w*|[0-9a-f]+|[A-Z]?[a-z]+\d{1,4}|[\w.+\-]+@[\w\-]+\.[\w.\-]+|\w+://\S*|[~/].*|"
@@ -437,6 +438,7 @@ _PASSWORD_TOPIC = re.compile(
     # inflected and Nordic forms ("tego samego hasła", "jelszavam", "adgangskoden", "lösenordet"), "pw"
     r"has(?:ła|łem|łu|eł|la|lem)|hesl(?:a|em|u|o)|hesel|jelszav\w*|jelszót|contraseñas|senhas|palavra-passe|"
     r"wachtwoorden|kennwörter|adgangskode\w*|kodeord\w*|lösenord\w*|passord\w*|clave|mdp|pwd?|"
+    r"logge?[ \t]+ind|logge[ \t]+inn|logga[ \t]+in|"
     r"anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|přihlá\w*|bejelentkez\w*|iniciar\s+sesión|se\s+connecter|"
     r"wi-?fi|wlan|router|hotspot|ssid)(?!\w)"
 )
@@ -1128,7 +1130,8 @@ _ID_KEYWORDS = (
     r"členské\s+číslo|kundenummer|medlemsnummer|"
     # account, customer and contract numbers and tax ids of chat exports ("číslo zákaznického účtu")
     r"číslo\s+(?:zákaznického\s+)?účtu|zákaznické\s+číslo|číslo\s+smlouvy|numer\s+(?:konta|rachunku|umowy)|"
-    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel\w*)?|személyi\s+igazolvány(?:\s*szám)?|taj(?:-?\s*szám\w*)?|"
+    r"ügyfélszám|ügyfélazonosító|számlaszám|adóazonosító(?:\s+jel\w*)?|személyi\s+igazolvány(?:\s*szám\w*)?|"
+    r"szig\.?\s*szám\w*|taj(?:-?\s*szám\w*)?|"
     r"vertragsnummer|kontonummer|kontonr\.?|numéro\s+de\s+contrat|número\s+de\s+contrato|numero\s+di\s+contratto|"
     r"contractnummer|aftalenummer|cpr-nummer|rg|"
     # insurance policies ("polisnummer", "número de póliza"), and any compound "...nummer"/"...szám" that
