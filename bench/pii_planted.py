@@ -91,9 +91,11 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # people, half in other languages), was measured once (2026-12-04 21:29 UTC) and then inspected:
 # tune now. Set 24, by a twentieth (asked for the commonest requests of ordinary users, spread
 # evenly over English and the 10 other languages), was measured once (2026-12-04 21:37 UTC) and
-# then inspected: tune now. HELD_OUT_25_TEMPLATES, by a twenty-first (topics of its own choice,
-# about half English), are the held-out split (never inspected). Never print this file's text (a
-# formatter's diff, a line range): it holds the held-out split.
+# then inspected: tune now. Set 25, by a twenty-first (topics of its own choice, about half
+# English), was measured once (2026-12-04 21:45 UTC) and then inspected: tune now.
+# HELD_OUT_26_TEMPLATES, by a twenty-second (topics of its own choice, away from the obvious ones),
+# are the held-out split (never inspected). Never print this file's text (a formatter's diff, a
+# line range): it holds the held-out split.
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -6368,6 +6370,512 @@ In short: update the standing order for the rent to the new account from June, a
 ]
 
 
+HELD_OUT_26_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 EN fire brigade on-call list -> csv
+    [
+        ("user", """can you turn this into a csv with columns name,role,phone? its the on-call list for the volunteer fire brigade next month
+
+{name} - crew lead - {phone}
+{name2}, driver (no mobile, use the station line)
+{first3} new, trainee
+
+login for the rota site is firecrew / {password} if you need to check anything"""),
+        ("assistant", """Here you go:
+
+```csv
+name,role,phone
+{name},crew lead,{phone}
+{name2},driver,
+{first3},trainee,
+```
+
+I left {first2}'s phone empty since they use the station line, and {first3} only has a first name in your list. I didn't need the rota login, so you may want to change {password} if this list gets shared around."""),
+    ],
+    # 2 DE gym cancellation
+    [
+        ("user", """Hallo, kannst du mir eine Kündigung für mein Fitnessstudio schreiben? Mein Name ist {name}, ich wohne in der {street}, {post} {city}. Mitgliedsnummer hab ich nicht mehr, aber die buchen jeden Monat per Lastschrift von {iban} ab. Bitte zum nächstmöglichen Termin."""),
+        ("assistant", """Gerne, hier ein Entwurf:
+
+{name}
+{street}
+{post} {city}
+
+Betreff: Kündigung meiner Mitgliedschaft
+
+Sehr geehrte Damen und Herren,
+
+hiermit kündige ich meine Mitgliedschaft fristgerecht zum nächstmöglichen Zeitpunkt. Da mir meine Mitgliedsnummer nicht vorliegt, nenne ich zur Zuordnung die Bankverbindung, von der die Beiträge abgebucht werden: {iban}.
+
+Bitte stellen Sie die Lastschriften nach Vertragsende ein und bestätigen Sie mir die Kündigung sowie das Enddatum schriftlich.
+
+Mit freundlichen Grüßen
+{name}
+
+Tipp: Schick das Schreiben per Einschreiben, dann hast du einen Nachweis."""),
+        ("user", """danke!! kannst du noch ergänzen dass sie mich unter {phone} erreichen können, falls was unklar ist"""),
+        ("assistant", """Klar, füge vor der Grußformel einfach diesen Satz ein:
+
+"Für Rückfragen erreichen Sie mich telefonisch unter {phone}."
+
+Der Rest bleibt gleich, unterschrieben wird weiterhin mit {name}."""),
+    ],
+    # 3 EN pytest fixture dentist booking
+    [
+        ("user", """my test keeps failing with KeyError: 'email' and i cant see why
+
+```python
+import pytest
+
+@pytest.fixture
+def patient():
+    return {{
+        "full_name": "{name}",
+        "mail": "{email}",
+        "phone": "{phone}",
+        "portal_pw": "{password}",
+    }}
+
+def test_reminder(patient):
+    msg = build_reminder(patient)
+    assert patient["email"] in msg.to
+```"""),
+        ("assistant", """The fixture stores the address under the key `"mail"`, but the test (and probably `build_reminder`) reads `patient["email"]`. Rename the key:
+
+```python
+@pytest.fixture
+def patient():
+    return {{
+        "full_name": "{name}",
+        "email": "{email}",
+        "phone": "{phone}",
+        "portal_pw": "{password}",
+    }}
+```
+
+Unrelated, but if {name}'s details and `{password}` are copied from a real patient record, swap them for dummy values before you commit this."""),
+    ],
+    # 4 FR lost luggage in TGV
+    [
+        ("user", """bonjour, j'ai oublié ma valise dans le TGV Paris-Lyon hier soir. tu peux m'aider à écrire une déclaration d'objet perdu? je m'appelle {name}, mon adresse:
+{address_lines}
+tel {phone}, mail {email}. valise bleu marine, étiquette avec mon nom dessus. j'ai aussi mon {id_kind} si besoin : {id}"""),
+        ("assistant", """Bien sûr ! Voici un texte que vous pouvez copier dans le formulaire en ligne ou envoyer par courriel :
+
+Objet : Déclaration de perte – valise oubliée dans le TGV Paris–Lyon
+
+Madame, Monsieur,
+
+Je soussigné(e) {name}, demeurant {address}, {country}, déclare avoir oublié une valise dans le TGV Paris–Lyon d'hier soir.
+
+Description : valise de couleur bleu marine, munie d'une étiquette à mon nom ({name}).
+
+Vous pouvez me joindre au {phone} ou par courriel à {email}. Pour justifier de mon identité, je peux fournir mon {id_kind} ({id}).
+
+Je vous remercie par avance de votre aide.
+
+Cordialement,
+{name}
+
+Pensez à ajouter le numéro du train et votre voiture/place si vous les avez sur votre billet."""),
+    ],
+    # 5 EN forwarded wedding seating
+    [
+        ("user", """---------- Forwarded message ---------
+From: {name} <{email}>
+Subject: seating, final-ish
+
+ok so table 3 is {first3}, mum and me. {name2} can't sit near {first3} (long story) so put {first2} wherever, maybe with the uni lot?
+
+x
+
+--
+sorry for forwarding the whole thing lol, can you turn this into a seating table? {first}'s my sister, it's her wedding"""),
+        ("assistant", """Of course! Based on {first}'s email:
+
+| Table | Guests | Note |
+|---|---|---|
+| 3 | {first}, {first3}, Mum | as requested |
+| 5 | {name2} + uni friends | kept away from {first3} |
+
+I put {first2} on table 5 with the uni group since {first} suggested that; if you tell me how many tables there are and who else is coming, I can fill in the rest."""),
+    ],
+    # 6 ES van rental deposit
+    [
+        ("user", """oye, tengo que mandar la fianza para la furgoneta de la mudanza. el de la empresa me dijo: titular {name2}, IBAN {iban}, y en el concepto mi {id_kind} {id}. me redactas un whatsapp confirmando que ya hice la transferencia? yo soy {first}. o mejor le paso directamente la tarjeta {card} por teléfono??"""),
+        ("assistant", """Claro, aquí tienes el mensaje:
+
+«Hola, soy {first}. Te confirmo que acabo de hacer la transferencia de la fianza a la cuenta {iban}, a nombre de {name2}, con el concepto {id}. ¿Me avisas cuando te llegue? ¡Gracias!»
+
+Sobre la tarjeta: yo no mandaría el número {card} por WhatsApp ni lo dictaría por teléfono si ya has hecho la transferencia. Con el justificante del banco es suficiente."""),
+    ],
+    # 7 EN SQL model railway club
+    [
+        ("user", """writing a seed script for our model railway club app. does this look right for postgres?
+
+INSERT INTO members (full_name, email, card_on_file, joined)
+VALUES ('{name}', '{email}', '{card}', '2023-04-01'),
+       ('{name2}', NULL, NULL, '2024-01-15');"""),
+        ("assistant", """The syntax is fine and will run on Postgres. Two notes:
+
+1. Storing `'{card}'` as plain text in `card_on_file` is a PCI problem even in a small club app. Keep a token from your payment provider instead.
+2. If a surname ever contains an apostrophe, hard-coded literals break; use parameters in the app code.
+
+A safer seed would be:
+
+```sql
+INSERT INTO members (full_name, email, card_token, joined)
+VALUES ('{name}', '{email}', 'tok_test_visa', '2023-04-01'),
+       ('{name2}', NULL, NULL, '2024-01-15');
+```"""),
+    ],
+    # 8 IT condominium minutes
+    [
+        ("user", """Ciao, mi aiuti a scrivere il verbale dell'assemblea di condominio di ieri sera? presenti: {name} (amministratore), {name2}, {first3} dell'interno 4 e altri sei. si è deciso di rifare il portone, la proposta di {first2} è passata all'unanimità. la rata straordinaria va versata entro il 30 sull'IBAN {iban}. il palazzo è in {street}, {city}"""),
+        ("assistant", """Certo, ecco una bozza:
+
+VERBALE DI ASSEMBLEA CONDOMINIALE
+
+Condominio sito in {street}, {post} {city}
+
+Il giorno ___ alle ore 21:00 si è riunita l'assemblea del condominio. Presiede l'amministratore {name}. Sono presenti i condomini {name2}, {first3} (int. 4) e altri sei condomini.
+
+Punto 1 – Rifacimento del portone d'ingresso
+La proposta presentata da {name2} viene approvata all'unanimità.
+
+Punto 2 – Rata straordinaria
+I condomini sono tenuti a versare la rata straordinaria entro il giorno 30 sul conto corrente condominiale IBAN {iban}.
+
+Letto, approvato e sottoscritto.
+
+L'amministratore
+{name}
+
+Ho aggiunto un campo per il CAP: se non è {post}, correggilo pure."""),
+    ],
+    # 9 PL lost wallet
+    [
+        ("user", """zgubiłem portfel, był w nim dowód i karta. jak to zgłosić? mam zapisany {id_kind}: {id}, a karta to {card}. nazywam się {name}"""),
+        ("assistant", """Przykro mi, {first}. Najważniejsze kroki:
+
+1. **Zastrzeż kartę** {card} od razu, w aplikacji banku albo przez infolinię.
+2. **Zgłoś utratę dokumentu** ({id_kind}: {id}) w dowolnym urzędzie gminy albo przez mObywatel.
+3. **Zastrzeż dokument w systemie Dokumenty Zastrzeżone**, żeby nikt nie wziął na Ciebie kredytu.
+4. Jeśli podejrzewasz kradzież, zgłoś to też na policji."""),
+        ("user", """ok a jak bank zapyta o numer kontaktowy to mam podać {phone} czy ten stary?"""),
+        ("assistant", """Podaj ten, którego teraz używasz, czyli {phone}. Jeśli w banku jest jeszcze zapisany stary numer, poproś przy okazji o aktualizację danych na koncie {name}."""),
+    ],
+    # 10 EN grandma wifi card
+    [
+        ("user", """my grandma's at {address} and her new router is finally set up. i want to print a little card to stick on the fridge so visitors can get on the wifi. network is GRAN-{surname} and the key she picked is {password} lol. make it big and friendly?"""),
+        ("assistant", """Here's a simple card you can print:
+
+```
+==================================
+     WELCOME TO GRAN'S HOUSE!
+==================================
+
+   Wi-Fi:     GRAN-{surname}
+   Key:       {password}
+
+   {street}, {city}
+==================================
+```
+
+Print it in a large font (24pt or more) on thick paper. If you'd rather not have {password} on display, most routers can print a QR code that guests just scan."""),
+    ],
+    # 11 NL yaml newsletter smtp
+    [
+        ("user", """hoi, onze tennisclub gebruikt dit yaml bestand voor de nieuwsbrief maar de smtp login werkt niet meer sinds vorige week. zie jij wat er mis is?
+
+```yaml
+smtp:
+  host: smtp.ziggo.nl
+  port: 587
+  user: {email}
+  pass: {password}
+  tls: yes
+sender:
+  name: {name}
+  reply_to: {email}
+```"""),
+        ("assistant", """Een paar dingen om te checken:
+
+1. Op poort 587 hoort STARTTLS, niet directe TLS. Veel bibliotheken verwachten daarvoor een aparte optie.
+2. Als het wachtwoord tekens als `#`, `:` of `%` bevat, leest YAML het anders dan je denkt. Zet waarden daarom tussen aanhalingstekens.
+
+```yaml
+smtp:
+  host: smtp.ziggo.nl
+  port: 587
+  user: "{email}"
+  pass: "{password}"
+  starttls: true
+sender:
+  name: "{name}"
+  reply_to: "{email}"
+```
+
+En zet het wachtwoord liever in een omgevingsvariabele dan in het bestand, zeker als {first} het bestand met andere bestuursleden deelt."""),
+    ],
+    # 12 EN pet insurance claim
+    [
+        ("user", """ok so the pet insurance claim form wants my policy thing and a card for the excess. policy is my {id_kind} apparently?? its {id}. card: {card} exp 09/27. can you fill the text bits for me, name {name}, reachable on {phone} most days after 5. the dog ate a sock, had to have surgery"""),
+        ("assistant", """Sorry to hear about the sock! Here's what to put in each field:
+
+- **Policyholder name:** {name}
+- **{id_kind}:** {id}
+- **Contact number:** {phone} (best after 5pm)
+- **Payment card for excess:** {card}, expiry 09/27
+
+**Description of incident:**
+"My dog swallowed a sock, which caused an intestinal blockage. The vet carried out emergency surgery to remove it. Invoices and the clinical notes are attached."
+
+Double-check that the form really wants the {id_kind} as the policy reference; sometimes it's a separate number printed on the policy schedule."""),
+    ],
+    # 13 PT-BR rent receipt
+    [
+        ("user", """preciso fazer um recibo de aluguel pro meu inquilino. locador: eu, {name}, {id_kind} {id}. inquilino: {name2}. imóvel na {street}, {city} - CEP {post}. valor R$ 1.800,00 referente a março"""),
+        ("assistant", """Claro! Segue o modelo:
+
+RECIBO DE ALUGUEL
+
+Recebi de {name2} a quantia de R$ 1.800,00 (mil e oitocentos reais), referente ao aluguel do mês de março do imóvel situado na {street}, {city}, CEP {post}.
+
+Para clareza, firmo o presente.
+
+{city}, ___ de março de 2024.
+
+______________________________
+{name}
+{id_kind}: {id}
+
+Se quiser, posso montar uma versão com campos em branco para você reutilizar todo mês."""),
+    ],
+    # 14 CS insurance claim flooding
+    [
+        ("user", """Dobrý den, potřebuju napsat dopis pojišťovně, že mě vytopil soused odshora. Jsem {name}, bydlím {address}. Peníze za škodu chci poslat na účet {iban}. Soused se jmenuje {name2}, o všem ví."""),
+        ("assistant", """Dobrý den, zde je návrh dopisu:
+
+{name}
+{address_lines}
+
+Věc: Hlášení pojistné události – vytopení bytu
+
+Vážení,
+
+dne ___ došlo k vytopení mého bytu na adrese {address} z bytu nad námi, který užívá {name2}. Soused o události ví a je ochoten škodu potvrdit.
+
+Poškozeny byly strop a stěny v koupelně a v chodbě. Fotodokumentaci přikládám.
+
+Pojistné plnění prosím zašlete na účet {iban}.
+
+S pozdravem
+{name}
+
+Doporučuji ještě přidat číslo pojistné smlouvy, pokud ho máte po ruce."""),
+    ],
+    # 15 HU apartment ad reply
+    [
+        ("user", """szia! írnál nekem egy rövid bemutatkozó üzenetet egy albérlet hirdetésre? {first} vagyok, 29, nem dohányzom, van egy macskám. a hirdető {name2}, az email címem {email}, telefonszám {phone}"""),
+        ("assistant", """Persze! Íme egy javaslat:
+
+Kedves {name2}!
+
+{first} vagyok, 29 éves, nemdohányzó, és a hirdetése kapcsán írok. Egy nyugodt, szobatiszta macskám van; ha ez nem gond, nagyon szívesen megnézném a lakást a héten.
+
+Telefonon a {phone} számon, e-mailben a {email} címen érhet el.
+
+Köszönöm, és várom válaszát!
+Üdvözlettel:
+{name}"""),
+    ],
+    # 16 DA allotment association dues
+    [
+        ("user", """hej, jeg er kasserer i vores haveforening. kan du lave en pæn liste ud fra det her?
+
+{name} - have 12 - {phone} - betalt
+{name2} have 7, betalt
+{first3} har ikke betalt endnu
+
+og skriv en venlig påmindelse til {first3} om at kontingentet skal betales til {iban}. underskriv med mit navn, {first}"""),
+        ("assistant", """Her er listen:
+
+| Navn | Have | Telefon | Kontingent |
+|---|---|---|---|
+| {name} | 12 | {phone} | Betalt |
+| {name2} | 7 |  | Betalt |
+| {first3} |  |  | Ikke betalt |
+
+Og påmindelsen:
+
+Hej {first3}!
+
+Dette er en venlig påmindelse om, at kontingentet for i år endnu ikke er registreret hos os. Beløbet kan indbetales til foreningens konto {iban}. Har du allerede betalt, så se bort fra denne besked.
+
+Mange hilsner
+{first}, kasserer"""),
+    ],
+    # 17 EN beekeepers swarm collectors (system)
+    [
+        ("system", """You are a helpful assistant for the Valley Beekeepers' Association website team."""),
+        ("user", """can u make a markdown table of swarm collectors for the website? {name_lower}, {phone}, north side / {name2} - {email} - covers {city} and around. {first2} said email only pls"""),
+        ("assistant", """Sure:
+
+| Collector | Contact | Area |
+|---|---|---|
+| {name} | {phone} | North side |
+| {name2} | {email} | {city} and surroundings |
+
+I capitalised {first}'s name and listed only the email for {first2}, as requested. Before publishing, it's worth confirming {first} is happy to have {phone} on a public page."""),
+    ],
+    # 18 EN CRM export mangled addresses
+    [
+        ("user", """our old CRM export mangled the addresses, every line break became ??? . example row:
+
+"{name}","{address_qq}","{email}"
+
+how do I fix this in excel or python? there are like 4000 rows"""),
+        ("assistant", """In Python with pandas:
+
+```python
+import pandas as pd
+
+df = pd.read_csv("export.csv", header=None, names=["name", "address", "email"])
+df["address"] = df["address"].str.replace("???", "\\n", regex=False)
+df.to_csv("export_fixed.csv", index=False)
+```
+
+For your example row ({name}), the address then becomes:
+
+```
+{address_lines}
+```
+
+In Excel, use a helper column with `=SUBSTITUTE(B2,"???",CHAR(10))` and turn on Wrap Text. Both approaches keep `{email}` and the name column untouched."""),
+    ],
+    # 19 EN payment sandbox json
+    [
+        ("user", """getting 400 invalid_request from the payment sandbox, here's the body i'm sending:
+
+{{
+  "customer": {{"name": "{name}", "email": "{email}"}},
+  "card": {{"number": "{card}", "exp": "12/26", "cvc": 123}}
+}}"""),
+        ("assistant", """Most payment APIs expect the expiry as separate integer fields and the CVC as a string (a leading zero would otherwise be lost). Try:
+
+```json
+{{
+  "customer": {{ "name": "{name}", "email": "{email}" }},
+  "card": {{
+    "number": "{card}",
+    "exp_month": 12,
+    "exp_year": 2026,
+    "cvc": "123"
+  }}
+}}
+```
+
+Also strip spaces or dashes from the number. And if `{card}` is a real card rather than one of the sandbox test numbers, don't send it to the sandbox at all."""),
+    ],
+    # 20 EN email signature -> vcard
+    [
+        ("user", """can you turn this signature into a vcard so i can import it on my phone
+
+Best,
+{name}
+Senior Surveyor | Harbour & Lane
+M: {phone}
+{email}
+{address}"""),
+        ("assistant", """Here it is. Save it as `contact.vcf` and open it on your phone:
+
+```
+BEGIN:VCARD
+VERSION:3.0
+N:{surname};{first};;;
+FN:{name}
+TITLE:Senior Surveyor
+ORG:Harbour & Lane
+TEL;TYPE=CELL:{phone}
+EMAIL;TYPE=WORK:{email}
+ADR;TYPE=WORK:;;{street};{city};;{post};{country}
+END:VCARD
+```
+
+The signature didn't name a country, so I assumed {country}; change it if {first} works elsewhere."""),
+    ],
+    # 21 DE restic backup script
+    [
+        ("user", """mein backup-skript bricht ab mit "auth failed". das passwort hat ein ! drin, liegt es daran?
+
+```bash
+#!/bin/bash
+export RESTIC_PASSWORD="{password}"
+restic -r sftp:{first_lower}@nas.local:/backup backup /home/{first_lower}
+echo "fertig" | mail -s "backup ok" {email}
+```"""),
+        ("assistant", """Gut möglich. In doppelten Anführungszeichen kann `!` in einer interaktiven Shell History-Expansion auslösen, und `$` oder Backticks werden immer ausgewertet. Einfache Anführungszeichen sind sicherer:
+
+```bash
+#!/bin/bash
+export RESTIC_PASSWORD='{password}'
+restic -r "sftp:{first_lower}@nas.local:/backup" backup "${{HOME}}"
+echo "fertig" | mail -s "backup ok" {email}
+```
+
+Noch besser ist eine Datei mit Rechten 600 und `--password-file ~/.restic-pass`, dann steht das Passwort gar nicht erst im Skript."""),
+    ],
+    # 22 EN garbled dictation to plumber
+    [
+        ("user", """I dictated this into my phone and it came out garbled, can you clean it up into a proper text to the plumber?
+
+'hi its {first_lower} from {address_lower} my number is {phone} thats a mobile the boiler is leaking again can you come thursday my partner {first2} will be in from 9'"""),
+        ("assistant", """Here's a tidied version:
+
+"Hi, it's {first} from {address}. The boiler is leaking again. Could you come round on Thursday? My partner {first2} will be in from 9am. My mobile is {phone}. Thanks!"
+
+Feel free to add the make of the boiler if you know it, so he brings the right parts."""),
+    ],
+    # 23 FR school trip carpool
+    [
+        ("user", """salut, pour la sortie scolaire de jeudi j'organise le covoiturage. peux-tu me faire un message pour le groupe des parents avec:
+- {name}, 3 places, départ devant l'école 8h, {phone}
+- {name2}, 2 places
+- {first3} cherche une place pour son fils
+
+et rappelle que le tableau est sur le drive de l'APE, le code c'est {password} (même que l'an dernier)"""),
+        ("assistant", """Voici une proposition :
+
+Bonjour à tous,
+
+Pour la sortie de jeudi, voici l'organisation du covoiturage :
+
+- **{name}** : 3 places, départ devant l'école à 8h. Contact : {phone}
+- **{name2}** : 2 places
+- **{first3}** cherche encore une place pour son fils, merci de vous signaler si vous pouvez l'emmener !
+
+Le tableau complet est sur le drive de l'APE (code : {password}, le même que l'an dernier). Merci d'y inscrire vos enfants avant mercredi soir.
+
+Bonne journée !
+
+Petite remarque : si le groupe est grand, tu pourrais envoyer le code du drive en message privé plutôt que dans le groupe."""),
+    ],
+    # 24 EN genealogy (system)
+    [
+        ("system", """You are a genealogy research assistant. Be concise and practical."""),
+        ("user", """researching my family tree. my great-grandfather was {name}, born in {city}, {country} around 1890. his daughter married {name2} in the 1920s. what records should i look for? also {surname}'s spelling changes a lot in old registers which is driving me mad"""),
+        ("assistant", """For {name}, I'd start with:
+
+1. **Civil birth registers** for {city}, roughly 1885 to 1895. Many archives in {country} have digitised these.
+2. **Parish baptism records**, in case civil registration was patchy at the time.
+3. **The marriage record** of his daughter and {name2}. It usually names both fathers, which confirms the link back to {first}.
+4. **Census or population registers** that list the household together.
+
+On spelling: search for {surname} with wildcards and phonetic variants, and note every version you find along with its source. Clerks often wrote names the way they heard them."""),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -6392,8 +6900,9 @@ TEMPLATES = {
     + HELD_OUT_21_TEMPLATES
     + HELD_OUT_22_TEMPLATES
     + HELD_OUT_23_TEMPLATES
-    + HELD_OUT_24_TEMPLATES,
-    "held-out": HELD_OUT_25_TEMPLATES,
+    + HELD_OUT_24_TEMPLATES
+    + HELD_OUT_25_TEMPLATES,
+    "held-out": HELD_OUT_26_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
