@@ -985,6 +985,27 @@ def test_hungarian_id_card_words_danish_login_and_a_name_before_an_exports_marks
     assert "Victoire" not in out and "Gautier" not in out, out
 
 
+def test_remote_login_users_bullet_names_before_a_verb_and_a_code_cue(step: PiiScrub) -> None:
+    """From blind set 26: the user of "sftp:nicole@nas.local" and "/home/nicole" at a line's end, a
+    known first name opening a bullet of a list of found people ("- Liana cherche ..."), "le code
+    c'est X"; a shopping list and a service user stay."""
+    cases = [
+        ("```bash\nrestic -r sftp:ottilie@nas.local:/backup backup /home/ottilie\n```", None, ["ottilie"]),
+        (
+            "Covoiturage :\n- Jean Dupont, 3 places\n- Marie Curie, 2 places\n- Liana cherche une place",
+            "fr",
+            ["Liana"],
+        ),
+        ("le tableau est sur le drive, le code c'est SJsAFT3aP (même que l'an dernier)", "fr", ["SJsAFT3aP"]),
+    ]
+    for text, language, planted in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in planted if v in out], out
+    stay = [("Einkaufsliste:\n- Milch\n- Brot kaufen\n- Käse", "de"), ("```\ncd /home/deploy/app\n```", None)]
+    for text, language in stay:
+        assert scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"] == text
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

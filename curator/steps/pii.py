@@ -887,13 +887,18 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     tagger, trained on English, misses the names it has not seen. German nouns that are names
     elsewhere ("Tage") are left out of the list, and words that are names only inside a sentence
     ("Marco") count there only. In English, where capitals open titles and products too, only
-    before a verb of a subject ("fyi Inga said"). A known name alone on a message's last line,
+    before a verb of a subject ("fyi Inga said"). A bullet item of a list that holds a found person
+    may open with one ("- Liana cherche une place"). A known name alone on a message's last line,
     after a closing sentence, signs it ("Enjoy your stay!\nRóża"), in any language."""
     names = first_names()
     covered = [(s.start, s.end) for s in spans]
     sentences = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.end() > m.start()]
     openers = [w.group(0)[0].islower() for s, e in sentences if (w := _WORD.search(text, s, e))]
     lower_writer = sum(openers) >= 2 and 2 * sum(openers) > len(openers)
+    # a list of people: bullet items of which one already holds a found person ("- Liana cherche ...")
+    people_list = any(
+        b.start() <= p.start < b.end() and p.type == "PERSON" for b in _BULLET_LINE.finditer(text) for p in spans
+    )
     found = []
     signature = _SIGNATURE_LINE.search(text)
     first = signature.group(1).split()[0] if signature else ""
@@ -907,7 +912,8 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
                 continue
             if _NO_NAME_WORD.fullmatch(token) or (english and not _SUBJECT.match(text, w.end())):
                 continue
-            if j == 0 and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
+            bullet = people_list and _BULLET_LINE.match(text, text.rfind("\n", 0, w.start()) + 1) is not None
+            if j == 0 and not bullet and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
                 continue
             found.append((w.start(), w.end()))
     out = list(spans)
@@ -917,6 +923,7 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     return out
 
 
+_BULLET_LINE = re.compile(r"(?m)^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+[^\n]*")
 # a message's last line that is one or two capitalised words after a closing sentence: its signature
 _SIGNATURE_LINE = re.compile(
     rf"[.!?…)][ \t]*\n(?:[ \t]*\n)?[ \t]*([{UPPER}][\w'’\-]+(?:[ \t]+[{UPPER}][\w'’\-]+)?)[ \t]*[\"'”]?[ \t]*\Z"

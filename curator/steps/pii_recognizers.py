@@ -341,6 +341,7 @@ _LOGIN_WORDS = re.compile(
     r"wi-?fi|ssid|router|ssh|ftp|vpn|contraseña|contrasena|clave|usuario|passwort|kennwort|benutzer(?:name)?|"
     r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
     r"пароль|логин|(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|kod|código|codice|"
+    r"(?:le|mon|ton|son|du|the|my|der|die|das|el|il|o)\s+code|"
     # a Wi-Fi key; logging in, in the languages of chat exports; curl's user:password option
     r"(?:wi-?fi[\s-]|wlan[\s-]|network[\s-]|security[\s-])?key|clé|clef|schlüssel|chiave|llave|klucz|klíč|kulcs|"
     r"nøgle|sleutel|chave|anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|"
@@ -1922,7 +1923,13 @@ def _person_value(value: str) -> bool:
 # a user key in a config, env file or call ("POSTGRES_USER: róża", "user='mkowalski'"), the user
 # of a URL's credentials ("postgres://jan:pw@db"); not a service account ("root", "postgres", "${USER}")
 _HOME_USER = re.compile(
-    r"(?:(?<![\w.])/home/|(?<![\w.])/Users/|\b[A-Za-z]:\\+Users\\+)([^\W\d_][\w.\-]{2,31})(?=[/\\])"
+    r"(?:(?<![\w.])/home/|(?<![\w.])/Users/|\b[A-Za-z]:\\+Users\\+)([^\W\d_][\w.\-]{2,31})"
+    r"(?=[/\\]|[ \t\"'`]|$)"  # "/home/nicole/mail", "backup /home/nicole"
+)
+# the user of a remote login: "sftp:nicole@nas.local:/backup", "ssh jan@10.0.0.5", "rsync -a x kim@host:"
+_REMOTE_USER = re.compile(
+    r"(?i)(?:\b(?:sftp|scp|ssh|rsync|ftp|smb)(?::(?://)?|[ \t]+(?:-\w+[ \t]+)*)|[ \t])"
+    r"([a-z][\w.\-]{2,31})@(?=[\w\-]+(?:\.[\w\-]+)*(?::|[ \t]|$))"
 )
 _USER_KEY = r"(?:[A-Za-z0-9]+_)*(?:user(?:_?name)?|login|db_?user)"
 _CONFIG_USER = re.compile(
@@ -2004,9 +2011,10 @@ _SERVICE_USERS = frozenset(
 
 def account_users(text: str) -> list[tuple[int, int]]:
     """[start, end) of each personal account user name: in a home directory path, under a user key of
-    a config or call, or in a URL's credentials."""
+    a config or call, in a URL's credentials, or before the host of a remote login."""
     spans = [m.span(1) for m in _HOME_USER.finditer(text)]
     spans += [m.span(g) for m in _CONFIG_USER.finditer(text) for g in (1, 2, 3) if m.group(g)]
+    spans += [m.span(1) for m in _REMOTE_USER.finditer(text)]
     return [(a, b) for a, b in spans if text[a:b].lower() not in _SERVICE_USERS]
 
 
