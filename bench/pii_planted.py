@@ -94,8 +94,9 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # then inspected: tune now. Set 25, by a twenty-first (topics of its own choice, about half
 # English), was measured once (2026-12-04 21:45 UTC) and then inspected: tune now.
 # HELD_OUT_26_TEMPLATES, by a twenty-second (topics of its own choice, away from the obvious ones),
-# are the held-out split (never inspected). Never print this file's text (a formatter's diff, a
-# line range): it holds the held-out split.
+# are the held-out split but were measured once (2026-12-04 21:56 UTC) and then inspected: move them
+# into "tune" before the next blind set is measured. Never print a held-out split's text (a
+# formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
