@@ -211,6 +211,10 @@ class _RegexRecognizer(_OwnRecognizer):
         """Extra validation for a candidate value; `check` names the rule."""
         return True
 
+    def extent(self, text: str, start: int, end: int, check: str) -> tuple[int, int] | None:
+        """The span a match stands for: itself when its value passes `accept`, else none."""
+        return (start, end) if self.accept(text[start:end], check) else None
+
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
@@ -221,8 +225,9 @@ class _RegexRecognizer(_OwnRecognizer):
         for pattern, group, score, check in self.PATTERNS:
             for m in pattern.finditer(text):
                 start, end = m.span(group)
-                if end > start and self.accept(m.group(group), check):
-                    out.append(RecognizerResult(self.ENTITY, start, end, score))
+                span = self.extent(text, start, end, check) if end > start else None
+                if span is not None:
+                    out.append(RecognizerResult(self.ENTITY, span[0], span[1], score))
         return out
 
 
@@ -862,7 +867,7 @@ def luhn_ok(digits: str) -> bool:
 _CARD_PREFIX = re.compile(r"^(?:[3-6]|2[2-7]|2131|1800)")
 
 
-class ExactIbanRecognizer(_OwnRecognizer):
+class ExactIbanRecognizer(_RegexRecognizer):
     """IBANs, compact or in groups, taken at their country's exact length (entity `IBAN_CODE`).
 
     presidio's IbanRecognizer regex is case-insensitive and runs on over the next word ("Konto
@@ -873,25 +878,16 @@ class ExactIbanRecognizer(_OwnRecognizer):
     """
 
     ENTITY = "IBAN_CODE"
-    START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){10,30}")  # "gb50mvfc..." typed lower
+    # "gb50mvfc..." typed in lower case too
+    PATTERNS = ((re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){10,30}"), 0, 1.0, "iban"),)
 
-    def analyze(
-        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
-    ) -> list[RecognizerResult]:
-        """Each validated IBAN, longest valid prefix of each candidate run."""
-        if self.ENTITY not in entities:
-            return []
+    def extent(self, text: str, start: int, end: int, check: str) -> tuple[int, int] | None:
+        """The longest prefix of the run that ends a group (before a space or dash) and validates."""
         from stdnum import iban
 
-        out = []
-        for m in self.START.finditer(text):
-            value = m.group(0)
-            # where a group ends: the end of the run, or before a space or dash
-            ends = [i for i in range(len(value), 14, -1) if i == len(value) or not value[i].isalnum()]
-            end = next((i for i in ends if iban.is_valid(value[:i])), None)
-            if end is not None:
-                out.append(RecognizerResult(self.ENTITY, m.start(), m.start() + end, 1.0))
-        return out
+        value = text[start:end]
+        ends = [i for i in range(len(value), 14, -1) if i == len(value) or not value[i].isalnum()]
+        return next(((start, start + i) for i in ends if iban.is_valid(value[:i])), None)
 
 
 class LuhnCardRecognizer(_RegexRecognizer):
