@@ -1221,11 +1221,14 @@ class IdNumberRecognizer(_RegexRecognizer):
         return digits >= (6 if check == "named" else 4) and not _DATE_LIKE.match(value.strip())
 
 
+_INLINE_IDS = IdNumberRecognizer()  # stateless: one for every inline code segment
+
+
 def inline_ids(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Ids inside the inline code [start, end) of prose, named by the words before it ("her passport
     no. `TE2373183`"): code is scanned on its own, without the keyword."""
     before = max(0, start - 80)
-    found = IdNumberRecognizer().analyze(text[before:end], ["ID_NUMBER"])
+    found = _INLINE_IDS.analyze(text[before:end], ["ID_NUMBER"])
     return [(before + r.start, before + r.end) for r in found if before + r.start >= start]
 
 
