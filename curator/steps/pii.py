@@ -1000,10 +1000,9 @@ def _bullet_groups(text: str) -> list[list[re.Match[str]]]:
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
     """Rampart's person guesses never count on a quoted key. Its id guesses count only after an id
     word ("account", "passport no.", not "build number"): on their own they are mostly hashes and
-    timestamps. Its address
-    guesses count when they look like a street (`_street_like`) or sit beside one or a place with a
-    number or a capitalised word ("86687" of "86687 Kristinton"), not for "port 443", "2448" of
-    "2448.5 miles" or "call me first"."""
+    timestamps. Its address guesses count when they look like a street (`_street_like`) or sit
+    beside one or a place with a number or a capitalised word ("86687" of "86687 Kristinton"), not
+    for "port 443", "2448" of "2448.5 miles" or "call me first"."""
     if span.type == "STREET_ADDRESS":
         if _street_like(text[span.start : span.end], lower_text):
             return True
@@ -1064,9 +1063,10 @@ def _trimmed(text: str, span: Span) -> Span:
     return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
 
 
+# a name line that an address span took in at its start ("Victoire Gautier???50, chemin ...")
+_NAME_HEAD = re.compile(rf"[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)[ \t]*(?:\n|\?{{2,}})[ \t]*")
 # a name on the line above, or before the "???" an export left for a line break, or after a colon
 # ("came out like this: Árpád Fodor???Dózsa utca 5")
-_NAME_HEAD = re.compile(rf"[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)[ \t]*(?:\n|\?{{2,}})[ \t]*")
 _NAME_LINE = re.compile(
     rf"(?:(?m:^)|(?<=:[ \t])|(?<=\?\?))[ \t]*((?:[{UPPER}][\w'’.\-]*[ \t]+){{1,3}}[{UPPER}][\w'’\-]*\w)"
     r"[ \t]*(?:\n|\?{2,})[ \t]*\Z"

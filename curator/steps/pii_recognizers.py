@@ -28,6 +28,7 @@ import tldextract
 from presidio_analyzer import LocalRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer, UrlRecognizer
+from stdnum import iban
 
 from curator.steps.pii_ner import common_words
 
@@ -883,8 +884,6 @@ class ExactIbanRecognizer(_RegexRecognizer):
 
     def extent(self, text: str, start: int, end: int, check: str) -> tuple[int, int] | None:
         """The longest prefix of the run that ends a group (before a space or dash) and validates."""
-        from stdnum import iban
-
         value = text[start:end]
         ends = [i for i in range(len(value), 14, -1) if i == len(value) or not value[i].isalnum()]
         return next(((start, start + i) for i in ends if iban.is_valid(value[:i])), None)
