@@ -93,10 +93,14 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # evenly over English and the 10 other languages), was measured once (2026-12-04 21:37 UTC) and
 # then inspected: tune now. Set 25, by a twenty-first (topics of its own choice, about half
 # English), was measured once (2026-12-04 21:45 UTC) and then inspected: tune now.
-# HELD_OUT_26_TEMPLATES, by a twenty-second (topics of its own choice, away from the obvious ones),
-# are the held-out split but were measured once (2026-12-04 21:56 UTC) and then inspected: move them
-# into "tune" before the next blind set is measured. Never print a held-out split's text (a
-# formatter's diff, a line range).
+# Set 26, by a twenty-second (topics of its own choice, away from the obvious ones), was measured
+# once (2026-12-04 21:56 UTC) and then inspected: tune now.
+# HELD_OUT_27_TEMPLATES, by a twenty-third (asked to lean to everyday life admin: travel, moving,
+# school and clubs, doctors, small-business invoices, group chats), are the held-out split; about
+# ten of its templates were glimpsed in a formatter's diff (2026-12-05 14:35 UTC) before they were
+# measured, so they count as seen: measured once on the unchanged code, then tune. This file is not
+# kept ruff-formatted (`ruff format` would print held-out text). Never print a held-out split's
+# text (a formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),
@@ -6877,6 +6881,167 @@ On spelling: search for {surname} with wildcards and phonetic variants, and note
 ]
 
 
+HELD_OUT_27_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 travel booking, passport details
+    [
+        ("user", "hey can you help me fill in the online check-in for my flight to lisbon, it keeps timing out. details: {name}, passport number {id}, mobile {phone}, email {email}. i just need to know which field is which, the form is in portuguese"),
+        ("assistant", "Sure! Here's how the fields map:\n\n- **Nome / Apelido**: {first} / {surname}\n- **Número do documento**: {id} (select \"Passaporte\" as document type)\n- **Telemóvel**: {phone}\n- **E-mail**: {email}\n\nIf it times out again, try filling in the passport section first, that part usually has the strictest session limit."),
+        ("user", "perfect thx. also my partner {name2} is on the same booking, does she need to do it separately?"),
+        ("assistant", "Usually not. On most airlines the lead passenger ({name}) can check in everyone on the booking, but {first2} will need her own passport details entered in the second passenger block."),
+        ("user", "ok and the extra bag, it says pay now, is it safe to put my card in there? {card} exp 09/27"),
+        ("assistant", "Paying on the airline's own site is fine as long as the address bar shows their domain and a padlock. You don't need to share the card number ({card}) with me, though; just enter it directly in the payment form."),
+    ],
+    # 2 rental deposit, German letter
+    [
+        ("user", "Kannst du mir einen kurzen Brief an meinen Vermieter schreiben? Ich bin ausgezogen und warte seit 4 Monaten auf meine Kaution. Mein Name: {name}, neue Adresse:\n{address_lines}\nKonto für die Rückzahlung: {iban}"),
+        ("assistant", "Gerne, hier ein Entwurf:\n\n{name}\n{address_lines}\n\nBetreff: Rückzahlung der Mietkaution\n\nSehr geehrte Damen und Herren,\n\nich habe die Wohnung vor vier Monaten ordnungsgemäß übergeben. Bis heute ist meine Kaution nicht zurückgezahlt worden. Ich bitte Sie, den Betrag innerhalb von 14 Tagen auf folgendes Konto zu überweisen:\n\nIBAN: {iban}\nKontoinhaber: {name}\n\nMit freundlichen Grüßen\n{name}"),
+        ("user", "super, kannst du noch reinschreiben dass man mich unter {phone} erreicht"),
+        ("assistant", "Klar, füge vor dem Gruß einfach diesen Satz ein:\n\n\"Für Rückfragen erreichen Sie mich telefonisch unter {phone}.\""),
+    ],
+    # 3 moving, address change list from export
+    [
+        ("user", "I copied my old address out of the council portal and it came out like this: {address_qq}\ncan you clean it up into normal lines? I need it for the redirect form"),
+        ("assistant", "Here it is on separate lines:\n\n{address_lines}\n\nFor a mail redirect form you'll usually enter the street line, then the postcode ({post}) and town ({city}) in separate boxes."),
+        ("user", "great. and the new place is {street} in {city} too, same postcode. who else should i tell? the bank, the dentist, work..."),
+        ("assistant", "A quick checklist for moving to {street}, {post} {city}:\n\n1. Bank and card provider\n2. Employer / payroll\n3. GP and dentist\n4. Electoral register\n5. Car insurance and driving licence\n6. Any subscriptions that deliver by post\n\nIf you want I can draft a short template email you can send to all of them."),
+    ],
+    # 4 kids club, Polish
+    [
+        ("user", "czesc, musze zapisac corke na zajecia plywania, moglbys napisac maila do klubu? corka ma na imie {first3}, 8 lat. ja jestem {name}, tel {phone}, mail {email}"),
+        ("assistant", "Jasne, proszę:\n\nTemat: Zapis na zajęcia pływania, {first3} (8 lat)\n\nDzień dobry,\n\nchciałbym/chciałabym zapisać moją córkę {first3} na zajęcia pływania dla dzieci w wieku 8 lat. Proszę o informację o wolnych miejscach, godzinach zajęć i opłatach.\n\nKontakt: {phone}, {email}\n\nPozdrawiam serdecznie,\n{name}"),
+        ("user", "dzieki!! a drugi rodzic to {name2}, dopisz go jako kontakt awaryjny"),
+        ("assistant", "Dopisz po prostu pod kontaktem:\n\n\"Kontakt awaryjny: {name2} (tata {first3})\"."),
+    ],
+    # 5 doctor's appointment, French
+    [
+        ("user", "Bonjour, je dois prendre rendez-vous chez un dermatologue pour mon fils. Tu peux m'aider à rédiger le message pour le secrétariat ? Je suis {name}, numéro de sécu / {id_kind} : {id}, joignable au {phone}."),
+        ("assistant", "Bien sûr, voici une proposition :\n\nBonjour,\n\nJe souhaiterais prendre rendez-vous avec le Dr pour mon fils, {first3}, pour une consultation de dermatologie. Nous sommes disponibles les mardis et jeudis après 16h.\n\nNom du parent : {name}\n{id_kind} : {id}\nTéléphone : {phone}\n\nMerci d'avance,\nCordialement,\n{name}"),
+        ("user", "merci ! c'est mieux d'envoyer par mail ou d'appeler ?"),
+        ("assistant", "Pour un dermatologue, appeler est souvent plus rapide, mais si le cabinet propose une adresse mail, envoyer ce message permet d'avoir une trace écrite. Vous pouvez aussi mentionner que vous êtes joignable au {phone} en fin de journée."),
+    ],
+    # 6 small business invoice, markdown table
+    [
+        ("user", "I'm a freelance photographer, can you make me an invoice in markdown? client is {name2}, I'm {name}, my address {address}, email {email}, bank {iban}. 3 hrs shoot at 90/hr + 45 travel"),
+        ("assistant", "**INVOICE #2024-017**\n\n**From:** {name}\n{address}\n{email}\n\n**Bill to:** {name2}\n\n| Item | Qty | Rate | Amount |\n|---|---|---|---|\n| Photo shoot | 3 h | 90.00 | 270.00 |\n| Travel | 1 | 45.00 | 45.00 |\n| **Total** | | | **315.00** |\n\n**Payment:** bank transfer within 14 days to\nIBAN {iban}\nAccount holder: {name}\n\nThank you for your business!"),
+        ("user", "can u add 'payment ref: INV-017 {surname}' under the iban"),
+        ("assistant", "Done, the payment block now reads:\n\nIBAN {iban}\nAccount holder: {name}\nPayment ref: INV-017 {surname}"),
+    ],
+    # 7 group chat organising event, Slack-like
+    [
+        ("user", "ok i'm pasting the thread from our group chat, can you summarise who's bringing what to the bbq on saturday?\n\n{first}: i'll do burgers and the grill\n{first2}: salads! and i can pick up {first3} from the station\n{first3}: thx {first2}!! i'll bring drinks\n{first}: address is {address} btw, ring the bell marked {surname}\n{first2}: if anyone gets lost call me {phone}"),
+        ("assistant", "Here's the summary for Saturday's BBQ at {address}:\n\n- **{first}**: burgers + grill (host, bell marked \"{surname}\")\n- **{first2}**: salads, picking {first3} up from the station\n- **{first3}**: drinks\n\nIf anyone gets lost, {first2} can be reached at {phone}."),
+    ],
+    # 8 Python code with customer record
+    [
+        ("user", "why does this throw KeyError?\n\n```python\ncustomer = {{\n    \"name\": \"{name}\",\n    \"email\": \"{email}\",\n    \"card\": \"{card}\",\n}}\nprint(customer[\"Name\"])\n```"),
+        ("assistant", "Dictionary keys in Python are case-sensitive. You defined the key as `\"name\"` but you're reading `\"Name\"`. Use:\n\n```python\nprint(customer[\"name\"])  # -> {name}\n```\n\nAlso, a side note: avoid keeping a full card number like `{card}` in plain source code. Store a token or only the last four digits instead."),
+        ("user", "yeah its just test data lol, it's my own card. thanks"),
+    ],
+    # 9 SQL insert
+    [
+        ("user", "my insert fails with 'column count doesn't match value count':\n\nINSERT INTO members (full_name, email, phone, pwd)\nVALUES ('{name}', '{email}', '{phone}');"),
+        ("assistant", "You listed four columns but only supplied three values; `pwd` has no value. Either drop the column or add a value:\n\n```sql\nINSERT INTO members (full_name, email, phone, pwd)\nVALUES ('{name}', '{email}', '{phone}', '<hashed password>');\n```\n\nAnd please store a hash there, not the raw password."),
+        ("user", "ok so if her password is {password} i should run it through bcrypt first and insert the result?"),
+        ("assistant", "Exactly. Hash `{password}` with bcrypt (or argon2) in your application code and insert only the resulting hash string. Never write the plain value into the table or the logs."),
+    ],
+    # 10 YAML config with SMTP creds
+    [
+        ("system", "You are a helpful DevOps assistant."),
+        ("user", "my app won't send emails, here's the config:\n\n```yaml\nsmtp:\n  host: smtp.gmail.com\n  port: 465\n  user: {email}\n  pass: {password}\n  from_name: \"{name}\"\n  tls: false\n```"),
+        ("assistant", "Port 465 requires implicit TLS, so `tls: false` will make the handshake fail. Try:\n\n```yaml\nsmtp:\n  host: smtp.gmail.com\n  port: 465\n  user: {email}\n  pass: {password}\n  from_name: \"{name}\"\n  tls: true\n```\n\nAlso, Gmail won't accept your normal account password here; you need an app password. Since you've pasted `{password}` in this chat, I'd recommend changing it."),
+    ],
+    # 11 JSON delivery payload
+    [
+        ("user", "the courier API rejects this json, what's wrong?\n\n{{\n  \"recipient\": \"{name}\",\n  \"street\": \"{street}\",\n  \"postcode\": {post},\n  \"city\": \"{city}\",\n  \"country\": \"{country}\",\n  \"phone\": \"{phone}\",\n}}"),
+        ("assistant", "Two issues:\n\n1. Trailing comma after the last field is not valid JSON.\n2. `postcode` should be a string, since postcodes can have letters or leading zeros.\n\nFixed:\n\n```json\n{{\n  \"recipient\": \"{name}\",\n  \"street\": \"{street}\",\n  \"postcode\": \"{post}\",\n  \"city\": \"{city}\",\n  \"country\": \"{country}\",\n  \"phone\": \"{phone}\"\n}}\n```"),
+    ],
+    # 12 CSV guest list for wedding
+    [
+        ("user", "can you turn this into a csv for the caterer? name, dietary, contact\n- {name}, vegetarian, {email}\n- {name2}, no nuts, {phone}\n- {first3} (plus one of {first2}), none, same as {first2}"),
+        ("assistant", "```csv\nname,dietary,contact\n\"{name}\",vegetarian,{email}\n\"{name2}\",no nuts,{phone}\n\"{first3}\",none,{phone}\n```\n\nI used {first2}'s number for {first3} since you said \"same as {first2}\". Add {first3}'s surname if the caterer needs full names."),
+    ],
+    # 13 shell with password in curl
+    [
+        ("user", "curl -u {email}:{password} https://api.example-invoices.com/v2/clients gives me 401, but i can log in in the browser fine with the same stuff"),
+        ("assistant", "A 401 with the same credentials usually means one of these:\n\n1. The API needs an API token rather than your login password.\n2. Special characters in the password are being interpreted by the shell. Quote it:\n\n```sh\ncurl -u '{email}:{password}' https://api.example-invoices.com/v2/clients\n```\n\n3. Two-factor authentication is enabled, which blocks basic auth.\n\nCheck the account settings for an \"API key\" section. And since the password is now in your shell history, consider rotating it."),
+    ],
+    # 14 Spanish travel, hotel card problem
+    [
+        ("user", "hola! el hotel en sevilla me dice que mi tarjeta fue rechazada pero el banco dice que todo bien. la reserva esta a nombre de {name}, tarjeta {card}. que les escribo?"),
+        ("assistant", "Puedes enviarles algo así:\n\nEstimados señores:\n\nLes escribo en relación con la reserva a nombre de {name}. Me indican que el pago con la tarjeta terminada en los últimos cuatro dígitos de {card} ha sido rechazado, pero mi banco confirma que no hay ningún bloqueo. ¿Podrían intentar el cobro de nuevo o enviarme un enlace de pago?\n\nPueden contactarme en {email} o en el {phone}.\n\nUn saludo,\n{name}\n\nTe recomiendo no enviar el número completo de la tarjeta por correo."),
+        ("user", "vale, mi correo es {email} y tel {phone}, lo dejo asi. gracias!!"),
+    ],
+    # 15 Italian doctor, codice fiscale
+    [
+        ("user", "ciao, devo prenotare una visita per mia madre, {name}, ma il CUP online mi chiede il {id_kind} e non lo trovo sulla tessera vecchia. è questo? {id}"),
+        ("assistant", "Se sulla tessera sanitaria compare una stringa di 16 caratteri alfanumerici, quello è il codice. Il valore che hai scritto ({id}) va inserito esattamente così, senza spazi, nel campo \"{id_kind}\" del CUP, insieme al nome e cognome di {name}."),
+        ("user", "ok fatto, mi chiede anche un numero di telefono per l'sms di conferma, metto il mio {phone}?"),
+        ("assistant", "Sì, va benissimo mettere il tuo ({phone}): l'SMS con data e ora della visita di {first} arriverà a te."),
+    ],
+    # 16 Dutch rental, landlord, deposit IBAN
+    [
+        ("user", "ik huur een kamer van {name2} en zij vraagt de borg over te maken, maar ze stuurde het IBAN via whatsapp. is dit normaal? \"hoi! borg graag naar {iban} t.n.v. {name2}, adres kamer is {address}\""),
+        ("assistant", "Het is niet ongewoon dat particuliere verhuurders via WhatsApp communiceren, maar wees voorzichtig:\n\n- Controleer of de naam bij IBAN {iban} echt overeenkomt met {name2} (veel banken tonen een naamcheck bij het overmaken).\n- Vraag een getekend huurcontract voor {address} voordat je betaalt.\n- Betaal nooit voordat je de kamer hebt gezien.\n\nAls de naamcheck iets anders geeft dan {name2}, maak dan niets over."),
+        ("user", "naamcheck zegt 'naam komt overeen'. pfoe"),
+    ],
+    # 17 Czech forwarded email with signature
+    [
+        ("user", "přeložíš mi tohle do angličtiny? potřebuju to přeposlat kolegovi\n\n---------- Přeposlaná zpráva ---------\nOd: {name} <{email}>\nPředmět: Faktura za březen\n\nDobrý den,\nv příloze posílám fakturu za březen. Platbu prosím zašlete na účet {iban}.\n\nS pozdravem\n{name}\n{street}, {post} {city}\ntel.: {phone}"),
+        ("assistant", "---------- Forwarded message ---------\nFrom: {name} <{email}>\nSubject: Invoice for March\n\nHello,\nplease find attached the invoice for March. Please send the payment to account {iban}.\n\nKind regards,\n{name}\n{street}, {post} {city}\nphone: {phone}"),
+    ],
+    # 18 Hungarian school trip
+    [
+        ("user", "szia! az osztálykirándulásra kell egy beleegyező nyilatkozat, segítesz megfogalmazni? a gyerek {first3}, én {name} vagyok, lakcím {address}, telefon {phone}"),
+        ("assistant", "Természetesen, íme egy javaslat:\n\nSZÜLŐI BELEEGYEZŐ NYILATKOZAT\n\nAlulírott {name} (lakcím: {address}) hozzájárulok, hogy gyermekem, {first3}, részt vegyen az osztálykiránduláson.\n\nSürgős esetben elérhetőségem: {phone}\n\nKelt: ..................\n\n.............................\n{name}"),
+        ("user", "köszi! a {id_kind} is kell szerintem, {id}"),
+        ("assistant", "Akkor egészítsd ki a lakcím után így: \"{id_kind}: {id}\". Ha az iskola nem kéri kifejezetten, nyugodtan kihagyhatod."),
+    ],
+    # 19 Danish moving, utilities
+    [
+        ("user", "hej, jeg flytter til {city} næste måned. kan du skrive en mail til elselskabet om at flytte mit abonnement? jeg hedder {name}, ny adresse {street}, {post} {city}, kundenummer ({id_kind}) {id}"),
+        ("assistant", "Selvfølgelig:\n\nEmne: Flytning af elabonnement, {id_kind} {id}\n\nHej,\n\nJeg flytter den 1. i næste måned og vil gerne have mit elabonnement flyttet til min nye adresse:\n\n{street}\n{post} {city}\n\n{id_kind}: {id}\n\nSig endelig til, hvis I har brug for yderligere oplysninger.\n\nVenlig hilsen\n{name}"),
+        ("user", "perfekt, skriv lige at de kan ringe på {phone}"),
+        ("assistant", "Tilføj før hilsenen: \"I kan træffe mig på {phone}.\""),
+    ],
+    # 20 Portuguese small business, boleto / PIX
+    [
+        ("user", "oi, tenho uma lojinha de bolos e quero mandar uma mensagem padrão de cobrança pros clientes. meus dados: {name}, email {email}, conta {iban}. pode ser bem simpático"),
+        ("assistant", "Claro! Que tal assim:\n\nOi, tudo bem? 😊\n\nMuito obrigada pela encomenda! Para finalizar, o pagamento pode ser feito por transferência para:\n\nTitular: {name}\nConta: {iban}\n\nDepois é só mandar o comprovante para {email} ou aqui mesmo.\n\nUm beijo e bom apetite!\n{first}"),
+        ("user", "ameiii. a cliente {name2} pagou duas vezes sem querer, como escrevo pra devolver?"),
+        ("assistant", "Oi, {first2}! Vi aqui que o pagamento da sua encomenda caiu duas vezes. Já estou devolvendo o valor duplicado para a mesma conta, deve aparecer em até 1 dia útil. Obrigada pela paciência! {first}"),
+    ],
+    # 21 phone dictated in words and digits
+    [
+        ("user", "transcribe this voicemail properly pls, the auto transcript is a mess: \"hi this is {first} {surname} calling about the flat viewing, you can call me back on, um, {phone}, that's {phone}, or email me, it's {email}, thanks bye\""),
+        ("assistant", "Here's a cleaned-up version:\n\n\"Hi, this is {name} calling about the flat viewing. You can call me back on {phone}, or email me at {email}. Thanks, bye.\"\n\nShe repeats the number twice, so {phone} should be reliable."),
+        ("user", "cool, can you save her as a contact line? like name | phone | email"),
+        ("assistant", "{name} | {phone} | {email}"),
+    ],
+    # 22 password phrasings, holiday rental
+    [
+        ("user", "we're renting our place out on airbnb for the summer, can you write a welcome note for guests? wifi network is {surname}_home and the code is {password}. key box by the door, combo 4471. host contact: {name}, {phone}"),
+        ("assistant", "Welcome to our home! 🏡\n\nWe hope you have a lovely stay. A few things you'll need:\n\n**Wi-Fi**\nNetwork: {surname}_home\nKey: {password}\n\n**Keys**\nThe key box is next to the front door, combination 4471.\n\n**Need anything?**\nCall or text {first} at {phone}, day or night for emergencies.\n\nEnjoy,\n{name}"),
+        ("user", "nice. can you also put the address at the top for taxis: {address_lines}"),
+        ("assistant", "Sure, add this block at the very top:\n\n**Address (for taxis and deliveries)**\n{address_lines}"),
+    ],
+    # 23 system prompt + support chat
+    [
+        ("system", "You are a customer support assistant for a train ticket booking service. Be concise."),
+        ("user", "I booked tickets for me and my kid but the confirmation shows the wrong name, it says {name_lower} instead of the kid's name {first3} {surname}. booking email {email}"),
+        ("assistant", "Sorry about that! I can help you request a name change. Please confirm:\n\n1. Lead passenger: {name}\n2. Passenger to correct: {first3} {surname}\n3. Booking email: {email}\n\nName corrections are free if submitted at least 24 hours before departure."),
+        ("user", "yes thats right. I paid with {card} if you need it"),
+        ("assistant", "Thanks, I don't need the card number for a name change, and please don't share full card numbers in chat. Your request for {first3} {surname} has been submitted; you'll get an updated confirmation at {email}."),
+    ],
+    # 24 possessive names, reference letter, lowercase address
+    [
+        ("user", "need a quick reference letter for our old tenant. {name}'s been renting from us for 3 yrs at {address_lower}, always paid on time. I'm {name2}. keep it short"),
+        ("assistant", "To whom it may concern,\n\nI am writing to confirm that {name} rented a property from me at {address} for three years. During that time, {first} always paid the rent in full and on time, kept the property in excellent condition and was a considerate neighbour.\n\nI would have no hesitation in recommending {first} as a tenant.\n\nKind regards,\n{name2}"),
+        ("user", "add my email {email} and number so the new landlord can check. number is {phone}"),
+        ("assistant", "Add this under your name:\n\n{name2}\nEmail: {email}\nPhone: {phone}"),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -6902,8 +7067,9 @@ TEMPLATES = {
     + HELD_OUT_22_TEMPLATES
     + HELD_OUT_23_TEMPLATES
     + HELD_OUT_24_TEMPLATES
-    + HELD_OUT_25_TEMPLATES,
-    "held-out": HELD_OUT_26_TEMPLATES,
+    + HELD_OUT_25_TEMPLATES
+    + HELD_OUT_26_TEMPLATES,
+    "held-out": HELD_OUT_27_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
