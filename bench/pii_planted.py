@@ -95,11 +95,14 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # English), was measured once (2026-12-04 21:45 UTC) and then inspected: tune now.
 # Set 26, by a twenty-second (topics of its own choice, away from the obvious ones), was measured
 # once (2026-12-04 21:56 UTC) and then inspected: tune now.
-# HELD_OUT_27_TEMPLATES, by a twenty-third (asked to lean to everyday life admin: travel, moving,
-# school and clubs, doctors, small-business invoices, group chats), are the held-out split; about
-# ten of its templates were glimpsed in a formatter's diff (2026-12-05 14:35 UTC) before they were
-# measured, so they count as seen: measured once on the unchanged code, then tune. This file is not
-# kept ruff-formatted (`ruff format` would print held-out text). Never print a held-out split's
+# Set 27, by a twenty-third (asked to lean to everyday life admin: travel, moving, school and
+# clubs, doctors, small-business invoices, group chats): about ten of its templates were glimpsed
+# in a formatter's diff (2026-12-05 14:35 UTC) before it was measured, once, on the unchanged code
+# (14:40 UTC); then inspected: tune now.
+# HELD_OUT_28_TEMPLATES, by a twenty-fourth (asked to lean to work: HR and payroll, CRM and
+# spreadsheet cleanup, support replies, freelance contracts, help-desk tickets, migrations and bug
+# reports with sample rows; a third mostly not in English), are the held-out split. This file is
+# not kept ruff-formatted (`ruff format` would print held-out text). Never print a held-out split's
 # text (a formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -7042,6 +7045,459 @@ HELD_OUT_27_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+HELD_OUT_28_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 HR payroll bank change
+    [
+        ("user", """hi, quick payroll question. one of our warehouse staff, {name}, moved house and changed banks last month. new details she sent me:
+
+{address_lines}
+
+IBAN {iban}
+
+do I need anything else from her before I update it in the payroll system? we run payroll on the 25th"""),
+        ("assistant", """Before you update {name}'s record, it's worth getting the change confirmed in writing (a signed bank change form or an email from her work account) so you have an audit trail. Then update:
+
+- Home address: {address}
+- IBAN: {iban}
+
+If the 25th is close, check your provider's cut-off for bank changes; many need the new account 3-5 working days ahead, otherwise the payment goes to the old account and has to be recalled."""),
+        ("user", "ok thanks. her old account is closed already so I guess I should ping {first} today"),
+    ],
+    # 2 CRM CSV cleanup
+    [
+        ("user", """Can you clean this CRM export? The address column lost its line breaks somewhere along the way.
+
+id,full_name,email,phone,address
+1041,{name},{email},{phone},"{address_qq}"
+1042,{name2},,n/a,"unknown"
+
+I want the address split into street / postcode / city / country columns."""),
+        ("assistant", """Here's the cleaned version with the address split out:
+
+id,full_name,email,phone,street,postcode,city,country
+1041,{name},{email},{phone},{street},{post},{city},{country}
+1042,{name2},,,,,,
+
+For row 1042 I blanked the phone ("n/a") and address ("unknown") rather than keeping placeholder text, so filters for empty values will catch it. If you have many rows, a formula or a short script splitting on "???" does the same thing."""),
+    ],
+    # 3 German payroll
+    [
+        ("user", """Hallo, ich mache die Lohnabrechnung für unser kleines Büro. Neue Mitarbeiterin ab 1. des Monats: {name}, wohnhaft {street} in {post} {city}. Steuer-ID hab ich schon ({id}), Bankverbindung: {iban}. Was fehlt mir noch für die Anmeldung bei der Krankenkasse?"""),
+        ("assistant", """Für die Anmeldung von Frau {surname} brauchst du zusätzlich:
+
+1. Sozialversicherungsnummer (steht auf dem SV-Ausweis oder kommt von der Rentenversicherung)
+2. Name der gewählten Krankenkasse und ggf. Mitgliedsbescheinigung
+3. Geburtsdatum und Geburtsort, falls noch keine SV-Nummer vorhanden ist
+4. Angaben zu Steuerklasse und Konfession (über ELStAM mit der Steuer-ID {id} abrufbar)
+
+Die Adresse ({address}) und die IBAN hast du ja schon. Die Anmeldung muss mit der ersten Entgeltabrechnung, spätestens innerhalb von sechs Wochen nach Beschäftigungsbeginn, erfolgen."""),
+        ("user", "super, danke! die SV-Nummer schickt sie mir morgen"),
+    ],
+    # 4 IT helpdesk ticket
+    [
+        ("user", """Ticket from a user, can you help me write a reply?
+
+"hi its {first} from accounts, i got locked out after the update. i tried my usual one {password} like 5 times and now it says account disabled. my email is {email} if you need it. pls fix asap i have month end"
+
+we can't reset passwords over email by policy."""),
+        ("assistant", """Here's a draft:
+
+Hi {first},
+
+Thanks for reaching out, and sorry about the lockout during month end. For security reasons we can't reset passwords by email, and please don't send your password in tickets; since it's now been shared here, we'll force a new one at reset anyway.
+
+To get you back in quickly:
+1. Call the service desk or stop by IT and we'll verify your identity and unlock the account.
+2. You'll set a new password at first login; the old one will no longer work.
+
+We've noted {email} on the ticket so you'll get updates there.
+
+Best,
+IT Service Desk"""),
+    ],
+    # 5 customer support refund, with system turn
+    [
+        ("system", "You are a support assistant for an online furniture shop. Be polite and concise."),
+        ("user", """Customer {name} writes: "I was charged twice for order 55812, both on my card ending in the last digits of {card}. Full number is {card} if that helps. Please refund one of them to the same card. You can reach me at {email} or {phone}." Draft a reply."""),
+        ("assistant", """Dear {name},
+
+Thank you for letting us know, and I'm sorry about the double charge on order 55812. I've confirmed the duplicate payment and requested a refund of the second charge to the original card. It normally shows up within 5-10 working days, depending on your bank.
+
+For your security, please don't send full card numbers by email; we never need them to process a refund.
+
+If you have any questions, reply to this email and we'll be in touch at {email}.
+
+Kind regards,
+Customer Care"""),
+    ],
+    # 6 French freelancer contract
+    [
+        ("user", """Bonjour, je suis freelance et je dois envoyer un contrat de prestation à un client. Tu peux me faire un bloc "Parties" propre ? Moi : {name}, {address}, {country}. Mon numéro de {id_kind} : {id}. Paiement par virement sur {iban}. Client : {name2}."""),
+        ("assistant", """Voici une proposition :
+
+**ENTRE LES SOUSSIGNÉS**
+
+{name}, demeurant {street}, {post} {city}, {country}, {id_kind} : {id},
+ci-après dénommé(e) « le Prestataire »,
+
+ET
+
+{name2},
+ci-après dénommé(e) « le Client ».
+
+**Article 6 - Modalités de paiement**
+Les factures sont payables à 30 jours par virement bancaire sur le compte IBAN {iban}, au nom de {name}.
+
+Pense à ajouter l'adresse du client et, s'il s'agit d'une société, son numéro d'immatriculation."""),
+        ("user", "parfait merci, {first2} m'a demandé le contrat pour demain"),
+    ],
+    # 7 SQL migration bug
+    [
+        ("user", """Migration script is failing on this row and I can't see why:
+
+INSERT INTO customers (full_name, email, phone, city, postcode)
+VALUES ('{name}', '{email}', '{phone}', '{city}', '{post}');
+
+ERROR: value too long for type character varying(20)
+
+the other 3k rows went through fine"""),
+        ("assistant", """One of the values is longer than 20 characters, and the likeliest culprit is the phone column: '{phone}' includes formatting (spaces, brackets, a country prefix) that the other rows may not have. Check the column lengths:
+
+SELECT column_name, character_maximum_length
+FROM information_schema.columns
+WHERE table_name = 'customers';
+
+Then either widen the column:
+
+ALTER TABLE customers ALTER COLUMN phone TYPE varchar(32);
+
+or normalise phone numbers before inserting. If the name is the problem, '{name}' with accents can also be longer in bytes than you expect, but varchar limits count characters in Postgres, so that's less likely."""),
+    ],
+    # 8 JSON API bug report
+    [
+        ("user", """our checkout api returns 422 for this payload, frontend dev says its the backend, backend says frontend lol
+
+{{
+  "customer": {{
+    "name": "{name}",
+    "email": "{email}",
+    "billing_address": "{address}"
+  }},
+  "payment": {{
+    "card_number": "{card}",
+    "exp": "09/27"
+  }}
+}}"""),
+        ("assistant", """A few things could trigger a 422 here:
+
+1. `card_number` may contain spaces or dashes ("{card}"); many validators expect digits only. Strip non-digits before sending.
+2. `billing_address` is a single string, while most APIs want structured fields, e.g.
+
+{{
+  "billing_address": {{
+    "line1": "{street}",
+    "postal_code": "{post}",
+    "city": "{city}"
+  }}
+}}
+
+3. `exp` might need separate month/year fields.
+
+Also, raw card numbers shouldn't go to your own backend at all if you use a payment provider; tokenise on the frontend and send the token instead. That would settle the frontend vs backend debate too."""),
+    ],
+    # 9 Spanish customer support phone dictation
+    [
+        ("user", """hola! un cliente llamó y apunté esto rápido, me ayudas a pasarlo a un correo de confirmación? se llama {name}, teléfono más o menos: el {phone} (dijo "si no contesto, al fijo"), vive en {street}, {city}, CP {post}. quiere cambiar la fecha de entrega al jueves"""),
+        ("assistant", """Claro, aquí tienes un borrador:
+
+Asunto: Cambio de fecha de entrega confirmado
+
+Estimado/a {name}:
+
+Le confirmamos que hemos cambiado la fecha de entrega de su pedido al próximo jueves. La entrega se realizará en la dirección:
+
+{street}
+{post} {city}
+
+Si el repartidor necesita contactarle, le llamará al {phone}.
+
+Un saludo cordial,
+Atención al cliente"""),
+        ("user", "genial, pero no tengo su email, solo el teléfono. lo mando por sms entonces"),
+    ],
+    # 10 YAML config with password
+    [
+        ("user", """why does this docker compose not connect to the db? it just says auth failed
+
+services:
+  app:
+    image: crm-sync:latest
+    environment:
+      DB_USER: crm
+      DB_PASS: {password}
+      ADMIN_EMAIL: {email}
+  db:
+    image: postgres:15
+    environment:
+      POSTGRES_USER: crm
+      POSTGRES_PASSWORD: "{password}"
+"""),
+        ("assistant", """The two values look the same, but there are a couple of classic traps:
+
+1. Quoting: in `DB_PASS: {password}` the value is unquoted, while `POSTGRES_PASSWORD` is quoted. If the password contains characters like `#`, `:` or starts with `*` or `&`, YAML will parse the unquoted one differently. Quote both.
+2. The Postgres image only applies `POSTGRES_PASSWORD` on first init. If the volume already existed with an older password, changing it here does nothing. Run `docker compose down -v` (this deletes the data) or change the password inside psql.
+
+And since this file is probably in git, move the secret into a `.env` file and rotate it, because "{password}" is now in your history."""),
+    ],
+    # 11 Polish HR leave
+    [
+        ("user", """Cześć, potrzebuję napisać maila do zespołu że {first} idzie na urlop macierzyński od przyszłego miesiąca i zastępstwo przejmuje {name2}. W sprawach pilnych dzwonić do {first2} pod {phone}. Możesz napisać coś krótkiego i ciepłego?"""),
+        ("assistant", """Jasne, proszę:
+
+Temat: Urlop {first} i zastępstwo
+
+Cześć wszystkim,
+
+od przyszłego miesiąca {first} rozpoczyna urlop macierzyński. Życzymy jej dużo zdrowia i spokojnego czasu z maluszkiem!
+
+W tym czasie jej obowiązki przejmuje {name2}. W pilnych sprawach możecie dzwonić do {first2} pod numer {phone}.
+
+Pozdrawiam serdecznie"""),
+        ("user", "dzięki! dodaj jeszcze że {first3} pomaga przy fakturach"),
+        ("assistant", "Dopisz po prostu przed pozdrowieniem: „Przy fakturach wspiera nas {first3}, więc pytania o rozliczenia kierujcie bezpośrednio do niej/niego.”"),
+    ],
+    # 12 Dutch invoices
+    [
+        ("user", """Hoi, ik moet een herinnering sturen voor een onbetaalde factuur. Klant is {name}, adres:
+{address_lines}
+Bedrag €1.240,00, factuurnummer 2024-118. Mijn rekeningnummer is {iban}. Kun je een nette maar duidelijke tekst maken?"""),
+        ("assistant", """Natuurlijk. Hier een voorstel:
+
+{name}
+{address_lines}
+
+Betreft: herinnering factuur 2024-118
+
+Beste {first},
+
+Volgens onze administratie is factuur 2024-118 van €1.240,00 nog niet voldaan. Wellicht is dit aan uw aandacht ontsnapt. Wilt u het bedrag binnen 14 dagen overmaken naar {iban}, onder vermelding van het factuurnummer?
+
+Heeft u inmiddels betaald, dan kunt u deze herinnering als niet verzonden beschouwen.
+
+Met vriendelijke groet,"""),
+    ],
+    # 13 forwarded email signature
+    [
+        ("user", """can you pull the contact details out of this forwarded email into a vcard-ish list?
+
+---------- Forwarded message ---------
+From: {name} <{email}>
+Subject: Re: onboarding docs
+
+Thanks, all signed and attached.
+
+--
+{name}
+Senior Account Manager
+M: {phone}
+{address_qq}"""),
+        ("assistant", """Here you go:
+
+- Name: {name}
+- Title: Senior Account Manager
+- Email: {email}
+- Mobile: {phone}
+- Street: {street}
+- Postcode / City: {post} {city}
+- Country: {country}
+
+The "???" in the signature are just line breaks that got lost when the email was forwarded."""),
+    ],
+    # 14 markdown table team list
+    [
+        ("user", """turn this into a markdown table pls, for the on-call wiki page
+
+{name} - primary, {phone}, {email}
+{name2} - backup, same team
+{first3} - weekends only, ask in slack"""),
+        ("assistant", """| Person | Role | Phone | Email |
+|---|---|---|---|
+| {name} | Primary | {phone} | {email} |
+| {name2} | Backup | - | - |
+| {first3} | Weekends only | via Slack | - |
+
+You might want to add {first2}'s phone and email too, so the backup can be reached if Slack is down."""),
+    ],
+    # 15 Italian contract
+    [
+        ("user", """Ciao, devo preparare una lettera di assunzione per {name}, residente in {street}, {post} {city}. Il suo {id_kind} è {id}. Inizio il 3 marzo, contratto a tempo indeterminato, part-time 30 ore. Puoi scrivermi una bozza?"""),
+        ("assistant", """Certo, ecco una bozza:
+
+Gentile {name},
+{street}
+{post} {city}
+
+Oggetto: Lettera di assunzione
+
+Siamo lieti di comunicarLe che, a partire dal 3 marzo, Lei sarà assunto/a con contratto di lavoro subordinato a tempo indeterminato, con orario part-time di 30 ore settimanali.
+
+Dati anagrafici: {name}, {id_kind} {id}.
+
+La preghiamo di restituirci copia della presente firmata per accettazione.
+
+Distinti saluti,
+Ufficio Risorse Umane"""),
+        ("user", "grazie mille, {first} sarà contentissimo"),
+    ],
+    # 16 shell script secret
+    [
+        ("user", """my backup script works when I run it by hand but not from cron. any idea?
+
+#!/bin/bash
+export SMTP_USER={email}
+export SMTP_PASS='{password}'
+pg_dump crm > /backups/crm_$(date +%F).sql
+mail -s "backup done" {email} < /dev/null"""),
+        ("assistant", """Cron runs with a minimal environment, so the usual suspects are:
+
+1. PATH: `pg_dump` and `mail` may not be found. Use full paths (`which pg_dump`) or set `PATH=/usr/local/bin:/usr/bin:/bin` at the top.
+2. The `%` in `$(date +%F)`: inside a crontab line `%` is special, but in a script file it's fine. If you put the command directly in crontab, escape it.
+3. Auth: cron won't have your `~/.pgpass` if it runs as another user.
+
+Also, having the mail password '{password}' in plain text in the script isn't great; put it in a file readable only by the cron user, and change it since it's been pasted here."""),
+    ],
+    # 17 Portuguese customer registration
+    [
+        ("user", """oi, to migrando os cadastros de clientes pra planilha nova e achei isso numa observação: "cliente {name} pediu pra guardar o cartão {card} pra próximas compras, telefone {phone}". posso deixar assim na planilha?"""),
+        ("assistant", """Melhor não. Guardar o número completo do cartão ({card}) numa planilha é um risco grande e vai contra o PCI DSS e a LGPD. Sugiro:
+
+- Manter só o nome ({name}) e o telefone ({phone}) na planilha.
+- Se quiser referência ao cartão, guarde apenas os 4 últimos dígitos.
+- Para compras futuras, use o recurso de cartão salvo (tokenização) do seu gateway de pagamento.
+
+E apague a observação original do sistema antigo também."""),
+        ("user", "entendi, vou falar com a {first2} do financeiro"),
+    ],
+    # 18 system + onboarding, lowercase name
+    [
+        ("system", "You help the IT team draft onboarding messages for new employees."),
+        ("user", """new starter monday: {name}. username will be {name_lower} (we use full names with spaces, legacy system dont ask). temp login is {password}, work email {email}. write the welcome message"""),
+        ("assistant", """Hi {first},
+
+Welcome aboard! Here's what you need for your first day:
+
+- Username: {name_lower}
+- Email: {email}
+- Temporary password: {password}
+
+You'll be asked to choose a new password at first login. Please don't reuse the temporary one anywhere else.
+
+If anything doesn't work, the service desk is on extension 2200.
+
+See you Monday!"""),
+        ("user", "maybe dont put the temp pw in the same message as the username? send it by sms?"),
+        ("assistant", "Good call. Remove the \"Temporary password\" line from the email and send {password} separately by SMS or hand it over in person on Monday."),
+    ],
+    # 19 Czech payroll
+    [
+        ("user", """Dobrý den, potřebuju zkontrolovat údaje zaměstnance před výplatou. {name}, rodné číslo / {id_kind}: {id}, účet {iban}, bydliště {address}. Je IBAN ve správném formátu?"""),
+        ("assistant", """Zkontrolovala jsem formát: IBAN {iban} by měl začínat kódem země, dvěma kontrolními číslicemi a pak číslem účtu. Pokud jde o český účet, musí mít celkem 24 znaků a začínat "CZ". Doporučuji ověřit kontrolní součet v internetovém bankovnictví nebo validátorem IBAN.
+
+Pro přehled:
+- Zaměstnanec: {name}
+- {id_kind}: {id}
+- Adresa: {address}
+
+Pokud je účet zahraniční, ověřte si také poplatky za SEPA převod."""),
+    ],
+    # 20 Hungarian customer service
+    [
+        ("user", """Szia! Egy ügyfél panaszt írt, segítenél válaszolni? {name} írta, hogy a csomagja nem érkezett meg a {street}, {post} {city} címre, és kéri, hogy hívjuk vissza a {phone} számon. Udvarias, rövid választ szeretnék."""),
+        ("assistant", """Természetesen:
+
+Kedves {name}!
+
+Köszönjük, hogy jelezte a problémát, és elnézést kérünk a kellemetlenségért. Utánajártunk a csomagnak, amelyet a {street}, {post} {city} címre küldtünk. Kollégánk még ma visszahívja Önt a {phone} számon, hogy egyeztessük a további lépéseket.
+
+Üdvözlettel:
+Ügyfélszolgálat"""),
+        ("user", "köszi! {first3} fogja hívni délután"),
+    ],
+    # 21 Danish expense report
+    [
+        ("user", """Hej, jeg skal lave en rejseafregning. Jeg betalte hotellet med mit firmakort {card}, og flybilletten med mit private kort. Mit navn er {name}, adresse {address}. Hvordan skriver jeg det pænt til økonomiafdelingen?"""),
+        ("assistant", """Her er et forslag:
+
+Emne: Rejseafregning - {name}
+
+Hej økonomi,
+
+Vedhæftet er kvitteringer for min seneste rejse:
+
+- Hotel: betalt med firmakort (slutter på de sidste fire cifre af {card})
+- Flybillet: betalt med privat kort, ønskes refunderet
+
+Refusionen bedes udbetalt til min lønkonto som normalt.
+
+Adresse til evt. post: {address}
+
+Mvh
+{name}
+
+Skriv kun de sidste fire cifre af kortnummeret i mailen, ikke hele nummeret."""),
+    ],
+    # 22 Python dedupe
+    [
+        ("user", """trying to dedupe contacts in pandas but these two dont match and they're clearly the same person:
+
+rows = [
+    {{"name": "{name}", "email": "{email}", "phone": "{phone}"}},
+    {{"name": "{name_lower} ", "email": "{email}", "phone": ""}},
+]
+df = pd.DataFrame(rows)
+df.drop_duplicates(subset=["name"])"""),
+        ("assistant", """They differ in case and there's a trailing space in the second name. Normalise before deduplicating:
+
+df["name_key"] = df["name"].str.strip().str.casefold()
+df = df.sort_values("phone", ascending=False)
+df = df.drop_duplicates(subset=["name_key"], keep="first")
+
+Sorting by phone first keeps the row that has "{phone}" filled in. Deduplicating on email is often more reliable than on name, since two different people can both be called {name}:
+
+df = df.drop_duplicates(subset=["email"])"""),
+    ],
+    # 23 reference letter, possessive
+    [
+        ("user", """I need to write a reference for {first}, she worked for us 4 years as a payroll specialist. The new employer asked for her {id_kind} ({id}) to match records, and wants me to confirm my number, {phone}. Can you draft it?"""),
+        ("assistant", """To whom it may concern,
+
+I am pleased to provide a reference for {name}, who worked as a payroll specialist in our team for four years.
+
+{first}'s attention to detail was outstanding: she ran monthly payroll for over 300 employees with virtually no errors, and she led our migration to a new payroll platform. {surname} was also the person colleagues turned to with tricky tax questions.
+
+For your records, her {id_kind} is {id}. I'm happy to discuss further; you can reach me at {phone}.
+
+Yours faithfully,"""),
+        ("user", "great. maybe soften the last bit, I'm not sure I should put the id in the letter itself"),
+        ("assistant", "Fair point. You could drop the sentence with the {id_kind} and instead send it separately if the employer confirms they need it, ideally through their HR portal rather than email."),
+    ],
+    # 24 slack-style casual thread
+    [
+        ("user", """[10:02] {first_lower}: hey does anyone know the login for the shared stripe test account
+[10:04] {first2}: its in 1password but the pw is {password} i think, user is {email}
+[10:05] {first_lower}: ty!! also the test card {card} keeps getting declined?
+
+^ can you summarise this thread for the standup notes"""),
+        ("assistant", """Standup summary:
+
+- {first} needed access to the shared Stripe test account; {first2} pointed to the team password manager.
+- Open issue: the test card {card} is being declined in the test environment. Next step: check it's one of Stripe's documented test numbers and that the account is in test mode.
+
+Side note: the thread contains the account password in plain text. It'd be worth deleting that message and rotating the password, since Slack history is searchable by the whole workspace."""),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -7068,8 +7524,9 @@ TEMPLATES = {
     + HELD_OUT_23_TEMPLATES
     + HELD_OUT_24_TEMPLATES
     + HELD_OUT_25_TEMPLATES
-    + HELD_OUT_26_TEMPLATES,
-    "held-out": HELD_OUT_27_TEMPLATES,
+    + HELD_OUT_26_TEMPLATES
+    + HELD_OUT_27_TEMPLATES,
+    "held-out": HELD_OUT_28_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
