@@ -581,7 +581,7 @@ def test_keys_urls_chat_logs_and_keys_in_other_languages(step: PiiScrub) -> None
     an "@", "ADMIN_EMAIL=" stays a key, a pasted chat log's speakers and a "X's corporate card" are
     people, "la clé c'est X" and "admin / X" are secrets, a house-number range ends a street line."""
     code = (
-        "my API returns 422\n\n```json\n{\n  \"customer\": {\n    \"full_name\": \"Naomi Sam\",\n"
+        'my API returns 422\n\n```json\n{\n  "customer": {\n    "full_name": "Naomi Sam",\n'
         '    "email": "naomi@example.nl"\n  }\n}\n```'
     )
     env = "```\nDATABASE_URL=postgres://thomas:x@uiUYm7YMY!2@db.internal:5432/shop\nADMIN_EMAIL=t@example.de\n```"
@@ -617,7 +617,7 @@ def test_config_lines_git_names_logs_literals_ids_and_transfers(step: PiiScrub) 
     turns = [
         '```hcl\nvariable "db_password" {\n  default = 4cLT3gjbM@vU\n}\ntags = {\n  Contact = "Gunar Bohnbach"\n}\n```',
         'Change it to `default = "4cLT3gjbM@vU"`',
-        "```\n[user]\n\tname = Alfred Fischer\n```\nfix with `git config user.name \"Alfred Fischer\"`",
+        '```\n[user]\n\tname = Alfred Fischer\n```\nfix with `git config user.name "Alfred Fischer"`',
         '```\n2024-03-12T10:23:47Z WARN [refund] iban=DE89370400440532013000 holder="Nicole Boulay" status=OK\n```',
         "```csv\nname,email,phone,city\nAna Lee,a@example.io,,Porto\nLeandro ,b@example.io,,Porto\n```",
         "oi, o CPF que usei foi EF9752358. Smlouva je na mě, číslo zákaznického účtu V55384953.",
@@ -629,8 +629,7 @@ def test_config_lines_git_names_logs_literals_ids_and_transfers(step: PiiScrub) 
     gone = ("4cLT3gjbM", "Gunar", "Bohnbach", "Alfred", "Fischer", "Nicole", "Boulay", "Leandro", "EF9752358")
     assert not [v for v in (*gone, "V55384953", "Einer Friis", "biAUN0zsj", "ísis") if v in out], out
     workflow = (
-        '```yaml\nname: Build and Test\nsteps:\n  - name: Main Menu\n'
-        'format: "%Y-%m-%dT%H:%M:%S"\nv: "v1.2.3-RC4"\n```'
+        '```yaml\nname: Build and Test\nsteps:\n  - name: Main Menu\nformat: "%Y-%m-%dT%H:%M:%S"\nv: "v1.2.3-RC4"\n```'
     )
     assert scrub_record(step, [{"role": "user", "content": workflow}])[0]["content"] == workflow
 
@@ -1004,6 +1003,35 @@ def test_remote_login_users_bullet_names_before_a_verb_and_a_code_cue(step: PiiS
     stay = [("Einkaufsliste:\n- Milch\n- Brot kaufen\n- Käse", "de"), ("```\ncd /home/deploy/app\n```", None)]
     for text, language in stay:
         assert scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"] == text
+
+
+def test_chat_speakers_contact_columns_a_doorbell_and_an_id_after_is_this_it(step: PiiScrub) -> None:
+    """From blind set 27: a pasted group chat's speakers ("Martin: i'll do burgers"), a local phone in
+    a CSV "contact" column, the surname on a doorbell, an id after "è questo?"; a transcript's "User:
+    thanks" and a field list stay."""
+    chat = (
+        "ok i'm pasting the thread from our group chat\n\nMartin: i'll do burgers and the grill\n"
+        "Ottavia Rinaldi: salads! and i can pick up Rembrandt from the station\nRembrandt: thx!! i'll bring drinks\n"
+        "Martin: address is Via Roma 12, ring the bell marked Zys"
+    )
+    cases = [
+        (chat, None, ["Martin", "Rembrandt", "Zys"]),
+        (
+            "```csv\nname,dietary,contact\nAna Lee,vegetarian,ana@x.org\nBo Li,no nuts,7539 3842\n```",
+            None,
+            ["7539 3842"],
+        ),
+        (
+            "il CUP online mi chiede il passport number e non lo trovo sulla tessera vecchia. è questo? V55384953",
+            "it",
+            ["V55384953"],
+        ),
+    ]
+    for text, language, planted in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in planted if v in out], out
+    stay = "User: hello there\nAssistant: hi, how can I help?\nUser: thanks\n\nMax: 5\nMin: 2\nAvg: 3"
+    assert step.scrub_text(stay) == stay
 
 
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:

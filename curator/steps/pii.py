@@ -888,8 +888,9 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     elsewhere ("Tage") are left out of the list, and words that are names only inside a sentence
     ("Marco") count there only. In English, where capitals open titles and products too, only
     before a verb of a subject ("fyi Inga said"). A bullet item of a list that holds a found person
-    may open with one ("- Liana cherche une place"). A known name alone on a message's last line,
-    after a closing sentence, signs it ("Enjoy your stay!\nRóża"), in any language."""
+    may open with one ("- Liana cherche une place"), and so may a pasted chat's speaker label. A
+    known name alone on a message's last line, after a closing sentence, signs it ("Enjoy your
+    stay!\nRóża"), in any language."""
     names = first_names()
     covered = [(s.start, s.end) for s in spans]
     sentences = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.end() > m.start()]
@@ -899,6 +900,8 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     people_list = any(
         b.start() <= p.start < b.end() and p.type == "PERSON" for b in _BULLET_LINE.finditer(text) for p in spans
     )
+    # the speakers of a pasted chat ("Martin: i'll do burgers"), in any language
+    speakers = {m.start() for g in _speaker_groups(text) for m in g}
     found = []
     signature = _SIGNATURE_LINE.search(text)
     first = signature.group(1).split()[0] if signature else ""
@@ -910,10 +913,11 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
             token = w.group(0)
             if not (token[0].isupper() and token[1:].islower() and token.lower() in names):
                 continue
-            if _NO_NAME_WORD.fullmatch(token) or (english and not _SUBJECT.match(text, w.end())):
+            speaker = w.start() in speakers
+            if _NO_NAME_WORD.fullmatch(token) or (english and not speaker and not _SUBJECT.match(text, w.end())):
                 continue
             bullet = people_list and _BULLET_LINE.match(text, text.rfind("\n", 0, w.start()) + 1) is not None
-            if j == 0 and not bullet and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
+            if j == 0 and not (bullet or speaker) and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
                 continue
             found.append((w.start(), w.end()))
     out = list(spans)
@@ -944,7 +948,7 @@ def _listed_names(text: str, spans: list[Span]) -> list[Span]:
         else:
             groups.append([w])
     extra = []
-    groups += _bullet_groups(text) + _column_groups(text)
+    groups += _bullet_groups(text) + _column_groups(text) + _speaker_groups(text)
     for group in groups:
         if len(group) < 3 or not any(p.start < g.end() and g.start() < p.end for g in group for p in people):
             continue
@@ -995,6 +999,23 @@ def _bullet_groups(text: str) -> list[list[re.Match[str]]]:
             groups.append(list(words))
         last_line = line
     return [g for g in groups if len(g) >= 3]
+
+
+# a pasted group chat's speaker label opening a line ("Paweł: address is ...", "[10:42] Ida Berg: ok"):
+# one or two capitalised words, a colon, then a message that opens with a letter ("Max: 5" is a field)
+_SPEAKER_LINE = re.compile(
+    rf"(?m)^[ \t]*(?:\[[^\]\n]{{1,24}}\][ \t]*)?"
+    rf"([{UPPER}][\w'’\-]*\w(?:[ \t]+[{UPPER}][\w'’\-]*\w)?):[ \t]+(?=[^\W\d_])"
+)
+
+
+def _speaker_groups(text: str) -> list[list[re.Match[str]]]:
+    """The words of the speaker labels of a pasted chat (3+ such lines), for `_listed_names`: with one
+    speaker found, every speaker is a person ("Rembrandt: thx Ana!!" beside "Ana: salads!")."""
+    labels = list(_SPEAKER_LINE.finditer(text))
+    if len(labels) < 3:
+        return []
+    return [[w for m in labels for w in _CAP_WORD.finditer(text, m.start(1), m.end(1))]]
 
 
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:

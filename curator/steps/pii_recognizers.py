@@ -1189,12 +1189,17 @@ class IdNumberRecognizer(_RegexRecognizer):
             "named",
         ),
         # the value a sentence later, 6+ digits, after "it is" in the languages of chat exports ("vil have
-        # mit pasnummer med, er det normalt? det er 785964455255")
+        # mit pasnummer med, er det normalt? det er 785964455255"), or after "is this it?" ("mi chiede il
+        # passport number e non lo trovo. è questo? V55384953")
         (
             re.compile(
                 rf"(?i:\b(?:{_ID_KEYWORDS}))[^\d\n]{{1,60}}?[.!?][ \t]+[^\d\n]{{0,30}}?"
-                r"(?i:\b(?:det er|det var|it'?s|it is|that'?s|es ist|c'est|es|è|to je|je to|jest|ez|az|é|het is))"
-                rf"[ \t:]+({_ID_VALUE})"
+                r"(?i:\b(?:det er|det var|it'?s|it is|that'?s|es ist|c'est|es|è|to je|je to|jest|ez|az|é|het is|"
+                r"is (?:it )?this(?: one| it)?|this one|è questo|è questa|ist (?:es )?(?:das|dies|der|die)|"
+                r"c'est (?:ça|celui-ci|celui-là)|es (?:este|esta|éste|ésta)|é (?:este|esta|esse|essa)|"
+                r"is dit (?:hem|het|die|hij)|is het dit|to je (?:ono|on|ten|to)|je to (?:ono|on|ten|tohle)|"
+                r"czy to (?:ten|to)|er det (?:den|denne|det)(?: her)?|ez az|ez lesz az))"
+                rf"[ \t:?]+({_ID_VALUE})"
             ),
             1,
             0.6,
@@ -1414,6 +1419,10 @@ _NAME_CUES_CAPITALISED = (
     r"(?:bonifico|pagamento)\s+a|intestat[oa]\s+(?:proprio\s+)?a|przelew\s+(?:do|dla)|überweisung\s+an|"
     r"virement\s+(?:à|a)|transferencia\s+a|overboeking\s+(?:naar|aan)|převod\s+(?:na|pro)|"
     r"overførsel\s+til|transferência\s+para|"
+    # a doorbell bears a surname: "ring the bell marked Zys", "Klingel: Nowak", "sonnette au nom de Roux"
+    r"(?:door)?bell\s+(?:marked|label+ed|that\s+says|saying)|buzzer\s+(?:marked|label+ed|that\s+says|saying|for)|"
+    r"klingel(?:schild)?\s*:|klingelschild\s+mit|sonnette\s+au\s+nom\s+de|campanello\s+(?:a\s+nome|con\s+scritto)|"
+    r"dzwonek\s+z\s+napisem|zvonek\s+(?:se\s+jménem|s\s+nápisem)|dørklokken\s+med|bel\s+met\s+de\s+naam|"
     # greetings of the languages of chat exports ("Bonjour Amanda", "Liebe Gitte", "Cześć Piotr")
     r"bonjour|salut|coucou|cher|chère|hola|querid[oa]|estimad[oa]|hallo|liebe[rs]?|sehr\s+geehrte[rs]?|servus|moin|"
     r"ciao|salve|caro|cara|gentile|cześć|czesc|drog[ia]|olá|oi|prezad[oa]|hej|hoi|beste|kære|ahoj|szia|kedves|"
@@ -2011,9 +2020,16 @@ def account_users(text: str) -> list[tuple[int, int]]:
     """[start, end) of each personal account user name: in a home directory path, under a user key of
     a config or call, in a URL's credentials, or before the host of a remote login."""
     spans = [m.span(1) for m in _HOME_USER.finditer(text)]
-    spans += [m.span(g) for m in _CONFIG_USER.finditer(text) for g in (1, 2, 3) if m.group(g)]
+    for m in _CONFIG_USER.finditer(text):
+        # a pasted transcript's "User: thanks" is a message, not a config line: a bare "user" key's
+        # one-word value counts only when it is no common word
+        role = m.group(1) and _ROLE_LINE.match(m.group(0)) and not unknown_word(m.group(1))
+        spans += [m.span(g) for g in (1, 2, 3) if m.group(g) and not role]
     spans += [m.span(1) for m in _REMOTE_USER.finditer(text)]
     return [(a, b) for a, b in spans if text[a:b].lower() not in _SERVICE_USERS]
+
+
+_ROLE_LINE = re.compile(r"[ \t]*(?i:user):")
 
 
 # SQL: INSERT INTO t (full_name, email, ...) VALUES ('błażej gałaj', ...), (...): the column names key the values
@@ -2112,6 +2128,10 @@ def _personal_column(key: str) -> bool:
     )
 
 
+_PHONE_CELL = re.compile(r"\+?[\d(][\d\s()\-./]{5,}\d")
+_CONTACT_KEY = re.compile(r"(?i)(?:[a-z]+_)*(?:contact|kontakt|contacto|contato|contatto)")
+
+
 def _key_kind(key: str, value: str) -> str | None:
     """The entity a table cell or SQL value under column `key` is (`_KEYED`, an id keyword), or None.
     A column is looser than a JSON key ("Phone" may list "iPhone 15", "Token" word pieces), so the
@@ -2121,6 +2141,8 @@ def _key_kind(key: str, value: str) -> str | None:
     if re.fullmatch(rf"(?i:{_ID_KEYWORDS})", key.replace("_", " ")):
         return "ID_NUMBER" if digits >= 4 else None
     kind = next((k for k, p in _KEYED.items() if re.fullmatch(rf"(?i)(?:[a-z]+_)*(?:{p})", key)), None)
+    if _CONTACT_KEY.fullmatch(key) and _PHONE_CELL.fullmatch(value):
+        kind = "PHONE_NUMBER"  # a contact column holds names, emails and phones ("no nuts, 7539 3842")
     owner = re.fullmatch(r"(?i)(?:[a-z]+_)*(?:owner|author|maintainer|assignee|reporter)", key) is not None
     # keys that only ever hold people: any capitalised first names there ("couple: Flora & Ida")
     family = re.fullmatch(r"(?i)(?:[a-z]+_)*(?:couple|bride|groom|spouse|parents|children|kids|guests)", key)
