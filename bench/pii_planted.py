@@ -101,9 +101,10 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # (14:40 UTC); then inspected: tune now.
 # HELD_OUT_28_TEMPLATES, by a twenty-fourth (asked to lean to work: HR and payroll, CRM and
 # spreadsheet cleanup, support replies, freelance contracts, help-desk tickets, migrations and bug
-# reports with sample rows; a third mostly not in English), are the held-out split. This file is
-# not kept ruff-formatted (`ruff format` would print held-out text). Never print a held-out split's
-# text (a formatter's diff, a line range).
+# reports with sample rows; a third mostly not in English), are the held-out split but were measured
+# once (2026-12-05 16:25 UTC) and then inspected: move them into "tune" before the next blind set
+# is measured. This file is not kept ruff-formatted (`ruff format` would print held-out text).
+# Never print a held-out split's text (a formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
         ("user", "Hi, my name is {name} and I need to update my card {card} on the account."),

@@ -1034,6 +1034,20 @@ def test_chat_speakers_contact_columns_a_doorbell_and_an_id_after_is_this_it(ste
     assert step.scrub_text(stay) == stay
 
 
+def test_a_known_first_name_opening_a_sentence_before_a_verb_of_calling_or_saying(step: PiiScrub) -> None:
+    """From blind set 28: "köszi! Rosa fogja hívni" (the name opens the sentence, a verb of calling
+    follows), in the languages of chat exports; an imperative opening a sentence stays."""
+    cases = [
+        ("köszi! Temistocle fogja hívni délután", "hu", "Temistocle"),
+        ("Danke! Bruno ruft dich morgen an.", "de", "Bruno"),
+        ("Merci. Denis appellera demain.", "fr", "Denis"),
+    ]
+    for text, language, name in cases:
+        assert name not in scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+    stay = "Porta la pizza. Viene domani."
+    assert scrub_record(step, [{"role": "user", "content": stay}], "it")[0]["content"] == stay
+
+
 def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     """A malformed paste (a VALUES row that never closes, full of '' escapes) must not backtrack
     over every way to split its quotes: the row pattern is possessive."""

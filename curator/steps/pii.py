@@ -692,6 +692,15 @@ _SUBJECT = re.compile(
     r"(?:,|:[ \t]|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
     r"wants|went|called|wrote|asked)\b)"
 )
+# a verb of calling, saying, writing or coming after a sentence's first word, in the languages of chat
+# exports: a known first name there is a person even at a sentence's start ("köszi! Rosa fogja hívni")
+_OPENER_VERB = re.compile(
+    r"[ \t]+(?:said|says|told|called|wrote|asked|will[ \t]+(?:call|ring|bring|come)|is[ \t]+calling|"
+    r"fogja|mondta|írta|hívja|hívott|jön|hozza|küldi|sagt|sagte|ruft|rief|schreibt|schrieb|kommt|bringt|"
+    r"dit|appelle|appellera|viendra|apporte|dice|dijo|llama|llamará|viene|trae|chiama|chiamerà|porta|"
+    r"powiedziała?|zadzwoni|dzwoni|przyjdzie|napisała?|przyniesie|zegt|zei|belt|komt|brengt|disse|diz|"
+    r"ligará|ligou|liga|traz|říká|řekla?|zavolá|volá|přijde|napsala?|přinese|siger|sagde|ringer|kommer)\b"
+)
 _TITLE = re.compile(
     r"(?i)\b(?:mr|mrs|ms|mx|dr|prof|sir|miss|herr|frau|mme|sr|sra|juf|meneer|mevrouw|mevr|dhr|pan|pani|paní|hr|fru|"
     r"sig|sig\.ra|dott|don|doña|dona)\.?[ \t]+$"
@@ -888,7 +897,8 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     elsewhere ("Tage") are left out of the list, and words that are names only inside a sentence
     ("Marco") count there only. In English, where capitals open titles and products too, only
     before a verb of a subject ("fyi Inga said"). A bullet item of a list that holds a found person
-    may open with one ("- Liana cherche une place"), and so may a pasted chat's speaker label. A
+    may open with one ("- Liana cherche une place"), so may a pasted chat's speaker label and a
+    sentence whose verb calls, says or comes ("köszi! Rosa fogja hívni"). A
     known name alone on a message's last line, after a closing sentence, signs it ("Enjoy your
     stay!\nRóża"), in any language."""
     names = first_names()
@@ -917,7 +927,8 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
             if _NO_NAME_WORD.fullmatch(token) or (english and not speaker and not _SUBJECT.match(text, w.end())):
                 continue
             bullet = people_list and _BULLET_LINE.match(text, text.rfind("\n", 0, w.start()) + 1) is not None
-            if j == 0 and not (bullet or speaker) and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
+            cued = bullet or speaker or _OPENER_VERB.match(text, w.end()) is not None
+            if j == 0 and not cued and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
                 continue
             found.append((w.start(), w.end()))
     out = list(spans)
