@@ -898,9 +898,9 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     ("Marco") count there only. In English, where capitals open titles and products too, only
     before a verb of a subject ("fyi Inga said"). A bullet item of a list that holds a found person
     may open with one ("- Liana cherche une place"), so may a pasted chat's speaker label and a
-    sentence whose verb calls, says or comes ("köszi! Rosa fogja hívni"). A
-    known name alone on a message's last line, after a closing sentence, signs it ("Enjoy your
-    stay!\nRóża"), in any language."""
+    sentence whose verb calls, says or comes ("köszi! Rosa fogja hívni"). A known name alone on a
+    message's last line, after a closing sentence, signs it ("Enjoy your stay!\nRóża"), in any
+    language."""
     names = first_names()
     covered = [(s.start, s.end) for s in spans]
     sentences = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.end() > m.start()]
@@ -1022,11 +1022,13 @@ _SPEAKER_LINE = re.compile(
 
 def _speaker_groups(text: str) -> list[list[re.Match[str]]]:
     """The words of the speaker labels of a pasted chat (3+ such lines), for `_listed_names`: with one
-    speaker found, every speaker is a person ("Rembrandt: thx Ana!!" beside "Ana: salads!")."""
+    speaker found, every speaker is a person ("Rembrandt: thx Ana!!" beside "Ana: salads!"). Roles
+    and fields ("Assistant:", "Note:") are common words and stay out."""
     labels = list(_SPEAKER_LINE.finditer(text))
     if len(labels) < 3:
         return []
-    return [[w for m in labels for w in _CAP_WORD.finditer(text, m.start(1), m.end(1))]]
+    words = (w for m in labels for w in _CAP_WORD.finditer(text, m.start(1), m.end(1)))
+    return [[w for w in words if unknown_word(w.group(0)) or w.group(0).lower() in first_names()]]
 
 
 def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
