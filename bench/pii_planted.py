@@ -99,11 +99,14 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # clubs, doctors, small-business invoices, group chats): about ten of its templates were glimpsed
 # in a formatter's diff (2026-12-05 14:35 UTC) before it was measured, once, on the unchanged code
 # (14:40 UTC); then inspected: tune now.
-# HELD_OUT_28_TEMPLATES, by a twenty-fourth (asked to lean to work: HR and payroll, CRM and
-# spreadsheet cleanup, support replies, freelance contracts, help-desk tickets, migrations and bug
-# reports with sample rows; a third mostly not in English), are the held-out split but were measured
-# once (2026-12-05 16:25 UTC) and then inspected: move them into "tune" before the next blind set
-# is measured. This file is not kept ruff-formatted (`ruff format` would print held-out text).
+# Set 28, by a twenty-fourth (asked to lean to work: HR and payroll, CRM and spreadsheet cleanup,
+# support replies, freelance contracts, help-desk tickets, migrations and bug reports with sample
+# rows; a third mostly not in English), was measured once (2026-12-05 16:25 UTC) and then
+# inspected: tune now.
+# HELD_OUT_29_TEMPLATES, by a twenty-fifth (asked to lean to family and personal life in many
+# voices: an elderly parent, a wedding or funeral, a child's club, neighbours, a flat share, a vet,
+# a landlord; first names alone often; about half mostly not in English), are the held-out split,
+# not yet measured. This file is not kept ruff-formatted (`ruff format` would print held-out text).
 # Never print a held-out split's text (a formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -7499,6 +7502,180 @@ Side note: the thread contains the account password in plain text. It'd be worth
 ]
 
 
+HELD_OUT_29_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 elderly parent, care home form (en)
+    [
+        ("user", "my dad is moving into a care home next month and they sent me a form i don't understand. his name is {name}, he's 84, and he currently lives at {address}. the form asks for his {id_kind} and i found it in his drawer: {id}. what else do they usually need?"),
+        ("assistant", "I'm sorry, that's a big move for both of you. For {first}, care homes usually ask for:\n\n1. Full name: {name}\n2. Current address: {address}\n3. {id_kind}: {id}\n4. GP details and a current medication list\n5. A next-of-kin contact (that would probably be you)\n6. Any power of attorney paperwork\n\nWould you like help filling in the next-of-kin section?"),
+        ("user", "yes. i'm the next of kin, my number is {phone}. my brother {first2} should be the second contact but he never answers lol"),
+        ("assistant", "Here's the section filled in:\n\nNext of kin 1: you, phone {phone}\nNext of kin 2: {first2} (mark as secondary)\n\nIt might be worth telling the home that {first2} is harder to reach, so they call you first about {first}."),
+    ],
+    # 2 German wedding, gift money
+    [
+        ("user", "Hallo! Wir heiraten im Juni und ich brauche einen kurzen Text für die Einladung. Das Brautpaar sind {name} und {name2}. Statt Geschenken wünschen wir uns einen Zuschuss für die Hochzeitsreise, Konto: {iban}. Rückmeldung bitte an {email}."),
+        ("assistant", "Gerne, hier ein Vorschlag:\n\n---\nLiebe Familie, liebe Freunde,\n\nwir, {name} und {name2}, sagen Ja! Wir würden uns riesig freuen, diesen Tag mit euch zu feiern.\n\nWir haben schon fast alles, was wir brauchen. Wer uns trotzdem etwas schenken möchte, kann gern zu unserer Hochzeitsreise beitragen:\nIBAN: {iban}\n\nBitte gebt uns bis zum 1. Mai Bescheid unter {email}.\n\nAlles Liebe\n{first} & {first2}\n---"),
+        ("user", "super, aber {first2} meint das klingt zu förmlich. kannst du es lockerer machen? und schreib dazu dass man auch anrufen kann, {phone}"),
+        ("assistant", "Klar, etwas lockerer:\n\nIhr Lieben! {first} und {first2} trauen sich endlich 🎉 Feiert mit uns! Geschenke braucht ihr keine, aber ein kleiner Beitrag zur Hochzeitsreise wäre toll ({iban}). Sagt uns bis 1. Mai Bescheid: {email} oder einfach anrufen unter {phone}."),
+    ],
+    # 3 French funeral, bank letter
+    [
+        ("user", "Bonjour, ma grand-mère est décédée la semaine dernière et je dois écrire à sa banque pour clôturer son compte. Elle s'appelait {name}, elle habitait\n{address_lines}\nSon IBAN c'est {iban}. Vous pouvez m'aider à rédiger la lettre ?"),
+        ("assistant", "Toutes mes condoléances. Voici un modèle de lettre :\n\nObjet : Décès de Mme {name} – clôture du compte {iban}\n\nMadame, Monsieur,\n\nJ'ai la tristesse de vous informer du décès de ma grand-mère, Mme {name}, domiciliée au :\n{address_lines}\n\nJe vous prie de bien vouloir bloquer puis clôturer le compte référencé ci-dessus et de me communiquer la marche à suivre pour la succession. Vous trouverez ci-joint une copie de l'acte de décès.\n\nVeuillez agréer, Madame, Monsieur, mes salutations distinguées."),
+        ("user", "merci. le notaire demande aussi son {id_kind}, c'est {id}. je le mets dans la lettre ? et je signe comment, je suis {name2}"),
+        ("assistant", "Oui, vous pouvez l'ajouter juste après son nom : « Mme {name}, {id_kind} : {id} ». Pour la signature, mettez simplement :\n\n{name2}, petit-fils/petite-fille de la défunte\n\nEt joignez une copie de votre propre pièce d'identité, la banque la demandera sûrement."),
+    ],
+    # 4 kid's football club registration JSON (en)
+    [
+        ("user", "i'm writing a little signup form for my son's under-10s football club. can you check this json is valid?\n\n{{\n  \"player\": \"{first} {surname}\",\n  \"parent\": \"{name2}\",\n  \"phone\": \"{phone}\",\n  \"email\": \"{email}\",\n  \"kit_size\": \"YS\"\n}}"),
+        ("assistant", "It's valid JSON. A couple of suggestions so the club can reuse it:\n\n```json\n{{\n  \"player\": {{\"first_name\": \"{first}\", \"last_name\": \"{surname}\"}},\n  \"guardian\": {{\"name\": \"{name2}\", \"phone\": \"{phone}\", \"email\": \"{email}\"}},\n  \"kit_size\": \"YS\",\n  \"medical_notes\": \"\"\n}}\n```\n\nSplitting {first}'s name makes sorting the squad list easier."),
+        ("user", "nice. the coach also wants the subs paid by card, can i just add a field? like \"card\": \"{card}\""),
+        ("assistant", "I'd avoid storing the full card number ({card}) in a JSON file, since anyone who can open it can read it. Use a payment link instead and only store a reference like \"subs_paid\": true. If {name2} pays online, the club's payment provider keeps the card details."),
+    ],
+    # 5 Spanish neighbours dispute
+    [
+        ("user", "Hola, tengo un problema con el vecino de arriba. Se llama {name} y pone la música a tope todas las noches. Vivimos en {street}, {city}. Quiero escribir al administrador de la finca, ¿me ayudas?"),
+        ("assistant", "Claro. Aquí tienes un borrador:\n\nEstimado administrador:\n\nMe dirijo a usted como vecino del edificio situado en {street}, {city}, para informarle de las molestias reiteradas por ruido procedentes del piso superior, ocupado por D. {name}. Desde hace varias semanas la música se mantiene a un volumen muy alto pasada la medianoche.\n\nLe agradecería que tomara las medidas oportunas. Quedo a su disposición en el teléfono [tu teléfono].\n\nAtentamente,"),
+        ("user", "perfecto. mi telefono es el {phone}, y firma como {name2}. y añade que {first} ya fue avisado dos veces"),
+        ("assistant", "Versión final:\n\n...Desde hace varias semanas la música se mantiene a un volumen muy alto pasada la medianoche. {first} ya ha sido avisado en dos ocasiones, sin resultado.\n\nQuedo a su disposición en el teléfono {phone}.\n\nAtentamente,\n{name2}"),
+    ],
+    # 6 flat share bills CSV (en)
+    [
+        ("user", "ok so me, {first2} and {first3} share a flat with {first} and the bills are a mess. here's what i have\n\nwho,item,amount\n{first},electric,64.20\n{first2},internet,35.00\n{first3},gas,48.10\n{first},water,22.75\n\nwho owes who?"),
+        ("assistant", "Total is 170.05, so each of the four of you owes 42.51.\n\n- {first} paid 86.95 → is owed 44.44\n- {first2} paid 35.00 → owes 7.51\n- {first3} paid 48.10 → is owed 5.59\n- you paid 0.00 → owe 42.51\n\nSimplest settlement: you pay {first} 42.51, {first2} pays {first} 1.93 and {first3} 5.58... roughly. Want me to round it?"),
+        ("user", "yes round it. {first_lower} wants it all sent to {iban}. oh and can you put in the note that the new wifi is FlatNet5G and the code is {password} cos people keep asking"),
+        ("assistant", "Here's a message you can paste into the group chat:\n\nhey all 👋 bills for this month:\n- me → {first}: 42.50\n- {first2} → {first}: 2.00\n- {first3} → {first}: 5.50\nplease send to {first}'s account {iban}\n\nalso new wifi: FlatNet5G, code {password}"),
+    ],
+    # 7 Italian lost wallet found
+    [
+        ("user", "Ciao, stamattina ho trovato un portafoglio sul tram. Dentro c'è una carta d'identità di {name}, residente in {address}, e una carta di credito {card}. Cosa devo fare?"),
+        ("assistant", "Che gentile! Le opzioni migliori sono:\n\n1. Portarlo all'ufficio oggetti smarriti del Comune o ai Carabinieri.\n2. Se vuoi contattare direttamente {name}, puoi lasciare un biglietto all'indirizzo {address}.\n\nNon usare né fotografare la carta {card}: consegnala così com'è insieme al portafoglio."),
+        ("user", "c'è anche un biglietto da visita con un numero, {phone}. chiamo? cosa dico?"),
+        ("assistant", "Sì, puoi chiamare. Potresti dire:\n\n\"Buongiorno, parlo con {first}? Ho trovato il suo portafoglio sul tram stamattina. Dentro c'erano i documenti e una carta. Come preferisce riaverlo?\"\n\nSe non risponde nessuno al {phone}, lascia il portafoglio ai Carabinieri e comunica loro il numero."),
+    ],
+    # 8 Polish vet
+    [
+        ("user", "Dzień dobry, mój pies Burek od wczoraj nie je i wymiotuje. Weterynarz pani {name} przyjmuje na {street} w {city}, ale nie odbiera. Ma jeszcze numer {phone}, dzwonić tam w niedzielę?"),
+        ("assistant", "Jeśli Burek wymiotuje od ponad doby i nic nie je, warto nie czekać do poniedziałku. Tak, zadzwoń pod {phone} – wielu weterynarzy ma dyżurny numer. Jeśli pani {surname} nie odbierze, poszukaj całodobowej kliniki w {city}. Zabierz ze sobą książeczkę zdrowia psa."),
+        ("user", "dodzwoniłam się do jej asystenta {first2}. kazał wysłać zdjęcia na {email}. napiszesz mi krótką wiadomość?"),
+        ("assistant", "Proszę:\n\nDo: {email}\nTemat: Burek – wymioty od wczoraj\n\nDzień dobry,\nzgodnie z rozmową telefoniczną z Panem {first2} przesyłam zdjęcia. Burek (pies, 7 lat) od wczoraj nie je i wymiotował cztery razy. Proszę o informację, czy pani doktor {surname} może go dziś przyjąć.\n\nPozdrawiam"),
+    ],
+    # 9 Dutch landlord leak
+    [
+        ("user", "Hoi, er lekt al drie weken water door het plafond van mijn badkamer en mijn verhuurder {name} reageert niet. adres is {address_lower}. Kun je een formele brief maken? zijn mail is {email}"),
+        ("assistant", "Natuurlijk. Hier een voorbeeld:\n\nAan: {name} ({email})\nBetreft: Lekkage badkamer, {address}\n\nBeste heer/mevrouw {surname},\n\nSinds drie weken lekt er water door het plafond van de badkamer van de woning aan {address}. Ik heb u hierover eerder gemeld, maar nog geen reactie ontvangen. Ik verzoek u het gebrek binnen 14 dagen te laten herstellen. Gebeurt dat niet, dan overweeg ik huurverlaging aan te vragen bij de Huurcommissie.\n\nMet vriendelijke groet,"),
+        ("user", "dank je! kan er bij dat ik de loodgieter zelf betaal en de kosten van de huur aftrek? mijn rekening is {iban} als hij het liever terugstort"),
+        ("assistant", "Voeg dit toe voor de afsluiting:\n\n\"Mocht het gebrek niet binnen de termijn verholpen zijn, dan laat ik de reparatie zelf uitvoeren en verreken ik de kosten met de huur. U kunt de kosten ook terugstorten op {iban}.\"\n\nLet op: laat {surname} dit eerst schriftelijk weten, zoals hierboven, anders kan verrekenen lastig worden."),
+    ],
+    # 10 Portuguese (BR) caring for mother, medication
+    [
+        ("user", "oi, minha mãe {name} tem 79 anos e toma uns 6 remédios. to tentando organizar uma tabela pra cuidadora. o {id_kind} dela é {id}, precisa colocar?"),
+        ("assistant", "Boa ideia organizar! Pra cuidadora não precisa colocar o {id_kind}, mas é bom ter à mão pra farmácia e consultas. Uma tabela simples:\n\n| Horário | Remédio | Dose |\n|---|---|---|\n| 08h | Losartana | 50 mg |\n| 12h | ... | ... |\n\nNo topo coloque: Paciente: {name}. Em emergência ligar para: (seu número)."),
+        ("user", "meu número é {phone}, e o da minha irmã {first2} tbm. a cuidadora se chama {first3}"),
+        ("assistant", "Então o cabeçalho fica assim:\n\nPaciente: {name}\nCuidadora: {first3}\nEmergência: {phone} (filha) / {first2} (irmã)\n{id_kind}: {id} (só para farmácia e hospital)\n\n{first3} pode marcar um ✓ em cada horário quando a dona {first} tomar o remédio."),
+    ],
+    # 11 Czech wedding venue
+    [
+        ("user", "Ahoj, pomůžeš mi napsat mail na zámek, kde chceme mít svatbu? Jsme {name} a {name2}, termín 14. září, asi 80 hostů. Kontakt na mě {email}, telefon {phone}."),
+        ("assistant", "Jasně, tady je návrh:\n\nDobrý den,\n\njmenuji se {name} a se snoubencem/snoubenkou {name2} plánujeme svatbu na 14. září pro přibližně 80 hostů. Rádi bychom se zeptali, zda máte v tomto termínu volno, a požádali o cenovou nabídku včetně pronájmu sálu a cateringu.\n\nOzvat se mi můžete na {email} nebo na telefonu {phone}.\n\nS pozdravem\n{name}"),
+        ("user", "díky. {first2} chce ještě připsat že potřebujeme i ubytování pro rodiče, ať to není tak dlouhý"),
+        ("assistant", "Stačí přidat jednu větu za cenovou nabídku: „Zajímalo by nás také ubytování pro rodiče (cca 4 pokoje).“ Jinak může mail zůstat, jak je, a podepsat se můžete oba: {first} a {first2}."),
+    ],
+    # 12 Hungarian flat rental, password
+    [
+        ("user", "Szia! Kiadom a lakásomat egy diáknak, {name} a neve. Írnál egy rövid üdvözlő üzenetet? A cím {address}, a bérleti díjat erre a számlára kérem: {iban}."),
+        ("assistant", "Persze! Itt egy javaslat:\n\nKedves {first}!\n\nÜdvözöllek a lakásban ({address})! Remélem, jól fogod érezni magad. A havi bérleti díjat minden hónap 5-ig kérlek utald a következő számlára: {iban}.\n\nHa bármi gond van, nyugodtan keress.\n\nÜdv,"),
+        ("user", "írd bele a wifit is, a jelszó {password}, meg hogy a kulcsot a szomszédnál {first2}-nál hagyom"),
+        ("assistant", "Kiegészítve:\n\n...A wifi neve Otthon_2, a kód: {password}.\nA kulcsot a szomszédnál, {first2}-nál hagyom, ő a földszinten lakik.\n\nHa bármi gond van, nyugodtan keress.\n\nÜdv,"),
+    ],
+    # 13 Danish kids' football club
+    [
+        ("user", "hej, jeg er træner for U9 i vores lille fodboldklub og skal sende en besked til forældrene om stævnet på lørdag. kontaktperson er {name}, tlf {phone}, mail {email}. kan du skrive den?"),
+        ("assistant", "Selvfølgelig! Her er et forslag:\n\nKære forældre til U9 ⚽\n\nPå lørdag skal vi til stævne. Vi mødes kl. 8.30 ved klubhuset. Husk madpakke, vand og benskinner.\n\nSpørgsmål kan rettes til {name} på {phone} eller {email}.\n\nSportslig hilsen\nTrænerteamet"),
+        ("user", "tak! {first} kan ikke lørdag alligevel, så det er {name2} der tager telefonen. og skriv at {first3}'s far kører en bus fra {street}"),
+        ("assistant", "Opdateret:\n\nPå lørdag skal vi til stævne. Vi mødes kl. 8.30 ved klubhuset. {first3}s far kører en bus fra {street} kl. 8.15 for dem, der mangler lift.\n\nSpørgsmål kan rettes til {name2}, da {first} desværre ikke kan på lørdag."),
+    ],
+    # 14 forwarded landlord message, address_qq export (en)
+    [
+        ("user", "can you help me understand this? my landlord forwarded it and the formatting is broken\n\n---------- Forwarded message ---------\nFrom: {name} <{email}>\nSubject: rent increase\n\nDear tenant, as of 1 March the rent for {address_qq} will increase by 4%. Please contact me on {phone} with any questions.\nRegards, {surname}"),
+        ("assistant", "The \"???\" are just line breaks that got lost. The address is:\n\n{address_lines}\n\nIn short, {name} is telling you the rent goes up 4% from 1 March. Depending on your country and tenancy type there may be rules on notice and how often rent can rise, so check your contract before replying to {email}."),
+        ("user", "ok. write a reply asking for it in writing with the legal notice period pls. sign it {name2}"),
+        ("assistant", "Dear {surname},\n\nThank you for your message about the rent for {street}. Could you please send the increase formally in writing, stating the legal basis and notice period that applies? I'd like to review it before it takes effect.\n\nKind regards,\n{name2}"),
+    ],
+    # 15 Python RSVP script (en)
+    [
+        ("user", "wrote a tiny python thing to track rsvps for my sister's wedding but it crashes\n\nguests = [\n    {{\"name\": \"{name}\", \"email\": \"{email}\", \"rsvp\": True}},\n    {{\"name\": \"{name2}\", \"phone\": \"{phone}\", \"rsvp\": None}},\n]\nfor g in guests:\n    print(g[\"name\"], g[\"email\"])"),
+        ("assistant", "It crashes with KeyError because {name2}'s entry has no \"email\" key. Use .get():\n\n```python\nfor g in guests:\n    contact = g.get(\"email\") or g.get(\"phone\", \"no contact\")\n    print(g[\"name\"], contact)\n```\n\nThat prints {name} with {email} and {name2} with {phone}."),
+        ("user", "works! how do i list only the ones who haven't replied, like {first2}"),
+        ("assistant", "```python\npending = [g[\"name\"] for g in guests if g[\"rsvp\"] is None]\nprint(\"still waiting on:\", \", \".join(pending))\n```\n\nRight now that would print \"still waiting on: {name2}\", so you might want to nudge {first2} at {phone}."),
+    ],
+    # 16 elderly mum, bank login, password without "password:" (en)
+    [
+        ("user", "my mum keeps locking herself out of online banking. she writes everything on post-its. the one on the fridge says her login is {email} and the secret word is {password}. is it safe to keep it like that??"),
+        ("assistant", "Not really. Anyone visiting the house could see {password} on the fridge and use it with {email}. A few gentler options:\n\n- A small notebook kept in a drawer, not in view\n- A simple password manager you set up for her\n- Ask the bank about a card reader or app login so she doesn't need to remember the word at all"),
+        ("user", "she's 82 lol an app is not happening. her name is {name_lower}, can you write a note i can give the bank asking them to help her in branch? she lives at {address}"),
+        ("assistant", "Of course:\n\nTo whom it may concern,\n\nMy mother, {name}, of {address}, is a customer of your bank and has difficulty using online banking. Could you please help {first} in branch with an alternative way to access her account, such as telephone banking or a card reader?\n\nThank you for your patience with her.\n\nKind regards,"),
+    ],
+    # 17 vet bill, casual lower case, card dictated (en)
+    [
+        ("user", "vet just called, cat needs surgery, they want a deposit over the phone. im reading my card to them as {card} exp 09/27, is that normal or a scam?? the vet is dr {name} on {street}"),
+        ("assistant", "Many vets do take phone deposits, but to be safe: hang up and call the practice back on the number from their website or your cat's records, not a number they gave you. If it's really Dr {surname}'s practice on {street}, they'll confirm the amount. If you've already given {card} to someone you're unsure about, call your bank now to freeze it."),
+        ("user", "ok called back on {phone}, it's legit phew. {first3} the nurse said surgery is tomorrow 9am"),
+        ("assistant", "Good news. For tomorrow: no food after midnight for the cat, water is usually fine until morning, but check with {first3}. Keep {phone} handy in case Dr {surname} needs to reach you during the operation."),
+    ],
+    # 18 German care insurance application
+    [
+        ("system", "Du bist ein hilfsbereiter Assistent für Fragen rund um Pflege und Behörden in Deutschland."),
+        ("user", "Mein Vater {name} braucht einen Pflegegrad. Ich will den Antrag an die Pflegekasse schicken. Seine Versichertennummer bzw. {id_kind} ist {id}, er wohnt:\n{address_lines}\nWie formuliere ich das?"),
+        ("assistant", "Ein formloser Antrag genügt. Zum Beispiel:\n\nAntrag auf Leistungen der Pflegeversicherung\n\nVersicherter: {name}\n{id_kind}: {id}\nAnschrift:\n{address_lines}\n\nSehr geehrte Damen und Herren,\n\nhiermit beantrage ich für meinen Vater, Herrn {name}, Leistungen der Pflegeversicherung und bitte um Begutachtung durch den Medizinischen Dienst.\n\nMit freundlichen Grüßen"),
+        ("user", "danke!! Soll ich meine Handynummer dazuschreiben? {phone}. Und meine Schwester {first2} kümmert sich eigentlich mehr um ihn"),
+        ("assistant", "Ja, unbedingt – der Medizinische Dienst ruft meist an, um einen Termin zu vereinbaren. Schreib unter den Antrag: \"Ansprechpartner: {first2} (Tochter) bzw. Tel. {phone}\". Bei der Begutachtung sollte am besten {first2} dabei sein, da sie den Alltag von {first} am besten kennt."),
+    ],
+    # 19 French flat share SQL
+    [
+        ("user", "salut, j'ai fait une petite base sqlite pour les dépenses de la coloc mais ma requête marche pas\n\nINSERT INTO depenses (qui, quoi, montant) VALUES ('{first}', 'courses', 42.5), ('{first2}', 'électricité', 61), ('{first3}', 'internet', 29.99);\nSELECT qui, SUM(montant) FROM depenses;"),
+        ("assistant", "Il manque le GROUP BY :\n\n```sql\nSELECT qui, SUM(montant) AS total\nFROM depenses\nGROUP BY qui;\n```\n\nTu obtiendras une ligne pour {first}, une pour {first2} et une pour {first3}."),
+        ("user", "top merci. et j'ai aussi une table 'compte' avec le code de la box, genre INSERT INTO compte VALUES ('box', '{password}'); c'est grave ?"),
+        ("assistant", "Ce n'est pas dramatique pour un code wifi, mais évite d'y mettre des mots de passe plus sensibles. Si le fichier est partagé (Drive, Git...), tout le monde verra '{password}'. Une note épinglée dans le groupe de la coloc suffit largement."),
+    ],
+    # 20 obituary (en)
+    [
+        ("user", "I need to write a short death notice for the local paper. My grandfather was {name}, born and raised in {city}. He leaves his wife {first2} and three grandchildren. Service is at St Mary's on Friday."),
+        ("assistant", "Here's a draft:\n\n{surname}, {first}. Passed away peacefully, aged 91. Born and raised in {city}, {first} was a much-loved husband of {first2} and devoted grandfather of three. The funeral service will be held at St Mary's Church on Friday at 11am. Family flowers only; donations if desired to the local hospice."),
+        ("user", "lovely. add that people can contact me for details, {email} or {phone}. and that {first}'s favourite saying was 'never mind, put the kettle on'"),
+        ("assistant", "{surname}, {first}. Passed away peacefully, aged 91. Born and raised in {city}, {first} was a much-loved husband of {first2} and devoted grandfather of three. In his own words: \"never mind, put the kettle on.\" The funeral service will be held at St Mary's Church on Friday at 11am. Enquiries to {email} or {phone}."),
+    ],
+    # 21 Spanish lost wallet, block card
+    [
+        ("user", "me robaron la cartera en el metro!! tenia la tarjeta {card} y mi {id_kind}, el numero es {id}. que hago primero"),
+        ("assistant", "Lo siento mucho. En este orden:\n\n1. Llama ya a tu banco para bloquear la tarjeta {card}. El número suele estar en la app o en la web.\n2. Pon la denuncia en comisaría; menciona el {id_kind} {id}.\n3. Pide cita para renovar el documento.\n\n¿Quieres que te prepare un texto para la denuncia?"),
+        ("user", "si porfa. soy {name}, vivo en {address}, mi movil es {phone}"),
+        ("assistant", "Aquí tienes:\n\nD./Dña. {name}, con domicilio en {address} y teléfono {phone}, manifiesta que hoy, en el metro, le fue sustraída su cartera, que contenía:\n- Tarjeta bancaria n.º {card} (ya bloqueada / pendiente de bloqueo)\n- {id_kind} n.º {id}\n\nSolicita que conste a efectos de denuncia."),
+    ],
+    # 22 neighbour dispute incident log, markdown table (en, system)
+    [
+        ("system", "You help users prepare clear, factual documents for community mediation."),
+        ("user", "my neighbour {name} keeps parking across my drive. I want a log for the mediation service. incidents: mon 7am, wed 6pm, sat all day. i'm at {street}, she's next door. mediation wants my email too: {email}"),
+        ("assistant", "Here's a factual log:\n\n| Date | Time | What happened |\n|------|------|---------------|\n| Monday | 07:00 | {first}'s car blocked the drive at {street} |\n| Wednesday | 18:00 | Drive blocked again |\n| Saturday | all day | Drive blocked, could not leave |\n\nContact for mediation: {email}\n\nKeep it to facts, without comments about {first} personally; mediators respond better to that."),
+        ("user", "good. {first2} from number 14 saw it on saturday, can i add her as witness? her mobile is {phone}"),
+        ("assistant", "Yes, add a line under the table:\n\nWitness (Saturday): {first2}, neighbour at number 14, tel. {phone}\n\nAsk {first2} first whether she's happy for the mediators to contact her."),
+    ],
+    # 23 Italian wedding seating plan
+    [
+        ("user", "ciao! sto facendo il tableau per il matrimonio di mia cugina. al tavolo 3 ci sono {name}, {name2}, {first3} e la zia. {first2} però non parla con {first} da anni... li separo?"),
+        ("assistant", "Meglio evitare tensioni nel giorno delle nozze. Potresti fare così:\n\n- Tavolo 3: {name}, {first3}, la zia\n- Tavolo 5: {name2}\n\nCosì {first2} e {first} non sono vicini ma restano nella stessa sala, senza che sembri un'esclusione."),
+        ("user", "perfetto. la wedding planner vuole la lista via mail a {email}, con il mio numero {phone}. me la scrivi?"),
+        ("assistant", "Ecco:\n\nA: {email}\nOggetto: Tableau – tavoli 3 e 5\n\nCiao,\nti mando la disposizione aggiornata:\nTavolo 3: {name}, {first3}, la zia\nTavolo 5: {name2}\n\nPer qualsiasi dubbio chiamami al {phone}.\n\nGrazie!"),
+    ],
+    # 24 child's swim club, email signature, phone in words (en)
+    [
+        ("user", "got this from my daughter's swim club, can you tell me what they actually want me to do?\n\nHi all, reminder that gala fees are due Friday. Pay by bank transfer to {iban} with your swimmer's name as reference. Any problems, ring me on oh-seven... actually just use {phone}.\n\nThanks,\n{name}\nClub Secretary\n{email}\n{address}"),
+        ("assistant", "They want you to pay the gala fee by Friday via bank transfer:\n\n- To: {iban}\n- Reference: your daughter's name\n\nIf anything's unclear, {name} (the club secretary) can be reached on {phone} or {email}."),
+        ("user", "her name's {first3} {surname}, so reference is just that? and i also need to update my login for the club portal, the new one is {password}, can you remind me in the reply"),
+        ("assistant", "Yes, use \"{first3} {surname}\" as the reference so {first} can match the payment.\n\nReminder for you: your new club portal password is {password}. Better to save it in a password manager than keep it in this chat, though."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -7526,8 +7703,9 @@ TEMPLATES = {
     + HELD_OUT_24_TEMPLATES
     + HELD_OUT_25_TEMPLATES
     + HELD_OUT_26_TEMPLATES
-    + HELD_OUT_27_TEMPLATES,
-    "held-out": HELD_OUT_28_TEMPLATES,
+    + HELD_OUT_27_TEMPLATES
+    + HELD_OUT_28_TEMPLATES,
+    "held-out": HELD_OUT_29_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
