@@ -4,6 +4,8 @@ and the look-alikes (versions, hashes, order and invoice numbers) that must stay
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
 
@@ -1053,3 +1055,50 @@ def test_an_unclosed_sql_row_with_escaped_quotes_is_read_at_once() -> None:
     over every way to split its quotes: the row pattern is possessive."""
     text = "INSERT INTO t (full_name, email) VALUES (1, '" + "O''Brien " * 40 + "and nothing closes"
     assert keyed_values(text) == []
+
+
+def test_people_listed_beside_a_found_person_in_the_languages_of_chat_exports(step: PiiScrub) -> None:
+    """From blind set 29: a found person is one item of a list ("Lucia Ferri, Dario Conti, Mar e la
+    zia"), joined by "e", "a", "and"; in a pair the other item counts only when a known first name,
+    stop-listed ones included ("Mar", "Einer"), so a company beside a person stays."""
+    cases = [
+        ("al tavolo 3 ci sono Lucia Ferri, Dario Conti, Mar e la zia. li separo?", "it", ["Mar"]),
+        ("Jsme Jana Nováková a Einer Friis, termín 14. září, asi 80 hostů.", "cs", ["Einer", "Friis"]),
+        ("ok so me, Gianni Rossi and Judit share a flat and the bills are a mess", "en", ["Judit"]),
+    ]
+    for text, language, planted in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in planted if re.search(rf"\b{v}\b", out)], out
+    out = scrub_record(step, [{"role": "user", "content": "Ich habe mit Anna Nowak und Siemens gesprochen."}], "de")
+    assert "Siemens" in out[0]["content"] and "Nowak" not in out[0]["content"]
+
+
+def test_a_name_with_a_possessive_or_case_ending_and_a_phone_after_an_email(step: PiiScrub) -> None:
+    """From blind set 29: "Brett's far", Danish "Bretts far", Hungarian "Elżbieta-nál" are the name
+    with grammar glued on; "contact me, <email> or 800 5834" has its phone word before the email."""
+    cases = [
+        ("tak! og skriv at Brett's far kører en bus fra klubhuset kl. 8.15", "da", "Brett"),
+        ("Vi mødes kl. 8.30, og Bretts far kører en bus for dem, der mangler lift.", "da", "Brett"),
+        ("írd bele, hogy a kulcsot a szomszédnál Elżbieta-nál hagyom", "hu", "Elżbieta"),
+        ("lovely. add that people can contact me for details, pierluigi26@example.com or 800 5834.", "en", "5834"),
+    ]
+    for text, language, planted in cases:
+        assert planted not in scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+    stay = "Wir brauchen mehr neue Jobs in der Stadt."
+    assert scrub_record(step, [{"role": "user", "content": stay}], "de")[0]["content"] == stay
+
+
+def test_words_beside_a_name_that_are_the_language_s_own_stay(step: PiiScrub) -> None:
+    """spaCy's English NER on Danish runs a name on into the sentence ("Mette Holm der tager
+    telefonen"); the tagger reads "devoted" as a person; a subject line's "Urlop Edyta" took in the
+    word that the record uses in lower case ("idzie na urlop"): the words stay, the names go."""
+    out = step.scrub_text("tak! så det er Mette Holm der tager telefonen på lørdag.")
+    assert "Mette" not in out and "Holm" not in out and "der tager telefonen" in out
+    out = step.scrub_text("Paoletta was a much-loved husband of Francesco and devoted grandfather of three.")
+    assert "Francesco" not in out and "devoted grandfather" in out
+    turns = [
+        {"role": "user", "content": "Napisz maila, że Edyta idzie na urlop macierzyński od przyszłego miesiąca."},
+        {"role": "assistant", "content": "Temat: Urlop Edyta i zastępstwo\n\nOd maja Edyta rozpoczyna urlop."},
+    ]
+    out = [t["content"] for t in scrub_record(step, turns, "pl")]
+    assert "Edyta" not in " ".join(out) and "idzie na urlop macierzyński" in out[0] and "rozpoczyna urlop" in out[1]

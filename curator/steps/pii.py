@@ -70,6 +70,7 @@ from spacy.tokens import Doc
 
 from curator.config import PiiConfig
 from curator.steps.base import Rule
+from curator.steps.pii_ner import common_words
 from curator.steps.pii_recognizers import (
     CHAT_ALLOWLIST,
     FIRST_NAME_OPENERS,
@@ -94,12 +95,14 @@ from curator.steps.pii_recognizers import (
     has_street_word,
     inline_ids,
     keyed_values,
+    listed_first_names,
     lower_full_names,
     pair_secret,
     password_tokens,
     phone_extent,
     phone_word_before,
     signoff_word,
+    surnames,
     table_columns,
     thing_number_before,
     uncovered_digit_groups,
@@ -709,7 +712,9 @@ _POST_NOMINAL = re.compile(
     r"(?:,?[ \t]+(?:MD|M\.D\.|DDS|D\.D\.S\.|DVM|PhD|Ph\.D\.|Jr\.?|Sr\.?|II|III|IV|Esq\.?|RN|CPA|MBA|DO)(?![\w.])"
     r"|(?i:[ \t]+(?:md|dds|dvm|phd|jr|esq))(?!\w))"
 )
-_LIST_GAP = re.compile(r"^(?:,[ \t]*(?:and[ \t]+|&[ \t]*)?|[ \t]+(?:and|&|or)[ \t]+)$")
+# what joins the items of a list of people: a comma, "and", "or" in the languages of chat exports
+_LIST_AND = r"(?:and|or|&|e|ed|y|o|et|ou|und|oder|sowie|en|og|eller|och|i|a|oraz|lub|albo|nebo|és|vagy|plus)"
+_LIST_GAP = re.compile(rf"^(?:,[ \t]*(?:{_LIST_AND}[ \t]+|&[ \t]*)?|[ \t]+{_LIST_AND}[ \t]+)$")
 _CAP_WORD = re.compile(rf"[{UPPER}][\w'’\-]*\w")
 _ID_CONTEXT = re.compile(
     r"(?i)(?:passport|tax|licen[cs]e|account|acct|\bid\b|number|\bno\.|ssn|social|national|routing|member|customer|"
@@ -898,9 +903,9 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
     ("Marco") count there only. In English, where capitals open titles and products too, only
     before a verb of a subject ("fyi Inga said"). A bullet item of a list that holds a found person
     may open with one ("- Liana cherche une place"), so may a pasted chat's speaker label and a
-    sentence whose verb calls, says or comes ("köszi! Rosa fogja hívni"). A known name alone on a
-    message's last line, after a closing sentence, signs it ("Enjoy your stay!\nRóża"), in any
-    language."""
+    sentence whose verb calls, says or comes ("köszi! Rosa fogja hívni", in English mode too). A
+    known name alone on a message's last line, after a closing sentence, signs it ("Enjoy your
+    stay!\nRóża"), in any language. A possessive or case ending is no part of the name (`_name_head`)."""
     names = first_names()
     covered = [(s.start, s.end) for s in spans]
     sentences = [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.end() > m.start()]
@@ -920,22 +925,41 @@ def _known_first_names(text: str, spans: list[Span], english: bool) -> list[Span
         found.append((signature.start(1), signature.end(1)))
     for s, e in sentences:
         for j, w in enumerate(_WORD.finditer(text, s, e)):
-            token = w.group(0)
+            token = _name_head(w.group(0), names)
             if not (token[0].isupper() and token[1:].islower() and token.lower() in names):
                 continue
             speaker = w.start() in speakers
-            if _NO_NAME_WORD.fullmatch(token) or (english and not speaker and not _SUBJECT.match(text, w.end())):
+            end = w.start() + len(token)
+            verb = _SUBJECT.match(text, end) or _OPENER_VERB.match(text, end)
+            if _NO_NAME_WORD.fullmatch(token) or (english and not speaker and not verb):
                 continue
             bullet = people_list and _BULLET_LINE.match(text, text.rfind("\n", 0, w.start()) + 1) is not None
-            cued = bullet or speaker or _OPENER_VERB.match(text, w.end()) is not None
+            cued = bullet or speaker or _OPENER_VERB.match(text, end) is not None
             if j == 0 and not cued and (not lower_writer or token.lower() in FIRST_NAME_OPENERS):
                 continue
-            found.append((w.start(), w.end()))
+            found.append((w.start(), end))
     out = list(spans)
     for a, b in found:
         if not any(cs < b and a < ce for cs, ce in covered):
             out.append(Span("PERSON", a, b, 0.6))
     return out
+
+
+_NAME_ENDING = re.compile(r"([^\W\d_]+)['’\-]([^\W\d_]{1,6})")
+
+
+def _name_head(token: str, names: frozenset[str]) -> str:
+    """The name inside a word that carries a possessive or a case ending ("Brett's", Danish and
+    German "Bretts", Hungarian "Elżbieta-nál"), else the word: the ending is grammar, the name is
+    the person. A genitive "s" is cut only where the word is no common one ("Jobs", "Miles")."""
+    if token.lower() in names:
+        return token
+    ending = _NAME_ENDING.fullmatch(token)
+    if ending and ending.group(2).islower() and ending.group(1).lower() in names:
+        return ending.group(1)
+    if token.endswith("s") and token[:-1].lower() in names and token.lower() not in (common_words() or ()):
+        return token[:-1]
+    return token
 
 
 _BULLET_LINE = re.compile(r"(?m)^[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+[^\n]*")
@@ -947,26 +971,37 @@ _SIGNATURE_LINE = re.compile(
 
 def _listed_names(text: str, spans: list[Span]) -> list[Span]:
     """Capitalised words listed with a found name are names too: "founders: Kovalev, Lee and Phillips"
-    with "Lee" found makes "Kovalev" and "Phillips" (or an NER LOCATION guess among them) people."""
-    people = [s for s in spans if s.type == "PERSON"]
+    with "Lee" found makes "Kovalev" and "Phillips" (or an NER LOCATION guess among them) people. A
+    found person is one item of such a list ("Lucia Ferri, Dario Conti, Mar e la zia"); a pair with
+    one found person counts only a known first name ("Jsme Jana Nováková a Einer", "me, Gianni Rossi
+    and Judit share"), since "Anna and Google" is no list of people."""
+    people = sorted((s.start, s.end) for s in spans if s.type == "PERSON")
     if not people:
         return spans
-    words = list(_CAP_WORD.finditer(text))
-    groups: list[list[re.Match[str]]] = []
-    for w in words:
-        if groups and _LIST_GAP.match(text[groups[-1][-1].end() : w.start()]):
-            groups[-1].append(w)
+    words = [(w.start(), w.end()) for w in _CAP_WORD.finditer(text)]
+    items = sorted(people + [(a, b) for a, b in words if not any(p < b and a < q for p, q in people)])
+    groups: list[list[tuple[int, int]]] = []
+    for a, b in items:
+        if groups and a >= groups[-1][-1][1] and _LIST_GAP.match(text[groups[-1][-1][1] : a]):
+            groups[-1].append((a, b))
         else:
-            groups.append([w])
+            groups.append([(a, b)])
+    groups += [
+        [(g.start(), g.end()) for g in group]
+        for group in _bullet_groups(text) + _column_groups(text) + _speaker_groups(text)
+    ]
     extra = []
-    groups += _bullet_groups(text) + _column_groups(text) + _speaker_groups(text)
     for group in groups:
-        if len(group) < 3 or not any(p.start < g.end() and g.start() < p.end for g in group for p in people):
+        found = [any(p < b and a < q for p, q in people) for a, b in group]
+        if not any(found) or len(group) < 2:
             continue
-        for g in group:
-            typed = [s for s in spans if s.start < g.end() and g.start() < s.end]
-            if all(s.type in NER_TYPES for s in typed) and not signoff_word(g.group(0)):  # "Love, Lidia & Olaf"
-                extra.append(Span("PERSON", g.start(), g.end(), 0.9))
+        if len(group) == 2:
+            names = listed_first_names()
+            group = [(a, b) for (a, b), f in zip(group, found, strict=True) if not f and text[a:b].lower() in names]
+        for a, b in group:
+            typed = [s for s in spans if s.start < b and a < s.end]
+            if all(s.type in NER_TYPES for s in typed) and not signoff_word(text[a:b]):  # "Love, Lidia & Olaf"
+                extra.append(Span("PERSON", a, b, 0.9))
     if not extra:
         return spans
     kept = [s for s in spans if not (s.type in NER_TYPES and any(e.start < s.end and s.start < e.end for e in extra))]
@@ -1060,12 +1095,17 @@ def _tag_ok(text: str, span: Span, tags: list[Span], lower_text: bool) -> bool:
 _QUOTED_KEY_AFTER = re.compile(r"[\"']\s*[:=]")
 
 
-def _cased_person(value: str, etype: str) -> bool:
-    """Outside English, a person the tagger finds in capitalised text is capitalised or a known name:
-    its lower-case guesses there are common words ("non", "não", "dar"; bench/pii_multilingual.py)."""
+def _cased_person(value: str, etype: str, english: bool) -> bool:
+    """A person the tagger finds in capitalised text is capitalised or a known name: its lower-case
+    guesses there are common words ("non", "não", "dar"; bench/pii_multilingual.py). In English,
+    where writers who capitalise still type "ask rosa", any known first name or uncommon word
+    counts, but not a word of the lexicon ("devoted grandfather of three")."""
     if etype != "PERSON":
         return True
-    return any(w[0].isupper() or w.lower() in NAME_GAZETTEER for w in _WORD.findall(value))
+    return any(
+        w[0].isupper() or w.lower() in NAME_GAZETTEER or (english and (w.lower() in first_names() or unknown_word(w)))
+        for w in _WORD.findall(value)
+    )
 
 
 def _street_like(value: str, lower_text: bool) -> bool:
@@ -1095,6 +1135,31 @@ def _trimmed(text: str, span: Span) -> Span:
     if span.type == "PERSON" and (head := _GREETING_HEAD.match(text, start, span.end)):
         start = head.end()
     return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
+
+
+# the lower-case words inside a name of many languages: before a capitalised word only
+_INNER_PARTICLES = NAME_PARTICLES | {"la", "do", "y", "e", "bin", "ibn", "al", "el", "zu", "ter", "ten", "op", "af"}
+
+
+def _cased_name(text: str, span: Span) -> Span:
+    """A capitalised name from spaCy's English NER cut before the lower-case words it ran on into
+    ("Mette Holm der tager telefonen", "Søren kan"): on other languages it reads the sentence's
+    next words as the name's, and a particle counts only before a capitalised word ("Jan de Vries")."""
+    words = list(re.finditer(r"\S+", text[span.start : span.end]))
+    if not words or not words[0].group(0)[:1].isupper() or _casual_writer(text):
+        return span
+    k = 1
+    while k < len(words):
+        if words[k].group(0)[:1].isupper():
+            k += 1
+            continue
+        j = k
+        while j < len(words) and words[j].group(0).lower() in _INNER_PARTICLES:
+            j += 1
+        if j == k or j == len(words) or not words[j].group(0)[:1].isupper():
+            return Span(span.type, span.start, span.start + words[k - 1].end(), span.score)
+        k = j
+    return span
 
 
 # a name line that an address span took in at its start ("Victoire Gautier???50, chemin ...")
@@ -1382,6 +1447,8 @@ class PiiScrub:
             for r in results:
                 span = _trimmed(text, Span(r.entity_type, r.start, r.end, r.score))
                 ner_guess = (r.recognition_metadata or {}).get("recognizer_name") == "SpacyRecognizer"
+                if ner_guess and span.type == "PERSON" and not lower:
+                    span = _cased_name(text, span)
                 if self._keep(text, span, lower or not ner_guess):
                     kept.append((span, ner_guess))
             found.append([s for s, _ in kept])
@@ -1421,7 +1488,7 @@ class PiiScrub:
                 for t in mine
                 if self._keep(text, t, True)
                 and _tag_ok(text, t, mine, lower)
-                and (mode == "ner" or lower or _cased_person(text[t.start : t.end], t.type))
+                and (lower or _cased_person(text[t.start : t.end], t.type, english=mode == "ner"))
             ]
             out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
@@ -1706,6 +1773,7 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
     exact: set[str] = set()  # short person names and name parts, matched case-sensitively
     quoted: set[str] = set()  # lower-case user names that are words: only as a quoted or inline-code token
     tails: set[tuple[str, ...]] = set()  # the digit groups that end a found phone number
+    lowered: set[str] | None = None  # the lower-case words of the record's capitalised fields, when needed
     for unit in units:
         for span in unit.spans:
             value = unit.text[span.start : span.end].strip()
@@ -1718,8 +1786,13 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
                     values[_norm(value)] = "PERSON"
                 elif len(value) >= NAME_PART_MIN_CHARS:
                     exact.add(value)
+                head = _opening_word(unit.text, span.start)
+                if head and lowered is None:
+                    lowered = _lowered_words(units)
                 for w in re.findall(r"[\w'’\-]+", value):
-                    if len(w) >= PROPAGATE_MIN_CHARS and unknown_word(w):
+                    if w == head and w.lower() in (lowered or ()):
+                        exact.add(w)  # "Temat: Urlop Edyta" beside "idzie na urlop": the word, not a name
+                    elif len(w) >= PROPAGATE_MIN_CHARS and unknown_word(w):
                         values[_norm(w)] = "PERSON"  # "Melina" of "Melina Ricci" is "cheers, melina" too
                     elif len(w) >= NAME_PART_MIN_CHARS and w[:1].isupper():
                         exact.add(w)
@@ -1798,6 +1871,29 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
             unit.spans = spans
         if grown:
             _propagate(units, grow=False)
+
+
+def _opening_word(text: str, start: int) -> str:
+    """The word at `start` when it opens a sentence or line and is no known name: a tagger's person
+    that opens a subject line ("Temat: Urlop Edyta") may have taken in the capitalised word before it."""
+    word = _WORD.match(text, start)
+    before = text[:start].rstrip(" \t\"'“„«(")
+    if word is None or (before and before[-1] not in ".!?:\n"):
+        return ""
+    known = word.group(0).lower()
+    return "" if known in first_names() or known in surnames() or known in NAME_GAZETTEER else word.group(0)
+
+
+def _lowered_words(units: list[_Unit]) -> set[str]:
+    """The lower-case words of a record's fields written by someone who capitalises: there a word in
+    lower case is an ordinary word of the language ("idzie na urlop"), not a name typed casually."""
+    return {
+        w
+        for u in units
+        if not _casual_writer(u.text) and not u.text.islower()
+        for w in _WORD.findall(u.text)
+        if w.islower()
+    }
 
 
 def _bounded(etype: str, pattern: str) -> str:

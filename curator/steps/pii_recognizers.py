@@ -967,12 +967,17 @@ _PHONE_AFTER = re.compile(
 )
 
 
+_EMAIL_WORD = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+
+
 def phone_word_before(text: str, start: int, end: int | None = None) -> bool:
     """Whether a phone word ("call", "tel.", "reach me on") comes shortly before `start`, or a call
     request ("text him") shortly after `end`; not after an order's or a build's number word."""
     if thing_number_before(text, start):
         return False
-    if _PHONE_CONTEXT.search(text[max(0, start - 60) : start]) is not None:
+    # an email address before the number is one word of the phrase ("contact me, ana.b@x.com or 800 5834")
+    window = _EMAIL_WORD.sub("@", text[max(0, start - 160) : start])[-60:]
+    if _PHONE_CONTEXT.search(window) is not None:
         return True
     return end is not None and _PHONE_AFTER.match(text, end) is not None
 
@@ -1317,6 +1322,13 @@ def first_names() -> frozenset[str]:
     """Lower-case first names of Faker's European and American locales minus common words
     (`_FIRST_NAME_WORDS`): the names an English-trained tagger has not seen ("Světlana", "Remedios")."""
     return frozenset(_faker_names(("first_names", "first_names_female", "first_names_male")) - _FIRST_NAME_WORDS)
+
+
+@functools.cache
+def listed_first_names() -> frozenset[str]:
+    """`first_names` with the ones that are common words elsewhere ("Mar", "Einer"), for a word listed
+    beside a found person ("Jsme Jana Nováková a Einer"), where the list says it is a name."""
+    return frozenset(first_names() | (_FIRST_NAME_WORDS - NAME_PARTICLES))
 
 
 @functools.cache
