@@ -6,6 +6,10 @@ Data and split (fixed; `tune` was used while writing the recognizers and the Ram
   from 127 templates with character-offset spans. Split by template: even `template_id` = tune
   (1,070 texts), odd = held-out (1,039 texts), so no held-out sentence shape was seen while tuning.
   Also scored lower-cased (the same texts, `.lower()`), as people type in chat.
+* held-out only, since 2026-12-06: the 86 templates of `presidio_templates.txt` (presidio-research)
+  that no text of `presidio_generated_large.json` was made from, six texts each, filled with
+  identities of its `presidio_FakeNameGenerator.com_3000.csv` (`load_unseen_templates`); no rule
+  was written while looking at them. Also lower-cased.
 * `../shared/data/pii/wnut17_train.conll` (WNUT-17, CC-BY-4.0): 3,394 real tweets with person
   and location tags. Split by position: even = tune, odd = held-out (1,697 each).
 * synthetic secrets (seeded, built here): API keys, tokens, JWTs, private keys, passwords and
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import json
 import os
 import random
@@ -87,7 +92,7 @@ COMPATIBLE: dict[str, set[str]] = {
     "US_DRIVER_LICENSE": {"US_DRIVER_LICENSE", "ID_NUMBER"},
     "SECRET": {"SECRET"},
 }
-UNSCORED = {"TITLE", "PREFIX", "DATE_TIME", "ORGANIZATION"}  # not PII alone / not scrubbed by default
+UNSCORED = {"TITLE", "PREFIX", "DATE_TIME", "ORGANIZATION", "NRP", "AGE"}  # not PII alone / not scrubbed by default
 STRUCTURED = {
     "CREDIT_CARD",
     "PHONE_NUMBER",
@@ -146,6 +151,159 @@ def load_wnut(split: str, limit: int | None) -> list[Item]:
     return items[:limit]
 
 
+TEMPLATES = SHARED / "pii" / "presidio_templates.txt"
+IDENTITIES = SHARED / "pii" / "presidio_FakeNameGenerator.com_3000.csv"
+_SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+# presidio-research's own label for each template slot (read off presidio_generated_large.json)
+SLOT_LABELS = {
+    **dict.fromkeys(
+        (
+            "name",
+            "person",
+            "name_female",
+            "name_male",
+            "first_name",
+            "first_name_female",
+            "first_name_male",
+            "last_name",
+            "last_name_female",
+            "last_name_male",
+        ),
+        "PERSON",
+    ),
+    **dict.fromkeys(
+        ("address", "street_name", "building_number", "secondary_address", "zipcode", "postcode", "state_abbr"),
+        "ADDRESS",
+    ),
+    **dict.fromkeys(("city", "country"), "LOCATION"),
+    **dict.fromkeys(("year", "date_time", "day_of_week"), "DATE_TIME"),
+    **dict.fromkeys(("nationality", "nation_woman", "nation_plural"), "NRP"),
+    **dict.fromkeys(("prefix", "prefix_female", "prefix_male"), "PREFIX"),
+    "organization": "ORGANIZATION",
+    "job": "TITLE",
+    "age": "AGE",
+    "phone_number": "PHONE_NUMBER",
+    "email": "EMAIL_ADDRESS",
+    "credit_card_number": "CREDIT_CARD",
+    "iban": "IBAN_CODE",
+    "ip_address": "IP_ADDRESS",
+    "url": "DOMAIN_NAME",
+}
+_NATIONS = (
+    ("French", "a Frenchwoman", "Frenchmen"),
+    ("German", "a German woman", "Germans"),
+    ("Danish", "a Dane", "Danes"),
+    ("Italian", "an Italian", "Italians"),
+    ("Polish", "a Polish woman", "Poles"),
+    ("Brazilian", "a Brazilian", "Brazilians"),
+)
+
+
+def _luhn_number(rng: random.Random, prefix: str, length: int) -> str:
+    """A card number of `length` digits starting with `prefix` whose last digit makes it pass Luhn."""
+    body = prefix + "".join(rng.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    total = sum(int(c) if i % 2 else sum(divmod(2 * int(c), 10)) for i, c in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
+def _gb_iban(rng: random.Random) -> str:
+    """A GB IBAN with a valid ISO 13616 mod-97 check (random bank code and account)."""
+    bban = "".join(rng.choice(string.ascii_uppercase) for _ in range(4)) + _rand(rng, string.digits, 14)
+    digits = "".join(str(int(c, 36)) for c in bban + "GB00")
+    return f"GB{98 - int(digits) % 97:02d}{bban}"
+
+
+def _slot_value(slot: str, who: dict[str, str], rng: random.Random) -> str:
+    """A value for one template slot, from one FakeNameGenerator identity where it has one."""
+    full = f"{who['GivenName']} {who['Surname']}"
+    cards = {
+        "Visa": ("4", 16),
+        "MasterCard": (rng.choice(("51", "53", "55", "2221")), 16),
+        "American Express": (rng.choice(("34", "37")), 15),
+    }
+    prefix, length = cards.get(who["CCType"], ("4", 16))
+    nation = rng.choice(_NATIONS)
+    values = {
+        "name": full,
+        "person": full,
+        "name_female": full,
+        "name_male": full,
+        "first_name": who["GivenName"],
+        "first_name_female": who["GivenName"],
+        "first_name_male": who["GivenName"],
+        "last_name": who["Surname"],
+        "last_name_female": who["Surname"],
+        "last_name_male": who["Surname"],
+        "prefix": who["Title"],
+        "prefix_female": who["Title"],
+        "prefix_male": who["Title"],
+        "street_name": who["StreetAddress"],
+        "building_number": str(rng.randint(1, 240)),
+        "secondary_address": f"{rng.choice(('Apt.', 'Suite', 'Unit'))} {rng.randint(2, 990)}",
+        "city": who["City"],
+        "country": who["CountryFull"],
+        "state_abbr": who["State"],
+        "zipcode": who["ZipCode"],
+        "postcode": who["ZipCode"],
+        "address": rng.choice(
+            (
+                f"{who['StreetAddress']}, {who['City']}, {who['State']} {who['ZipCode']}",
+                f"{who['StreetAddress']}\n{who['ZipCode']} {who['City']}\n{who['CountryFull']}",
+                f"{who['StreetAddress']}, {who['ZipCode']} {who['City']}",
+            )
+        ),
+        "phone_number": rng.choice(
+            (who["TelephoneNumber"], f"+{who['TelephoneCountryCode']} {who['TelephoneNumber']}")
+        ),
+        "email": who["EmailAddress"],
+        "credit_card_number": _luhn_number(rng, prefix, length),
+        "iban": _gb_iban(rng),
+        "ip_address": ".".join(str(rng.randint(1, 254)) for _ in range(4)),
+        "url": f"https://{who['Domain']}/",
+        "organization": who["Company"],
+        "job": who["Occupation"],
+        "age": who["Age"],
+        "year": str(rng.randint(1950, 2022)),
+        "day_of_week": rng.choice(("Monday", "Friday", "Sunday")),
+        "date_time": f"{rng.randint(1, 28)} {rng.choice(('March', 'July', 'October'))} {rng.randint(1990, 2022)}",
+        "nationality": nation[0],
+        "nation_woman": nation[1],
+        "nation_plural": nation[2],
+    }
+    return values[slot]
+
+
+def load_unseen_templates(per_template: int = 6, seed: int = 11) -> list[Item]:
+    """presidio-research templates that no text of presidio_generated_large.json was made from, filled.
+
+    Never used while tuning (held-out only). Each text takes one FakeNameGenerator identity (the
+    source presidio-research drew its values from); card numbers pass Luhn and IBANs their check
+    (the CSV's card numbers are rounded floats).
+    """
+    used = {_SLOT.sub("", r["masked"]).lower()[:40] for r in json.loads(DATA.read_text(encoding="utf-8"))}
+    templates = [
+        t.replace("\\n", "\n")
+        for t in TEMPLATES.read_text(encoding="utf-8").splitlines()
+        if _SLOT.search(t) and _SLOT.sub("", t.replace("\\n", "\n")).lower()[:40] not in used
+    ]
+    with IDENTITIES.open(encoding="utf-8-sig", newline="") as f:
+        people = list(csv.DictReader(f))
+    rng = random.Random(seed)
+    items = []
+    for template in templates:
+        for _ in range(per_template):
+            who = rng.choice(people)
+            text, spans, last = "", [], 0
+            for m in _SLOT.finditer(template):
+                text += template[last : m.start()]
+                value = _slot_value(m.group(1), who, rng)
+                spans.append((SLOT_LABELS[m.group(1)], len(text), len(text) + len(value)))
+                text += value
+                last = m.end()
+            items.append({"text": text + template[last:], "spans": spans})
+    return items
+
+
 def lowered(items: list[Item]) -> list[Item]:
     """The same texts in lower case (offsets unchanged: every character lower-cases to one)."""
     return [
@@ -171,22 +329,16 @@ def look_alikes(n: int = 300, seed: int = 5) -> list[Item]:
     r = rng.randint
     h = lambda k: "".join(rng.choice("0123456789abcdef") for _ in range(k))  # noqa: E731
     makers = [
-        lambda: (
-            f"Upgrade numpy to {r(1, 3)}.{r(0, 30)}.{r(0, 9)} and torch {r(1, 2)}.{r(0, 9)}."
-        ),
+        lambda: f"Upgrade numpy to {r(1, 3)}.{r(0, 30)}.{r(0, 9)} and torch {r(1, 2)}.{r(0, 9)}.",
         lambda: f"commit {h(40)} fixed it; the short hash is {h(7)}.",
         lambda: f"sha256: {h(64)}",
         lambda: f"the event has timestamp {r(1600000000, 1800000000)}{d(3)} in ms",
-        lambda: (
-            f"Your order #{d(r(6, 10))} ships on {r(2019, 2026)}-{r(1, 12):02d}-{r(1, 28):02d}."
-        ),
+        lambda: f"Your order #{d(r(6, 10))} ships on {r(2019, 2026)}-{r(1, 12):02d}-{r(1, 28):02d}.",
         lambda: f"Invoice INV-{r(2019, 2026)}-{d(6)} totals ${r(1, 9)},{d(3)}.{d(2)}.",
         lambda: f"See ticket PROJ-{d(4)} and build {r(2019, 2026)}{d(4)}.{r(1, 9)}",
         lambda: f"ISBN 978-{d(1)}-{d(2)}-{d(6)}-{d(1)}; page {r(1, 400)} of {r(400, 900)}",
         lambda: f"Server on port {rng.choice([80, 443, 8080, 5432, 6379])} at 127.0.0.1, pid {d(5)}, uptime {d(6)} s",
-        lambda: (
-            f"Meeting at {r(1, 12)}:{r(0, 59):02d} on {r(1, 28)}/{r(1, 12)}/{r(2019, 2026)}."
-        ),
+        lambda: f"Meeting at {r(1, 12)}:{r(0, 59):02d} on {r(1, 28)}/{r(1, 12)}/{r(2019, 2026)}.",
         lambda: f"x = np.array([{d(3)}, {d(4)}, {d(5)}]) * {d(2)}.{d(3)}",
         lambda: f"Population {d(3)},{d(3)},{d(3)} in {r(1990, 2024)}; GDP growth {d(1)}.{d(1)}%",
     ]
@@ -357,6 +509,10 @@ def main() -> None:
         "look-alikes (no PII)": look_alikes(seed=5 if args.split == "tune" else 6)[: args.limit],
         "real chat turns (speed only)": [{"text": t, "spans": []} for t in load_chat_turns()][: args.limit],
     }
+    if args.split == "held-out":
+        unseen = load_unseen_templates()[: args.limit]
+        sets["presidio templates never used"] = unseen
+        sets["presidio templates never used, lower-cased"] = lowered(unseen)
     run_baseline([it["text"] for it in presidio_items[:20]])  # warm-up: lazy loading
     run_ours([it["text"] for it in presidio_items[:20]])
     results: dict[str, Any] = {"split": args.split, "load_before": os.getloadavg()[0], "sets": {}}
