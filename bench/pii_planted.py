@@ -103,10 +103,14 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # support replies, freelance contracts, help-desk tickets, migrations and bug reports with sample
 # rows; a third mostly not in English), was measured once (2026-12-05 16:25 UTC) and then
 # inspected: tune now.
-# HELD_OUT_29_TEMPLATES, by a twenty-fifth (asked to lean to family and personal life in many
-# voices: an elderly parent, a wedding or funeral, a child's club, neighbours, a flat share, a vet,
-# a landlord; first names alone often; about half mostly not in English), are the held-out split,
-# not yet measured. This file is not kept ruff-formatted (`ruff format` would print held-out text).
+# Set 29, by a twenty-fifth (asked to lean to family and personal life in many voices: an elderly
+# parent, a wedding or funeral, a child's club, neighbours, a flat share, a vet, a landlord; first
+# names alone often; about half mostly not in English), was measured once (2026-12-05 17:50 UTC)
+# and then inspected: tune now.
+# HELD_OUT_30_TEMPLATES, by a twenty-sixth (asked to lean to money and official paperwork:
+# insurance claims, tax returns, bank disputes, rental deposits, visas and residence permits, used
+# cars, marketplace sales, parcels, utility bills; pasted emails and text copied from scanned
+# letters; about half mostly not in English), are the held-out split, not yet measured. This file is not kept ruff-formatted (`ruff format` would print held-out text).
 # Never print a held-out split's text (a formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -7676,6 +7680,593 @@ HELD_OUT_29_TEMPLATES: list[list[tuple[str, str]]] = [
 ]
 
 
+# Held-out chat templates, set 30: money and official paperwork.
+HELD_OUT_30_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 German: car insurance claim
+    [
+        ("user", """Hallo, ich brauche Hilfe bei einer Schadensmeldung an meine Kfz-Versicherung. Gestern hat mir jemand auf dem Parkplatz vom Rewe die Tür eingedellt und ist abgehauen. Zeugin war Frau {name2}, die hat sich das Kennzeichen aufgeschrieben.
+Meine Daten: {name}, {address}, Tel. {phone}
+Die Erstattung bitte auf {iban}
+Kannst du mir einen sachlichen Text schreiben?"""),
+        ("assistant", """Gern, hier ein Entwurf:
+
+Betreff: Schadensmeldung – Parkschaden mit Unfallflucht
+
+Sehr geehrte Damen und Herren,
+
+hiermit melde ich einen Schaden an meinem Fahrzeug. Am gestrigen Tag wurde mein geparktes Fahrzeug auf dem Parkplatz eines Supermarkts von einem unbekannten Fahrzeug an der Fahrertür beschädigt; der Verursacher hat sich vom Unfallort entfernt. Frau {name2} hat den Vorfall beobachtet und das Kennzeichen notiert; sie ist bereit, als Zeugin auszusagen.
+
+Ich bitte um Bearbeitung und Erstattung der Reparaturkosten auf folgendes Konto:
+IBAN: {iban}
+
+Für Rückfragen erreichen Sie mich unter {phone}.
+
+Mit freundlichen Grüßen
+{name}
+{address}
+
+Tipp: Erstatte zusätzlich Anzeige bei der Polizei, viele Versicherer verlangen das Aktenzeichen."""),
+        ("user", "danke!! muss ich {name2}s Adresse auch angeben oder reicht der Name erstmal"),
+        ("assistant", "Für die erste Meldung reicht der Name. Die Versicherung fragt die Kontaktdaten von Frau {name2} normalerweise erst an, wenn sie eine Zeugenaussage braucht. Frag sie am besten vorher, ob sie einverstanden ist, dass du ihre Nummer weitergibst."),
+    ],
+    # 2 English: US tax return, casual
+    [
+        ("user", """ok so im doing my taxes on freetaxusa and it keeps rejecting my return. says the {id_kind} doesnt match IRS records. i typed {id} which is literally whats on my card?? name is {name_lower} if that matters, filed jointly w my wife {first2} last year but single this year"""),
+        ("assistant", """A mismatch reject usually isn't about the number alone. The IRS checks the name and number together against what the SSA has on file. A few things to check:
+
+1. **Name spelling and order.** Enter it exactly as it appears on the card: {name}. If your card shows a different surname than {surname}, or a hyphen, use that.
+2. **Filing status change.** Going from married filing jointly with {first2} to single is fine, but if the divorce wasn't final by Dec 31 you'd have to file as married filing separately, not single.
+3. **Last year's AGI.** If they ask for it to verify your identity, use the amount from the joint return.
+
+Once you've fixed it, re-enter {id} carefully (transposed digits are the most common cause) and resubmit."""),
+        ("user", "oh crap the divorce was final in february. so MFS?? also my mailing adress changed to {address}, do i just put the new one"),
+        ("assistant", "Yes. If the divorce wasn't final until February, you were still married on December 31, so you'd file married filing separately (or head of household if you qualify). Put your current address, {address}, on the return. The IRS will update its records from that, but you can also file Form 8822 to be safe."),
+    ],
+    # 3 French: bank dispute / chargeback
+    [
+        ("user", """Bonjour, j'ai un souci avec ma banque. Un site de billets de concert m'a débité 189,00 € deux fois sur ma carte {card} et le vendeur ne répond plus depuis 3 semaines. Je veux contester le 2e paiement. Tu peux m'aider à écrire à la banque ? Je m'appelle {name}, mon mail c'est {email}"""),
+        ("assistant", """Bien sûr. Voici un modèle de lettre de contestation :
+
+Objet : Contestation d'une opération par carte bancaire – double débit
+
+Madame, Monsieur,
+
+Je soussigné(e) {name}, titulaire de la carte n° {card}, conteste l'opération de 189,00 € débitée une seconde fois par le commerçant [nom du site]. Il s'agit d'un double prélèvement pour un seul achat. J'ai contacté le commerçant à plusieurs reprises depuis trois semaines, sans réponse.
+
+Conformément à l'article L133-18 du Code monétaire et financier, je vous demande le remboursement de cette somme.
+
+Vous pouvez me joindre à l'adresse {email}.
+
+Veuillez agréer, Madame, Monsieur, l'expression de mes salutations distinguées.
+
+{name}
+
+Joins des captures d'écran du relevé et de tes messages au vendeur. Attention, pour un paiement par carte tu as en principe 13 mois pour contester."""),
+        ("user", "super merci. je mets aussi mon portable ? c'est le {phone}"),
+        ("assistant", "Oui, ajoute-le sous ton adresse mail, par exemple : « Téléphone : {phone} ». Le conseiller pourra te rappeler plus vite s'il manque une pièce."),
+    ],
+    # 4 Dutch: rental deposit
+    [
+        ("user", """Mijn oude verhuurder ({name2}) weigert mijn borg van €1.450 terug te betalen. Ik ben al 2 maanden weg uit {street} in {city}. Hij zegt dat er 'schade aan de vloer' is maar er waren al krassen toen ik erin trok, staat ook in het inspectierapport. Kun je een ingebrekestelling voor me schrijven?"""),
+        ("assistant", """Natuurlijk. Hier is een concept:
+
+Aan: {name2}
+Betreft: Ingebrekestelling terugbetaling waarborgsom
+
+Geachte heer/mevrouw {name2},
+
+Op [datum] heb ik de huurwoning aan {street} te {city} opgeleverd. Bij aanvang van de huur is in het inspectierapport vastgelegd dat de vloer al krassen vertoonde. Van nieuwe schade is dus geen sprake.
+
+Ik verzoek u daarom de volledige waarborgsom van € 1.450 binnen 14 dagen na dagtekening van deze brief over te maken op rekeningnummer [IBAN], t.n.v. [uw naam]. Blijft betaling uit, dan zal ik zonder nadere aankondiging juridische stappen ondernemen en u de buitengerechtelijke kosten in rekening brengen.
+
+Met vriendelijke groet,
+[uw naam]
+
+Sinds 1 juli 2023 moet een verhuurder de borg in principe binnen 14 dagen terugbetalen (of 30 dagen bij schade), dus je staat sterk."""),
+        ("user", "top. mijn naam is {name} en de rekening is {iban}, nieuw adres {address}. kun je het even invullen"),
+        ("assistant", """Ingevuld:
+
+...over te maken op rekeningnummer {iban}, t.n.v. {name}.
+
+Met vriendelijke groet,
+{name}
+{address}
+
+Verstuur hem aangetekend of per e-mail met ontvangstbevestiging, zodat je kunt bewijzen dat {name2} hem heeft ontvangen."""),
+    ],
+    # 5 Polish: residence permit
+    [
+        ("user", """Cześć, mam pytanie o kartę pobytu. Złożyłam wniosek w urzędzie wojewódzkim w marcu i dalej nic. Dostałam dziś pismo, przepisuję bo jest zeskanowane:
+
+WEZWANIE
+Pani {name}
+{address_lines}
+W związku z prowadzonym postępowaniem w sprawie udzielenia
+zezwolenia na pobyt czasowy wzywa się Panią do
+uzupełnienia braków formalnych w terminie 14 dni:
+- aktualne zaświadczenie o zatrudnieniu
+- kopia wszystkich stron paszportu ({id_kind} {id})
+
+Co mam zrobić? Pracodawca to firma mojego szwagra, {name2}."""),
+        ("assistant", """To standardowe wezwanie do uzupełnienia braków, nie ma się czym martwić, ale termin jest ważny.
+
+Co zrobić:
+1. Poproś pracodawcę ({name2}) o aktualne zaświadczenie o zatrudnieniu z datą, stanowiskiem i wynagrodzeniem, podpisane przez osobę uprawnioną.
+2. Zrób kopię wszystkich stron paszportu, również pustych. Numer {id} musi się zgadzać z tym we wniosku.
+3. Dołącz krótkie pismo przewodnie: „W odpowiedzi na wezwanie z dnia [data], sygn. akt [numer], przedkładam…", podpisane {name}.
+4. Wyślij listem poleconym za potwierdzeniem odbioru albo złóż osobiście na dzienniku podawczym. Liczy się data nadania w polskiej placówce pocztowej.
+
+Jeśli nie zdążysz w 14 dni, wniosek może zostać pozostawiony bez rozpoznania."""),
+        ("user", "a mogę podać w piśmie numer telefonu? {phone} żeby zadzwonili jakby coś"),
+        ("assistant", "Tak, możesz. Dopisz pod podpisem: „Tel. kontaktowy: {phone}”. Urząd nie musi dzwonić, ale często to robi, gdy czegoś brakuje."),
+    ],
+    # 6 Italian: used car sale contract
+    [
+        ("user", """Sto vendendo la mia Panda del 2016 a un privato, {name2}, per 4.800 euro. Mi serve una scrittura privata di vendita da firmare prima del passaggio al PRA. Io sono {name}, residente in {address}, {id_kind} {id}. Pagamento con bonifico sul mio conto {iban}."""),
+        ("assistant", """Ecco una bozza di scrittura privata:
+
+SCRITTURA PRIVATA DI COMPRAVENDITA DI AUTOVEICOLO USATO
+
+Con la presente scrittura privata tra:
+- {name}, residente in {address}, {id_kind} {id} (di seguito "Venditore")
+- {name2}, residente in [indirizzo], documento [tipo e numero] (di seguito "Acquirente")
+
+si conviene quanto segue:
+
+1. Il Venditore vende all'Acquirente l'autoveicolo Fiat Panda, targa [targa], telaio [n. telaio], immatricolato nel 2016, km [km].
+2. Il prezzo è pattuito in € 4.800,00 (quattromilaottocento/00), da versare tramite bonifico bancario sul conto IBAN {iban} intestato a {name}.
+3. Il veicolo viene venduto nello stato di fatto in cui si trova, visto e piaciuto.
+4. Le parti si impegnano a effettuare il passaggio di proprietà entro 60 giorni.
+
+Luogo e data ________
+Firma Venditore ________ Firma Acquirente ________
+
+Consegna le chiavi solo quando il bonifico risulta accreditato, non solo "disposto"."""),
+        ("user", "perfetto. {first2} vuole pagare metà in contanti, si può?"),
+        ("assistant", "Sì, finché resti sotto il limite per i contanti (attualmente 5.000 €, e 2.400 € in contanti è sotto). Aggiungi al punto 2: «di cui € 2.400,00 in contanti alla firma, di cui il Venditore rilascia quietanza, e € 2.400,00 tramite bonifico sull'IBAN {iban}». Fatti firmare la ricevuta da {first2}."),
+    ],
+    # 7 English: marketplace scam check
+    [
+        ("user", """is this a scam? selling my sofa on fb marketplace and got this:
+
+"Hi, is it still available? I will pay full price plus shipping, my mover will pick it up. I've sent payment via Zelle but it's pending because your account needs to be upgraded to business. Please email zelle support at {email} with your card number to complete the upgrade. Thanks, {name2}"
+
+i already replied with my number {phone} before i read it properly lol"""),
+        ("assistant", """Yes, that's a textbook scam. Red flags:
+
+- Zelle doesn't have "pending" payments or "business upgrades". Money either arrives or it doesn't.
+- Zelle support would never use an address like {email}.
+- "My mover will pick it up" plus overpaying is a classic pattern.
+
+What to do now:
+1. **Don't email them** and don't send any card numbers.
+2. Since they have {phone}, expect follow-up texts, including fake verification codes. Never read a code back to anyone; that's how they hijack Google Voice or WhatsApp.
+3. Report the profile of "{name2}" to Facebook and block it.
+4. Check your actual bank app. If there's no incoming payment there, there is no payment."""),
+        ("user", "ugh ok. i did already send the first 8 digits of my card {card} to someone else last week for a different item, should i worry"),
+        ("assistant", "I'd call your bank and ask for a replacement card just to be safe. Eight digits alone isn't enough to use the card, but if they got the rest from somewhere else, {card} could be misused. Ask the bank to flag the account and check recent transactions."),
+    ],
+    # 8 Spanish: parcel delivery problem
+    [
+        ("user", """Hola! El seguimiento de mi paquete dice "entregado" pero no me ha llegado nada. Es un pedido de 240€ (un móvil). Vivo en {street}, {post} {city}, y no hay buzón con mi nombre porque el portero lo quitó. Quiero reclamar a la tienda y a la empresa de mensajería. Me llamo {name}, mi tlf {phone}"""),
+        ("assistant", """Vale, vamos a hacer dos reclamaciones: primero a la tienda, porque tu contrato es con ella y debe entregarte el producto.
+
+**A la tienda:**
+
+Asunto: Pedido no recibido, marcado como entregado
+
+Hola,
+
+Mi pedido [nº pedido] aparece como entregado el [fecha], pero no lo he recibido. La dirección de entrega es {street}, {post} {city}. Nadie firmó la entrega en mi nombre.
+
+Según la normativa de consumo, el riesgo no se transmite al comprador hasta que recibe el producto, por lo que les solicito el reenvío o el reembolso íntegro de 240 €.
+
+Quedo a la espera,
+{name}
+Tel. {phone}
+
+**A la mensajería:** pide la prueba de entrega (firma, foto o geolocalización). Si no la tienen, reenvíaselo a la tienda."""),
+        ("user", "y si no contestan? puedo poner tambien mi email {email} para que me escriban"),
+        ("assistant", "Sí, añade «Email: {email}» debajo del teléfono. Si en un mes no responden, puedes presentar una hoja de reclamaciones o acudir a la OMIC de {city}; también puedes iniciar un contracargo en tu banco si pagaste con tarjeta."),
+    ],
+    # 9 Czech: utility bill overpayment
+    [
+        ("user", """Ahoj, dostal jsem vyúčtování za elektřinu a mám přeplatek 3 240 Kč, ale dodavatel mi ho chce převést na záloha na další rok. Já ho chci vyplatit na účet. Napíšeš mi žádost? Jsem {name}, odběrné místo {address}, zákaznické číslo (oni tomu říkají {id_kind}) {id}, účet {iban}."""),
+        ("assistant", """Jasně, tady je návrh:
+
+Věc: Žádost o vyplacení přeplatku z vyúčtování
+
+Vážení,
+
+dne [datum] jsem obdržel vyúčtování dodávky elektřiny pro odběrné místo {address}, ze kterého vyplývá přeplatek ve výši 3 240 Kč.
+
+Žádám o vyplacení tohoto přeplatku bankovním převodem na účet {iban}, nikoliv o jeho převedení na zálohy.
+
+Identifikace zákazníka: {name}, {id_kind} {id}
+
+Děkuji a jsem s pozdravem
+{name}
+
+Podle energetického zákona musí dodavatel přeplatek vrátit do 15 dnů od vyúčtování, pokud se nedohodnete jinak. Pošli to přes zákaznický portál nebo e-mailem."""),
+        ("user", "do portálu se nemůžu přihlásit, heslo mám {password} a pořád píše že je špatně"),
+        ("assistant", "Heslo sem raději nepiš, a když už jsi ho napsal, po přihlášení si ho změň. Zkus „Zapomenuté heslo“. Odkaz ti přijde na e-mail uvedený ve smlouvě. Jinak můžeš žádost poslat normálně e-mailem na zákaznickou podporu a uvést {id}, to stačí k identifikaci."),
+    ],
+    # 10 English: SQL claims DB
+    [
+        ("user", """I'm cleaning up our claims table before an audit. Some rows have the full card stored which is obviously bad. Example row:
+
+```sql
+INSERT INTO claims (claim_id, claimant, email, card_number, payout_iban, status)
+VALUES (88213, '{name}', '{email}', '{card}', '{iban}', 'APPROVED');
+```
+
+Write me a migration that masks card_number to the last 4 and leaves iban alone."""),
+        ("assistant", """Here's a Postgres migration that keeps only the last four digits and strips spaces first, so grouped numbers like '{card}' are handled too:
+
+```sql
+BEGIN;
+
+ALTER TABLE claims ADD COLUMN card_last4 CHAR(4);
+
+UPDATE claims
+SET card_last4 = RIGHT(REGEXP_REPLACE(card_number, '[^0-9]', '', 'g'), 4);
+
+ALTER TABLE claims DROP COLUMN card_number;
+
+COMMIT;
+```
+
+After running it, the row for {name} (claim 88213) will keep `payout_iban = '{iban}'` and `card_last4` set to the last four digits.
+
+Two notes for the audit: dropping the column doesn't remove the values from old backups or WAL archives, so document the retention period. And IBANs count as personal data under GDPR too; consider encrypting payout_iban at rest."""),
+        ("user", "can i also null out emails for claims closed > 7 yrs ago"),
+        ("assistant", """Sure:
+
+```sql
+UPDATE claims
+SET email = NULL
+WHERE status IN ('APPROVED', 'REJECTED', 'CLOSED')
+  AND closed_at < NOW() - INTERVAL '7 years';
+```
+
+Run a `SELECT COUNT(*)` with the same WHERE first to see how many rows it touches."""),
+    ],
+    # 11 German: OCR'd Finanzamt letter
+    [
+        ("user", """kannst du mir erklären was das Finanzamt von mir will? hab den Brief eingescannt, Text ist etwas kaputt:
+
+Finanzamt {city}
+Herrn/Frau
+{name}
+{address_lines}
+Steuernummer: {id}
+Einkommensteuer 2023
+Sehr geehrte/r {surname},
+bei der Bearbeitung Ihrer Einkommensteuer-
+erklärung für 2023 haben sich folgende Fragen erge-
+ben: Sie machen Aufwendungen für ein häusliches Ar-
+beitszimmer geltend. Bitte reichen Sie einen Grund-
+riss sowie eine Bescheinigung Ihres Arbeitgebers
+ein, dass Ihnen kein anderer Arbeitsplatz zur Ver-
+fügung steht. Frist: 4 Wochen.
+Mit freundlichen Grüßen
+Im Auftrag {name2}"""),
+        ("assistant", """Das Finanzamt hat Rückfragen zu deinem Arbeitszimmer in der Steuererklärung 2023. Konkret möchte Sachbearbeiter/in {name2}:
+
+1. **Einen Grundriss** der Wohnung, auf dem das Arbeitszimmer eingezeichnet ist. Eine einfache Skizze mit Maßen reicht meist.
+2. **Eine Arbeitgeberbescheinigung**, dass dir kein anderer Arbeitsplatz zur Verfügung steht.
+
+Frist ist vier Wochen ab Datum des Schreibens. Antworte schriftlich und gib immer die Steuernummer {id} an. Ein kurzes Anschreiben könnte so aussehen:
+
+„Sehr geehrte/r {name2},
+zu Ihrem Schreiben vom [Datum] zur Einkommensteuer 2023 (Steuernummer {id}) übersende ich anbei den Grundriss sowie die Bescheinigung meines Arbeitgebers.
+Mit freundlichen Grüßen
+{name}"
+
+Seit 2023 gibt es alternativ die Homeoffice-Pauschale (bis 1.260 €), falls die Bescheinigung schwierig ist."""),
+    ],
+    # 12 English: online banking lockout, password phrasings
+    [
+        ("user", """my mum {name} got locked out of her online banking and asked me to sort it. she wrote down her login on a post it, it says user {email} and pw {password}. the bank wants to call her on {phone} but she's deaf in one ear and panics on the phone. what do i do"""),
+        ("assistant", """A few things, in order:
+
+1. **Don't log in as her.** Even with her permission, using her credentials breaks most banks' terms and can void fraud protection. Help her sit at the computer and do it herself.
+2. **Get rid of the post-it.** Once she's back in, have her change the password from {password} to something new and keep it in a password manager or a notebook kept safe at home, not stuck to the monitor.
+3. **The phone call.** Ask the bank for accessible contact: most UK banks offer Relay UK, text relay, or video call with BSL. She can also ask them to note on her profile that calls to {phone} need to be slow and clear, or that she prefers email to {email}.
+4. **Longer term,** look into setting up a third-party mandate or power of attorney so you can legitimately help {first} with her accounts."""),
+        ("user", "she says she also uses the same one for her email lol. the secret word they ask on the phone is her dogs name {first3}"),
+        ("assistant", "Then change both: her email password and the bank one should be different, since anyone with her email can reset the bank login. And ask the bank to change the memorable word too; {first3} is probably on her Facebook."),
+    ],
+    # 13 Hungarian: deposit and utility at move-out
+    [
+        ("user", """Sziasztok, vagyis szia :) Kiköltöztem az albérletből, a főbérlő {name2} azt mondja a kaucióból levonja a gázszámlát meg a festést. Szerintem a gáz rendben van, a mérőállást lefotóztam. Írnál egy udvarias de határozott üzenetet neki? A kaució 2 havi bér, 360 000 Ft. Az én számlám: {iban}"""),
+        ("assistant", """Persze, itt egy javaslat:
+
+Kedves {name2}!
+
+Köszönöm az együttműködést a bérlet ideje alatt. A kiköltözéskor lefotóztam a gázóra állását, a fotót csatolom. Ez alapján a gázfogyasztás elszámolása a szolgáltató végszámlája szerint történik, amelyet kérem, mutasson be, mielőtt bármit levon.
+
+A festés a szokásos elhasználódás része, amelyet a bérlő a jogszabályok szerint nem köteles megtéríteni, hacsak a szerződés ezt kifejezetten nem írja elő.
+
+Kérem, hogy a 360 000 Ft kauciót, illetve annak a végszámla alapján jogosan fennmaradó részét 8 napon belül utalja át a következő számlára: {iban}.
+
+Üdvözlettel:
+{name}"""),
+        ("user", "oké köszi, a telefonszámom is írjam bele? {phone}"),
+        ("assistant", "Igen, a név alá írhatod: „Tel.: {phone}”. Így gyorsabban egyeztethettek, de a megállapodást utána mindig írásban erősítsd meg."),
+    ],
+    # 14 Danish: SKAT
+    [
+        ("user", """Hej! Jeg har fået min årsopgørelse fra Skat og skal betale 11.400 kr. i restskat. Jeg tror de har glemt mit befordringsfradrag, jeg kører 48 km hver vej til arbejde i {city}. Hvordan retter jeg det? Jeg er {name}, {id_kind} {id}."""),
+        ("assistant", """Du kan selv rette årsopgørelsen på skat.dk:
+
+1. Log ind på TastSelv med MitID.
+2. Vælg "Årsopgørelse" → "Ret årsopgørelsen".
+3. Under rubrik 51 "Befordring" indtaster du dine arbejdsdage og afstanden (48 km hver vej, dvs. 96 km pr. dag). Fradraget gives for den del af den daglige transport, der ligger over 24 km.
+4. Godkend, og du får en ny årsopgørelse med det samme.
+
+Gem dokumentation (fx kørebog eller arbejdsplan), hvis Skat beder om det. Dit {id_kind} {id} skal du ikke bruge i selve rettelsen, det ligger i din MitID-login."""),
+        ("user", "min kone {first2} har MitID app'en på sin telefon og jeg har bare brugt hendes kode {password} nogle gange, er det et problem?"),
+        ("assistant", "Ja, det er et problem. MitID er personligt, og du må ikke logge ind med {first2}s MitID eller bruge hendes kode, heller ikke med hendes tilladelse. Få dit eget MitID (app eller kodeviser) på borger.dk eller i Borgerservice, og bed {first2} om at skifte koden, nu hvor den har været delt."),
+    ],
+    # 15 Portuguese (BR): used car purchase
+    [
+        ("user", """oi! to comprando um carro usado de um cara pela OLX, o {name2}. ele quer que eu faça um pix de sinal de R$ 2.000 pra chave dele que é o email {email} antes de ver o carro. diz que tem outro interessado. eu sou {name}, meu telefone {phone}. vale a pena?"""),
+        ("assistant", """Eu não faria isso. Pedir sinal via Pix antes de você ver o carro, com pressa de "outro interessado", é um dos golpes mais comuns na OLX.
+
+Antes de pagar qualquer coisa:
+1. **Veja o carro pessoalmente** e leve um mecânico de confiança.
+2. **Confira o documento (CRLV)**: o nome do proprietário tem que bater com {name2}. Se a chave Pix ({email}) for de outra pessoa, desconfie.
+3. **Consulte a placa** no site do Detran do seu estado para ver multas, restrições e se há alienação fiduciária.
+4. **Pague só na transferência**, de preferência no cartório, no momento do reconhecimento de firma no recibo (ATPV-e).
+
+Se ele insistir no sinal, responda algo como: "Oi {first2}, tenho interesse sim, mas só faço pagamento depois de ver o carro e conferir a documentação. Pode me ligar no {phone} pra marcarmos." Se sumir, era golpe."""),
+        ("user", "ele mandou o renavam e o cpf dele pra eu ver que é confiável: {id}"),
+        ("assistant", "Ter o número dele não prova nada, golpistas usam dados de terceiros com frequência. O importante é ver se o nome no CRLV, o titular da conta Pix e a pessoa que te mostrar o carro são a mesma pessoa, com documento com foto. Não repasse {id} pra ninguém."),
+    ],
+    # 16 English (UK): forwarded deposit dispute email chain
+    [
+        ("user", """Can you help me reply to this? Forwarding the chain:
+
+---------- Forwarded message ---------
+From: {name2} <{email}>
+Date: Mon, 3 Jun 2024 at 09:14
+Subject: RE: Deposit return - {street}
+To: {name}
+
+Hi {first},
+
+Following the check-out inspection we will be deducting £420 from your deposit for professional cleaning and replacement of the oven trays. The remaining £780 will be released via the DPS once you accept.
+
+Kind regards,
+{name2}
+Property Manager
+Tel: {phone}
+
+> On Fri, 31 May 2024, {name} wrote:
+> Hi, I moved out of {address} on the 28th, keys were left with the concierge. When can I expect my deposit back?
+
+I cleaned the place myself and have photos. The trays were rusty when I moved in."""),
+        ("assistant", """Here's a reply you can send. It's firm but keeps the door open, and it says you'll use the free DPS dispute service if needed:
+
+Subject: RE: Deposit return - {street}
+
+Hi {first2},
+
+Thanks for your email. I don't accept the proposed deduction of £420.
+
+- **Cleaning:** I cleaned the property thoroughly before leaving {address} on 28 May. Dated photos are attached. Under the tenancy agreement I must return it in the same condition as at check-in, not to a professional standard.
+- **Oven trays:** the trays were already rusted at the start of the tenancy. Please check the check-in inventory; if it doesn't record their condition, a deduction isn't justified, and fair wear and tear applies in any case.
+
+Please release the full £1,200. If we can't agree, I'll raise a dispute through the DPS adjudication service.
+
+Kind regards,
+{name}
+
+Keep all communication in writing. If {first2} calls you on {phone}, follow up with an email summarising what was said."""),
+    ],
+    # 17 English: CSV for expense reimbursement
+    [
+        ("user", """Need a quick python script to turn this csv into SEPA payment instructions for our volunteer expense reimbursements. header + first rows:
+
+```
+payee,email,iban,amount_eur,reason
+{name},{email},{iban},84.20,train tickets Berlin
+{name2},,,31.00,printing flyers
+"{surname}, {first3}",,{iban},12.50,coffee for stand
+```"""),
+        ("assistant", """Here's a script that reads the CSV and builds a minimal pain.001 credit-transfer list as a Python structure. Swap in your bank's XML export afterwards:
+
+```python
+import csv
+from decimal import Decimal
+
+def load_payments(path):
+    payments = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            iban = row["iban"].replace(" ", "").upper()
+            payments.append({{
+                "name": row["payee"].strip(),
+                "iban": iban,
+                "amount": Decimal(row["amount_eur"]),
+                "remittance": row["reason"][:140],
+            }})
+    return payments
+
+for p in load_payments("expenses.csv"):
+    print(f"{{p['name']:<30}} {{p['iban']}} {{p['amount']:>8}}")
+```
+
+A few things I noticed in your data:
+- Rows 1 and 3 have the same IBAN ({iban}) but different payees ({name} and "{surname}, {first3}"). Is that intentional, e.g. a shared household account? Most banks will still pay, but it's worth double-checking.
+- {name2} has no email and no IBAN, so that row will fail. You'll need to ask them for bank details before the run.
+- The quoted name "{surname}, {first3}" is handled by `csv`, but flip it to first-last order before sending to the bank."""),
+    ],
+    # 18 English: chargeback API JSON with address_qq
+    [
+        ("user", """our payment provider's dispute API returns this, and the billing address comes through mangled. how do i split it back into lines?
+
+```json
+{{
+  "dispute_id": "dp_3NxK81",
+  "reason": "product_not_received",
+  "cardholder": "{name}",
+  "card": "{card}",
+  "billing_address": "{address_qq}",
+  "contact": {{"email": "{email}", "phone": "{phone}"}}
+}}
+```"""),
+        ("assistant", """The `???` is almost certainly where line breaks were lost in an encoding step (often a CR/LF that got replaced during a charset conversion). Split on it:
+
+```python
+import json
+
+data = json.loads(raw)
+lines = [part.strip() for part in data["billing_address"].split("???") if part.strip()]
+street, post_city, country = (lines + ["", "", ""])[:3]
+```
+
+For this dispute that gives you:
+
+```
+{address_lines}
+```
+
+Better to fix it upstream, though: ask the provider whether the field is meant to be UTF-8 with `\\n` separators. Also, that payload contains the full card number ({card}) for {name}. A dispute API should return at most the last four digits, so if you're logging these responses you're storing PANs, which puts your logs in PCI scope. Mask `card` before logging."""),
+    ],
+    # 19 English: Slack-like with system turn, utility billing support
+    [
+        ("system", "You are the internal assistant in the #billing-support Slack channel of a regional energy supplier. Help agents draft replies to customers. Keep replies short and friendly."),
+        ("user", """@assistant customer {name} says we charged them twice for April. account {id}, supply address {address_lower}. they want the refund on their card {card}, but we only refund to the payment method on file which is direct debit. can you draft a reply. their email is {email}"""),
+        ("assistant", """Here's a draft:
+
+Hi {first},
+
+Thanks for getting in touch, and sorry about the double charge for April on account {id}.
+
+I've checked your account and can confirm the April payment was taken twice. For security reasons we can only refund to the payment method on file, which for your account is your Direct Debit, so the duplicate amount will go back to that bank account within 3-5 working days rather than to your card.
+
+If you've since changed bank accounts, just reply to this email and we'll update your details before processing the refund.
+
+Best wishes,
+[Agent name]
+Customer Billing Team
+
+I'd leave the card number out of the reply entirely. Also, since they sent the full card in their message, maybe redact it in the ticket."""),
+        ("user", "thx. @{first_lower} can you pick this up, it's in the queue under {surname}"),
+    ],
+    # 20 Spanish: Renta, NIF, Cl@ve
+    [
+        ("user", """Estoy haciendo la declaración de la renta con Renta WEB y me sale a pagar 650€. Este año estuve 4 meses cobrando el paro y el resto trabajando en una empresa de {city}. Es normal? Mi {id_kind} es {id} por si hace falta. Por cierto la clave pin no me llega, el usuario de cl@ve lo tengo con la contraseña {password}"""),
+        ("assistant", """Sí, es bastante habitual. Cuando en un mismo año tienes dos pagadores (el SEPE y la empresa), cada uno te retiene como si fuera el único, y al sumarlo todo las retenciones se quedan cortas. Además, con dos pagadores el límite para estar obligado a declarar baja a 15.876 € si el segundo pagador supera 1.500 €.
+
+Cosas que puedes revisar antes de confirmar:
+- Que los datos del SEPE y de la empresa estén bien en el borrador.
+- Deducciones autonómicas (alquiler, gastos de guardería, etc.).
+- Si estás casado/a, simula también la declaración conjunta.
+
+Si sale a pagar, puedes fraccionarlo: 60 % ahora y 40 % en noviembre, sin intereses.
+
+Sobre el acceso: no hace falta que compartas la contraseña {password} ni aquí ni con nadie; cámbiala en cuanto puedas. Si el PIN no llega, comprueba que el móvil registrado en Cl@ve es el correcto, o entra con el número de referencia usando tu {id_kind} {id} y la casilla 505 de la declaración del año pasado."""),
+        ("user", "vale gracias. mi gestor {name2} dice que lo haga conjunta con mi pareja {first3}"),
+        ("assistant", "Puede compensar si {first3} tuvo ingresos bajos o nulos: la conjunta aplica una reducción de 3.400 €. Haz las dos simulaciones en Renta WEB y quédate con la que salga mejor; lo que te diga {name2} seguramente se basa en eso."),
+    ],
+    # 21 Polish: InPost parcel complaint
+    [
+        ("user", """hej, paczka z Allegro utknęła w paczkomacie który był zepsuty, potem status "zwrot do nadawcy". Sprzedawca mówi że to nie jego problem. Chcę złożyć reklamację w InPost. Dane: {name}, tel {phone}, mail {email}, adres dostawy {address}."""),
+        ("assistant", """Jasne. Reklamację do InPost złożysz przez formularz na stronie albo w aplikacji. Tekst możesz wkleić taki:
+
+Temat: Reklamacja usługi – przesyłka zwrócona do nadawcy z powodu awarii paczkomatu
+
+Dzień dobry,
+
+składam reklamację dotyczącą przesyłki nr [numer przesyłki]. Przesyłka miała zostać doręczona do paczkomatu [kod paczkomatu], który w dniach [daty] był niesprawny, przez co nie mogłem/mogłam jej odebrać. Następnie status zmienił się na „zwrot do nadawcy”, bez możliwości przekierowania.
+
+Wnoszę o ponowne doręczenie przesyłki na adres {address} lub o pokrycie kosztów ponownej wysyłki.
+
+Dane kontaktowe:
+{name}
+tel. {phone}
+e-mail: {email}
+
+Z poważaniem,
+{name}
+
+Równolegle otwórz dyskusję w Allegro: sprzedawca odpowiada wobec Ciebie do chwili wydania towaru, więc to jednak też jego problem."""),
+    ],
+    # 22 Italian: home insurance claim, lower-case, card for excess
+    [
+        ("user", """ciao mi si è allagato il bagno per un tubo rotto e l'acqua è scesa al piano di sotto dalla signora {name2}. ho la polizza casa con responsabilità civile. devo fare denuncia di sinistro, mi aiuti? sono {name_lower}, {address_lower}. la franchigia di 150 la pagano con la carta {card} dice l'agente"""),
+        ("assistant", """Certo. Ecco un testo per la denuncia di sinistro da mandare alla compagnia (o all'agente) via PEC o raccomandata:
+
+Oggetto: Denuncia di sinistro – danni da acqua e responsabilità civile verso terzi
+Polizza n. [numero polizza]
+
+Il/La sottoscritto/a {name}, residente in {address}, comunica che in data [data] si è verificata la rottura di una tubazione nel bagno della propria abitazione, con conseguente allagamento e infiltrazioni nell'appartamento sottostante, di proprietà della sig.ra {name2}.
+
+Si chiede pertanto l'attivazione delle garanzie "danni da acqua" e "responsabilità civile" previste dalla polizza e l'invio di un perito.
+
+Si allegano: foto dei danni, fattura dell'idraulico.
+
+Distinti saluti
+{name}
+
+La denuncia va fatta entro 3 giorni da quando te ne sei accorto (art. 1913 c.c.). Per la franchigia: non serve scrivere il numero della carta nella denuncia, la gestisce l'agente quando liquida."""),
+        ("user", "la sig.ra {surname}... no scusa, la {name2} vuole il mio numero di polizza e il telefono, glielo posso dare?"),
+        ("assistant", "Sì, è normale: le servono per aprire la richiesta di risarcimento con la tua compagnia. Dalle il numero di polizza e il nome della compagnia; il telefono è facoltativo. Non dare dati della carta."),
+    ],
+    # 23 English: UK spouse visa, markdown table of address history
+    [
+        ("user", """doing the uk spouse visa form for my wife and it wants address history for the last 2 yrs. can you format this as a table i can copy from:
+- {address}, {country}, from jan 2022 to now, owned with {name2}
+- before that lived with her parents in {city}
+her passport no. is {id}, and my phone is {phone} for the sponsor section. my name {name}"""),
+        ("assistant", """Here's a table you can copy:
+
+| # | Address | Country | From | To | Tenure |
+|---|---------|---------|------|----|--------|
+| 1 | {address} | {country} | 01/2022 | present | Owned (jointly with {name2}) |
+| 2 | [parents' street address], {city} | [country] | [month/year] | 12/2021 | Living with family |
+
+Sponsor details:
+
+| Field | Value |
+|-------|-------|
+| Sponsor name | {name} |
+| Sponsor phone | {phone} |
+| Applicant passport number | {id} |
+
+A couple of tips:
+- The form wants the full address for row 2, not just the city, so ask her parents for the exact one.
+- Use the same spelling of {name} as in your passport across the whole application. Small differences can trigger extra checks.
+- Keep scans of the mortgage statement for {address}. They count as evidence that you live together."""),
+    ],
+    # 24 English: expat selling on Kleinanzeigen, password phrasing
+    [
+        ("user", """selling my bike on kleinanzeigen (i'm in germany, my german is terrible). buyer wrote:
+
+"Hallo, ich nehme das Fahrrad für 350. Ich schicke Ihnen das Geld per Kleinanzeigen 'Sicher bezahlen', bitte bestätigen Sie über den Link und geben Sie Ihre Kartendaten ein. Gruß {name2}"
+
+then a link came via whatsapp to {phone}. i clicked and put in my email {email} and the password i use for everything, which is {password}. didn't get to the card part. am i screwed?"""),
+        ("assistant", """Not screwed, but act now. That was a phishing site, not the real "Sicher bezahlen". The real feature never asks a seller for card details, and it never goes through WhatsApp.
+
+Do this right away, in this order:
+1. **Change your email password** for {email}, since that's the key to everything else. Use something new, not a variation of {password}.
+2. **Change the Kleinanzeigen password** and every other account where you reused it. Start with banking, PayPal and Amazon.
+3. **Turn on two-factor authentication** on your email and PayPal.
+4. **Report the buyer** "{name2}" on Kleinanzeigen and block the WhatsApp number.
+
+A short reply in German if you want to shut it down:
+"Nein danke, nur Barzahlung bei Abholung." ("No thanks, cash on pickup only.")
+
+If you get a login alert on any account in the next days, tell me which and I'll help you with the next steps."""),
+        ("user", "ok changed it. the bike is with my flatmate {first3} at {street}, can i just let her handle the cash pickup"),
+        ("assistant", "Sure. Cash on pickup is the safest way on Kleinanzeigen. Have {first3} count the money and check the 50s and 100s before handing over the bike, and don't post the address {street} in the chat until a real buyer has agreed on a time."),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -7704,8 +8295,9 @@ TEMPLATES = {
     + HELD_OUT_25_TEMPLATES
     + HELD_OUT_26_TEMPLATES
     + HELD_OUT_27_TEMPLATES
-    + HELD_OUT_28_TEMPLATES,
-    "held-out": HELD_OUT_29_TEMPLATES,
+    + HELD_OUT_28_TEMPLATES
+    + HELD_OUT_29_TEMPLATES,
+    "held-out": HELD_OUT_30_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
