@@ -24,8 +24,10 @@ Systems, one after the other in one process on the same texts:
   pipeline) and default recognizers (email check made offline: same regex, bundled suffix list),
   `BatchAnalyzerEngine`, batch 64, score threshold 0.35, DATE_TIME and NRP not counted (the
   project does not scrub them by default);
-* (b) this project: `PiiScrub.analyze_texts` (spaCy md NER, Rampart on gated sentences, pattern
-  recognizers, allowlist), defaults of `PiiConfig`, cache cleared before each set.
+* (b) this project: `PiiScrub.find_spans`, what `scrub_text` replaces (spaCy md NER, Rampart on
+  gated sentences, pattern recognizers, allowlist, code segments; then every other occurrence in
+  the text of a value found once, as `curate` does across a record), defaults of `PiiConfig`,
+  cache cleared before each set. Until 2026-12-06 (b) was `analyze_texts`, without the occurrences.
 
 Scores per gold label:
 * recall: predictions of a compatible type (`COMPATIBLE`) cover >= 50% of the span's characters;
@@ -498,7 +500,7 @@ def main() -> None:
 
     def run_ours(ts: list[str]) -> list[list[tuple[str, int, int]]]:
         ours._cache.clear()
-        return [[(s.type, s.start, s.end) for s in spans] for spans in ours.analyze_texts(ts)]
+        return [[(s.type, s.start, s.end) for s in spans] for spans in ours.find_spans(ts)]
 
     presidio_items = load_presidio_set(args.split, args.limit)
     sets = {

@@ -1102,3 +1102,32 @@ def test_words_beside_a_name_that_are_the_language_s_own_stay(step: PiiScrub) ->
     ]
     out = [t["content"] for t in scrub_record(step, turns, "pl")]
     assert "Edyta" not in " ".join(out) and "idzie na urlop macierzyński" in out[0] and "rozpoczyna urlop" in out[1]
+
+
+def test_shapes_of_presidio_templates_no_generated_text_was_made_from(step: PiiScrub) -> None:
+    """A title's dot ends no sentence, a name answers a question for it, a possessive is no part of
+    the name, and a lower-case street takes its street type, town and postcode."""
+    text = "Please have the manager call me at +33 1 96 03 54 29. I'd like to join accounts with ms. Genoveffa"
+    assert "Genoveffa" not in step.scrub_text(text)
+    out = step.scrub_text("Ms. Blackett flew to Budapest on Friday morning.")
+    assert "Blackett" not in out and out.endswith(" flew to <LOCATION_1> on Friday morning.")
+    assert step.scrub_text("What's your last name? Koyama") == "What's your last name? <PERSON_1>"
+    assert step.scrub_text("¿Cómo te llamas? Lucía Pérez.") == "¿Cómo te llamas? <PERSON_1>."
+    for text in ("What's your name? Sorry, I won't say.", "What should your name be? Something catchy"):
+        assert step.scrub_text(text) == text
+    assert step.scrub_text('Jan: "Who are you?"\nJan: "I\'m Jan\'s daughter".') == (
+        '<PERSON_1>: "Who are you?"\n<PERSON_1>: "I\'m <PERSON_1>\'s daughter".'
+    )
+    out = step.scrub_text("may i request to have the statement sent to rua bananeira 835, teresina, pi 64016-655?")
+    assert out == "may i request to have the statement sent to <ADDRESS_1>?"
+    out = step.scrub_text("i once lived in ul. kazimierza wielkiego 103, kraków,  30-074. then we moved")
+    assert out == "i once lived in <ADDRESS_1>. then we moved"
+    text = "keys at Vicolo Agnolo, 715, code 4471. call me"
+    assert "code 4471" in step.scrub_text(text)
+
+
+def test_find_spans_marks_every_occurrence_of_a_value_found_once(step: PiiScrub) -> None:
+    text = "It may be too that Urner was influenced by a song sung by Stephan Urner (though Urner's song...)."
+    (spans,) = step.find_spans([text])
+    assert sorted(text[s.start : s.end] for s in spans if s.type == "PERSON") == ["Stephan Urner", "Urner", "Urner"]
+    assert step.find_spans([]) == [] and step.find_spans([""]) == [[]]

@@ -102,6 +102,7 @@ from curator.steps.pii_recognizers import (
     phone_extent,
     phone_word_before,
     signoff_word,
+    street_type_before,
     surnames,
     table_columns,
     thing_number_before,
@@ -688,8 +689,9 @@ _NO_NAME_WORD = re.compile(
 # first and second person words: an uncapitalised sentence with one is chat about people, not code
 _PERSONAL = re.compile(r"(?<![\w'’])(?:i|i'm|im|my|me|mine|u|you|your|her|his|she|he|we|our|us)(?![\w'’])")
 # a sentence ends at . ! ? before whitespace, or at a line end; a dot inside "a@b.com", "3.5" or the
-# "???" an export left for a line break does not end it
-_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![.!?\s]|$))*(?:[.!?]+(?=\s|$)|\n|$)")
+# "???" an export left for a line break does not end it, nor the dot of a title ("Ms. Blackett")
+_TITLE_DOT = r"(?<![\w.])(?i:mr|mrs|ms|mx|dr|prof|mme|mlle|dhr|mevr|hr|sr|sra|srta|sig|dott)\."
+_SENTENCE = re.compile(rf"(?:{_TITLE_DOT}|[^.!?\n]|[.!?]+(?![.!?\s]|$))*(?:[.!?]+(?=\s|$)|\n|$)")
 _WORD = re.compile(r"[^\W\d_][\w'’\-]*")
 _SUBJECT = re.compile(
     r"(?:,|:[ \t]|'s\b|[ \t]+(?:is|was|has|had|and|said|says|told|gave|spent|lives|lived|works|worked|can|will|would|"
@@ -1128,13 +1130,16 @@ _GREETING_HEAD = re.compile(
 
 def _trimmed(text: str, span: Span) -> Span:
     """The span without the whitespace spaCy sometimes includes at its ends ("Anna Nowak\n"), and
-    a person without the greeting NER reads as part of the name ("Hej Uwe"): the name alone is
-    what is searched for elsewhere in the record."""
+    a person without the greeting NER reads as part of the name ("Hej Uwe") or the possessive
+    after it ("Jan's"): the name alone is what is searched for elsewhere in the record."""
     value = text[span.start : span.end]
     start = span.start + len(value) - len(value.lstrip())
+    end = span.end - (len(value) - len(value.rstrip()))
     if span.type == "PERSON" and (head := _GREETING_HEAD.match(text, start, span.end)):
         start = head.end()
-    return Span(span.type, start, max(start, span.end - (len(value) - len(value.rstrip()))), span.score)
+    if span.type == "PERSON" and re.search(r"\w['’]s$", text[start:end]):
+        end -= 2  # "Jan's daughter": the name is "Jan", in this turn and every other
+    return Span(span.type, start, max(start, end), span.score)
 
 
 # the lower-case words inside a name of many languages: before a capitalised word only
@@ -1142,8 +1147,8 @@ _INNER_PARTICLES = NAME_PARTICLES | {"la", "do", "y", "e", "bin", "ibn", "al", "
 
 
 def _cased_name(text: str, span: Span) -> Span:
-    """A capitalised name from spaCy's English NER cut before the lower-case words it ran on into
-    ("Mette Holm der tager telefonen", "Søren kan"): on other languages it reads the sentence's
+    """A capitalised name from spaCy's English NER or Rampart cut before the lower-case words it ran
+    on into ("Mette Holm der tager telefonen", "Søren kan", "Blackett flew"): they read a sentence's
     next words as the name's, and a particle counts only before a capitalised word ("Jan de Vries")."""
     words = list(re.finditer(r"\S+", text[span.start : span.end]))
     if not words or not words[0].group(0)[:1].isupper() or _casual_writer(text):
@@ -1204,12 +1209,29 @@ _POSTCODE_AFTER = re.compile(
 )
 
 
+# a town, then a postcode (a state or region code may stand between) after a street, as one line:
+# "rua bananeira 835, teresina, pi 64016-655", "keflavíkurgata 48, reykjavík,  129", any case
+_TOWN_POSTCODE_AFTER = re.compile(
+    r"[ \t]*,[ \t]*(?P<town>[^\W\d_]+(?:['’\-][^\W\d_]+)*(?:[ \t]+[^\W\d_]+(?:['’\-][^\W\d_]+)*){0,3})"
+    r"(?:[ \t]*,[ \t]*|[ \t]+)(?:[^\W\d_]{2,3}[ \t]+)?(?<![\w'’\-])"
+    rf"(?i:{_POSTCODE}|\d{{3,4}})(?=[ \t]*(?:[,.;!?)\]\"'\n]|$))"
+)
+
+
 def _postcode_tails(text: str, spans: list[Span]) -> list[Span]:
-    """A street span (ours or the tagger's) grows over the postcode and town that follow it on the line."""
+    """A street span (ours or the tagger's) grows over the postcode and town that follow it on the
+    line, and over a street type written before it ("ul.", "via")."""
     out = []
     for span in spans:
-        m = _POSTCODE_AFTER.match(text, span.end) if span.type == "STREET_ADDRESS" else None
-        out.append(Span(span.type, span.start, m.end(), span.score) if m else span)
+        if span.type != "STREET_ADDRESS":
+            out.append(span)
+            continue
+        m = _POSTCODE_AFTER.match(text, span.end)
+        if m is None and re.search(r"[^\W\d_]", text[span.start : span.end]):  # a street, not a postcode alone
+            m = _TOWN_POSTCODE_AFTER.match(text, span.end)
+            if m and not all(w[0].isupper() or w in _INNER_PARTICLES or unknown_word(w) for w in m["town"].split()):
+                m = None  # "Vicolo Agnolo, 715, code 4471": a word of the language, no town
+        out.append(Span(span.type, street_type_before(text, span.start), m.end() if m else span.end, span.score))
     return out
 
 
@@ -1217,7 +1239,7 @@ def _lone_initial_word(text: str, span: Span, tags: list[Span]) -> bool:
     """One word opening a sentence or line, with no Rampart name overlapping it."""
     value = text[span.start : span.end]
     before = text[: span.start].rstrip(" \t\"'*•-")
-    initial = not before or before[-1] in ".!?:\n"
+    initial = (not before or before[-1] in ".!?:\n") and not _TITLE.search(text, max(0, span.start - 10), span.start)
     confirmed = any(t.type == "PERSON" and t.start < span.end and span.start < t.end for t in tags)
     return len(value.split()) == 1 and initial and not confirmed
 
@@ -1490,7 +1512,11 @@ class PiiScrub:
                 and _tag_ok(text, t, mine, lower)
                 and (lower or _cased_person(text[t.start : t.end], t.type, english=mode == "ner"))
             ]
-            out = [_without_initial_verb(text, Span(t.type, t.start, t.end, RAMPART_SCORE)) for t in tagged]
+            out = [
+                _without_initial_verb(text, _trimmed(text, Span(t.type, t.start, t.end, RAMPART_SCORE))) for t in tagged
+            ]
+            if not lower:  # "Blackett flew": the tagger, too, runs a cased name on into the next word
+                out = [_cased_name(text, t) if t.type == "PERSON" else t for t in out]
             for span, ner_guess in guesses.get(k, [(s, False) for s in found[k]]):
                 if ner_guess and span.type == "PERSON" and k in guesses:
                     if _lone_initial_word(text, span, tagged):
@@ -1570,12 +1596,20 @@ class PiiScrub:
                 self._fakers[locale] = Faker("en_US")
         return self._fakers[locale]
 
+    def find_spans(self, texts: list[str], mode: str = "ner") -> list[list[Span]]:
+        """What `scrub_text` replaces in each text: the spans found, and every other occurrence of
+        them in the same text (`_propagate`). Batched, for benchmarks and callers that replace alone."""
+        units = [_Unit("text", text, mode) for text in texts]
+        for unit, spans in zip(units, self._unit_spans(units, ner=True), strict=True):
+            unit.spans = spans
+            _propagate([unit])
+        return [unit.spans for unit in units]
+
     def scrub_text(self, text: str, record_id: str = "", mode: str = "ner") -> str:
         """`text` with all PII replaced (for report excerpts and quarantine rows)."""
         if not text:
             return text
-        unit = _Unit("text", text, mode, self._unit_spans([_Unit("text", text, mode)], ner=True)[0])
-        _propagate([unit])
+        unit = _Unit("text", text, mode, self.find_spans([text], mode)[0])
         pseudo = Pseudonymizer(self.cfg.mode, self.seed, record_id, self._faker("en"))
         pseudo.learn_names([text[s.start : s.end] for s in unit.spans if s.type == "PERSON"])
         return self._replace(unit, pseudo)
@@ -1778,6 +1812,7 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
         for span in unit.spans:
             value = unit.text[span.start : span.end].strip()
             if span.type == "PERSON":
+                value = re.sub(r"(?<=\w)['’]s$", "", value)  # "Jan's" found: "Jan" is searched for
                 people.add(_norm(value))
                 if value.islower() and " " not in value and not unknown_word(value):
                     quoted.add(value)  # "POSTGRES_USER: job" is "the user `job`", but "the job failed" is no name

@@ -662,6 +662,16 @@ _PREFIX_START = re.compile(rf"(?<![\w.])(?i:{_PREFIX}|ul\.|al\.)(?=[ \t]+[{UPPER
 _LEAD_IN = frozenset({"at", "to", "in", "on", "from", "near", "of", "is", "for", "and", "the", "my", "our", "your"})
 
 
+_PREFIX_BEFORE = re.compile(rf"(?<![\w.])(?i:{_PREFIX})[ \t]+$", re.UNICODE)
+
+
+def street_type_before(text: str, start: int) -> int:
+    """Where a street type written before a street name ends at `start` ("ul. " or "via " of a
+    lower-case "ul. kazimierza wielkiego 103" that the tagger took from its name on), else `start`."""
+    m = _PREFIX_BEFORE.search(text, max(0, start - 16), start)
+    return m.start() if m else start
+
+
 def _street_start(text: str, start: int, end: int) -> int:
     """Where the street of a line-end match [start, end) begins: at its last street type written before
     the name ("ul.", "Via"), else after its last lead-in word, else at `start`."""
@@ -1724,6 +1734,21 @@ class NameCueRecognizer(_RegexRecognizer):
             1,
             0.95,
             "strong",
+        ),
+        # the answer to a question for a name: "What's your last name? Koyama", "your name?\njens",
+        # "¿Cómo te llamas? Lucía"; each word capitalised or no common word (`unknown_word`)
+        (
+            re.compile(
+                r"(?i:\b(?:(?:your|his|her|their)[ \t]+(?:(?:first|last|full|family|given|middle|maiden|real|sur)"
+                r"[ \t]?)?name|c[oó]mo[ \t]+te[ \t]+llamas|wie[ \t]+hei(?:ß|ss)t[ \t]+du|"
+                r"comment[ \t]+tu[ \t]+t'appelles|come[ \t]+ti[ \t]+chiami|jak[ \t]+masz[ \t]+na[ \t]+imi[eę]|"
+                r"hoe[ \t]+heet[ \t]+je|jak[ \t]+se[ \t]+jmenuješ|como[ \t]+te[ \t]+chamas|hvad[ \t]+hedder[ \t]+du)"
+                r"[ \t]*\?)[ \t]*\n?[ \t]*"
+                rf"((?:{_NAME_WORD}|{_LOWER_NAME_WORD})(?:[ \t]+(?:{_NAME_WORD}|{_LOWER_NAME_WORD})){{0,2}})"
+            ),
+            1,
+            0.9,  # above spaCy's 0.85: a lone name after "?" is otherwise read as a sentence's first word
+            "introduction",
         ),
         # "hey its piergiuseppe here", "It's Anna here": a self-introduction; a lower-case word must be
         # a known name or no common word (`unknown_word`: not "it's cold here")
