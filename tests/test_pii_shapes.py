@@ -1131,3 +1131,47 @@ def test_find_spans_marks_every_occurrence_of_a_value_found_once(step: PiiScrub)
     (spans,) = step.find_spans([text])
     assert sorted(text[s.start : s.end] for s in spans if s.type == "PERSON") == ["Stephan Urner", "Urner", "Urner"]
     assert step.find_spans([]) == [] and step.find_spans([""]) == [[]]
+
+
+def test_paperwork_ids_a_sentence_on_a_nordic_code_a_phone_after_an_address_and_letter_closings(
+    step: PiiScrub,
+) -> None:
+    """From blind set 30: an id a sentence after its keyword with no number between ("passport number
+    doesnt match. i typed X", "o cpf dele ...: X"), Danish "hendes kode X", "Tel." ending an address
+    so its phone is found (and found again alone), lower-case French street lines of a found address,
+    "Üdvözlettel:" and "Yours faithfully," closing a letter, a first name's surname that is a word."""
+    cases = [
+        (
+            "says the passport number doesnt match IRS records. i typed K58210374 which is whats on my card",
+            "en",
+            ["K58210374"],
+        ),
+        ("ele mandou o renavam e o cpf dele pra eu ver que é confiável: 518774102936", "pt", ["518774102936"]),
+        ("jeg har bare brugt hendes kode Tq8vLmRw2Zk nogle gange, er det et problem?", "da", ["Tq8vLmRw2Zk"]),
+        ("Kérem, utalja át a kauciót.\n\nÜdvözlettel:\nOrsolya Bakó", "hu", ["Orsolya", "Bakó"]),
+        ("Please refund the deposit.\n\nYours faithfully,\nFlora Canova", "en", ["Flora", "Canova"]),
+    ]
+    for text, language, planted in cases:
+        out = scrub_record(step, [{"role": "user", "content": text}], language)[0]["content"]
+        assert not [v for v in planted if v in out], out
+    turns = [
+        {"role": "user", "content": "Meine Daten: Jan de Vries, Kerkstraat 5, 1234 AB Utrecht, Tel. 301 4470"},
+        {"role": "assistant", "content": "Für Rückfragen erreichen Sie mich unter 301 4470."},
+    ]
+    out = scrub_record(step, turns, "de")
+    assert "Kerkstraat" not in out[0]["content"] and all("4470" not in t["content"] for t in out), out
+    turns = [
+        {"role": "user", "content": '```json\n{"billing_address": "42, rue Weber???63401 Riom???France"}\n```'},
+        {"role": "assistant", "content": "That gives you:\n\n```\n42, rue Weber\n63401 Riom\nFrance\n```"},
+    ]
+    assert "rue Weber" not in scrub_record(step, turns, "en")[1]["content"]
+    turns = [
+        {"role": "user", "content": "name is margot parent if that matters"},
+        {
+            "role": "assistant",
+            "content": "Enter it as on the card: Margot Parent. If it shows a surname other than Parent, use that.",
+        },
+    ]
+    assert "Parent" not in scrub_record(step, turns, "en")[1]["content"]
+    stay = "Nie wiem, ile to kosztuje, może 250000 zł? Ein Freund sagt 180000 Forint."
+    assert scrub_record(step, [{"role": "user", "content": stay}], "pl")[0]["content"] == stay

@@ -854,7 +854,8 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 end = m.end()
             # a one-word name and a capitalised word beside it that is no common word: its surname
             # ("Giancarlo Fogazzaro at ..."; not "Maria Python", "Anna Tomorrow"); from a writer who
-            # does not capitalise, any capitalised word there ("ordren står på Uwe Beer")
+            # does not capitalise, any capitalised word there ("ordren står på Uwe Beer"); after a
+            # first name, a surname that is also a word ("card: Margot Parent.")
             m = _NEXT_WORD.match(text, end)
             if (
                 m
@@ -862,7 +863,11 @@ def _name_neighbours(text: str, spans: list[Span]) -> list[Span]:
                 and " " not in text[start:end]
                 and re.fullmatch(rf"[{UPPER}][a-zà-ÿā-ž'’\-]+", m.group(1))  # a name, not "AKIAK7861OVT"
                 and not _NO_NAME_WORD.fullmatch(m.group(1))
-                and (unknown_word(m.group(1)) or lower_writer)
+                and (
+                    unknown_word(m.group(1))
+                    or lower_writer
+                    or (text[start:end].lower() in first_names() and m.group(1).lower() in surnames())
+                )
             ):
                 end = m.end()
             while m := _PREV_WORD.search(text, max(0, start - 40), start):
@@ -1778,7 +1783,7 @@ def _rampart(threshold: float) -> Any:
     return _RAMPART[threshold]
 
 
-_ADDRESS_PARTS = re.compile(r"\n|\?{2,}|,")  # what separates the lines of an address
+_ADDRESS_LINES = re.compile(r"\n|\?{2,}")  # what separates the lines of an address
 _POSTCODE_TOKEN = re.compile(rf"(?<![\w-]){_POSTCODE}(?![\w-])")
 
 
@@ -1843,7 +1848,8 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
                         if sum(map(len, groups[k:])) >= PHONE_TAIL_MIN_DIGITS:
                             tails.add(tuple(groups[k:]))
                 if span.type == "STREET_ADDRESS":  # its numbered lines and postcodes, in whatever layout they recur
-                    lines = [line.strip(" \t.") for line in _ADDRESS_PARTS.split(value)]
+                    lines = _ADDRESS_LINES.split(value)  # whole lines ("709, chemin Charlotte Breton") and their parts
+                    lines = [part.strip(" \t.") for line in lines for part in [line, *line.split(",")]]
                     for line in [*lines, *_POSTCODE_TOKEN.findall(value)]:
                         numbered = any(c.isdigit() for c in line)
                         if len(line) >= PROPAGATE_MIN_CHARS and (numbered or has_street_word(line)):

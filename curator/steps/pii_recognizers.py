@@ -348,9 +348,10 @@ _LOGIN_WORDS = re.compile(
     r"mot\s+de\s+passe|mdp|identifiant|senha|utente|wachtwoord|gebruikersnaam|hasło|haslo|heslo|jelszó|jelszo|"
     r"пароль|логин|(?:alarm|door|gate|access|entry|security|garage|safe|lock)[\s-]?code|kod|código|codice|"
     r"(?:le|mon|ton|son|du|the|my|der|die|das|el|il|o)\s+code|"
-    # a Wi-Fi key; logging in, in the languages of chat exports; curl's user:password option
+    # a Wi-Fi key, a Nordic code ("hendes kode X"); logging in, in the languages of chat exports; curl's
+    # user:password option
     r"(?:wi-?fi[\s-]|wlan[\s-]|network[\s-]|security[\s-])?key|clé|clef|schlüssel|chiave|llave|klucz|klíč|kulcs|"
-    r"nøgle|sleutel|chave|anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|"
+    r"nøgle|sleutel|chave|kode[nr]?|anmeld\w*|einlogg\w*|inlogg\w*|zaloguj\w*|"
     r"logowani\w*|přihlá\w*|bejelentkez\w*|connexion|se\s+connecter|iniciar\s+sesión|accedi|-u|--user)"
     r"(?![\w/?=.-])"
 )
@@ -695,6 +696,11 @@ _AFTER_UNIT = re.compile(
     r"(?=[ \t]*(?:$|\n|[.,;!?])|[ \t]+[a-z])",
     re.UNICODE,
 )
+# a phone, fax or email label before its value, which ends the same-line tail of an address
+_CONTACT_LABEL = re.compile(
+    r"[ \t]*[,;]?[ \t]*(?i:tel|tél|tlf|tfn|telefon\w*|telefoon|telephone|phone|ph|fon|mob|mobil\w*|handy|cell|fax|"
+    r"e-?mail)\.?[ \t]*:?[ \t]*(?=[+(\d])"
+)
 _REST_OF_LINE = re.compile(rf"(?:,?[ \t]+{_W})+[ \t]*(?=\n|$)", re.UNICODE)
 # a postcode after its label, in the languages of chat exports ("Código postal: 67606", "PSČ 473 81")
 _POSTCODE_CONTEXT = re.compile(
@@ -779,6 +785,9 @@ class StreetAddressRecognizer(_RegexRecognizer):
         rest = _REST_OF_LINE.match(text, end)
         if rest:
             end = rest.end()
+        label = _CONTACT_LABEL.search(text, start, end)  # "Kerkstraat 5, 1234 AB Utrecht, Tel. 300 3390"
+        if label:
+            end = label.start()
         stop = _sentence_end(text[start:end], upper_next=True)
         if stop is not None:
             return start + stop
@@ -820,6 +829,7 @@ class StreetAddressRecognizer(_RegexRecognizer):
 
 _STREET_WORD = re.compile(
     rf"(?<!\w)(?:{_SUFFIX}|{_PREFIX}|{_PREFIX_NEEDS_NUMBER})(?!\w)|(?i:(?<!\w){_LOWER_SUFFIX})|\w{_COMPOUND}"
+    rf"|{_PREFIX_START.pattern}"  # French and Italian write it lower case: "709, chemin Charlotte Breton"
 )
 
 
@@ -1160,6 +1170,14 @@ _ID_KEYWORDS = (
     r"permis(?:\s+de\s+conduire)?|rijbewijs(?:nummer)?|prawo\s+jazdy|prawa\s+jazdy|řidičsk(?:ý|ého)\s+průkaz\w*|"
     r"kørekort(?:nummer)?|carteira\s+de\s+motorista|cnh|jogosítvány(?:szám)?"
 )
+# the keywords above that are also common words of a chat export's languages (German "ein", Spanish
+# "sin", "niño", Polish "nie", "pan"): an id's name only right before its value
+_ID_KEYWORDS_AMBIGUOUS = r"ein|sin|nie|pan|rg|aba|nino|taj|rut|nip|rfc|cnh"
+# what follows an amount of money, not an id ("1234567 won", "250000 zł", "11.400 kr.")
+_CURRENCY = (
+    r"won|eur|euros?|€|usd|dollars?|\$|£|gbp|pounds?|kr\.?|kroner|kronor|kronen|zł|zl|złotych|pln|ft|forint|huf|"
+    r"czk|kč|korun|chf|francs?|yen|¥|jpy|reais|r\$|brl|pesos?|mxn|rub|rubles?|рублей|руб|rupees?|inr|₹|lei|ron"
+)
 # words that may stand between an id's keyword and its value ("o CPF que usei foi X", "mein Ausweis ist X")
 _ID_FILLER = (
     r"que|usei|foi|é|era|is|was|i|used|mine|my|the|es|ist|est|c'est|jest|to|je|mi|mio|il|la|el|le|der|die|"
@@ -1203,18 +1221,14 @@ class IdNumberRecognizer(_RegexRecognizer):
             0.6,
             "named",
         ),
-        # the value a sentence later, 6+ digits, after "it is" in the languages of chat exports ("vil have
-        # mit pasnummer med, er det normalt? det er 785964455255"), or after "is this it?" ("mi chiede il
-        # passport number e non lo trovo. è questo? V55384953")
+        # the value later in the sentence or the next, 6+ digits, with no other number between ("says the
+        # passport number doesnt match IRS records. i typed K64363363", "o cpf dele pra eu ver que é
+        # confiável: 478030234588", "mit pasnummer med, er det normalt? det er 785964455255"); not after
+        # a keyword that is also a common word ("ein", "sin", "nie"), which names an id only next to it
         (
             re.compile(
-                rf"(?i:\b(?:{_ID_KEYWORDS}))[^\d\n]{{1,60}}?[.!?][ \t]+[^\d\n]{{0,30}}?"
-                r"(?i:\b(?:det er|det var|it'?s|it is|that'?s|es ist|c'est|es|è|to je|je to|jest|ez|az|é|het is|"
-                r"is (?:it )?this(?: one| it)?|this one|è questo|è questa|ist (?:es )?(?:das|dies|der|die)|"
-                r"c'est (?:ça|celui-ci|celui-là)|es (?:este|esta|éste|ésta)|é (?:este|esta|esse|essa)|"
-                r"is dit (?:hem|het|die|hij)|is het dit|to je (?:ono|on|ten|to)|je to (?:ono|on|ten|tohle)|"
-                r"czy to (?:ten|to)|er det (?:den|denne|det)(?: her)?|ez az|ez lesz az))"
-                rf"[ \t:?]+({_ID_VALUE})"
+                rf"(?i:\b(?!(?:{_ID_KEYWORDS_AMBIGUOUS})\b)(?:{_ID_KEYWORDS}))(?!\w)[^\d\n]{{1,100}}?"
+                rf"(?<![\w.\-/$€£¥₹])({_ID_VALUE})(?!\w)(?![ \t]*(?i:{_CURRENCY})(?!\w))"  # "the renewal costs 1234567 won"
             ),
             1,
             0.6,
@@ -1466,7 +1480,12 @@ _SIGNOFF = (
     r"üdvözlettel|puszi|szeretettel|várunk\s+szeretettel|köszi|üdv|"
     # thanks closing a message in the languages of chat exports ("Díky,\nRyan", "Dzięki,\nOla")
     r"díky|děkuji|dík|zdravím|dzięki|dziękuję|danke|merci|gracias|grazie|obrigad[oa]|bedankt|dank\s+je(?:\s+wel)?|"
-    r"mange\s+tak|tak|köszönöm|kösz"
+    r"mange\s+tak|tak|köszönöm|kösz|"
+    # the closings of formal letters ("Yours faithfully", "Mit freundlichen Grüßen", "Z poważaniem")
+    r"yours\s+(?:faithfully|sincerely|truly)|sincerely\s+yours|best\s+wishes|warm(?:est)?\s+regards|many\s+thanks|"
+    r"all\s+the\s+best|take\s+care|with\s+love|mit\s+freundlichen\s+grüßen|freundliche\s+grüße|"
+    r"bien\s+(?:à\s+vous|cordialement)|saludos\s+cordiales|un\s+cordial\s+saludo|distinti\s+saluti|z\s+poważaniem|"
+    r"s\s+úctou|tisztelettel|med\s+venlig\s+hilsen|met\s+vriendelijke\s+groeten|(?:com\s+os\s+melhores\s+)?cumprimentos"
 )
 
 
@@ -1834,7 +1853,7 @@ class NameCueRecognizer(_RegexRecognizer):
             re.compile(
                 # "Grazie e cordiali saluti,": two sign-offs joined by "and" in the languages of chat exports
                 rf"(?im:^[ \t]*(?:(?:{_SIGNOFF})[ \t]+(?:and|e|y|und|et|en|i|og|és|a)[ \t]+)?(?:{_SIGNOFF})"
-                r"[ \t]*[,!.]?[ \t]*\n[ \t]*)"
+                r"[ \t]*[,!.:]?[ \t]*\n[ \t]*)"
                 # the name, particles allowed ("Job de Jong"), alone or with a note in brackets ("Jesper (je
                 # buren op nummer 14)"); an address may follow
                 rf"({_NAME_WORD}(?:[ \t]+(?:{_PARTICLE_WORDS}[ \t]+){{0,2}}{_NAME_WORD}){{0,2}})"
