@@ -107,10 +107,14 @@ NUMBER_KINDS = ("card", "phone", "id", "iban", "email", "password")
 # parent, a wedding or funeral, a child's club, neighbours, a flat share, a vet, a landlord; first
 # names alone often; about half mostly not in English), was measured once (2026-12-05 17:50 UTC)
 # and then inspected: tune now.
-# HELD_OUT_30_TEMPLATES, by a twenty-sixth (asked to lean to money and official paperwork:
-# insurance claims, tax returns, bank disputes, rental deposits, visas and residence permits, used
-# cars, marketplace sales, parcels, utility bills; pasted emails and text copied from scanned
-# letters; about half mostly not in English), are the held-out split, not yet measured. This file is not kept ruff-formatted (`ruff format` would print held-out text).
+# Set 30, by a twenty-sixth (asked to lean to money and official paperwork: insurance claims, tax
+# returns, bank disputes, rental deposits, visas and residence permits, used cars, marketplace
+# sales, parcels, utility bills; pasted emails and text copied from scanned letters; about half
+# mostly not in English), was measured once (2026-12-06 03:55 UTC) and then inspected: tune now.
+# HELD_OUT_31_TEMPLATES, by a twenty-seventh (asked to lean to health, school and travel: doctors,
+# insurance claims, prescriptions, school enrolment and parent-teacher messages, flight, hotel and
+# visa bookings, car rental, lost luggage), are the held-out split, not yet measured (the first
+# template and a half were glimpsed while checking the helper's file, 2026-12-06 07:50 UTC). This file is not kept ruff-formatted (`ruff format` would print held-out text).
 # Never print a held-out split's text (a formatter's diff, a line range).
 TUNE_TEMPLATES: list[list[tuple[str, str]]] = [
     [
@@ -8267,6 +8271,503 @@ If you get a login alert on any account in the next days, tell me which and I'll
 ]
 
 
+# Held-out chat templates, set 31: health, school and travel.
+HELD_OUT_31_TEMPLATES: list[list[tuple[str, str]]] = [
+    # 1 doctor's appointment reschedule
+    [
+        ("user", """hey can you write a short email to my GP's office, i need to move my appointment from thursday to next week sometime. my name is {name}, date of birth is on file. they can call me on {phone} or reply to {email}"""),
+        ("assistant", """Of course! Here's a short email you can send:
+
+Subject: Request to reschedule appointment
+
+Dear Reception Team,
+
+I have an appointment booked for this Thursday, but unfortunately I'm no longer able to attend. Could you please move it to a suitable slot next week?
+
+You can reach me on {phone} or by replying to {email}.
+
+Thank you very much,
+{name}"""),
+        ("user", """perfect thx. also add that my address changed, its now {address}"""),
+        ("assistant", """Sure, just add this line before the sign-off:
+
+"Please also note that my address has changed. My new address is {address}."
+
+Everything else can stay as it is."""),
+    ],
+    # 2 German health insurance reimbursement
+    [
+        ("user", """Hallo, ich muss bei meiner Krankenkasse eine Rechnung zur Erstattung einreichen (Physiotherapie, 6 Sitzungen). Kannst du mir ein kurzes Anschreiben formulieren? Name: {name}, Versichertennummer {id}, Erstattung bitte auf IBAN {iban}."""),
+        ("assistant", """Gern, hier ein Vorschlag:
+
+{name}
+{address_lines}
+
+Betreff: Antrag auf Kostenerstattung – Physiotherapie (6 Behandlungen)
+Versichertennummer: {id}
+
+Sehr geehrte Damen und Herren,
+
+anbei übersende ich Ihnen die Rechnung über sechs Physiotherapie-Sitzungen mit der Bitte um Erstattung. Die ärztliche Verordnung liegt ebenfalls bei.
+
+Bitte überweisen Sie den Erstattungsbetrag auf folgendes Konto:
+IBAN: {iban}
+Kontoinhaber: {name}
+
+Mit freundlichen Grüßen
+{name}"""),
+        ("user", """Danke! Die Adresse oben passt so. Muss ich die IBAN wirklich ausschreiben oder reicht es, wenn die schon hinterlegt ist?"""),
+        ("assistant", """Wenn die Bankverbindung bei der Kasse schon hinterlegt ist, reicht meist ein Satz wie „Bitte auf das hinterlegte Konto überweisen“. Falls du unsicher bist, ob {iban} noch aktuell gespeichert ist, schreib sie lieber mit rein – das vermeidet Rückfragen."""),
+    ],
+    # 3 pharmacy refill, lowercase, typos
+    [
+        ("user", """hi im {first_lower}, i need to call the pharmacy abt my prescripton refil (metformin 500mg) but i hate phone calls lol. can u write a text i can send them? my numbr is {phone} and i live at {address_lower} if they deliver"""),
+        ("assistant", """Haha, totally understandable! Here's a text you could send:
+
+"Hi, this is {first} – I'd like to request a refill of my metformin 500mg prescription. If you offer delivery, my address is {address_lower}. Please text or call me at {phone} if you need anything else from me. Thanks!"
+
+You might also want to include your date of birth, since pharmacies often use it to find your record."""),
+        ("user", """ok ty, the last name is {surname} btw if that matters"""),
+        ("assistant", """It does help! Just change the first line to: "Hi, this is {name} – I'd like to request a refill..." That way they can find your file straight away."""),
+    ],
+    # 4 school enrolment JSON
+    [
+        ("user", """I'm building a little script to prefill the school enrolment form for my daughter. Can you check if this JSON looks right?
+
+{{
+  "student": {{"first_name": "{first3}", "last_name": "{surname}", "grade": 3}},
+  "guardian": {{"name": "{name}", "phone": "{phone}", "email": "{email}"}},
+  "address": {{"street": "{street}", "postcode": "{post}", "city": "{city}", "country": "{country}"}}
+}}"""),
+        ("assistant", """The JSON is valid. A few suggestions:
+
+1. Schools usually want a second emergency contact, so you could add a `"guardian2"` object.
+2. `"grade"` is fine as a number, but check whether the form expects a string like `"3"`.
+3. Consider adding `"date_of_birth"` for {first3}.
+
+Here's an extended version:
+
+```json
+{{
+  "student": {{"first_name": "{first3}", "last_name": "{surname}", "grade": 3, "date_of_birth": "YYYY-MM-DD"}},
+  "guardian": {{"name": "{name}", "phone": "{phone}", "email": "{email}"}},
+  "guardian2": {{"name": "{name2}", "phone": "", "email": ""}},
+  "address": {{"street": "{street}", "postcode": "{post}", "city": "{city}", "country": "{country}"}}
+}}
+```"""),
+        ("user", """nice, yes {first2} is the second contact, good guess"""),
+    ],
+    # 5 French parent-teacher message
+    [
+        ("user", """Bonjour, peux-tu m'aider à écrire un message à l'institutrice de mon fils ? Elle s'appelle {name2}. Mon fils {first3} sera absent lundi et mardi pour un rendez-vous chez l'orthodontiste. Je signe {name}."""),
+        ("assistant", """Bien sûr, voici une proposition :
+
+Bonjour Madame {name2},
+
+Je vous informe que {first3} sera absent lundi et mardi prochains en raison d'un rendez-vous chez l'orthodontiste. Pourriez-vous, si possible, me transmettre les devoirs à faire pendant ces deux jours ?
+
+N'hésitez pas à me contacter au {phone} ou par e-mail à {email}.
+
+Cordialement,
+{name}"""),
+        ("user", """Super merci. Elle préfère qu'on l'appelle par son prénom, {first2}, tu peux adapter ?"""),
+        ("assistant", """Bien sûr ! Remplace simplement la première ligne par « Bonjour {first2}, » – le reste du message peut rester identique."""),
+    ],
+    # 6 forwarded flight confirmation
+    [
+        ("user", """---------- Forwarded message ---------
+From: Booking Confirmation <noreply@flights-booking.example>
+Subject: Your e-ticket receipt
+
+Passenger: {name}
+Passport: {id}
+Contact: {email} / {phone}
+Paid with card ending in {card}
+
+can you tell me if i need to add the passport details again at check-in or is that already done? this is for my trip to {country} next month"""),
+        ("assistant", """It looks like your passport number ({id}) is already attached to the booking, so in most cases you won't need to enter it again. However, many airlines ask you to confirm the advance passenger information (API) during online check-in, especially for international trips to {country}.
+
+I'd suggest:
+- Logging in to the airline's "Manage booking" section with your booking reference and surname ({surname}).
+- Checking that the name matches your passport exactly: {name}.
+- Confirming the passport expiry date, since that's often missing.
+
+Also, your email shows the full card number ({card}) – you may want to avoid forwarding that message around."""),
+    ],
+    # 7 Spanish hotel booking
+    [
+        ("user", """Hola! Necesito escribir al hotel para cambiar la reserva de 2 a 3 noches. La reserva está a nombre de {name}, pagué con la tarjeta {card}. Mi teléfono es {phone}. ¿Me ayudas con un correo corto?"""),
+        ("assistant", """¡Claro! Aquí tienes un borrador:
+
+Asunto: Modificación de reserva – {name}
+
+Estimados señores:
+
+Tengo una reserva a nombre de {name} para dos noches y me gustaría ampliarla a tres noches, si hay disponibilidad. Pueden cargar la noche adicional en la misma tarjeta con la que realicé el pago ({card}).
+
+Para cualquier consulta, pueden contactarme en el {phone} o en {email}.
+
+Muchas gracias y un saludo,
+{first}"""),
+        ("user", """genial, pero mejor no pongo el número entero de la tarjeta no?"""),
+        ("assistant", """Buena idea. Es más seguro poner solo "la tarjeta utilizada en la reserva" o los últimos cuatro dígitos. El hotel ya tiene los datos completos, así que no hace falta enviarlos por correo."""),
+    ],
+    # 8 Italian visa application letter
+    [
+        ("user", """Ciao, devo preparare una lettera di accompagnamento per la domanda di visto. Dati: {name}, residente in {address}, {country}. Numero di passaporto {id}. Il viaggio è per turismo, 2 settimane ad agosto."""),
+        ("assistant", """Ecco una bozza:
+
+{name}
+{address_lines}
+
+Oggetto: Domanda di visto turistico
+
+Gentili Signori,
+
+con la presente desidero richiedere un visto turistico per un soggiorno di due settimane nel mese di agosto. Allego alla domanda il passaporto n. {id}, la prenotazione del volo e dell'alloggio, nonché un estratto conto bancario.
+
+Durante il soggiorno sarò reperibile al numero {phone} e all'indirizzo e-mail {email}.
+
+Distinti saluti,
+{name}"""),
+        ("user", """Perfetto. Mia sorella {name2} viaggia con me, devo aggiungerla?"""),
+        ("assistant", """Sì, è consigliabile. Puoi aggiungere una frase come: "Viaggerò insieme a mia sorella, {name2}, che presenta una domanda separata." In genere ogni richiedente deve comunque compilare la propria domanda."""),
+    ],
+    # 9 Polish car rental dispute
+    [
+        ("user", """Cześć, wypożyczalnia samochodów obciążyła moją kartę {card} dodatkową kwotą 450 zł za rzekome zarysowanie. Samochód oddałem bez uszkodzeń, mam zdjęcia. Pomożesz napisać reklamację? Jestem {name}, adres {address}, tel. {phone}."""),
+        ("assistant", """Jasne, oto propozycja reklamacji:
+
+{name}
+{address}
+tel. {phone}
+
+Reklamacja – nieuzasadnione obciążenie karty
+
+Szanowni Państwo,
+
+w dniu zwrotu pojazdu nie stwierdzono żadnych uszkodzeń, co potwierdzają wykonane przeze mnie zdjęcia (w załączeniu). Mimo to moja karta płatnicza ({card}) została obciążona kwotą 450 zł z tytułu rzekomego zarysowania.
+
+Wnoszę o zwrot tej kwoty w terminie 14 dni. W przeciwnym razie zgłoszę reklamację transakcji w moim banku (chargeback).
+
+Z poważaniem,
+{name}"""),
+        ("user", """dzieki, a mozna dodac ze {first2} byl przy zwrocie auta jako swiadek?"""),
+        ("assistant", """Oczywiście. Dodaj przed ostatnim akapitem: „Przy zwrocie pojazdu obecny był również {name2}, który może potwierdzić jego stan.”"""),
+    ],
+    # 10 lost luggage, exported address with ???
+    [
+        ("user", """my bag never showed up at the carousel. the airline's form exported my details like this, is this ok to send?
+
+Name: {name}
+Delivery address: {address_qq}
+Phone: {phone}
+Email: {email}"""),
+        ("assistant", """The "???" are just where line breaks were lost in the export, so the airline will probably still understand it, but it's safer to fix it before sending. Your delivery address should read:
+
+{address_lines}
+
+For the claim, also include:
+- Your bag tag number (on the sticker on your boarding pass)
+- A description of the bag (colour, brand, size)
+- Your flight number and date
+
+Contact details: {name}, {phone}, {email}."""),
+        ("user", """ok. also the portal asked me to make a login, i used {password} lol is that fine"""),
+        ("assistant", """It works, but I'd recommend not reusing a password you use elsewhere. If "{password}" is also your email or banking password, change it on the airline portal to something unique, ideally generated by a password manager."""),
+    ],
+    # 11 Python patient records (system turn)
+    [
+        ("system", """You are a helpful coding assistant for a small physiotherapy clinic."""),
+        ("user", """why does this crash with KeyError?
+
+```python
+patients = [
+    {{"name": "{name}", "phone": "{phone}", "email": "{email}"}},
+    {{"name": "{name2}", "phone": "{phone}"}},
+]
+
+for p in patients:
+    print(p["name"], p["email"])
+```"""),
+        ("assistant", """The second dictionary (for {name2}) has no `"email"` key, so `p["email"]` raises a `KeyError`. Use `.get()` with a default:
+
+```python
+for p in patients:
+    print(p["name"], p.get("email", "no email on file"))
+```
+
+This prints `{name} {email}` for the first patient and `{name2} no email on file` for the second."""),
+    ],
+    # 12 SQL insurance claims
+    [
+        ("user", """writing a quick insert for our claims db, is the syntax right?
+
+INSERT INTO claims (claimant_name, policy_holder, id_type, id_value, payout_iban, amount)
+VALUES ('{name}', '{name2}', '{id_kind}', '{id}', '{iban}', 1240.50);"""),
+        ("assistant", """The syntax is correct. A couple of notes:
+
+- If `{name}` could contain an apostrophe (e.g. O'Brien), you should use parameterised queries instead of string literals.
+- Storing the `{id_kind}` value `{id}` and the IBAN `{iban}` in plain text may violate your data-protection policy; consider encrypting those columns.
+
+Parameterised version (Python + psycopg):
+
+```python
+cur.execute(
+    "INSERT INTO claims (claimant_name, policy_holder, id_type, id_value, payout_iban, amount) VALUES (%s, %s, %s, %s, %s, %s)",
+    ("{name}", "{name2}", "{id_kind}", "{id}", "{iban}", 1240.50),
+)
+```"""),
+    ],
+    # 13 YAML school portal config
+    [
+        ("user", """my kid's school portal scraper config isn't loading, getting a yaml error on line 4
+
+```yaml
+portal:
+  url: https://portal.school.example/login
+  username: {email}
+  password: {password}:
+  student: {first3} {surname}
+```"""),
+        ("assistant", """The problem is the trailing `:` after the password on line 4 – YAML reads it as a nested mapping. Remove it, and quote the password in case it has special characters:
+
+```yaml
+portal:
+  url: https://portal.school.example/login
+  username: {email}
+  password: "{password}"
+  student: "{first3} {surname}"
+```
+
+Also, it's better not to store the password in the file directly. You could use an environment variable, e.g. `password: ${{PORTAL_PASSWORD}}` and load it in your script."""),
+    ],
+    # 14 shell curl to booking portal
+    [
+        ("user", """this curl to the hotel booking api keeps giving 401:
+
+curl -X POST https://api.booking.example/v2/reservations \\
+  -u "{email}:{password}" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"guest": "{name}", "phone": "{phone}", "nights": 3}}'"""),
+        ("assistant", """A 401 means the credentials were rejected. Things to check:
+
+1. Many booking APIs don't accept account passwords, only API keys. Check whether you need a token instead of `{email}:{password}`.
+2. If the password contains `$` or `!`, the shell may mangle it even inside double quotes. Try single quotes: `-u '{email}:{password}'`.
+3. Make sure the endpoint is `/v2/` for your account.
+
+The JSON body (`"guest": "{name}"`, `"phone": "{phone}"`) looks fine."""),
+    ],
+    # 15 CSV school trip chaperones
+    [
+        ("user", """Can you turn this into a table for the school trip newsletter? Parents volunteering as chaperones:
+
+name,phone,email
+{name},{phone},{email}
+{name2},,
+{first3} (no surname given),,"""),
+        ("assistant", """Here you go:
+
+| Chaperone | Phone | Email |
+|---|---|---|
+| {name} | {phone} | {email} |
+| {name2} | – | – |
+| {first3} | – | – |
+
+You may want to ask {first2} and {first3} for contact details before the newsletter goes out, and check that {first} is happy to have their number published."""),
+        ("user", """good point, i'll just put "contact the office" instead of {first}'s number"""),
+    ],
+    # 16 markdown itinerary
+    [
+        ("user", """help me make a markdown itinerary for our family trip. we fly out on the 12th, staying at an airbnb at {street} in {city} ({post}), host is {name2}. i'm {name}, my partner is {first3}."""),
+        ("assistant", """# Family Trip to {city}
+
+**Travellers:** {name}, {first3}
+
+## Accommodation
+| | |
+|---|---|
+| Address | {street}, {post} {city} |
+| Host | {name2} |
+| Check-in | 12th, from 15:00 (confirm with {first2}) |
+
+## Day by day
+- **12th:** Flight out, check in at {street}
+- **13th:** Explore {city} old town
+- **14th:** Day trip (TBD)
+
+## Emergency contacts
+- Host: {name2}
+- Local emergency number: 112"""),
+        ("user", """add my phone {phone} under emergency contacts too pls"""),
+        ("assistant", """Done:
+
+## Emergency contacts
+- Host: {name2}
+- {name}: {phone}
+- Local emergency number: 112"""),
+    ],
+    # 17 Dutch GP appointment
+    [
+        ("user", """Hoi! Kun je een berichtje voor de huisarts schrijven? Ik wil een afspraak maken voor mijn zoontje {first3}, hij heeft al een week koorts. Mijn naam is {name}, telefoon {phone}. We zijn net verhuisd naar {address}, dus dat moeten ze ook aanpassen."""),
+        ("assistant", """Natuurlijk, hier is een voorstel:
+
+Beste assistente,
+
+Graag wil ik een afspraak maken voor mijn zoon {first3}. Hij heeft inmiddels een week koorts en ik maak me een beetje zorgen.
+
+Daarnaast wil ik mijn adreswijziging doorgeven. Ons nieuwe adres is {address}.
+
+U kunt mij bereiken op {phone}.
+
+Met vriendelijke groet,
+{name}"""),
+        ("user", """top, dank je! moet het niet "{first3} {surname}" zijn zodat ze hem kunnen vinden?"""),
+        ("assistant", """Goed punt, dat maakt het makkelijker. Schrijf dan: "Graag wil ik een afspraak maken voor mijn zoon {first3} {surname}." Zijn geboortedatum erbij zetten helpt ook."""),
+    ],
+    # 18 Portuguese travel insurance claim
+    [
+        ("user", """Oi, preciso acionar o seguro viagem porque fiquei doente em {city} e paguei a consulta do meu bolso. Pode me ajudar com o e-mail pra seguradora? Nome: {name}, e-mail {email}, conta pra reembolso IBAN {iban}. Meu {id_kind}: {id}"""),
+        ("assistant", """Claro! Segue uma sugestão:
+
+Assunto: Solicitação de reembolso – despesas médicas no exterior
+
+Prezados,
+
+Meu nome é {name} ({id_kind}: {id}) e sou segurado(a) pela apólice de seguro viagem contratada com vocês. Durante minha viagem, precisei de atendimento médico em {city} e arquei com os custos da consulta.
+
+Envio em anexo o recibo e o relatório médico, e solicito o reembolso na seguinte conta:
+IBAN: {iban}
+Titular: {name}
+
+Fico à disposição pelo e-mail {email}.
+
+Atenciosamente,
+{name}"""),
+    ],
+    # 19 Czech school lunch payment
+    [
+        ("user", """Ahoj, potřebuju napsat e-mail do školní jídelny. Platím obědy pro dceru {first3} a platba se asi ztratila. Poslala jsem to z účtu {iban}, jméno {name}. Můžeš mi to napsat slušně?"""),
+        ("assistant", """Jasně, tady je návrh:
+
+Dobrý den,
+
+dovoluji si Vás kontaktovat ohledně platby za obědy mé dcery {first3} {surname}. Platbu jsem odeslala z účtu {iban}, ale podle všeho nebyla připsána.
+
+Mohli byste prosím ověřit, zda platba dorazila? V případě potřeby Vám ráda pošlu potvrzení z banky.
+
+Děkuji a s pozdravem
+{name}
+tel.: {phone}"""),
+        ("user", """díky, jen ten telefon je jinak, dej tam radši email {email}"""),
+        ("assistant", """Není problém, poslední řádek tedy bude:
+
+{name}
+e-mail: {email}"""),
+    ],
+    # 20 Hungarian airbnb wifi / address
+    [
+        ("user", """Szia! Vendégeknek írok egy üdvözlő üzenetet a szállásunkhoz. A cím {address}, a wifi neve "Vendeg_5G", jelszó: {password}. A házigazda én vagyok, {name}. Megírod magyarul és angolul is?"""),
+        ("assistant", """Persze! Íme:
+
+**Magyarul:**
+Kedves Vendégeink!
+Szeretettel köszöntünk benneteket! A szállás címe: {address}.
+Wifi: Vendeg_5G – jelszó: {password}
+Ha bármire szükségetek van, keressetek bátran a {phone} számon.
+Üdv, {name}
+
+**In English:**
+Dear guests,
+Welcome! The address is {address}.
+Wi-Fi: Vendeg_5G – password: {password}
+If you need anything, feel free to call me on {phone}.
+Best, {first}"""),
+        ("user", """a telefonszámot honnan tudtad? :D mindegy, jó, az a {phone}"""),
+    ],
+    # 21 Danish prescription / health card
+    [
+        ("user", """Hej, jeg skal hente medicin for min mor på apoteket, men hun kan ikke selv komme. Hvad skal jeg have med? Hun hedder {name2}, og jeg er {name}. Hendes CPR/{id_kind} er {id}."""),
+        ("assistant", """For at hente receptpligtig medicin for en anden skal du typisk have:
+
+1. **En fuldmagt** fra {name2} (eller hun kan give dig adgang digitalt).
+2. **Hendes sundhedskort** eller hendes nummer ({id}).
+3. **Dit eget ID**, så apoteket kan se, at du er {name}.
+
+Her er en kort fuldmagt, du kan bruge:
+
+"Jeg, {name2}, giver hermed {name} tilladelse til at afhente min receptmedicin på apoteket.
+Dato og underskrift: ____________"
+
+Ring evt. først til apoteket, så de kan have medicinen klar. Skriv dit nummer {phone} på sedlen, så de kan kontakte dig."""),
+    ],
+    # 22 insurance adjuster with signature (system turn)
+    [
+        ("system", """You are an assistant that helps users draft professional emails."""),
+        ("user", """Please tidy up this reply to a customer's claim and keep my signature as it is:
+
+hi, we got ur claim for the hospital stay, need the discharge letter + invoices before we can pay out to {iban}. thx
+
+--
+{name}
+Claims Handler | Health & Travel Insurance
+{address_lines}
+T: {phone}
+E: {email}"""),
+        ("assistant", """Here's a cleaned-up version:
+
+Dear customer,
+
+Thank you for submitting your claim regarding your recent hospital stay. Before we can process the payment to the account provided ({iban}), we will need the following documents:
+
+- The discharge letter from the hospital
+- All related invoices
+
+Once we receive these, we will process your claim as quickly as possible.
+
+Kind regards,
+
+--
+{name}
+Claims Handler | Health & Travel Insurance
+{address_lines}
+T: {phone}
+E: {email}"""),
+    ],
+    # 23 dictated numbers, card and password on phone
+    [
+        ("user", """i'm on the phone with the dental clinic to pay the deposit and they're asking me to read out my card. is it normal? i said "four digits at a time" and read {card}, expiry oh-eight slash two seven. they also asked for my patient portal password which is {password}"""),
+        ("assistant", """Reading out your card number ({card}) to pay a deposit over the phone is fairly common, as long as you called the clinic's official number yourself.
+
+However, **no legitimate clinic should ask for your patient portal password**. Staff never need it to take a payment. Since you've shared "{password}", I'd recommend:
+
+1. Changing your portal password right away.
+2. Checking your card statement for unexpected charges.
+3. If the call came from them (not you), phone the clinic back on the number from their website and ask if the request was real.
+
+If you like, I can help you write a short message to the clinic asking about it."""),
+        ("user", """yes pls, i'm {name}, my number for callbacks is {phone}"""),
+        ("assistant", """Here you go:
+
+"Hello, this is {name}. Earlier today I paid a deposit by phone and was asked for my patient portal password. Could you confirm whether this request came from your clinic? Please call me back on {phone}. Thank you."""),
+    ],
+    # 24 names as subject / possessive / punctuation (system turn)
+    [
+        ("system", """You are a travel planning assistant."""),
+        ("user", """ugh. {name}'s connecting flight got cancelled and now {first2} and I are stuck at the airport too. {name2} has the hotel booking under her name, I only have my {id_kind} ({id}) and {first}'s phone number: {phone}. what do we do first?"""),
+        ("assistant", """Sorry, that sounds stressful! Here's what to do, in order:
+
+1. **Rebooking:** {first} should go to the airline desk (or use the app) straight away. Since it's the airline's cancellation, they have to rebook free of charge and, depending on the delay, provide meals or a hotel.
+2. **Hotel:** Ask {first2} to call the hotel and let them know you'll arrive late, so the room under {name2}'s name isn't given away as a no-show.
+3. **Stay reachable:** Keep {first}'s number ({phone}) handy in case you get split up.
+4. **Documents:** Keep your {id_kind} ({id}) and boarding passes with you; you'll need them for rebooking and any compensation claim.
+
+Want me to draft a compensation claim for {name} once you're rebooked?"""),
+        ("user", """yes, later. thanks!! — {first3}"""),
+    ],
+]
+
+
 TEMPLATES = {
     "tune": TUNE_TEMPLATES
     + HELD_OUT_TEMPLATES
@@ -8296,8 +8797,9 @@ TEMPLATES = {
     + HELD_OUT_26_TEMPLATES
     + HELD_OUT_27_TEMPLATES
     + HELD_OUT_28_TEMPLATES
-    + HELD_OUT_29_TEMPLATES,
-    "held-out": HELD_OUT_30_TEMPLATES,
+    + HELD_OUT_29_TEMPLATES
+    + HELD_OUT_30_TEMPLATES,
+    "held-out": HELD_OUT_31_TEMPLATES,
 }
 ID_KINDS = (
     "passport number",
