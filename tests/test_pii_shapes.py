@@ -1175,3 +1175,18 @@ def test_paperwork_ids_a_sentence_on_a_nordic_code_a_phone_after_an_address_and_
     assert "Parent" not in scrub_record(step, turns, "en")[1]["content"]
     stay = "Nie wiem, ile to kosztuje, może 250000 zł? Ein Freund sagt 180000 Forint."
     assert scrub_record(step, [{"role": "user", "content": stay}], "pl")[0]["content"] == stay
+
+
+def test_a_postcode_in_a_running_sentence_and_a_dash_sign_off(step: PiiScrub) -> None:
+    """From blind set 31: a lower-case street's postcode and town with the sentence going on after them,
+    and a known first name signed after a dash; the words after a postcode and a dash before a word
+    that is no name stay."""
+    text = "and i live at kecskeméti utca 188., h-1936 hetvennémeti if that matters"
+    out = scrub_record(step, [{"role": "user", "content": text}], "en")[0]["content"]
+    assert "1936" not in out and "hetvennémeti" not in out and out.endswith(" if that matters"), out
+    out = scrub_record(step, [{"role": "user", "content": "we live at 10 Oak Road, 90210 since last year"}], "en")
+    assert "90210" not in out[0]["content"] and out[0]["content"].endswith(" since last year"), out
+    out = scrub_record(step, [{"role": "user", "content": "yes, later. thanks!! — Xavier"}], "en")[0]["content"]
+    assert "Xavier" not in out and out.startswith("yes, later. thanks!! — "), out
+    stay = "The pipeline runs fine now. — Tuesday"
+    assert scrub_record(step, [{"role": "user", "content": stay}], "en")[0]["content"] == stay

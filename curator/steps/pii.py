@@ -1223,6 +1223,13 @@ _TOWN_POSTCODE_AFTER = re.compile(
 )
 
 
+# a postcode after a street whose sentence goes on: "utca 188., h-1936 hetvennémeti if that matters"
+# (the town is one word, kept only when it can be a name)
+_POSTCODE_RUNNING_ON = re.compile(
+    rf"[\"'’”]?[ \t]*\.?[ \t]*,[ \t]*(?i:{_POSTCODE})(?!\w)(?:[ \t]+(?P<town>[^\W\d_][\w'’\-]*))?"
+)
+
+
 def _postcode_tails(text: str, spans: list[Span]) -> list[Span]:
     """A street span (ours or the tagger's) grows over the postcode and town that follow it on the
     line, and over a street type written before it ("ul.", "via")."""
@@ -1236,7 +1243,11 @@ def _postcode_tails(text: str, spans: list[Span]) -> list[Span]:
             m = _TOWN_POSTCODE_AFTER.match(text, span.end)
             if m and not all(w[0].isupper() or w in _INNER_PARTICLES or unknown_word(w) for w in m["town"].split()):
                 m = None  # "Vicolo Agnolo, 715, code 4471": a word of the language, no town
-        out.append(Span(span.type, street_type_before(text, span.start), m.end() if m else span.end, span.score))
+        end = m.end() if m else span.end
+        if m is None and (run := _POSTCODE_RUNNING_ON.match(text, span.end)):
+            town = run["town"]
+            end = run.end() if town is None or town[0].isupper() or unknown_word(town) else run.start("town")
+        out.append(Span(span.type, street_type_before(text, span.start), end, span.score))
     return out
 
 

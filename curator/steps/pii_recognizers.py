@@ -1228,7 +1228,8 @@ class IdNumberRecognizer(_RegexRecognizer):
         (
             re.compile(
                 rf"(?i:\b(?!(?:{_ID_KEYWORDS_AMBIGUOUS})\b)(?:{_ID_KEYWORDS}))(?!\w)[^\d\n]{{1,100}}?"
-                rf"(?<![\w.\-/$€£¥₹])({_ID_VALUE})(?!\w)(?![ \t]*(?i:{_CURRENCY})(?!\w))"  # "the renewal costs 1234567 won"
+                # not an amount: "the renewal costs 1234567 won"
+                rf"(?<![\w.\-/$€£¥₹])({_ID_VALUE})(?!\w)(?![ \t]*(?i:{_CURRENCY})(?!\w))"
             ),
             1,
             0.6,
@@ -1847,6 +1848,16 @@ class NameCueRecognizer(_RegexRecognizer):
             1,
             0.9,
             "weak",
+        ),
+        # a dash signing a message off after its last sentence, a known first name closing the line
+        # ("yes, later. thanks!! — Xavier", "see you then -Ola")
+        (
+            re.compile(
+                rf"(?<=[.!?)])[ \t]+[—–~-][ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)(?=[ \t]*(?:$|[\"'’”.!)\n]))"
+            ),
+            1,
+            0.9,
+            "known",
         ),
         # a sign-off line, then a name alone on the next line
         (
