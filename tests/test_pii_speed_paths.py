@@ -1,5 +1,6 @@
-"""PII compute shortcuts give presidio's own answers: the array-built NLP artifacts and the
-copy-on-boost context enhancer against presidio's stock code on real-looking chat text."""
+"""PII compute shortcuts give the answers of the work they skip: the array-built NLP artifacts and the
+copy-on-boost context enhancer against presidio's stock code, and the record-search shortcut against
+the search, on real-looking chat text."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from presidio_analyzer import AnalyzerEngine, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 
 from curator.config import PiiConfig
-from curator.steps.pii import CopyOnBoostEnhancer, build_analyzer
+from curator.steps import pii
+from curator.steps.pii import CopyOnBoostEnhancer, PiiScrub, _found_once, build_analyzer
 
 TEXTS = [
     "My SSN is 078-05-1120 and my driver's license number is D1234567, please keep them safe.",
@@ -60,3 +62,25 @@ def test_copy_on_boost_enhancer_gives_the_stock_enhancers_results(analyzer: Anal
 def _key(r: RecognizerResult) -> tuple[str, int, int, float, str]:
     """What a result says: type, span, score and the recognizer that found it."""
     return (r.entity_type, r.start, r.end, r.score, r.recognition_metadata["recognizer_name"])
+
+
+RECORDS = [
+    *TEXTS,
+    "Margaret Thornbury called. Tell margaret the parcel for Thornbury is at 12 Kerkstraat, 1234 AB Utrecht.",
+    "Ana Lee wrote: my password is Qr7!dke#39, and Qr7!dke#39x is the old one. Thanks, Ana",
+    "Li and Bo met Li at the station; Bo paid with 4111 1111 1111 1111.",
+    "Kelvin sign: 5 \u212a for Karl Berg, and karl berg again in lower case",
+    "i live at kecskeméti utca 188., h-1936 hetvennémeti and my name is zsófia kertész",
+]
+
+
+def test_the_search_shortcut_finds_what_the_record_search_finds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record whose found values each occur once skips compiling its search regex: same spans."""
+    step = PiiScrub(PiiConfig())
+    searched = [[(s.type, s.start, s.end) for s in spans] for spans in step.find_spans(RECORDS)]
+    shortcut = []
+    monkeypatch.setattr(pii, "_found_once", lambda *a: shortcut.append(_found_once(*a)) or False)
+    step._cache.clear()
+    assert [[(s.type, s.start, s.end) for s in spans] for spans in step.find_spans(RECORDS)] == searched
+    assert True in shortcut and False in shortcut  # both paths ran: the comparison means something
+    assert any(t == "PERSON" and RECORDS[8][s:e].lower() == "margaret" for t, s, e in searched[8])

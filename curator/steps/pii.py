@@ -1869,6 +1869,11 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
         return
     parts = {_norm(w) for w in exact}
     values = {v: t for v, t in values.items() if t == "PERSON" or v not in parts}  # "Thornbury" is her, not a town
+    if not tails and _found_once(units, values, exact, secrets | quoted):
+        for unit in units:  # each value is only where it was found: a search would find nothing new
+            if unit.spans:
+                unit.spans = _postcode_tails(unit.text, merge_spans(unit.spans))
+        values, exact, secrets, quoted = {}, set(), set(), set()
     alternatives = sorted(values, key=lambda v: (-len(v), v))
     full = (
         re.compile(
@@ -1923,6 +1928,26 @@ def _propagate(units: list[_Unit], grow: bool = True) -> None:
             unit.spans = spans
         if grown:
             _propagate(units, grow=False)
+
+
+# what `re.IGNORECASE` matches beyond `lower()` (the long s matches "s", the dotless i "i", a final
+# sigma "σ": the rare side of each pair in `re._casefix`): a record holding one is searched with the regex
+_CASE_ODD = re.compile(
+    "[\u00b5\u0131\u017f\u0345\u0390\u03b0\u03c2\u03d0\u03d1\u03d5\u03d6\u03f0\u03f1\u03f5"
+    "\u1c80-\u1c88\u1e9b\u1fbe\u1fd3\u1fe3\ufb05\ufb06]"
+)
+
+
+def _found_once(units: list[_Unit], values: dict[str, str], exact: set[str], written: set[str]) -> bool:
+    """Whether every word of every value occurs once in the record (`values` in lower case, `exact` and
+    `written` as written): then each occurs only inside the span it came from. Searching a record for
+    its values means compiling a regex of them, the dearest part of a short record's scan."""
+    text = "\x00".join(u.text for u in units)
+    lower = text.lower()
+    if len(lower) != len(text) or _CASE_ODD.search(lower):
+        return False
+    once = all(lower.count(w) == 1 for v in values for w in v.split())
+    return once and all(text.count(w) == 1 for w in exact | written)
 
 
 def _opening_word(text: str, start: int) -> str:
