@@ -84,3 +84,20 @@ def test_the_search_shortcut_finds_what_the_record_search_finds(monkeypatch: pyt
     assert [[(s.type, s.start, s.end) for s in spans] for spans in step.find_spans(RECORDS)] == searched
     assert True in shortcut and False in shortcut  # both paths ran: the comparison means something
     assert any(t == "PERSON" and RECORDS[8][s:e].lower() == "margaret" for t, s, e in searched[8])
+
+
+def test_the_tagger_reads_no_found_secret_and_still_finds_the_name_beside_it() -> None:
+    """Rampart's windows leave out the secrets the patterns found (a random key is a token per two or
+    three characters, and anything tagged inside it merges into it); the words around it are read."""
+    step = PiiScrub(PiiConfig())
+    key, token = "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "ghp_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwXyZ12"
+    text = f"ok so my sister wiktoria said to rotate {key} today, and {token} is dead too. thanks wiktoria"
+    read: list[str] = []
+    tag = step._tag_windows
+    step._tag_windows = lambda scan: read.extend(w[2] for w in scan.windows) or tag(scan)  # type: ignore[method-assign]
+    spans = step.find_spans([text])[0]
+    assert read and not any(key in w or token in w for w in read), read
+    assert any("wiktoria" in w for w in read)
+    found = {(s.type, text[s.start : s.end]) for s in spans}
+    assert {("SECRET", key), ("SECRET", token)} <= found, found
+    assert [s for s in spans if s.type == "PERSON" and text[s.start : s.end] == "wiktoria"], found

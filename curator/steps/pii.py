@@ -681,6 +681,9 @@ def _is_country(value: str) -> bool:
 # and Klara."), chat messages written in 13 other languages (with names) at most 0.014
 NER_TEXT_PROBABILITY = 0.1
 RAMPART_CONTEXT = 160  # characters of a long sentence Rampart reads on each side of a clue
+# found random values, cut out of Rampart's windows when this long (a name inside one is gone with it)
+OPAQUE_TYPES = frozenset({"SECRET", "CRYPTO", "UUID", "IBAN_CODE"})
+OPAQUE_MIN_CHARS = 12
 # capitalised words that are no one's name: products and tools, weekdays and months, short acronyms
 _NO_NAME_WORD = re.compile(
     TECH_NAMES + r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|January|February|March|April|June|July|"
@@ -735,6 +738,7 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
     no pattern took (a phone without a phone word). Of a long sentence it reads the words around
     those clues (`RAMPART_CONTEXT` characters each side). Text without capitals, or a sentence that
     does not open with one, gives no such clue, so Rampart reads all of it (it lower-cases anyway).
+    Found secrets, keys and IBANs are cut out of what it reads (`_without_opaque`).
     """
     covered = [(s.start, s.end) for s in found]
     other_ents = [
@@ -787,6 +791,29 @@ def rampart_windows(text: str, doc: Doc, found: list[Span]) -> list[tuple[int, i
             out[-1] = (out[-1][0], we, out[-1][2] and phones_only)
         else:
             out.append((ws, we, phones_only))
+    return _without_opaque(text, out, found)
+
+
+def _without_opaque(
+    text: str, windows: list[tuple[int, int, bool]], found: list[Span]
+) -> list[tuple[int, int, bool]]:
+    """Windows with the found secrets, random ids and IBANs cut out (`OPAQUE_TYPES`): whatever the
+    tagger saw inside one merges into it, and a random key costs a token per two or three characters.
+    Links and emails stay: the words around them read differently without them."""
+    cuts = sorted((f.start, f.end) for f in found if f.type in OPAQUE_TYPES and f.end - f.start >= OPAQUE_MIN_CHARS)
+    if not cuts:
+        return windows
+    out: list[tuple[int, int, bool]] = []
+    for ws, we, phones_only in windows:
+        start = ws
+        for cs, ce in cuts:
+            if ce <= start or cs >= we:
+                continue
+            if cs > start and _WORD.search(text, start, cs):
+                out.append((start, cs, phones_only))
+            start = max(start, ce)
+        if start < we and _WORD.search(text, start, we):
+            out.append((start, we, phones_only))
     return out
 
 
