@@ -8901,6 +8901,11 @@ def build(n: int, split: str, seed: int = 11) -> list[dict[str, Any]]:
     fakers = {loc: Faker(loc) for loc in LOCALES}
     for i, f in enumerate(fakers.values()):
         f.seed_instance(seed + i)
+    # Faker's it_IT address provider builds its city list from a set, whose order changes with the
+    # process's hash seed: sorted, a seed gives the same conversations in every process
+    for provider in fakers["it_IT"].get_providers():
+        if isinstance(getattr(provider, "cities", None), list):
+            provider.cities = sorted(provider.cities)
     templates = TEMPLATES[split]
     convs = []
     for k in range(n):
