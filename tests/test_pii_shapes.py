@@ -1179,8 +1179,8 @@ def test_paperwork_ids_a_sentence_on_a_nordic_code_a_phone_after_an_address_and_
 
 def test_a_postcode_in_a_running_sentence_and_a_dash_sign_off(step: PiiScrub) -> None:
     """From blind set 31: a lower-case street's postcode and town with the sentence going on after them,
-    and a known first name signed after a dash; the words after a postcode and a dash before a word
-    that is no name stay."""
+    and a known first name signed after a dash; the words after a postcode, a dash before a word that
+    is no name and the full stop after an address's town stay."""
     text = "and i live at kecskeméti utca 188., h-1936 hetvennémeti if that matters"
     out = scrub_record(step, [{"role": "user", "content": text}], "en")[0]["content"]
     assert "1936" not in out and "hetvennémeti" not in out and out.endswith(" if that matters"), out
@@ -1190,3 +1190,9 @@ def test_a_postcode_in_a_running_sentence_and_a_dash_sign_off(step: PiiScrub) ->
     assert "Xavier" not in out and out.startswith("yes, later. thanks!! — "), out
     stay = "The pipeline runs fine now. — Tuesday"
     assert scrub_record(step, [{"role": "user", "content": stay}], "en")[0]["content"] == stay
+    for text in (
+        "Draft an email about the broken heater at Luukboulevard 93, 2195 WV Eersel.",
+        "She lives at 68 Alice Mews, TA4 1PS Dawnborough.",
+    ):
+        out = scrub_record(step, [{"role": "user", "content": text}], "en")[0]["content"]
+        assert "2195" not in out and "Dawnborough" not in out and out.endswith(">."), out

@@ -687,7 +687,10 @@ def _street_start(text: str, start: int, end: int) -> int:
 
 
 _QUESTION_MARKS = re.compile(r"\?{2,}")  # what some exports leave where a line break was
-_TAIL = re.compile(rf"\.?(?:[ \t]?,[ \t]*(?:{_W}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
+# an address's same-line tail: capitalised words, house numbers and postcodes after commas; a word's
+# last dot ends the sentence, not the word ("M8A 0SQ North Pamelabury. Of course")
+_TAIL_WORD = r"(?:[A-ZÀ-ÞΑ-Ω](?:[\w'\-]|\.(?=\w))*|\d{1,5}(?:-\d{3,4})?[A-Za-z]?)"
+_TAIL = re.compile(rf"\.?(?:[ \t]?,[ \t]*(?:{_TAIL_WORD}[ \t]?){{1,4}}){{1,4}}", re.UNICODE)
 # "Apt. 584 Ebermannsdorf Belarus": town and country after a unit, without commas, up to 5 capitalised
 # words that do not open a new sentence ("Apt 4 Is that right?"), up to punctuation or a lower-case word
 _AFTER_UNIT = re.compile(
