@@ -1853,7 +1853,7 @@ class NameCueRecognizer(_RegexRecognizer):
             "weak",
         ),
         # a dash signing a message off after its last sentence, a known first name closing the line
-        # ("yes, later. thanks!! — Xavier", "see you then -Ola")
+        # ("yes, later. thanks!! — Xavier", "see you then! -Ola")
         (
             re.compile(
                 rf"(?<=[.!?)])[ \t]+[—–~-][ \t]*({_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)(?=[ \t]*(?:$|[\"'’”.!)\n]))"
