@@ -71,6 +71,8 @@ RECORDS = [
     "Li and Bo met Li at the station; Bo paid with 4111 1111 1111 1111.",
     "Kelvin sign: 5 \u212a for Karl Berg, and karl berg again in lower case",
     "i live at kecskeméti utca 188., h-1936 hetvennémeti and my name is zsófia kertész",
+    # a dotless i matches "i" case-insensitively, but lower() keeps it: the record goes to the search
+    "My name is Aylin Yildiz; the bank wrote it as AYLIN YıLDıZ on the card",
 ]
 
 
